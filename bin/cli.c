@@ -1,0 +1,123 @@
+/* cli.c - shared command-line plumbing. */
+#include <config.h>
+
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+
+const char *prog = "mini-nn";
+
+void cli_init(const char *name) { prog = name; }
+
+static void vmsg(const char *fmt, va_list ap)
+{
+    fflush(stdout);
+    fprintf(stderr, "%s: ", prog);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void warnx_(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(fmt, ap);
+    va_end(ap);
+}
+
+noreturn void die(int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(fmt, ap);
+    va_end(ap);
+    exit(status);
+}
+
+noreturn void usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "Try '%s --help' for more information.\n", prog);
+    exit(EXIT_USAGE);
+}
+
+noreturn void print_version(void)
+{
+    printf("%s (%s) %s\n", prog, PACKAGE_NAME, PACKAGE_VERSION);
+    out_close();
+    exit(EXIT_OK);
+}
+
+uint64_t opt_u64(const char *opt, const char *s)
+{
+    uint64_t v = 0;
+    const char *p = s;
+    if (!*p)
+        usage_error("%s: missing number", opt);
+    for (; *p; p++) {
+        if ((unsigned)(*p - '0') >= 10 || v > (UINT64_MAX - 9) / 10)
+            usage_error("%s: '%s' is not a non-negative integer", opt, s);
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    return v;
+}
+
+size_t opt_size(const char *opt, const char *s, size_t min, size_t max)
+{
+    uint64_t v = opt_u64(opt, s);
+    if (v < min || v > max)
+        usage_error("%s: %s is out of range %zu..%zu", opt, s, min, max);
+    return (size_t)v;
+}
+
+float opt_float(const char *opt, const char *s)
+{
+    float v;
+    if (mnn_parse_float(s, s + strlen(s), &v) < 0)
+        usage_error("%s: '%s' is not a finite number", opt, s);
+    return v;
+}
+
+int opt_on_error(const char *s)
+{
+    if (!strcmp(s, "fail"))
+        return 0;
+    if (!strcmp(s, "skip"))
+        return 1;
+    usage_error("--on-error: '%s' is not one of fail, skip", s);
+}
+
+void set_threads(size_t n)
+{
+    if (n && mnn_set_threads(n) < 0)
+        warnx_("--threads: this BLAS cannot set its thread count; ignored");
+}
+
+static char out_buf[1 << 16];
+
+void out_setup(void) { setvbuf(stdout, out_buf, _IOFBF, sizeof out_buf); }
+
+void out_check(void)
+{
+    if (ferror(stdout))
+        die(EXIT_RUNTIME, "write error on stdout: %s", strerror(errno ? errno : EIO));
+}
+
+void out_close(void)
+{
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        int e = errno ? errno : EIO;
+        die(EXIT_RUNTIME, "write error on stdout: %s", strerror(e));
+    }
+    if (fclose(stdout) != 0 && errno != EBADF)
+        die(EXIT_RUNTIME, "write error on stdout: %s", strerror(errno));
+}

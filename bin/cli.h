@@ -1,0 +1,40 @@
+/* cli.h - what every mini-nn program shares: messages, exit codes, option
+ * value parsing, checked output. */
+#ifndef MNN_CLI_H
+#define MNN_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdnoreturn.h>
+
+#include "mini-nn.h"
+
+enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+
+extern const char *prog; /* program name for messages */
+
+void cli_init(const char *name);
+/* "prog: message" on stderr */
+void warnx_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+noreturn void die(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* a usage error: message, a hint to --help, exit 2 */
+noreturn void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+noreturn void print_version(void);
+
+/* Option values; a bad one is a usage error naming the option. */
+size_t opt_size(const char *opt, const char *s, size_t min, size_t max);
+uint64_t opt_u64(const char *opt, const char *s);
+float opt_float(const char *opt, const char *s);
+/* --on-error=fail|skip: returns 1 for skip */
+int opt_on_error(const char *s);
+
+/* Sets OpenBLAS's thread count (0: leave it). */
+void set_threads(size_t n);
+
+/* stdout: checked writes.  A write error is fatal (exit 1); a reader that
+ * went away (EPIPE) ends the program quietly through SIGPIPE. */
+void out_setup(void);
+void out_check(void);          /* dies if a write to stdout has failed */
+void out_close(void);          /* flush, close, die on error */
+
+#endif

@@ -1,0 +1,253 @@
+/* feed.c - the reader thread: a ring of batches between one producer
+ * (parsing) and one consumer (training or inference). */
+#include <config.h>
+
+#include "feed.h"
+#include "cli.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define NSLOTS 3
+#define MAX_SKIP_WARNINGS 5
+
+struct feed {
+    feed_opts_t o;
+    mnn_linereader_t lr;
+    feed_batch_t slot[NSLOTS];
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t head;   /* next slot the consumer takes */
+    size_t filled; /* slots ready for the consumer */
+    int stop;
+    int started;
+    uint64_t skipped;
+    char first_skip[700];
+};
+
+static int add_comment(feed_batch_t *b, const char *line, size_t len)
+{
+    if (b->ncom == b->comcap) {
+        size_t nc = b->comcap ? 2 * b->comcap : 16;
+        size_t *p = realloc(b->cpos, nc * sizeof *p), *q;
+        if (!p)
+            return -1;
+        b->cpos = p;
+        if (!(q = realloc(b->coff, nc * sizeof *q)))
+            return -1;
+        b->coff = q;
+        b->comcap = nc;
+    }
+    if (b->ctext_len + len + 1 > b->ctext_cap) {
+        size_t nc = (b->ctext_len + len + 1) * 2;
+        char *t = realloc(b->ctext, nc);
+        if (!t)
+            return -1;
+        b->ctext = t;
+        b->ctext_cap = nc;
+    }
+    b->cpos[b->ncom] = b->n;
+    b->coff[b->ncom] = b->ctext_len;
+    memcpy(b->ctext + b->ctext_len, line, len);
+    b->ctext[b->ctext_len + len] = 0;
+    b->ctext_len += len + 1;
+    b->ncom++;
+    return 0;
+}
+
+/* Fills b; returns 1 when the stream has ended (EOF or error). */
+static int fill(struct feed *f, feed_batch_t *b)
+{
+    const size_t nfeat = f->o.fmt.nfeat;
+    b->n = b->ncom = b->ctext_len = 0;
+    b->end = b->error = 0;
+    b->msg[0] = 0;
+    while (b->n < f->o.batch) {
+        const char *line;
+        size_t len;
+        if (f->o.eager && (b->n > 0 || b->ncom > 0) && !mnn_lr_ready(&f->lr))
+            return 0;
+        pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
+        int rc = mnn_lr_next(&f->lr, &line, &len);
+        pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+        if (rc == MNN_EOF) {
+            b->end = 1;
+            return 1;
+        }
+        if (rc == MNN_EIO) {
+            snprintf(b->msg, sizeof b->msg, "%s: read error: %s", f->o.name,
+                     strerror(f->lr.err));
+            b->end = b->error = 1;
+            return 1;
+        }
+        if (rc == MNN_ENOMEM) {
+            snprintf(b->msg, sizeof b->msg, "%s: out of memory", f->o.name);
+            b->end = b->error = 1;
+            return 1;
+        }
+        mnn_diag_t d;
+        if (rc == MNN_EOVERFLOW) {
+            /* a line too long cannot be skipped safely: we lost its end */
+            snprintf(b->msg, sizeof b->msg, "%s:%llu: line longer than %zu bytes", f->o.name,
+                     (unsigned long long)f->lr.lineno, f->lr.max_line);
+            b->end = b->error = 1;
+            return 1;
+        }
+        if (len == 0 || (len == 1 && line[0] == '\r'))
+            continue;
+        if (line[0] == '#') {
+            if (f->o.keep_comments && add_comment(b, line, len) < 0) {
+                snprintf(b->msg, sizeof b->msg, "%s: out of memory", f->o.name);
+                b->end = b->error = 1;
+                return 1;
+            }
+            continue;
+        }
+        rc = mnn_record_parse(&f->o.fmt, line, len, b->x + b->n * nfeat, &b->y[b->n], &d);
+        if (rc < 0) {
+            char msg[700];
+            snprintf(msg, sizeof msg, "%s:%llu: %s", f->o.name,
+                     (unsigned long long)f->lr.lineno, d.msg);
+            if (!f->o.skip_errors) {
+                memcpy(b->msg, msg, sizeof msg);
+                b->end = b->error = 1;
+                return 1;
+            }
+            if (f->skipped++ == 0)
+                memcpy(f->first_skip, msg, sizeof msg);
+            if (f->o.verbose || f->skipped <= MAX_SKIP_WARNINGS)
+                warnx_("%s (skipped)", msg);
+            else if (f->skipped == MAX_SKIP_WARNINGS + 1)
+                warnx_("more bad records are skipped silently; a count follows at the end");
+            continue;
+        }
+        b->n++;
+    }
+    return 0;
+}
+
+static void *reader(void *arg)
+{
+    struct feed *f = arg;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+    for (;;) {
+        pthread_mutex_lock(&f->mu);
+        while (f->filled == NSLOTS && !f->stop)
+            pthread_cond_wait(&f->cv, &f->mu);
+        if (f->stop) {
+            pthread_mutex_unlock(&f->mu);
+            return NULL;
+        }
+        feed_batch_t *b = &f->slot[(f->head + f->filled) % NSLOTS];
+        pthread_mutex_unlock(&f->mu);
+        int done = fill(f, b);
+        pthread_mutex_lock(&f->mu);
+        f->filled++;
+        pthread_cond_broadcast(&f->cv);
+        pthread_mutex_unlock(&f->mu);
+        if (done)
+            return NULL;
+    }
+}
+
+feed_t *feed_start(int fd, const feed_opts_t *o)
+{
+    struct feed *f = calloc(1, sizeof *f);
+    if (!f)
+        return NULL;
+    f->o = *o;
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cv, NULL);
+    if (mnn_lr_init(&f->lr, fd, 0) < 0)
+        goto fail;
+    for (int i = 0; i < NSLOTS; i++) {
+        f->slot[i].x = mnn_calloc_aligned(o->batch, o->fmt.nfeat * sizeof(float));
+        f->slot[i].y = mnn_calloc_aligned(o->batch, sizeof(float));
+        if (!f->slot[i].x || !f->slot[i].y)
+            goto fail;
+    }
+    /* signals are for the main thread: the reader runs with them blocked */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int prc = pthread_create(&f->thread, NULL, reader, f);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (prc != 0)
+        goto fail;
+    f->started = 1;
+    return f;
+fail:
+    feed_stop(f);
+    return NULL;
+}
+
+feed_batch_t *feed_next(feed_t *f, volatile sig_atomic_t *interrupt)
+{
+    pthread_mutex_lock(&f->mu);
+    while (f->filled == 0) {
+        if (interrupt && *interrupt) {
+            pthread_mutex_unlock(&f->mu);
+            return NULL;
+        }
+        /* wake up now and then to notice a signal */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&f->cv, &f->mu, &ts);
+    }
+    feed_batch_t *b = &f->slot[f->head];
+    pthread_mutex_unlock(&f->mu);
+    return b;
+}
+
+void feed_release(feed_t *f, feed_batch_t *b)
+{
+    (void)b;
+    pthread_mutex_lock(&f->mu);
+    f->head = (f->head + 1) % NSLOTS;
+    f->filled--;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+uint64_t feed_skipped(feed_t *f, const char **first)
+{
+    uint64_t n = f->skipped; /* final: the reader has finished */
+    if (first)
+        *first = f->first_skip;
+    return n;
+}
+
+void feed_stop(feed_t *f)
+{
+    if (!f)
+        return;
+    if (f->started) {
+        pthread_mutex_lock(&f->mu);
+        f->stop = 1;
+        pthread_cond_broadcast(&f->cv);
+        pthread_mutex_unlock(&f->mu);
+        pthread_cancel(f->thread); /* only takes effect inside read() */
+        pthread_join(f->thread, NULL);
+    }
+    for (int i = 0; i < NSLOTS; i++) {
+        mnn_free(f->slot[i].x);
+        mnn_free(f->slot[i].y);
+        free(f->slot[i].cpos);
+        free(f->slot[i].coff);
+        free(f->slot[i].ctext);
+    }
+    mnn_lr_free(&f->lr);
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cv);
+    free(f);
+}

@@ -1,0 +1,51 @@
+/* feed.h - a reader thread that turns the record stream on a file
+ * descriptor into batches, so that parsing overlaps the arithmetic.
+ * Batches come out in input order; '#' lines ride along at their places. */
+#ifndef MNN_FEED_H
+#define MNN_FEED_H
+
+#include "mini-nn.h"
+
+#include <signal.h>
+
+typedef struct {
+    size_t n;          /* records in this batch */
+    float *x;          /* (cap, nfeat) features */
+    float *y;          /* (cap) labels */
+    /* '#' lines (kept only when asked): text of comment i is
+     * ctext + coff[i], placed before record cpos[i] of this batch */
+    size_t ncom;
+    size_t *cpos, *coff;
+    char *ctext;
+    size_t ctext_len;
+    int end;           /* no batch follows this one */
+    int error;         /* the stream stopped on an error: see msg */
+    char msg[700];     /* "stdin:LINE: what is wrong" */
+    /* private */
+    size_t comcap, ctext_cap;
+} feed_batch_t;
+
+typedef struct {
+    const char *name;  /* input name for messages, e.g. "stdin" */
+    mnn_record_fmt_t fmt;
+    size_t batch;      /* records per batch */
+    int skip_errors;   /* --on-error=skip */
+    int keep_comments; /* pass '#' lines on */
+    int eager;         /* hand over a partial batch when input would block */
+    int verbose;       /* report every skipped line */
+} feed_opts_t;
+
+typedef struct feed feed_t;
+
+/* Starts the reader on fd; NULL on allocation failure. */
+feed_t *feed_start(int fd, const feed_opts_t *o);
+/* The next batch, in order; blocks.  Hand it back with feed_release.
+ * Returns NULL if *interrupt (may be NULL) becomes non-zero while waiting. */
+feed_batch_t *feed_next(feed_t *f, volatile sig_atomic_t *interrupt);
+void feed_release(feed_t *f, feed_batch_t *b);
+/* Records skipped under --on-error=skip, and the first reason. */
+uint64_t feed_skipped(feed_t *f, const char **first);
+/* Stops the reader (even while it waits for input) and frees everything. */
+void feed_stop(feed_t *f);
+
+#endif

@@ -1,0 +1,587 @@
+/* ckpt.c - checkpoint directories: manifest.yaml, model.safetensors,
+ * optimizer.safetensors and state.yaml, written into a temporary sibling
+ * directory, fsynced, and renamed into place. */
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CKPT_FORMAT "mini-nn-checkpoint/1"
+
+/* ---- writing ------------------------------------------------------------ */
+
+/* Opens path for writing; the caller passes the FILE to close_synced(). */
+static FILE *create(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, "wb");
+    if (!f)
+        close(fd);
+    return f;
+}
+
+/* fflush, fsync, fclose: 0 or MNN_EIO with errno kept. */
+static int close_synced(FILE *f, int rc)
+{
+    int e = 0;
+    if (rc == 0 && (ferror(f) || fflush(f) != 0 || fsync(fileno(f)) != 0))
+        e = errno ? errno : EIO;
+    if (fclose(f) != 0 && !e)
+        e = errno;
+    if (rc < 0)
+        return rc;
+    errno = e;
+    return e ? MNN_EIO : 0;
+}
+
+static char *path_join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+/* Removes a directory we wrote: its regular files, then itself. */
+static int remove_tree(const char *dir)
+{
+    DIR *dp = opendir(dir);
+    if (!dp)
+        return errno == ENOENT ? 0 : MNN_EIO;
+    struct dirent *de;
+    int rc = 0;
+    while ((de = readdir(dp))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        char *p = path_join(dir, de->d_name);
+        if (!p || unlink(p) != 0)
+            rc = MNN_EIO;
+        free(p);
+    }
+    closedir(dp);
+    if (rmdir(dir) != 0)
+        rc = MNN_EIO;
+    return rc;
+}
+
+static int write_model(FILE *f, const mnn_model_t *m)
+{
+    size_t L = m->spec.nlayers, n = 2 * L + 2;
+    mnn_st_tensor_t *t = calloc(n, sizeof *t);
+    char (*names)[48] = calloc(n, sizeof *names);
+    char count[32];
+    int rc = MNN_ENOMEM;
+    if (!t || !names)
+        goto out;
+    size_t k = 0;
+    for (size_t i = 0; i < L; i++) {
+        snprintf(names[k], sizeof names[k], "layers.%zu.weight", i);
+        t[k] = (mnn_st_tensor_t){names[k], 0, 2, {m->spec.layers[i].units, m->fan_in[i]},
+                                 m->params + m->w_off[i]};
+        k++;
+        snprintf(names[k], sizeof names[k], "layers.%zu.bias", i);
+        t[k] = (mnn_st_tensor_t){names[k], 0, 1, {m->spec.layers[i].units, 0},
+                                 m->params + m->b_off[i]};
+        k++;
+    }
+    if (m->norm_mean) {
+        t[k++] = (mnn_st_tensor_t){"normalize.mean", 1, 1, {m->spec.input, 0}, m->norm_mean};
+        t[k++] = (mnn_st_tensor_t){"normalize.m2", 1, 1, {m->spec.input, 0}, m->norm_m2};
+    }
+    snprintf(count, sizeof count, "%" PRIu64, m->norm_count);
+    const char *meta[] = {"format", "pt", "normalize_count", count, NULL};
+    if (!m->norm_mean)
+        meta[2] = NULL;
+    rc = mnn_st_write(f, t, k, meta);
+out:
+    free(t);
+    free(names);
+    return rc;
+}
+
+static int write_optim(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
+{
+    size_t L = m->spec.nlayers, n = 4 * L;
+    mnn_st_tensor_t *t = calloc(n, sizeof *t);
+    char (*names)[64] = calloc(n, sizeof *names);
+    char step[32];
+    int rc = MNN_ENOMEM;
+    if (!t || !names)
+        goto out;
+    const int adam = o->spec.type == MNN_OPT_ADAM;
+    const char *suffix[2] = {adam ? "exp_avg" : "momentum_buffer", "exp_avg_sq"};
+    size_t k = 0;
+    for (int which = 0; which < (adam ? 2 : 1); which++) {
+        const float *buf = which ? o->m2 : o->m1;
+        for (size_t i = 0; i < L; i++) {
+            snprintf(names[k], sizeof names[k], "layers.%zu.weight.%s", i, suffix[which]);
+            t[k] = (mnn_st_tensor_t){names[k], 0, 2, {m->spec.layers[i].units, m->fan_in[i]},
+                                     buf + m->w_off[i]};
+            k++;
+            snprintf(names[k], sizeof names[k], "layers.%zu.bias.%s", i, suffix[which]);
+            t[k] = (mnn_st_tensor_t){names[k], 0, 1, {m->spec.layers[i].units, 0},
+                                     buf + m->b_off[i]};
+            k++;
+        }
+    }
+    snprintf(step, sizeof step, "%" PRIu64, o->step);
+    const char *meta[] = {"format", "pt", "optimizer", adam ? "adam" : "sgd", "step", step, NULL};
+    rc = mnn_st_write(f, t, k, meta);
+out:
+    free(t);
+    free(names);
+    return rc;
+}
+
+static int write_state(FILE *f, const mnn_train_state_t *st)
+{
+    fprintf(f, "# mini-nn training state: what bit-exact resumption needs\n");
+    fprintf(f, "step: %" PRIu64 "\n", st->step);
+    fprintf(f, "records_seen: %" PRIu64 "\n", st->records_seen);
+    fprintf(f, "rng: [%" PRIu64 ", %" PRIu64 ", %" PRIu64 ", %" PRIu64 "]\n",
+            st->rng.s[0], st->rng.s[1], st->rng.s[2], st->rng.s[3]);
+    fprintf(f, "progressive: {loss_sum: %.17g, correct: %" PRIu64 "}\n", st->loss_sum,
+            st->correct);
+    return ferror(f) ? MNN_EIO : 0;
+}
+
+static const char *const ckpt_files[] = {"model.safetensors", "optimizer.safetensors",
+                                         "state.yaml"};
+
+static int write_manifest(const char *tmp, const mnn_model_t *m,
+                          const mnn_train_state_t *st, const char *parent,
+                          int64_t created, mnn_diag_t *d)
+{
+    char *path = path_join(tmp, "manifest.yaml");
+    FILE *f = path ? create(path) : NULL;
+    if (!f) {
+        int rc = mnn_fail(d, MNN_EIO, "%s/manifest.yaml: %s", tmp, strerror(errno));
+        free(path);
+        return rc;
+    }
+    time_t t = (time_t)created;
+    struct tm tm;
+    char when[32] = "1970-01-01T00:00:00Z";
+    if (gmtime_r(&t, &tm))
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    fprintf(f, "format: %s\ntool: %s %s\ncreated: %s\n", CKPT_FORMAT, PACKAGE_NAME,
+            PACKAGE_VERSION, when);
+    fprintf(f, "step: %" PRIu64 "\nrecords_seen: %" PRIu64 "\n", st->step, st->records_seen);
+    if (parent) {
+        fputs("parent: \"", f);
+        for (const char *p = parent; *p; p++)
+            if (*p == '"' || *p == '\\')
+                fprintf(f, "\\%c", *p);
+            else if ((unsigned char)*p < 0x20)
+                fprintf(f, "\\x%02x", (unsigned char)*p);
+            else
+                fputc(*p, f);
+        fputs("\"\n", f);
+    } else
+        fputs("parent: null\n", f);
+    fputs("model:\n", f);
+    mnn_spec_write(&m->spec, f, 2);
+    fputs("files:\n", f);
+    int rc = 0;
+    for (size_t i = 0; i < sizeof ckpt_files / sizeof ckpt_files[0] && rc == 0; i++) {
+        char hex[17], *fp = path_join(tmp, ckpt_files[i]);
+        uint64_t bytes;
+        if (!fp || mnn_hash_file(fp, hex, &bytes) < 0)
+            rc = mnn_fail(d, MNN_EIO, "%s: %s", fp ? fp : tmp, strerror(errno));
+        else
+            fprintf(f, "  - {name: %s, bytes: %" PRIu64 ", xxh3: %s}\n", ckpt_files[i],
+                    bytes, hex);
+        free(fp);
+    }
+    int crc = close_synced(f, rc);
+    if (rc == 0 && crc < 0)
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
+    free(path);
+    return rc;
+}
+
+int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
+                   const mnn_train_state_t *st, const char *parent,
+                   int64_t created, int replace, mnn_diag_t *d)
+{
+    char *dcopy = strdup(dir), *bcopy = strdup(dir), *tmp = NULL;
+    int rc = MNN_ENOMEM;
+    struct stat sb;
+    if (!dcopy || !bcopy)
+        goto out;
+    const char *pdir = dirname(dcopy), *base = basename(bcopy);
+    if (!*base || !strcmp(base, "/") || !strcmp(base, ".") || !strcmp(base, "..")) {
+        rc = mnn_fail(d, MNN_EINVAL, "%s: not a usable checkpoint name", dir);
+        goto out;
+    }
+    if (lstat(dir, &sb) == 0 && !replace) {
+        rc = mnn_fail(d, MNN_EEXIST, "%s: already exists", dir);
+        goto out;
+    }
+    size_t n = strlen(pdir) + strlen(base) + 8;
+    if (!(tmp = malloc(n)))
+        goto out;
+    snprintf(tmp, n, "%s/.tmp-%s", pdir, base);
+    /* a leftover from a crashed writer is ours to remove */
+    if (remove_tree(tmp) < 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: cannot remove a stale temporary directory: %s", tmp,
+                      strerror(errno));
+        goto out;
+    }
+    if (mkdir(tmp, 0755) != 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    for (int i = 0; i < 3; i++) {
+        char *fp = path_join(tmp, ckpt_files[i]);
+        FILE *f = fp ? create(fp) : NULL;
+        if (!f) {
+            rc = mnn_fail(d, MNN_EIO, "%s: %s", fp ? fp : tmp, strerror(errno));
+            free(fp);
+            goto fail;
+        }
+        rc = i == 0 ? write_model(f, m) : i == 1 ? write_optim(f, m, o) : write_state(f, st);
+        rc = close_synced(f, rc);
+        if (rc < 0) {
+            rc = mnn_fail(d, rc, "%s: %s", fp, rc == MNN_EIO ? strerror(errno) : mnn_strerror(rc));
+            free(fp);
+            goto fail;
+        }
+        free(fp);
+    }
+    if ((rc = write_manifest(tmp, m, st, parent, created, d)) < 0)
+        goto fail;
+    if (mnn_fsync_dir(tmp) < 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", tmp, strerror(errno));
+        goto fail;
+    }
+    if (lstat(dir, &sb) == 0) {
+        /* replace: swap the directories atomically, then drop the old one */
+        if (!S_ISDIR(sb.st_mode) || renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE) != 0) {
+            rc = mnn_fail(d, MNN_EIO, "%s: cannot replace: %s", dir,
+                          S_ISDIR(sb.st_mode) ? strerror(errno) : "not a directory");
+            goto fail;
+        }
+        char *probe = path_join(tmp, "manifest.yaml");
+        int was_ckpt = probe && access(probe, F_OK) == 0;
+        free(probe);
+        if (!was_ckpt) {
+            /* not a checkpoint we swapped out: put it back, refuse */
+            renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE);
+            rc = mnn_fail(d, MNN_EEXIST, "%s: exists and is not a checkpoint; not replacing it", dir);
+            goto fail;
+        }
+        remove_tree(tmp);
+    } else if (rename(tmp, dir) != 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", dir, strerror(errno));
+        goto fail;
+    }
+    if (mnn_fsync_dir(pdir) < 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: fsync: %s", pdir, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+    goto out;
+fail:
+    {
+        int e = errno;
+        remove_tree(tmp);
+        errno = e;
+    }
+out:
+    free(tmp);
+    free(dcopy);
+    free(bcopy);
+    return rc;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+/* The manifest's files list checked against the directory: every listed
+ * file exists with the listed size and hash.  *has_model etc. tell what was
+ * listed. */
+static int verify_files(mnn_yaml_t *y, yaml_node_t *files, const char *dir,
+                        unsigned *listed, mnn_diag_t *d)
+{
+    int rc;
+    if ((rc = mnn_yaml_expect(y, files, YAML_SEQUENCE_NODE, "files", d)) < 0)
+        return rc;
+    *listed = 0;
+    for (yaml_node_item_t *it = files->data.sequence.items.start;
+         it < files->data.sequence.items.top; it++) {
+        yaml_node_t *e = mnn_yaml_node(y, *it);
+        yaml_node_t *nn = mnn_yaml_get(y, e, "name"), *nb = mnn_yaml_get(y, e, "bytes"),
+                    *nh = mnn_yaml_get(y, e, "xxh3");
+        const char *name, *hash;
+        uint64_t bytes;
+        if (!nn || !nb || !nh)
+            return mnn_yaml_fail(y, e, d, MNN_EFORMAT, "a file entry needs name, bytes and xxh3");
+        if ((rc = mnn_yaml_str(y, nn, "name", &name, d)) < 0 ||
+            (rc = mnn_yaml_u64(y, nb, "bytes", &bytes, d)) < 0 ||
+            (rc = mnn_yaml_str(y, nh, "xxh3", &hash, d)) < 0)
+            return rc;
+        if (!*name || strchr(name, '/') || name[0] == '.')
+            return mnn_yaml_fail(y, nn, d, MNN_EFORMAT, "file name '%s' is not a plain name", name);
+        for (size_t i = 0; i < 3; i++)
+            if (!strcmp(name, ckpt_files[i]))
+                *listed |= 1u << i;
+        char *fp = path_join(dir, name), hex[17];
+        uint64_t got;
+        if (!fp)
+            return MNN_ENOMEM;
+        struct stat sb;
+        if (lstat(fp, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+            rc = mnn_fail(d, MNN_ECORRUPT, "%s: %s", fp,
+                          errno == ENOENT ? "missing" : "not a regular file");
+            free(fp);
+            return rc;
+        }
+        if (mnn_hash_file(fp, hex, &got) < 0) {
+            rc = mnn_fail(d, MNN_EIO, "%s: %s", fp, strerror(errno));
+            free(fp);
+            return rc;
+        }
+        if (got != bytes || strcmp(hex, hash)) {
+            rc = mnn_fail(d, MNN_ECORRUPT, "%s: %s does not match the manifest "
+                                           "(%" PRIu64 " bytes, xxh3 %s; manifest says %" PRIu64 ", %s)",
+                          fp, got != bytes ? "size" : "hash", got, hex, bytes, hash);
+            free(fp);
+            return rc;
+        }
+        free(fp);
+    }
+    return 0;
+}
+
+static int load_weights(mnn_model_t *m, const char *path, mnn_diag_t *d)
+{
+    mnn_st_file_t *f;
+    int rc = mnn_st_open(&f, path, d);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < m->spec.nlayers && rc == 0; i++) {
+        char name[48];
+        const void *p;
+        size_t shape[2] = {m->spec.layers[i].units, m->fan_in[i]};
+        snprintf(name, sizeof name, "layers.%zu.weight", i);
+        if ((rc = mnn_st_get(f, name, 0, 2, shape, &p, d)) < 0)
+            break;
+        memcpy(m->params + m->w_off[i], p, shape[0] * shape[1] * sizeof(float));
+        snprintf(name, sizeof name, "layers.%zu.bias", i);
+        if ((rc = mnn_st_get(f, name, 0, 1, shape, &p, d)) < 0)
+            break;
+        memcpy(m->params + m->b_off[i], p, shape[0] * sizeof(float));
+    }
+    if (rc == 0 && m->norm_mean) {
+        const void *p;
+        size_t shape[1] = {m->spec.input};
+        const char *cnt = mnn_st_meta(f, "normalize_count");
+        uint64_t c = 0;
+        if (!cnt || mnn_parse_double(cnt, cnt + strlen(cnt), &(double){0}) < 0) {
+            rc = mnn_fail(d, MNN_EFORMAT, "%s: normalize_count metadata missing", path);
+        } else {
+            c = strtoull(cnt, NULL, 10);
+            if ((rc = mnn_st_get(f, "normalize.mean", 1, 1, shape, &p, d)) == 0) {
+                memcpy(m->norm_mean, p, shape[0] * sizeof(double));
+                if ((rc = mnn_st_get(f, "normalize.m2", 1, 1, shape, &p, d)) == 0)
+                    memcpy(m->norm_m2, p, shape[0] * sizeof(double));
+            }
+            m->norm_count = c;
+        }
+    }
+    for (size_t i = 0; rc == 0 && i < m->nparams; i++)
+        if (!isfinite(m->params[i]))
+            rc = mnn_fail(d, MNN_ECORRUPT, "%s: a weight is not finite", path);
+    mnn_st_close(f);
+    return rc;
+}
+
+static int load_optim(mnn_model_t *m, mnn_optim_t *o, const char *path, mnn_diag_t *d)
+{
+    mnn_st_file_t *f;
+    int rc = mnn_st_open(&f, path, d);
+    if (rc < 0)
+        return rc;
+    if ((rc = mnn_optim_init(o, &m->spec.opt, m->nparams)) < 0) {
+        mnn_st_close(f);
+        return mnn_fail(d, rc, "%s: %s", path, mnn_strerror(rc));
+    }
+    const int adam = o->spec.type == MNN_OPT_ADAM;
+    const char *suffix[2] = {adam ? "exp_avg" : "momentum_buffer", "exp_avg_sq"};
+    for (int which = 0; which < (adam ? 2 : 1) && rc == 0; which++) {
+        float *buf = which ? o->m2 : o->m1;
+        for (size_t i = 0; i < m->spec.nlayers && rc == 0; i++) {
+            char name[64];
+            const void *p;
+            size_t shape[2] = {m->spec.layers[i].units, m->fan_in[i]};
+            snprintf(name, sizeof name, "layers.%zu.weight.%s", i, suffix[which]);
+            if ((rc = mnn_st_get(f, name, 0, 2, shape, &p, d)) < 0)
+                break;
+            memcpy(buf + m->w_off[i], p, shape[0] * shape[1] * sizeof(float));
+            snprintf(name, sizeof name, "layers.%zu.bias.%s", i, suffix[which]);
+            if ((rc = mnn_st_get(f, name, 0, 1, shape, &p, d)) < 0)
+                break;
+            memcpy(buf + m->b_off[i], p, shape[0] * sizeof(float));
+        }
+    }
+    const char *step = mnn_st_meta(f, "step");
+    if (rc == 0 && !step)
+        rc = mnn_fail(d, MNN_EFORMAT, "%s: step metadata missing", path);
+    if (rc == 0)
+        o->step = strtoull(step, NULL, 10);
+    if (rc < 0)
+        mnn_optim_free(o);
+    mnn_st_close(f);
+    return rc;
+}
+
+static int load_state(mnn_train_state_t *st, const char *path, mnn_diag_t *d)
+{
+    mnn_yaml_t y;
+    char *text = NULL;
+    int rc = mnn_yaml_load_file(&y, &text, path, d);
+    if (rc < 0)
+        return rc;
+    yaml_node_t *r = mnn_yaml_root(&y), *n;
+    memset(st, 0, sizeof *st);
+    rc = MNN_EFORMAT;
+    if (!(n = mnn_yaml_get(&y, r, "step")) || mnn_yaml_u64(&y, n, "step", &st->step, d) < 0)
+        goto bad;
+    if (!(n = mnn_yaml_get(&y, r, "records_seen")) ||
+        mnn_yaml_u64(&y, n, "records_seen", &st->records_seen, d) < 0)
+        goto bad;
+    n = mnn_yaml_get(&y, r, "rng");
+    if (!n || n->type != YAML_SEQUENCE_NODE ||
+        n->data.sequence.items.top - n->data.sequence.items.start != 4)
+        goto bad;
+    for (int i = 0; i < 4; i++)
+        if (mnn_yaml_u64(&y, mnn_yaml_node(&y, n->data.sequence.items.start[i]), "rng",
+                         &st->rng.s[i], d) < 0)
+            goto bad;
+    n = mnn_yaml_get(&y, r, "progressive");
+    yaml_node_t *ls = mnn_yaml_get(&y, n, "loss_sum"), *co = mnn_yaml_get(&y, n, "correct");
+    if (!ls || !co || mnn_yaml_f64(&y, ls, "loss_sum", &st->loss_sum, d) < 0 ||
+        mnn_yaml_u64(&y, co, "correct", &st->correct, d) < 0)
+        goto bad;
+    rc = 0;
+    goto out;
+bad:
+    if (!d || !d->msg[0] || !strstr(d->msg, path))
+        mnn_fail(d, rc, "%s: incomplete training state", path);
+out:
+    mnn_yaml_free(&y);
+    free(text);
+    return rc;
+}
+
+int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
+                  mnn_train_state_t *st, mnn_diag_t *d)
+{
+    char *mpath = path_join(dir, "manifest.yaml"), *text = NULL, *real = NULL;
+    int rc;
+    struct stat sb;
+    if (!mpath)
+        return MNN_ENOMEM;
+    if (stat(dir, &sb) != 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", dir, strerror(errno));
+        free(mpath);
+        return rc;
+    }
+    if (!S_ISDIR(sb.st_mode)) {
+        free(mpath);
+        return mnn_fail(d, MNN_EFORMAT, "%s: not a checkpoint directory", dir);
+    }
+    if (access(mpath, F_OK) != 0) {
+        /* a checkpoint root: follow its latest link */
+        real = path_join(dir, "latest");
+        free(mpath);
+        if (!real)
+            return MNN_ENOMEM;
+        if (access(real, F_OK) != 0) {
+            rc = mnn_fail(d, MNN_EFORMAT, "%s: not a checkpoint (no manifest.yaml, no latest)", dir);
+            free(real);
+            return rc;
+        }
+        dir = real;
+        mpath = path_join(dir, "manifest.yaml");
+        if (!mpath) {
+            free(real);
+            return MNN_ENOMEM;
+        }
+    }
+    mnn_yaml_t y;
+    memset(&y, 0, sizeof y);
+    size_t len;
+    if ((rc = mnn_read_file(mpath, (size_t)1 << 20, &text, &len, d)) < 0 ||
+        (rc = mnn_yaml_load(&y, text, len, mpath, d)) < 0)
+        goto out;
+    yaml_node_t *root = mnn_yaml_root(&y), *n;
+    const char *fmt;
+    if (!(n = mnn_yaml_get(&y, root, "format")) || mnn_yaml_str(&y, n, "format", &fmt, NULL) < 0 ||
+        strcmp(fmt, CKPT_FORMAT)) {
+        rc = mnn_fail(d, MNN_EFORMAT, "%s: not a %s manifest", mpath, CKPT_FORMAT);
+        goto out;
+    }
+    unsigned listed;
+    if (!(n = mnn_yaml_get(&y, root, "files"))) {
+        rc = mnn_yaml_fail(&y, root, d, MNN_EFORMAT, "the files list is missing");
+        goto out;
+    }
+    if ((rc = verify_files(&y, n, dir, &listed, d)) < 0)
+        goto out;
+    unsigned need = 1u | (o ? 2u : 0) | (st ? 4u : 0);
+    if ((listed & need) != need) {
+        rc = mnn_fail(d, MNN_EFORMAT, "%s: the manifest does not list %s", mpath,
+                      !(listed & 1) ? ckpt_files[0] : !(listed & 2) ? ckpt_files[1] : ckpt_files[2]);
+        goto out;
+    }
+    if (!(n = mnn_yaml_get(&y, root, "model"))) {
+        rc = mnn_yaml_fail(&y, root, d, MNN_EFORMAT, "the model spec is missing");
+        goto out;
+    }
+    mnn_spec_t spec;
+    if ((rc = mnn_spec_from_node(&spec, &y, n, d)) < 0)
+        goto out;
+    rc = mnn_model_init(m, &spec);
+    mnn_spec_free(&spec);
+    if (rc < 0) {
+        rc = mnn_fail(d, rc, "%s: %s", dir, mnn_strerror(rc));
+        goto out;
+    }
+    char *fp = path_join(dir, ckpt_files[0]);
+    rc = fp ? load_weights(m, fp, d) : MNN_ENOMEM;
+    free(fp);
+    if (rc == 0 && o) {
+        fp = path_join(dir, ckpt_files[1]);
+        rc = fp ? load_optim(m, o, fp, d) : MNN_ENOMEM;
+        free(fp);
+    }
+    if (rc == 0 && st) {
+        fp = path_join(dir, ckpt_files[2]);
+        rc = fp ? load_state(st, fp, d) : MNN_ENOMEM;
+        free(fp);
+        if (rc < 0 && o)
+            mnn_optim_free(o);
+    }
+    if (rc < 0)
+        mnn_model_free(m);
+out:
+    mnn_yaml_free(&y);
+    free(text);
+    free(mpath);
+    free(real);
+    return rc;
+}

@@ -1,0 +1,58 @@
+/* internal.h - helpers shared by libmini-nn's modules; not installed. */
+#ifndef MNN_INTERNAL_H
+#define MNN_INTERNAL_H
+
+#include <config.h>
+
+#include "mini-nn.h"
+#include <yaml.h>
+
+#if defined(__GNUC__)
+#define MNN_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define MNN_PRINTF(a, b)
+#endif
+
+/* Fills d (if any) and returns err. */
+int mnn_fail(mnn_diag_t *d, int err, const char *fmt, ...) MNN_PRINTF(3, 4);
+
+/* ---- YAML document walking (yamlutil.c) ---- */
+typedef struct {
+    yaml_document_t doc;
+    const char *name; /* file name for messages */
+    int loaded;
+} mnn_yaml_t;
+
+int mnn_yaml_load(mnn_yaml_t *y, const char *text, size_t len,
+                  const char *name, mnn_diag_t *d);
+int mnn_yaml_load_file(mnn_yaml_t *y, char **textp, const char *path,
+                       mnn_diag_t *d);
+void mnn_yaml_free(mnn_yaml_t *y);
+yaml_node_t *mnn_yaml_root(mnn_yaml_t *y);
+yaml_node_t *mnn_yaml_node(mnn_yaml_t *y, int id);
+/* Error at a node: "name:line:col: message". */
+int mnn_yaml_fail(mnn_yaml_t *y, const yaml_node_t *n, mnn_diag_t *d, int err,
+                  const char *fmt, ...) MNN_PRINTF(5, 6);
+/* Node kind checks with messages. */
+int mnn_yaml_str(mnn_yaml_t *y, yaml_node_t *n, const char *what,
+                 const char **out, mnn_diag_t *d);
+int mnn_yaml_u64(mnn_yaml_t *y, yaml_node_t *n, const char *what,
+                 uint64_t *out, mnn_diag_t *d);
+int mnn_yaml_f64(mnn_yaml_t *y, yaml_node_t *n, const char *what,
+                 double *out, mnn_diag_t *d);
+int mnn_yaml_expect(mnn_yaml_t *y, yaml_node_t *n, yaml_node_type_t t,
+                    const char *what, mnn_diag_t *d);
+/* Value of key in a mapping, or NULL. */
+yaml_node_t *mnn_yaml_get(mnn_yaml_t *y, yaml_node_t *map, const char *key);
+
+/* Reads a whole file (NUL-terminated) of at most max bytes. */
+int mnn_read_file(const char *path, size_t max, char **out, size_t *len,
+                  mnn_diag_t *d);
+/* fsync a directory by path. */
+int mnn_fsync_dir(const char *path);
+
+/* Builds a spec from a YAML mapping node (a spec file's root, or the `model`
+ * of a manifest) and validates it, errors pointing into the document. */
+int mnn_spec_from_node(mnn_spec_t *s, mnn_yaml_t *y, yaml_node_t *root,
+                       mnn_diag_t *d);
+#endif

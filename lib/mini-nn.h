@@ -1,0 +1,337 @@
+/* mini-nn.h - public interface of libmini-nn.
+ *
+ * The library never prints and never exits.  Functions that can fail return
+ * 0 or a negative MNN_E* code; the ones that can say more fill an mnn_diag_t
+ * with a message naming the file, line and column or the field at fault.
+ * All sizes are size_t; products of sizes are checked (mnn_size_mul).
+ */
+#ifndef MINI_NN_H
+#define MINI_NN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors ------------------------------------------------------------ */
+
+enum {
+    MNN_OK = 0,
+    MNN_ENOMEM = -1,    /* out of memory */
+    MNN_EINVAL = -2,    /* invalid argument or value */
+    MNN_EIO = -3,       /* I/O error; errno tells which */
+    MNN_EFORMAT = -4,   /* malformed input (record, YAML, safetensors) */
+    MNN_EOVERFLOW = -5, /* a size does not fit */
+    MNN_ECORRUPT = -6,  /* hash or size mismatch: data damaged */
+    MNN_ESHAPE = -7,    /* shapes do not agree */
+    MNN_EOF = -8,       /* end of input (not an error for readers) */
+    MNN_EEXIST = -9     /* target already exists */
+};
+
+const char *mnn_strerror(int err);
+
+/* A diagnostic: a human-readable message, "" when there is none. */
+typedef struct {
+    char msg[512];
+} mnn_diag_t;
+
+/* ---- sizes and tensors --------------------------------------------------- */
+
+/* *out = a * b; returns MNN_EOVERFLOW instead of wrapping. */
+int mnn_size_mul(size_t a, size_t b, size_t *out);
+/* n elements of size bytes each, 64-byte aligned, zeroed; NULL on overflow or
+ * failure.  Free with mnn_free(). */
+void *mnn_calloc_aligned(size_t n, size_t size);
+void mnn_free(void *p);
+
+/* A row-major float32 matrix. */
+typedef struct {
+    float *data; /* rows*cols floats, 64-byte aligned, owned */
+    size_t rows;
+    size_t cols;
+} mnn_tensor_t;
+
+int mnn_tensor_init(mnn_tensor_t *t, size_t rows, size_t cols);
+void mnn_tensor_free(mnn_tensor_t *t);
+
+/* ---- kernels (ops.c) ------------------------------------------------------
+ * Shapes: inp is (B,C), weight is (OC,C) as stored in safetensors, bias (OC),
+ * out is (B,OC).  The *_naive twins are plain loops kept as references. */
+
+/* out = inp * weight^T + bias */
+void mnn_dense_forward(float *out, const float *inp, const float *weight,
+                       const float *bias, size_t B, size_t C, size_t OC);
+void mnn_dense_forward_naive(float *out, const float *inp, const float *weight,
+                             const float *bias, size_t B, size_t C, size_t OC);
+/* dweight = dout^T * inp, dbias = sum_b dout, dinp = dout * weight (dinp may
+ * be NULL when the input gradient is not needed).  Overwrites, no +=. */
+void mnn_dense_backward(float *dinp, float *dweight, float *dbias,
+                        const float *dout, const float *inp,
+                        const float *weight, size_t B, size_t C, size_t OC);
+void mnn_dense_backward_naive(float *dinp, float *dweight, float *dbias,
+                              const float *dout, const float *inp,
+                              const float *weight, size_t B, size_t C,
+                              size_t OC);
+
+typedef enum {
+    MNN_ACT_NONE = 0,
+    MNN_ACT_RELU,
+    MNN_ACT_TANH,
+    MNN_ACT_SIGMOID
+} mnn_act_t;
+
+/* Threads the BLAS may use; MNN_EINVAL if this BLAS cannot be told. */
+int mnn_set_threads(size_t n);
+
+const char *mnn_act_name(mnn_act_t a);
+/* y = f(x), in place allowed. */
+void mnn_act_forward(mnn_act_t a, float *y, const float *x, size_t n);
+/* dx = f'(x) * dy, computed from the output y = f(x); dx may alias dy. */
+void mnn_act_backward(mnn_act_t a, float *dx, const float *y, const float *dy,
+                      size_t n);
+
+/* Row-wise softmax of logits (B,K) into probs (may alias). */
+void mnn_softmax(float *probs, const float *logits, size_t B, size_t K);
+/* Softmax cross-entropy.  Returns the summed loss over the batch.  If dlogits
+ * is not NULL it receives (softmax - onehot) * grad_scale.  If probs is not
+ * NULL it receives the softmax.  Labels are class ids 0..K-1. */
+double mnn_softmax_xent(float *dlogits, float *probs, const float *logits,
+                        const int32_t *labels, size_t B, size_t K,
+                        float grad_scale);
+/* Mean squared error 0.5*(out-target)^2 summed over the batch; dout (may be
+ * NULL) receives (out-target) * grad_scale.  out and target are (B,K). */
+double mnn_mse(float *dout, const float *out, const float *target, size_t B,
+               size_t K, float grad_scale);
+
+/* ---- random numbers (rng.c): xoshiro256**, state saveable ---------------- */
+
+typedef struct {
+    uint64_t s[4];
+} mnn_rng_t;
+
+void mnn_rng_seed(mnn_rng_t *r, uint64_t seed);
+uint64_t mnn_rng_next(mnn_rng_t *r);
+double mnn_rng_uniform(mnn_rng_t *r); /* [0,1) with 53 random bits */
+double mnn_rng_normal(mnn_rng_t *r);  /* N(0,1), Box-Muller, no cached spare */
+
+/* ---- model spec (spec.c) -------------------------------------------------- */
+
+typedef enum { MNN_LOSS_XENT = 0, MNN_LOSS_MSE } mnn_loss_t;
+typedef enum { MNN_OPT_SGD = 0, MNN_OPT_ADAM } mnn_opt_type_t;
+typedef enum { MNN_NORM_NONE = 0, MNN_NORM_RUNNING } mnn_norm_t;
+
+typedef struct {
+    size_t units;  /* output width of this dense layer, >= 1 */
+    mnn_act_t act; /* activation applied after it */
+} mnn_layer_spec_t;
+
+typedef struct {
+    mnn_opt_type_t type;
+    float lr;           /* learning rate, > 0 */
+    float momentum;     /* sgd: 0 <= momentum < 1 */
+    float weight_decay; /* L2 coefficient added to the gradient, >= 0 */
+    float beta1, beta2; /* adam moments, in [0,1) */
+    float eps;          /* adam denominator guard, > 0 */
+    float lr_decay;     /* lr_t = lr / (1 + lr_decay * step), >= 0 */
+} mnn_opt_spec_t;
+
+typedef struct {
+    size_t input;       /* features per record, >= 1 */
+    float input_scale;  /* x * input_scale before anything else; 1 = none */
+    mnn_norm_t normalize;
+    size_t outputs;     /* classes (xent) or regression outputs (mse) */
+    mnn_loss_t loss;
+    size_t nlayers;
+    mnn_layer_spec_t *layers; /* nlayers entries, owned */
+    mnn_opt_spec_t opt;
+    size_t batch;  /* records per SGD step, >= 1 */
+    uint64_t seed; /* initialisation seed */
+} mnn_spec_t;
+
+/* Defaults for everything optional; no layers. */
+void mnn_spec_defaults(mnn_spec_t *s);
+/* Load a spec from a YAML file; errors name path:line:column. */
+int mnn_spec_load_file(mnn_spec_t *s, const char *path, mnn_diag_t *d);
+/* Load from a YAML text in memory; `name` is used in messages. */
+int mnn_spec_load_string(mnn_spec_t *s, const char *text, size_t len,
+                         const char *name, mnn_diag_t *d);
+/* Checks ranges and shapes after command-line overrides. */
+int mnn_spec_validate(const mnn_spec_t *s, mnn_diag_t *d);
+/* Writes the spec as a YAML block mapping, each line prefixed by `indent`
+ * spaces.  Floats are written so they round-trip. */
+int mnn_spec_write(const mnn_spec_t *s, FILE *f, int indent);
+int mnn_spec_copy(mnn_spec_t *dst, const mnn_spec_t *src);
+void mnn_spec_free(mnn_spec_t *s);
+
+/* ---- model (model.c) ------------------------------------------------------ */
+
+typedef struct {
+    mnn_spec_t spec;
+    size_t nparams; /* total floats in params (and grads) */
+    float *params;  /* all weights and biases, one aligned allocation */
+    float *grads;   /* same layout as params */
+    size_t *w_off;  /* nlayers: offset of layer i's weight (units x fan_in) */
+    size_t *b_off;  /* nlayers: offset of layer i's bias (units) */
+    size_t *fan_in; /* nlayers: input width of layer i */
+    /* normalize: running (Welford, double precision) */
+    double *norm_mean; /* input entries, or NULL */
+    double *norm_m2;   /* input entries, or NULL */
+    uint64_t norm_count;
+    /* workspace for up to `cap` records */
+    size_t cap;
+    float *x0;     /* (cap, input) preprocessed input */
+    float **acts;  /* nlayers outputs (cap, units_i), after activation */
+    float *dbuf[2];/* two (cap, max units) gradient ping-pong buffers */
+    float *probs;  /* (cap, outputs) */
+    int32_t *labels; /* (cap) */
+} mnn_model_t;
+
+/* Allocates a model for a validated spec, parameters zero. */
+int mnn_model_init(mnn_model_t *m, const mnn_spec_t *s);
+/* He-normal weights (Glorot-normal for tanh/sigmoid/none), zero biases. */
+void mnn_model_init_weights(mnn_model_t *m, mnn_rng_t *rng);
+void mnn_model_free(mnn_model_t *m);
+/* Ensures workspace for batches of up to n records. */
+int mnn_model_reserve(mnn_model_t *m, size_t n);
+
+/* Per-batch results of a training step or an evaluation. */
+typedef struct {
+    double loss_sum; /* summed over the records */
+    size_t correct;  /* records whose argmax equals the label (xent) */
+} mnn_batch_stats_t;
+
+/* Test-then-train on B records: x is (B,input) raw features, y the labels
+ * (class ids as floats, or targets).  The forward pass that measures the
+ * loss is the one that learns: predictions come before the update.  */
+struct mnn_optim;
+int mnn_model_train_batch(mnn_model_t *m, struct mnn_optim *o, const float *x,
+                          const float *y, size_t B, mnn_batch_stats_t *st);
+/* Outputs for B records: class probabilities (xent) or values (mse), into
+ * out (B,outputs).  Does not change the model. */
+int mnn_model_predict(mnn_model_t *m, const float *x, size_t B, float *out);
+
+/* ---- optimizers (optim.c) ------------------------------------------------- */
+
+typedef struct mnn_optim {
+    mnn_opt_spec_t spec;
+    size_t n;     /* parameters */
+    float *m1;    /* sgd: velocity; adam: first moment */
+    float *m2;    /* adam: second moment; NULL for sgd */
+    uint64_t step; /* updates applied so far */
+} mnn_optim_t;
+
+int mnn_optim_init(mnn_optim_t *o, const mnn_opt_spec_t *spec, size_t n);
+void mnn_optim_free(mnn_optim_t *o);
+/* The learning rate of the next update (schedule applied). */
+float mnn_optim_lr(const mnn_optim_t *o);
+void mnn_optim_step(mnn_optim_t *o, float *params, const float *grads);
+
+/* ---- records (record.c) -------------------------------------------------- */
+
+typedef enum {
+    MNN_FMT_UNKNOWN = 0, /* decided by the first data line */
+    MNN_FMT_DENSE,       /* label,x1,...,xn (',' or '\t') */
+    MNN_FMT_SPARSE       /* label idx:val ... (libsvm, 1-based) */
+} mnn_fmt_t;
+
+typedef struct {
+    mnn_fmt_t fmt;
+    char sep;          /* dense separator once known */
+    size_t nfeat;      /* features expected */
+    int has_label;     /* first field is the label */
+    size_t classes;    /* > 0: labels are integers 0..classes-1; 0: real */
+} mnn_record_fmt_t;
+
+/* Parses one line (no '\n') into x (nfeat floats) and *label.  Lines are
+ * data lines: the caller skips '#' and empty ones.  The first call decides
+ * the format.  On error fills d with what is wrong (without the line
+ * number, which the caller knows). */
+int mnn_record_parse(mnn_record_fmt_t *f, const char *line, size_t len,
+                     float *x, float *label, mnn_diag_t *d);
+
+/* Locale-independent number parsing of [s, end): the whole range must be a
+ * finite number. */
+int mnn_parse_float(const char *s, const char *end, float *out);
+int mnn_parse_double(const char *s, const char *end, double *out);
+
+/* A buffered line reader over a file descriptor. */
+typedef struct {
+    int fd;
+    char *buf;
+    size_t cap, start, end; /* unread bytes are buf[start, end) */
+    int eof;
+    int err;                /* errno of a failed read, or 0 */
+    uint64_t lineno;        /* number of the line last returned */
+    size_t max_line;        /* longest line accepted */
+} mnn_linereader_t;
+
+int mnn_lr_init(mnn_linereader_t *lr, int fd, size_t max_line);
+void mnn_lr_free(mnn_linereader_t *lr);
+/* Next line without its '\n' (a final line without one is returned too).
+ * Returns 0, MNN_EOF at end, MNN_EIO (lr->err) or MNN_EOVERFLOW (line longer
+ * than max_line).  The line stays valid until the next call. */
+int mnn_lr_next(mnn_linereader_t *lr, const char **line, size_t *len);
+/* 1 if a whole line is already buffered (the next mnn_lr_next won't block). */
+int mnn_lr_ready(const mnn_linereader_t *lr);
+
+/* ---- checkpoints (safetensors.c, ckpt.c) ---------------------------------- */
+
+/* Training counters kept in state.yaml. */
+typedef struct {
+    uint64_t step;         /* optimizer updates */
+    uint64_t records_seen; /* records learned from */
+    double loss_sum;       /* progressive loss so far */
+    uint64_t correct;      /* progressive hits so far */
+    mnn_rng_t rng;
+} mnn_train_state_t;
+
+/* Writes a checkpoint directory `dir` atomically: everything goes into a
+ * sibling temporary directory first, each file is fsynced, then it is renamed
+ * into place and the parent fsynced.  Fails with MNN_EEXIST if dir exists
+ * unless `replace`.  `created` is the UTC time to record (seconds since the
+ * epoch). `parent` may be NULL. */
+int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
+                   const mnn_train_state_t *st, const char *parent,
+                   int64_t created, int replace, mnn_diag_t *d);
+/* Loads a checkpoint directory (or a directory holding a `latest` link to
+ * one): verifies every file against the manifest, rebuilds the model from the
+ * stored spec and loads the weights.  o and st may be NULL. */
+int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
+                  mnn_train_state_t *st, mnn_diag_t *d);
+
+/* Safetensors: a little-endian u64 header length, a JSON header, then the
+ * tensors back to back.  Tensors are F32 (or F64) and contiguous. */
+typedef struct {
+    const char *name;
+    int f64;            /* 0: F32, 1: F64 */
+    size_t ndim;        /* 1 or 2 */
+    size_t shape[2];
+    const void *data;   /* little-endian on disk; native here (x86, arm LE) */
+} mnn_st_tensor_t;
+
+/* Writes tensors sorted by name, with the given metadata pairs (NULL
+ * terminated, key/value alternating).  Returns 0 or an error with errno. */
+int mnn_st_write(FILE *f, const mnn_st_tensor_t *t, size_t n,
+                 const char *const *meta);
+
+typedef struct mnn_st_file mnn_st_file_t;
+/* Reads and validates a whole safetensors file in memory. */
+int mnn_st_open(mnn_st_file_t **out, const char *path, mnn_diag_t *d);
+/* Finds a tensor; checks dtype and shape.  *data points into the file
+ * buffer. Returns MNN_ESHAPE with a message on mismatch. */
+int mnn_st_get(const mnn_st_file_t *f, const char *name, int f64, size_t ndim,
+               const size_t *shape, const void **data, mnn_diag_t *d);
+/* Metadata value or NULL. */
+const char *mnn_st_meta(const mnn_st_file_t *f, const char *key);
+void mnn_st_close(mnn_st_file_t *f);
+
+/* XXH3-64 of a whole file as 16 hex digits. */
+int mnn_hash_file(const char *path, char hex[17], uint64_t *bytes);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MINI_NN_H */

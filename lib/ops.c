@@ -1,0 +1,206 @@
+/* ops.c - kernels: dense layers on cblas_sgemm with naive twins, activations,
+ * losses.  Shapes follow the llm.c convention: inp (B,C), weight (OC,C),
+ * bias (OC), out (B,OC). */
+#include "internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+/* out = inp * weight^T + bias */
+void mnn_dense_forward(float *out, const float *inp, const float *weight,
+                       const float *bias, size_t B, size_t C, size_t OC)
+{
+    for (size_t b = 0; b < B; b++)
+        memcpy(out + b * OC, bias, OC * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)B, (int)OC,
+                (int)C, 1.0f, inp, (int)C, weight, (int)C, 1.0f, out, (int)OC);
+}
+
+void mnn_dense_forward_naive(float *out, const float *inp, const float *weight,
+                             const float *bias, size_t B, size_t C, size_t OC)
+{
+    for (size_t b = 0; b < B; b++)
+        for (size_t o = 0; o < OC; o++) {
+            float acc = bias[o];
+            for (size_t c = 0; c < C; c++)
+                acc += inp[b * C + c] * weight[o * C + c];
+            out[b * OC + o] = acc;
+        }
+}
+
+/* dweight = dout^T * inp        (OC,B)x(B,C)
+ * dbias   = sum over b of dout
+ * dinp    = dout * weight        (B,OC)x(OC,C) */
+void mnn_dense_backward(float *dinp, float *dweight, float *dbias,
+                        const float *dout, const float *inp,
+                        const float *weight, size_t B, size_t C, size_t OC)
+{
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)C,
+                (int)B, 1.0f, dout, (int)OC, inp, (int)C, 0.0f, dweight,
+                (int)C);
+    memset(dbias, 0, OC * sizeof(float));
+    for (size_t b = 0; b < B; b++) {
+        const float *d = dout + b * OC;
+        for (size_t o = 0; o < OC; o++)
+            dbias[o] += d[o];
+    }
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)C,
+                    (int)OC, 1.0f, dout, (int)OC, weight, (int)C, 0.0f, dinp,
+                    (int)C);
+}
+
+void mnn_dense_backward_naive(float *dinp, float *dweight, float *dbias,
+                              const float *dout, const float *inp,
+                              const float *weight, size_t B, size_t C,
+                              size_t OC)
+{
+    for (size_t o = 0; o < OC; o++) {
+        float db = 0;
+        for (size_t b = 0; b < B; b++)
+            db += dout[b * OC + o];
+        dbias[o] = db;
+        for (size_t c = 0; c < C; c++) {
+            float acc = 0;
+            for (size_t b = 0; b < B; b++)
+                acc += dout[b * OC + o] * inp[b * C + c];
+            dweight[o * C + c] = acc;
+        }
+    }
+    if (dinp)
+        for (size_t b = 0; b < B; b++)
+            for (size_t c = 0; c < C; c++) {
+                float acc = 0;
+                for (size_t o = 0; o < OC; o++)
+                    acc += dout[b * OC + o] * weight[o * C + c];
+                dinp[b * C + c] = acc;
+            }
+}
+
+int mnn_set_threads(size_t n)
+{
+#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
+    openblas_set_num_threads(n > 1024 ? 1024 : (int)n);
+    return 0;
+#else
+    (void)n;
+    return MNN_EINVAL;
+#endif
+}
+
+const char *mnn_act_name(mnn_act_t a)
+{
+    switch (a) {
+    case MNN_ACT_RELU: return "relu";
+    case MNN_ACT_TANH: return "tanh";
+    case MNN_ACT_SIGMOID: return "sigmoid";
+    default: return "none";
+    }
+}
+
+void mnn_act_forward(mnn_act_t a, float *y, const float *x, size_t n)
+{
+    switch (a) {
+    case MNN_ACT_RELU:
+        for (size_t i = 0; i < n; i++)
+            y[i] = x[i] > 0 ? x[i] : 0.0f;
+        break;
+    case MNN_ACT_TANH:
+        for (size_t i = 0; i < n; i++)
+            y[i] = tanhf(x[i]);
+        break;
+    case MNN_ACT_SIGMOID:
+        for (size_t i = 0; i < n; i++)
+            y[i] = 1.0f / (1.0f + expf(-x[i]));
+        break;
+    default:
+        if (y != x)
+            memmove(y, x, n * sizeof(float));
+    }
+}
+
+/* relu: dx = dy * [y > 0]; tanh: dx = dy * (1 - y^2);
+ * sigmoid: dx = dy * y * (1 - y) */
+void mnn_act_backward(mnn_act_t a, float *dx, const float *y, const float *dy,
+                      size_t n)
+{
+    switch (a) {
+    case MNN_ACT_RELU:
+        for (size_t i = 0; i < n; i++)
+            dx[i] = y[i] > 0 ? dy[i] : 0.0f;
+        break;
+    case MNN_ACT_TANH:
+        for (size_t i = 0; i < n; i++)
+            dx[i] = dy[i] * (1.0f - y[i] * y[i]);
+        break;
+    case MNN_ACT_SIGMOID:
+        for (size_t i = 0; i < n; i++)
+            dx[i] = dy[i] * y[i] * (1.0f - y[i]);
+        break;
+    default:
+        if (dx != dy)
+            memmove(dx, dy, n * sizeof(float));
+    }
+}
+
+void mnn_softmax(float *probs, const float *logits, size_t B, size_t K)
+{
+    for (size_t b = 0; b < B; b++) {
+        const float *z = logits + b * K;
+        float *p = probs + b * K;
+        float mx = z[0], sum = 0;
+        for (size_t k = 1; k < K; k++)
+            if (z[k] > mx)
+                mx = z[k];
+        for (size_t k = 0; k < K; k++) {
+            p[k] = expf(z[k] - mx);
+            sum += p[k];
+        }
+        float inv = 1.0f / sum;
+        for (size_t k = 0; k < K; k++)
+            p[k] *= inv;
+    }
+}
+
+/* loss_b = logsumexp(z) - z[y];  dz = (softmax(z) - onehot(y)) * scale */
+double mnn_softmax_xent(float *dlogits, float *probs, const float *logits,
+                        const int32_t *labels, size_t B, size_t K,
+                        float grad_scale)
+{
+    double total = 0;
+    for (size_t b = 0; b < B; b++) {
+        const float *z = logits + b * K;
+        float mx = z[0];
+        double sum = 0;
+        for (size_t k = 1; k < K; k++)
+            if (z[k] > mx)
+                mx = z[k];
+        for (size_t k = 0; k < K; k++)
+            sum += exp((double)z[k] - mx);
+        size_t y = (size_t)labels[b];
+        total += log(sum) + mx - z[y];
+        float inv = (float)(1.0 / sum);
+        for (size_t k = 0; k < K; k++) {
+            float p = expf(z[k] - mx) * inv;
+            if (probs)
+                probs[b * K + k] = p;
+            if (dlogits)
+                dlogits[b * K + k] = (p - (k == y ? 1.0f : 0.0f)) * grad_scale;
+        }
+    }
+    return total;
+}
+
+double mnn_mse(float *dout, const float *out, const float *target, size_t B,
+               size_t K, float grad_scale)
+{
+    double total = 0;
+    for (size_t i = 0; i < B * K; i++) {
+        float e = out[i] - target[i];
+        total += 0.5 * (double)e * e;
+        if (dout)
+            dout[i] = e * grad_scale;
+    }
+    return total;
+}

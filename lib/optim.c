@@ -1,0 +1,69 @@
+/* optim.c - SGD with momentum and weight decay, and Adam, over one flat
+ * parameter array.  Weight decay is L2: it is added to the gradient. */
+#include "internal.h"
+
+#include <math.h>
+
+int mnn_optim_init(mnn_optim_t *o, const mnn_opt_spec_t *spec, size_t n)
+{
+    o->spec = *spec;
+    o->n = n;
+    o->step = 0;
+    o->m2 = NULL;
+    o->m1 = mnn_calloc_aligned(n, sizeof(float));
+    if (!o->m1)
+        return MNN_ENOMEM;
+    if (spec->type == MNN_OPT_ADAM) {
+        o->m2 = mnn_calloc_aligned(n, sizeof(float));
+        if (!o->m2) {
+            mnn_free(o->m1);
+            o->m1 = NULL;
+            return MNN_ENOMEM;
+        }
+    }
+    return 0;
+}
+
+void mnn_optim_free(mnn_optim_t *o)
+{
+    mnn_free(o->m1);
+    mnn_free(o->m2);
+    o->m1 = o->m2 = NULL;
+}
+
+float mnn_optim_lr(const mnn_optim_t *o)
+{
+    return (float)(o->spec.lr / (1.0 + (double)o->spec.lr_decay * (double)o->step));
+}
+
+void mnn_optim_step(mnn_optim_t *o, float *restrict w, const float *restrict g)
+{
+    const float lr = mnn_optim_lr(o), wd = o->spec.weight_decay;
+    const size_t n = o->n;
+    float *restrict m1 = o->m1;
+    o->step++;
+    if (o->spec.type == MNN_OPT_SGD) {
+        /* v = mu*v + (g + wd*w);  w -= lr*v */
+        const float mu = o->spec.momentum;
+        for (size_t i = 0; i < n; i++) {
+            float v = mu * m1[i] + (g[i] + wd * w[i]);
+            m1[i] = v;
+            w[i] -= lr * v;
+        }
+        return;
+    }
+    /* Adam: m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+     * w -= lr * m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) */
+    const float b1 = o->spec.beta1, b2 = o->spec.beta2, eps = o->spec.eps;
+    const float c1 = (float)(1.0 / (1.0 - pow(b1, (double)o->step)));
+    const float c2 = (float)(1.0 / (1.0 - pow(b2, (double)o->step)));
+    float *restrict m2 = o->m2;
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] + wd * w[i];
+        float m = b1 * m1[i] + (1.0f - b1) * gi;
+        float v = b2 * m2[i] + (1.0f - b2) * gi * gi;
+        m1[i] = m;
+        m2[i] = v;
+        w[i] -= lr * (m * c1) / (sqrtf(v * c2) + eps);
+    }
+}

@@ -1,0 +1,210 @@
+/* yamlutil.c - loading YAML documents with libyaml and reading typed values
+ * from their nodes, with errors that name file:line:column. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int mnn_read_file(const char *path, size_t max, char **out, size_t *len,
+                  mnn_diag_t *d)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        int e = errno;
+        close(fd);
+        return mnn_fail(d, MNN_EIO, "%s: %s", path,
+                        S_ISDIR(st.st_mode) ? "is a directory"
+                                            : e ? strerror(e) : "not a regular file");
+    }
+    if ((uint64_t)st.st_size > max) {
+        close(fd);
+        return mnn_fail(d, MNN_EOVERFLOW, "%s: %lld bytes, more than the %zu allowed",
+                        path, (long long)st.st_size, max);
+    }
+    size_t n = (size_t)st.st_size, got = 0;
+    char *buf = malloc(n + 1);
+    if (!buf) {
+        close(fd);
+        return mnn_fail(d, MNN_ENOMEM, "%s: out of memory", path);
+    }
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            int e = r < 0 ? errno : 0;
+            free(buf);
+            close(fd);
+            return mnn_fail(d, MNN_EIO, "%s: %s", path, e ? strerror(e) : "file shrank while reading");
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[n] = 0;
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+int mnn_fsync_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return MNN_EIO;
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc < 0 ? MNN_EIO : 0;
+}
+
+int mnn_yaml_load(mnn_yaml_t *y, const char *text, size_t len,
+                  const char *name, mnn_diag_t *d)
+{
+    yaml_parser_t p;
+    memset(y, 0, sizeof *y);
+    y->name = name;
+    if (!yaml_parser_initialize(&p))
+        return mnn_fail(d, MNN_ENOMEM, "%s: out of memory", name);
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+    if (!yaml_parser_load(&p, &y->doc)) {
+        yaml_mark_t mk = p.problem_mark.line || p.problem_mark.column
+                             ? p.problem_mark : p.context_mark;
+        int rc = mnn_fail(d, MNN_EFORMAT, "%s:%zu:%zu: invalid YAML: %s%s%s", name,
+                          mk.line + 1, mk.column + 1,
+                          p.problem ? p.problem : "syntax error",
+                          p.context ? " " : "", p.context ? p.context : "");
+        yaml_parser_delete(&p);
+        return rc;
+    }
+    yaml_parser_delete(&p);
+    y->loaded = 1;
+    if (!yaml_document_get_root_node(&y->doc)) {
+        mnn_yaml_free(y);
+        return mnn_fail(d, MNN_EFORMAT, "%s:1:1: empty document", name);
+    }
+    return 0;
+}
+
+int mnn_yaml_load_file(mnn_yaml_t *y, char **textp, const char *path,
+                       mnn_diag_t *d)
+{
+    size_t len;
+    int rc = mnn_read_file(path, (size_t)16 << 20, textp, &len, d);
+    if (rc < 0)
+        return rc;
+    rc = mnn_yaml_load(y, *textp, len, path, d);
+    if (rc < 0) {
+        free(*textp);
+        *textp = NULL;
+    }
+    return rc;
+}
+
+void mnn_yaml_free(mnn_yaml_t *y)
+{
+    if (y->loaded)
+        yaml_document_delete(&y->doc);
+    y->loaded = 0;
+}
+
+yaml_node_t *mnn_yaml_root(mnn_yaml_t *y) { return yaml_document_get_root_node(&y->doc); }
+yaml_node_t *mnn_yaml_node(mnn_yaml_t *y, int id) { return yaml_document_get_node(&y->doc, id); }
+
+int mnn_yaml_fail(mnn_yaml_t *y, const yaml_node_t *n, mnn_diag_t *d, int err,
+                  const char *fmt, ...)
+{
+    if (d) {
+        int k = snprintf(d->msg, sizeof d->msg, "%s:%zu:%zu: ", y->name,
+                         n->start_mark.line + 1, n->start_mark.column + 1);
+        if (k < 0 || (size_t)k >= sizeof d->msg)
+            k = 0;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(d->msg + k, sizeof d->msg - (size_t)k, fmt, ap);
+        va_end(ap);
+    }
+    return err;
+}
+
+static const char *kind_name(yaml_node_type_t t)
+{
+    return t == YAML_SCALAR_NODE ? "a scalar"
+           : t == YAML_SEQUENCE_NODE ? "a list" : "a mapping";
+}
+
+int mnn_yaml_expect(mnn_yaml_t *y, yaml_node_t *n, yaml_node_type_t t,
+                    const char *what, mnn_diag_t *d)
+{
+    if (n->type != t)
+        return mnn_yaml_fail(y, n, d, MNN_EFORMAT, "%s must be %s, not %s", what,
+                             kind_name(t), kind_name(n->type));
+    return 0;
+}
+
+int mnn_yaml_str(mnn_yaml_t *y, yaml_node_t *n, const char *what,
+                 const char **out, mnn_diag_t *d)
+{
+    int rc = mnn_yaml_expect(y, n, YAML_SCALAR_NODE, what, d);
+    if (rc == 0)
+        *out = (const char *)n->data.scalar.value;
+    return rc;
+}
+
+int mnn_yaml_u64(mnn_yaml_t *y, yaml_node_t *n, const char *what,
+                 uint64_t *out, mnn_diag_t *d)
+{
+    const char *s;
+    int rc = mnn_yaml_str(y, n, what, &s, d);
+    if (rc < 0)
+        return rc;
+    uint64_t v = 0;
+    const char *p = s;
+    if (!*p)
+        goto bad;
+    for (; *p; p++) {
+        if ((unsigned)(*p - '0') >= 10 || v > (UINT64_MAX - 9) / 10)
+            goto bad;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    *out = v;
+    return 0;
+bad:
+    return mnn_yaml_fail(y, n, d, MNN_EFORMAT, "%s: '%s' is not a non-negative integer",
+                         what, s);
+}
+
+int mnn_yaml_f64(mnn_yaml_t *y, yaml_node_t *n, const char *what,
+                 double *out, mnn_diag_t *d)
+{
+    const char *s;
+    int rc = mnn_yaml_str(y, n, what, &s, d);
+    if (rc < 0)
+        return rc;
+    if (mnn_parse_double(s, s + strlen(s), out) < 0)
+        return mnn_yaml_fail(y, n, d, MNN_EFORMAT, "%s: '%s' is not a finite number",
+                             what, s);
+    return 0;
+}
+
+yaml_node_t *mnn_yaml_get(mnn_yaml_t *y, yaml_node_t *map, const char *key)
+{
+    if (!map || map->type != YAML_MAPPING_NODE)
+        return NULL;
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start;
+         p < map->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = mnn_yaml_node(y, p->key);
+        if (k && k->type == YAML_SCALAR_NODE &&
+            !strcmp((const char *)k->data.scalar.value, key))
+            return mnn_yaml_node(y, p->value);
+    }
+    return NULL;
+}
