@@ -59,15 +59,11 @@ noreturn void print_version(void)
 
 uint64_t opt_u64(const char *opt, const char *s)
 {
-    uint64_t v = 0;
-    const char *p = s;
-    if (!*p)
+    uint64_t v;
+    if (!*s)
         usage_error("%s: missing number", opt);
-    for (; *p; p++) {
-        if ((unsigned)(*p - '0') >= 10 || v > (UINT64_MAX - 9) / 10)
-            usage_error("%s: '%s' is not a non-negative integer", opt, s);
-        v = v * 10 + (uint64_t)(*p - '0');
-    }
+    if (mnn_parse_u64(s, &v) < 0)
+        usage_error("%s: '%s' is not a non-negative integer (up to 2^64-1)", opt, s);
     return v;
 }
 

@@ -182,7 +182,7 @@ feed_t *feed_start(int fd, const feed_opts_t *o)
     f->started = 1;
     return f;
 fail:
-    feed_stop(f);
+    feed_stop(f, NULL, NULL, 0);
     return NULL;
 }
 
@@ -219,15 +219,7 @@ void feed_release(feed_t *f, feed_batch_t *b)
     pthread_mutex_unlock(&f->mu);
 }
 
-uint64_t feed_skipped(feed_t *f, const char **first)
-{
-    uint64_t n = f->skipped; /* final: the reader has finished */
-    if (first)
-        *first = f->first_skip;
-    return n;
-}
-
-void feed_stop(feed_t *f)
+void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen)
 {
     if (!f)
         return;
@@ -238,6 +230,10 @@ void feed_stop(feed_t *f)
         pthread_mutex_unlock(&f->mu);
         pthread_cancel(f->thread); /* only takes effect inside read() */
         pthread_join(f->thread, NULL);
+    }
+    if (skipped) {
+        *skipped = f->skipped;
+        snprintf(first, firstlen, "%s", f->first_skip);
     }
     for (int i = 0; i < NSLOTS; i++) {
         mnn_free(f->slot[i].x);

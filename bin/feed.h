@@ -43,9 +43,9 @@ feed_t *feed_start(int fd, const feed_opts_t *o);
  * Returns NULL if *interrupt (may be NULL) becomes non-zero while waiting. */
 feed_batch_t *feed_next(feed_t *f, volatile sig_atomic_t *interrupt);
 void feed_release(feed_t *f, feed_batch_t *b);
-/* Records skipped under --on-error=skip, and the first reason. */
-uint64_t feed_skipped(feed_t *f, const char **first);
-/* Stops the reader (even while it waits for input) and frees everything. */
-void feed_stop(feed_t *f);
+/* Stops the reader (even while it waits for input) and frees everything.
+ * If skipped is not NULL it receives the count of records skipped under
+ * --on-error=skip, and first (size firstlen) the first reason. */
+void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen);
 
 #endif

@@ -93,6 +93,24 @@ static void eval_report(const eval_t *e, int classify)
     }
 }
 
+/* The last digits of a BLAS product depend on the shape it is given and on
+ * a row's place in it.  So that the output depends on the input alone and
+ * not on when it arrives, batches are always full (but the last) unless
+ * line-buffered, and then each record is computed alone. */
+static int predict(mnn_model_t *m, feed_batch_t *b, int linebuf, float *out)
+{
+    const size_t C = m->spec.input, K = m->spec.outputs;
+    if (linebuf) {
+        for (size_t i = 0; i < b->n; i++) {
+            int rc = mnn_model_predict(m, b->x + i * C, 1, out + i * K);
+            if (rc < 0)
+                return rc;
+        }
+        return 0;
+    }
+    return mnn_model_predict(m, b->x, b->n, out);
+}
+
 static void put_comments(const feed_batch_t *b, size_t *ci, size_t before)
 {
     while (*ci < b->ncom && b->cpos[*ci] <= before) {
@@ -186,7 +204,7 @@ int main(int argc, char **argv)
     uint64_t records = 0;
     for (;;) {
         feed_batch_t *b = feed_next(feed, NULL);
-        int rc = mnn_model_predict(&m, b->x, b->n, out);
+        int rc = predict(&m, b, linebuf, out);
         if (rc < 0)
             die(EXIT_RUNTIME, "inference failed: %s", mnn_strerror(rc));
         size_t ci = 0;
@@ -230,9 +248,9 @@ int main(int argc, char **argv)
         if (end)
             break;
     }
-    const char *first;
-    uint64_t skipped = feed_skipped(feed, &first);
-    feed_stop(feed);
+    char first[700];
+    uint64_t skipped;
+    feed_stop(feed, &skipped, first, sizeof first);
     out_close();
     if (skipped)
         warnx_("skipped %llu bad record%s (first: %s)", (unsigned long long)skipped,

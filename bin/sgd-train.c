@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static noreturn void help(void)
@@ -33,6 +34,8 @@ static noreturn void help(void)
         "  -f, --force            replace an existing checkpoint at --out\n"
         "      --lr X             learning rate (overrides the spec)\n"
         "      --lr-decay X       lr / (1 + X * step) schedule\n"
+        "      --average X        keep a moving average of the weights with decay X\n"
+        "                         (0: off) and write it as the model\n"
         "      --momentum X       SGD momentum\n"
         "      --weight-decay X   L2 weight decay\n"
         "      --optimizer NAME   sgd or adam\n"
@@ -53,6 +56,25 @@ static noreturn void help(void)
         prog);
     out_close();
     exit(EXIT_OK);
+}
+
+/* --out must be free, or with --force a checkpoint we may replace. */
+static void check_out(const char *out, int force)
+{
+    struct stat sb;
+    if (lstat(out, &sb) != 0)
+        return;
+    if (!force)
+        die(EXIT_RUNTIME, "%s: already exists (use --force to replace it)", out);
+    char *man = malloc(strlen(out) + sizeof "/manifest.yaml");
+    if (!man)
+        die(EXIT_RUNTIME, "out of memory");
+    sprintf(man, "%s/manifest.yaml", out);
+    int is_ckpt = S_ISDIR(sb.st_mode) && access(man, F_OK) == 0;
+    free(man);
+    if (!is_ckpt)
+        die(EXIT_RUNTIME, "%s: exists and is not a checkpoint; --force replaces only checkpoints",
+            out);
 }
 
 static volatile sig_atomic_t stop_requested;
@@ -95,13 +117,14 @@ static void report(progress_t *p, const char *tag)
 int main(int argc, char **argv)
 {
     enum { O_LR = 256, O_MOMENTUM, O_WD, O_OPT, O_BATCH, O_SEED, O_THREADS, O_ONERR,
-           O_DECAY };
+           O_DECAY, O_AVG };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
         {"out", required_argument, NULL, 'o'},
         {"force", no_argument, NULL, 'f'},
         {"lr", required_argument, NULL, O_LR},
         {"lr-decay", required_argument, NULL, O_DECAY},
+        {"average", required_argument, NULL, O_AVG},
         {"momentum", required_argument, NULL, O_MOMENTUM},
         {"weight-decay", required_argument, NULL, O_WD},
         {"optimizer", required_argument, NULL, O_OPT},
@@ -116,7 +139,7 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0}};
     const char *spec_path = NULL, *out = "model.ckpt";
     const char *o_lr = NULL, *o_mom = NULL, *o_wd = NULL, *o_opt = NULL, *o_batch = NULL,
-               *o_seed = NULL, *o_decay = NULL;
+               *o_seed = NULL, *o_decay = NULL, *o_avg = NULL;
     int force = 0, quiet = 0, verbose = 0, skip = 0, c;
     size_t threads = 0;
 
@@ -129,6 +152,7 @@ int main(int argc, char **argv)
         case 'f': force = 1; break;
         case O_LR: o_lr = optarg; break;
         case O_DECAY: o_decay = optarg; break;
+        case O_AVG: o_avg = optarg; break;
         case O_MOMENTUM: o_mom = optarg; break;
         case O_WD: o_wd = optarg; break;
         case O_OPT: o_opt = optarg; break;
@@ -158,6 +182,8 @@ int main(int argc, char **argv)
         spec.opt.lr = opt_float("--lr", o_lr);
     if (o_decay)
         spec.opt.lr_decay = opt_float("--lr-decay", o_decay);
+    if (o_avg)
+        spec.opt.average = opt_float("--average", o_avg);
     if (o_mom)
         spec.opt.momentum = opt_float("--momentum", o_mom);
     if (o_wd)
@@ -176,8 +202,18 @@ int main(int argc, char **argv)
         spec.seed = opt_u64("--seed", o_seed);
     if (mnn_spec_validate(&spec, &d) < 0)
         usage_error("%s", d.msg);
-    if (!force && access(out, F_OK) == 0)
-        die(EXIT_RUNTIME, "%s: already exists (use --force to replace it)", out);
+    /* everything that can stop the run is checked before the training */
+    check_out(out, force);
+    /* SOURCE_DATE_EPOCH fixes the manifest's time: the whole checkpoint is
+     * then reproducible */
+    int64_t created = 0;
+    const char *sde = getenv("SOURCE_DATE_EPOCH");
+    if (sde && *sde) {
+        uint64_t v;
+        if (mnn_parse_u64(sde, &v) < 0 || v > INT64_MAX)
+            die(EXIT_USAGE, "SOURCE_DATE_EPOCH: '%s' is not a number of seconds", sde);
+        created = (int64_t)v;
+    }
     set_threads(threads);
 
     mnn_model_t model;
@@ -254,31 +290,31 @@ int main(int argc, char **argv)
             break;
         }
     }
-    const char *first;
-    uint64_t skipped = feed_skipped(feed, &first);
-    feed_stop(feed);
-    if (p.records == 0)
+    char first[700];
+    uint64_t skipped;
+    feed_stop(feed, &skipped, first, sizeof first);
+    if (p.records == 0 && !stop_requested)
         die(EXIT_RUNTIME, "stdin: no records to learn from%s",
             skipped ? " (all were skipped as bad)" : "");
     if (!quiet && p.records_since)
         report(&p, "");
-    if (!quiet)
-        fprintf(stderr, "%s: %llu records, %llu steps, average loss %.6f%s%.4f\n", prog,
+    if (!quiet && p.records) {
+        fprintf(stderr, "%s: %llu records, %llu steps, average loss %.6f", prog,
                 (unsigned long long)p.records, (unsigned long long)st.step,
-                p.loss / (double)p.records,
-                p.classify ? ", progressive accuracy " : "",
-                p.classify ? (double)p.correct / (double)p.records : 0.0);
+                p.loss / (double)p.records);
+        if (p.classify)
+            fprintf(stderr, ", progressive accuracy %.4f",
+                    (double)p.correct / (double)p.records);
+        fputc('\n', stderr);
+    }
     if (skipped)
         warnx_("skipped %llu bad record%s (first: %s)", (unsigned long long)skipped,
                skipped == 1 ? "" : "s", first);
 
     st.loss_sum = p.loss;
     st.correct = p.correct;
-    /* SOURCE_DATE_EPOCH makes the whole checkpoint reproducible */
-    int64_t created = (int64_t)time(NULL);
-    const char *sde = getenv("SOURCE_DATE_EPOCH");
-    if (sde && *sde)
-        created = (int64_t)opt_u64("SOURCE_DATE_EPOCH", sde);
+    if (!sde || !*sde)
+        created = (int64_t)time(NULL);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     if (mnn_ckpt_write(out, &model, &opt, &st, NULL, created, force, &d) < 0)

@@ -77,8 +77,11 @@ static int remove_tree(const char *dir)
     return rc;
 }
 
-static int write_model(FILE *f, const mnn_model_t *m)
+/* model.safetensors: the weights for inference (the moving average when the
+ * optimizer keeps one) and the normalization statistics. */
+static int write_model(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
 {
+    const float *w = mnn_optim_weights(o, m->params);
     size_t L = m->spec.nlayers, n = 2 * L + 2;
     mnn_st_tensor_t *t = calloc(n, sizeof *t);
     char (*names)[48] = calloc(n, sizeof *names);
@@ -90,11 +93,11 @@ static int write_model(FILE *f, const mnn_model_t *m)
     for (size_t i = 0; i < L; i++) {
         snprintf(names[k], sizeof names[k], "layers.%zu.weight", i);
         t[k] = (mnn_st_tensor_t){names[k], 0, 2, {m->spec.layers[i].units, m->fan_in[i]},
-                                 m->params + m->w_off[i]};
+                                 w + m->w_off[i]};
         k++;
         snprintf(names[k], sizeof names[k], "layers.%zu.bias", i);
         t[k] = (mnn_st_tensor_t){names[k], 0, 1, {m->spec.layers[i].units, 0},
-                                 m->params + m->b_off[i]};
+                                 w + m->b_off[i]};
         k++;
     }
     if (m->norm_mean) {
@@ -112,9 +115,29 @@ out:
     return rc;
 }
 
+/* The buffers of optimizer.safetensors, by tensor-name suffix: the moments,
+ * and the raw training weights when model.safetensors holds their average. */
+static size_t optim_buffers(const mnn_optim_t *o, float **bufs, const char **suffix,
+                            float *params)
+{
+    size_t k = 0;
+    const int adam = o->spec.type == MNN_OPT_ADAM;
+    suffix[k] = adam ? "exp_avg" : "momentum_buffer";
+    bufs[k++] = o->m1;
+    if (adam) {
+        suffix[k] = "exp_avg_sq";
+        bufs[k++] = o->m2;
+    }
+    if (o->avg) {
+        suffix[k] = "param";
+        bufs[k++] = params;
+    }
+    return k;
+}
+
 static int write_optim(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
 {
-    size_t L = m->spec.nlayers, n = 4 * L;
+    size_t L = m->spec.nlayers, n = 6 * L;
     mnn_st_tensor_t *t = calloc(n, sizeof *t);
     char (*names)[64] = calloc(n, sizeof *names);
     char step[32];
@@ -122,10 +145,11 @@ static int write_optim(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
     if (!t || !names)
         goto out;
     const int adam = o->spec.type == MNN_OPT_ADAM;
-    const char *suffix[2] = {adam ? "exp_avg" : "momentum_buffer", "exp_avg_sq"};
-    size_t k = 0;
-    for (int which = 0; which < (adam ? 2 : 1); which++) {
-        const float *buf = which ? o->m2 : o->m1;
+    const char *suffix[3];
+    float *bufs[3];
+    size_t nb = optim_buffers(o, bufs, suffix, m->params), k = 0;
+    for (size_t which = 0; which < nb; which++) {
+        const float *buf = bufs[which];
         for (size_t i = 0; i < L; i++) {
             snprintf(names[k], sizeof names[k], "layers.%zu.weight.%s", i, suffix[which]);
             t[k] = (mnn_st_tensor_t){names[k], 0, 2, {m->spec.layers[i].units, m->fan_in[i]},
@@ -253,7 +277,7 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
             free(fp);
             goto fail;
         }
-        rc = i == 0 ? write_model(f, m) : i == 1 ? write_optim(f, m, o) : write_state(f, st);
+        rc = i == 0 ? write_model(f, m, o) : i == 1 ? write_optim(f, m, o) : write_state(f, st);
         rc = close_synced(f, rc);
         if (rc < 0) {
             rc = mnn_fail(d, rc, "%s: %s", fp, rc == MNN_EIO ? strerror(errno) : mnn_strerror(rc));
@@ -419,10 +443,15 @@ static int load_optim(mnn_model_t *m, mnn_optim_t *o, const char *path, mnn_diag
         mnn_st_close(f);
         return mnn_fail(d, rc, "%s: %s", path, mnn_strerror(rc));
     }
-    const int adam = o->spec.type == MNN_OPT_ADAM;
-    const char *suffix[2] = {adam ? "exp_avg" : "momentum_buffer", "exp_avg_sq"};
-    for (int which = 0; which < (adam ? 2 : 1) && rc == 0; which++) {
-        float *buf = which ? o->m2 : o->m1;
+    /* model.safetensors gave the averaged weights: keep them as the average
+     * and read the raw ones back into the model */
+    if (o->avg)
+        memcpy(o->avg, m->params, m->nparams * sizeof(float));
+    const char *suffix[3];
+    float *bufs[3];
+    size_t nb = optim_buffers(o, bufs, suffix, m->params);
+    for (size_t which = 0; which < nb && rc == 0; which++) {
+        float *buf = bufs[which];
         for (size_t i = 0; i < m->spec.nlayers && rc == 0; i++) {
             char name[64];
             const void *p;

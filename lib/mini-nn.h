@@ -136,6 +136,9 @@ typedef struct {
     float beta1, beta2; /* adam moments, in [0,1) */
     float eps;          /* adam denominator guard, > 0 */
     float lr_decay;     /* lr_t = lr / (1 + lr_decay * step), >= 0 */
+    float average;      /* 0: off; else the decay in [0,1) of an exponential
+                         * moving average of the weights, which is the model
+                         * written for inference */
 } mnn_opt_spec_t;
 
 typedef struct {
@@ -220,11 +223,14 @@ typedef struct mnn_optim {
     size_t n;     /* parameters */
     float *m1;    /* sgd: velocity; adam: first moment */
     float *m2;    /* adam: second moment; NULL for sgd */
+    float *avg;   /* moving average of the weights, NULL unless averaging */
     uint64_t step; /* updates applied so far */
 } mnn_optim_t;
 
 int mnn_optim_init(mnn_optim_t *o, const mnn_opt_spec_t *spec, size_t n);
 void mnn_optim_free(mnn_optim_t *o);
+/* The weights to use for inference: the average when there is one. */
+const float *mnn_optim_weights(const mnn_optim_t *o, const float *params);
 /* The learning rate of the next update (schedule applied). */
 float mnn_optim_lr(const mnn_optim_t *o);
 void mnn_optim_step(mnn_optim_t *o, float *params, const float *grads);
@@ -256,6 +262,8 @@ int mnn_record_parse(mnn_record_fmt_t *f, const char *line, size_t len,
  * finite number. */
 int mnn_parse_float(const char *s, const char *end, float *out);
 int mnn_parse_double(const char *s, const char *end, double *out);
+/* A whole NUL-terminated string of decimal digits, without overflow. */
+int mnn_parse_u64(const char *s, uint64_t *out);
 
 /* A buffered line reader over a file descriptor. */
 typedef struct {

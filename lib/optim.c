@@ -3,23 +3,22 @@
 #include "internal.h"
 
 #include <math.h>
+#include <string.h>
 
 int mnn_optim_init(mnn_optim_t *o, const mnn_opt_spec_t *spec, size_t n)
 {
     o->spec = *spec;
     o->n = n;
     o->step = 0;
-    o->m2 = NULL;
+    o->m2 = o->avg = NULL;
     o->m1 = mnn_calloc_aligned(n, sizeof(float));
-    if (!o->m1)
-        return MNN_ENOMEM;
-    if (spec->type == MNN_OPT_ADAM) {
+    if (spec->type == MNN_OPT_ADAM)
         o->m2 = mnn_calloc_aligned(n, sizeof(float));
-        if (!o->m2) {
-            mnn_free(o->m1);
-            o->m1 = NULL;
-            return MNN_ENOMEM;
-        }
+    if (spec->average > 0)
+        o->avg = mnn_calloc_aligned(n, sizeof(float));
+    if (!o->m1 || (spec->type == MNN_OPT_ADAM && !o->m2) || (spec->average > 0 && !o->avg)) {
+        mnn_optim_free(o);
+        return MNN_ENOMEM;
     }
     return 0;
 }
@@ -28,7 +27,29 @@ void mnn_optim_free(mnn_optim_t *o)
 {
     mnn_free(o->m1);
     mnn_free(o->m2);
-    o->m1 = o->m2 = NULL;
+    mnn_free(o->avg);
+    o->m1 = o->m2 = o->avg = NULL;
+}
+
+const float *mnn_optim_weights(const mnn_optim_t *o, const float *params)
+{
+    return o && o->avg ? o->avg : params;
+}
+
+/* avg = d*avg + (1-d)*w with d = min(average, (1+t)/(10+t)): the average
+ * follows the weights closely at first, so a short run is not dominated by
+ * the random initialisation (TensorFlow's ExponentialMovingAverage). */
+static void update_average(mnn_optim_t *o, const float *restrict w)
+{
+    float *restrict avg = o->avg;
+    if (o->step == 1) {
+        memcpy(avg, w, o->n * sizeof(float));
+        return;
+    }
+    double ramp = (1.0 + (double)o->step) / (10.0 + (double)o->step);
+    const float d = (float)(ramp < o->spec.average ? ramp : o->spec.average);
+    for (size_t i = 0; i < o->n; i++)
+        avg[i] = d * avg[i] + (1.0f - d) * w[i];
 }
 
 float mnn_optim_lr(const mnn_optim_t *o)
@@ -50,20 +71,22 @@ void mnn_optim_step(mnn_optim_t *o, float *restrict w, const float *restrict g)
             m1[i] = v;
             w[i] -= lr * v;
         }
-        return;
+    } else {
+        /* Adam: m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+         * w -= lr * m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) */
+        const float b1 = o->spec.beta1, b2 = o->spec.beta2, eps = o->spec.eps;
+        const float c1 = (float)(1.0 / (1.0 - pow(b1, (double)o->step)));
+        const float c2 = (float)(1.0 / (1.0 - pow(b2, (double)o->step)));
+        float *restrict m2 = o->m2;
+        for (size_t i = 0; i < n; i++) {
+            float gi = g[i] + wd * w[i];
+            float m = b1 * m1[i] + (1.0f - b1) * gi;
+            float v = b2 * m2[i] + (1.0f - b2) * gi * gi;
+            m1[i] = m;
+            m2[i] = v;
+            w[i] -= lr * (m * c1) / (sqrtf(v * c2) + eps);
+        }
     }
-    /* Adam: m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
-     * w -= lr * m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) */
-    const float b1 = o->spec.beta1, b2 = o->spec.beta2, eps = o->spec.eps;
-    const float c1 = (float)(1.0 / (1.0 - pow(b1, (double)o->step)));
-    const float c2 = (float)(1.0 / (1.0 - pow(b2, (double)o->step)));
-    float *restrict m2 = o->m2;
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i] + wd * w[i];
-        float m = b1 * m1[i] + (1.0f - b1) * gi;
-        float v = b2 * m2[i] + (1.0f - b2) * gi * gi;
-        m1[i] = m;
-        m2[i] = v;
-        w[i] -= lr * (m * c1) / (sqrtf(v * c2) + eps);
-    }
+    if (o->avg)
+        update_average(o, w);
 }

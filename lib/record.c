@@ -24,22 +24,24 @@ static const double pow10_exact[23] = {
 /* Slow path: strtod in the C locale on a NUL-terminated copy. */
 static int parse_slow(const char *s, const char *end, double *out)
 {
-    char tmp[128];
+    char small[128], *tmp = small;
     size_t n = (size_t)(end - s);
-    if (n >= sizeof tmp)
-        return MNN_EFORMAT;
+    if (n >= sizeof small && !(tmp = malloc(n + 1)))
+        return MNN_ENOMEM;
     memcpy(tmp, s, n);
     tmp[n] = 0;
+    int rc = MNN_ENOMEM;
     pthread_once(&c_locale_once, init_c_locale);
-    if (!c_locale)
-        return MNN_ENOMEM;
-    char *stop;
-    errno = 0;
-    double v = strtod_l(tmp, &stop, c_locale);
-    if (stop != tmp + n)
-        return MNN_EFORMAT;
-    *out = v;
-    return 0;
+    if (c_locale) {
+        char *stop;
+        double v = strtod_l(tmp, &stop, c_locale);
+        rc = stop == tmp + n ? 0 : MNN_EFORMAT;
+        if (rc == 0)
+            *out = v;
+    }
+    if (tmp != small)
+        free(tmp);
+    return rc;
 }
 
 int mnn_parse_double(const char *s, const char *end, double *out)
@@ -50,8 +52,10 @@ int mnn_parse_double(const char *s, const char *end, double *out)
         neg = *p++ == '-';
     /* nan, inf, infinity: numbers, but never valid data */
     size_t rest = (size_t)(end - p);
-    if ((rest == 3 && (!strncasecmp(p, "nan", 3) || !strncasecmp(p, "inf", 3))) ||
-        (rest == 8 && !strncasecmp(p, "infinity", 8)))
+    if (rest && (*p | 0x20) != 'n' && (*p | 0x20) != 'i')
+        ; /* the common case: not a word */
+    else if ((rest == 3 && (!strncasecmp(p, "nan", 3) || !strncasecmp(p, "inf", 3))) ||
+             (rest == 8 && !strncasecmp(p, "infinity", 8)))
         return MNN_EINVAL;
     uint64_t mant = 0;
     int digits = 0, exp10 = 0, any = 0;
@@ -115,6 +119,23 @@ int mnn_parse_double(const char *s, const char *end, double *out)
         v = -v;
     if (!isfinite(v))
         return MNN_EINVAL;
+    *out = v;
+    return 0;
+}
+
+int mnn_parse_u64(const char *s, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (!*s)
+        return MNN_EFORMAT;
+    for (; *s; s++) {
+        unsigned dgt = (unsigned)(*s - '0');
+        if (dgt >= 10)
+            return MNN_EFORMAT;
+        if (v > (UINT64_MAX - dgt) / 10)
+            return MNN_EOVERFLOW;
+        v = v * 10 + dgt;
+    }
     *out = v;
     return 0;
 }
@@ -258,6 +279,22 @@ static int parse_dense(mnn_record_fmt_t *f, const char *p, const char *end,
     const char sep = f->sep;
     size_t want = f->nfeat + (f->has_label ? 1 : 0), field = 0;
     for (;;) {
+        /* fast path: a feature that is a small unsigned integer, as pixels
+         * are; anything else goes through mnn_parse_float */
+        if (field > 0 || !f->has_label) {
+            const char *r = p;
+            uint32_t v = 0;
+            while (r < end && (unsigned)(*r - '0') < 10 && r - p < 9)
+                v = v * 10 + (uint32_t)(*r++ - '0');
+            if (r > p && (r == end || *r == sep) && field < want) {
+                x[field - (f->has_label ? 1 : 0)] = (float)v;
+                field++;
+                if (r == end)
+                    break;
+                p = r + 1;
+                continue;
+            }
+        }
         const char *q = memchr(p, sep, (size_t)(end - p));
         if (!q)
             q = end;
@@ -362,8 +399,12 @@ int mnn_record_parse(mnn_record_fmt_t *f, const char *line, size_t len,
                      : memchr(line, '\t', (size_t)(end - line)) ? '\t' : ',';
         }
     }
-    if (f->fmt == MNN_FMT_SPARSE)
+    if (f->fmt == MNN_FMT_SPARSE) {
+        if (!memchr(line, ':', (size_t)(end - line)) &&
+            memchr(line, ',', (size_t)(end - line)))
+            return mnn_fail(d, MNN_EFORMAT, "dense (comma-separated) record in a sparse stream");
         return parse_sparse(f, line, end, x, label, d);
+    }
     if (memchr(line, ':', (size_t)(end - line)))
         return mnn_fail(d, MNN_EFORMAT, "sparse (idx:value) record in a dense stream");
     return parse_dense(f, line, end, x, label, d);

@@ -337,10 +337,17 @@ int mnn_st_get(const mnn_st_file_t *f, const char *name, int f64, size_t ndim,
         int same = e->ndim == ndim;
         for (size_t k = 0; same && k < ndim; k++)
             same = e->shape[k] == shape[k];
-        if (!same)
-            return mnn_fail(d, MNN_ESHAPE, "%s: tensor '%s' has shape [%zu%s%s] but the model needs [%zu%s]",
-                            f->path, name, e->ndim ? e->shape[0] : 0, e->ndim > 1 ? ",..." : "",
-                            "", shape[0], ndim > 1 ? ",..." : "");
+        if (!same) {
+            char have[64] = "", need[64] = "";
+            for (size_t k = 0; k < e->ndim; k++)
+                snprintf(have + strlen(have), sizeof have - strlen(have), "%s%zu", k ? "," : "",
+                         e->shape[k]);
+            for (size_t k = 0; k < ndim; k++)
+                snprintf(need + strlen(need), sizeof need - strlen(need), "%s%zu", k ? "," : "",
+                         shape[k]);
+            return mnn_fail(d, MNN_ESHAPE, "%s: tensor '%s' has shape [%s] but the model needs [%s]",
+                            f->path, name, have, need);
+        }
         *data = f->data + e->begin;
         return 0;
     }

@@ -40,7 +40,7 @@ int mnn_spec_copy(mnn_spec_t *dst, const mnn_spec_t *src)
 
 /* Fields validation can point at; marks[] keeps where each was read. */
 enum { F_ROOT, F_INPUT, F_SCALE, F_OUTPUTS, F_LAYERS, F_LR, F_MOMENTUM, F_WD,
-       F_BETA1, F_BETA2, F_EPS, F_DECAY, F_BATCH, F_NFIELDS };
+       F_BETA1, F_BETA2, F_EPS, F_DECAY, F_AVG, F_BATCH, F_NFIELDS };
 
 static int validate(const mnn_spec_t *s, int *field, mnn_diag_t *d)
 {
@@ -79,6 +79,8 @@ static int validate(const mnn_spec_t *s, int *field, mnn_diag_t *d)
         return BAD(F_EPS, "eps must be a finite number > 0");
     if (!(o->lr_decay >= 0) || !isfinite(o->lr_decay))
         return BAD(F_DECAY, "lr_decay must be a finite number >= 0");
+    if (!(o->average >= 0 && o->average < 1))
+        return BAD(F_AVG, "average must be in [0, 1) (0: off)");
     if (s->batch < 1 || s->batch > (1u << 20))
         return BAD(F_BATCH, "batch must be between 1 and 1048576");
     return 0;
@@ -211,7 +213,7 @@ static int opt_pair(reader_t *r, void *ctx, const char *key, yaml_node_t *k,
         {"lr", &o->lr, F_LR},           {"momentum", &o->momentum, F_MOMENTUM},
         {"weight_decay", &o->weight_decay, F_WD}, {"beta1", &o->beta1, F_BETA1},
         {"beta2", &o->beta2, F_BETA2},  {"eps", &o->eps, F_EPS},
-        {"lr_decay", &o->lr_decay, F_DECAY}};
+        {"lr_decay", &o->lr_decay, F_DECAY}, {"average", &o->average, F_AVG}};
     if (!strcmp(key, "type")) {
         int t, rc = get_enum(r, v, "optimizer type", types, &t);
         o->type = (mnn_opt_type_t)t;
@@ -315,7 +317,7 @@ static int root_pair(reader_t *r, void *ctx, const char *key, yaml_node_t *k,
     if (!strcmp(key, "optimizer")) {
         r->marks[F_LR] = v;
         return walk_map(r, v, "optimizer",
-                        "type, lr, momentum, weight_decay, beta1, beta2, eps, lr_decay",
+                        "type, lr, momentum, weight_decay, beta1, beta2, eps, lr_decay, average",
                         opt_pair, &c->opt);
     }
     if (!strcmp(key, "batch")) {
@@ -421,14 +423,15 @@ int mnn_spec_write(const mnn_spec_t *s, FILE *f, int ind)
     fprintf(f, "%*sexits: []\n", ind, "");
     if (o->type == MNN_OPT_SGD)
         fprintf(f, "%*soptimizer: {type: sgd, lr: %.9g, momentum: %.9g, "
-                   "weight_decay: %.9g, lr_decay: %.9g}\n",
+                   "weight_decay: %.9g, lr_decay: %.9g, average: %.9g}\n",
                 ind, "", (double)o->lr, (double)o->momentum,
-                (double)o->weight_decay, (double)o->lr_decay);
+                (double)o->weight_decay, (double)o->lr_decay, (double)o->average);
     else
         fprintf(f, "%*soptimizer: {type: adam, lr: %.9g, beta1: %.9g, beta2: %.9g, "
-                   "eps: %.9g, weight_decay: %.9g, lr_decay: %.9g}\n",
+                   "eps: %.9g, weight_decay: %.9g, lr_decay: %.9g, average: %.9g}\n",
                 ind, "", (double)o->lr, (double)o->beta1, (double)o->beta2,
-                (double)o->eps, (double)o->weight_decay, (double)o->lr_decay);
+                (double)o->eps, (double)o->weight_decay, (double)o->lr_decay,
+                (double)o->average);
     fprintf(f, "%*sbatch: %zu\n", ind, "", s->batch);
     fprintf(f, "%*sseed: %llu\n", ind, "", (unsigned long long)s->seed);
     return ferror(f) ? MNN_EIO : 0;

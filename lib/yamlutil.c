@@ -166,18 +166,8 @@ int mnn_yaml_u64(mnn_yaml_t *y, yaml_node_t *n, const char *what,
     int rc = mnn_yaml_str(y, n, what, &s, d);
     if (rc < 0)
         return rc;
-    uint64_t v = 0;
-    const char *p = s;
-    if (!*p)
-        goto bad;
-    for (; *p; p++) {
-        if ((unsigned)(*p - '0') >= 10 || v > (UINT64_MAX - 9) / 10)
-            goto bad;
-        v = v * 10 + (uint64_t)(*p - '0');
-    }
-    *out = v;
-    return 0;
-bad:
+    if (mnn_parse_u64(s, out) == 0)
+        return 0;
     return mnn_yaml_fail(y, n, d, MNN_EFORMAT, "%s: '%s' is not a non-negative integer",
                          what, s);
 }

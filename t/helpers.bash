@@ -1,0 +1,208 @@
+# helpers.bash - shared setup and small deterministic fixtures for the bats
+# tests.  Loaded by every t/NNN-*.bats with `load helpers`.
+#
+# Environment (set by `make check`, see Makefile.am):
+#   MNN_BIN  absolute path of the built bin/ directory
+#   MNN_SRC  absolute path of the source tree
+#   MANDOC   path of mandoc, or 'no'
+
+bats_load_library bats-support 2>/dev/null || load /usr/lib/bats/bats-support/load
+bats_load_library bats-assert 2>/dev/null || load /usr/lib/bats/bats-assert/load
+
+: "${MNN_SRC:=$(cd "$BATS_TEST_DIRNAME/.." && pwd)}"
+if [[ -z ${MNN_BIN:-} ]]; then
+    # run by hand from the source tree: look for an in-tree or build-tests build
+    for d in "$MNN_SRC/bin" "$MNN_SRC/build-tests/bin" "$MNN_SRC/build/bin"; do
+        if [[ -x $d/sgd-train ]]; then MNN_BIN=$d; break; fi
+    done
+fi
+: "${MANDOC:=$(command -v mandoc || echo no)}"
+export MNN_BIN MNN_SRC MANDOC
+export PATH="$MNN_BIN:$PATH"
+export OPENBLAS_NUM_THREADS=1 LC_ALL=C
+unset SOURCE_DATE_EPOCH
+
+# ---- fixtures ---------------------------------------------------------------
+
+# mk_spec FILE [EXTRA-YAML-LINE]...
+# The tiny classifier: 4 inputs, 3 classes, one hidden layer of 8 relu units,
+# batch 4.  Extra lines are appended (e.g. 'normalize: running').
+mk_spec() {
+    local f=$1
+    shift
+    {
+        printf '%s\n' \
+            '# tiny test model' \
+            'input: 4' \
+            'classes: 3' \
+            'layers:' \
+            '  - {dense: 8, activation: relu}' \
+            '  - {dense: 3}' \
+            'optimizer: {type: sgd, lr: 0.1, momentum: 0.9}' \
+            'batch: 4' \
+            'seed: 1'
+        local l
+        for l in "$@"; do printf '%s\n' "$l"; done
+    } >"$f"
+}
+
+# mk_reg_spec FILE: a regression model, 2 inputs, 1 output (mse).
+mk_reg_spec() {
+    printf '%s\n' \
+        'input: 2' \
+        'outputs: 1' \
+        'loss: mse' \
+        'layers:' \
+        '  - {dense: 8, activation: tanh}' \
+        '  - {dense: 1}' \
+        'optimizer: {type: sgd, lr: 0.02, momentum: 0.5}' \
+        'batch: 4' \
+        'seed: 1' >"$1"
+}
+
+# mk_data N [SEED] [SEP]: N dense records of the separable 3-class problem on
+# stdout.  Record i has class i%3; feature j is +2 for j == class, -1 for the
+# other class features, 0.5 for the 4th; plus uniform noise in [-0.5, 0.5)
+# from a Park-Miller generator (exact in double arithmetic, so every awk
+# prints the same bytes).
+mk_data() {
+    awk -v n="$1" -v seed="${2:-7}" -v sep="${3:-,}" 'BEGIN {
+        s = seed
+        for (i = 0; i < n; i++) {
+            k = i % 3
+            line = k
+            for (j = 0; j < 4; j++) {
+                s = (s * 16807) % 2147483647
+                u = s / 2147483647 - 0.5
+                c = (j == k) ? 2 : (j == 3 ? 0.5 : -1)
+                line = line sep sprintf("%.4f", c + u)
+            }
+            print line
+        }
+    }'
+}
+
+# to_sparse: dense CSV records on stdin to libsvm on stdout (zeros dropped).
+to_sparse() {
+    awk -F, '{
+        line = $1
+        for (j = 2; j <= NF; j++)
+            if ($j + 0 != 0)
+                line = line " " (j - 1) ":" $j
+        print line
+    }'
+}
+
+# mk_reg_data N [SEED]: regression records y = 2*x1 - x2 + 0.5 on stdout.
+mk_reg_data() {
+    awk -v n="$1" -v seed="${2:-11}" 'BEGIN {
+        s = seed
+        for (i = 0; i < n; i++) {
+            s = (s * 16807) % 2147483647; a = s / 2147483647 * 2 - 1
+            s = (s * 16807) % 2147483647; b = s / 2147483647 * 2 - 1
+            printf "%.6f,%.4f,%.4f\n", 2 * a - b + 0.5, a, b
+        }
+    }'
+}
+
+# fixtures: spec.yaml, train.csv (600 records), test.csv (150 other records)
+# in $BATS_TEST_TMPDIR; cd there.
+fixtures() {
+    cd "$BATS_TEST_TMPDIR" || return 1
+    mk_spec spec.yaml
+    mk_data 600 7 >train.csv
+    mk_data 150 12345 >test.csv
+}
+
+# train_ckpt [DIR] [OPTION]...: train the tiny model on train.csv into DIR
+# (default ck), quietly; fails the test if sgd-train fails.
+train_ckpt() {
+    local dir=${1:-ck}
+    shift || true
+    sgd-train -q -m spec.yaml -o "$dir" "$@" <train.csv >/dev/null ||
+        fail "sgd-train failed to make the fixture checkpoint $dir"
+}
+
+# ---- small utilities ----------------------------------------------------------
+
+# wait_for_match FILE REGEX [TENTHS]: wait until FILE has a line matching
+# REGEX (default at most 10 s).
+wait_for_match() {
+    local f=$1 re=$2 n=${3:-100}
+    while ((n-- > 0)); do
+        grep -Eq -- "$re" "$f" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# to_full CMD...: run CMD with stdout on /dev/full (for `run`, whose own
+# stdout redirection would not reach the command)
+to_full() {
+    "$@" >/dev/full
+}
+
+# wait_gone PID [TENTHS]: wait until process PID has exited (default at
+# most 10 s); returns 1 if it is still there.
+wait_gone() {
+    local n=${2:-100}
+    while kill -0 "$1" 2>/dev/null; do
+        ((n-- > 0)) || return 1
+        sleep 0.1
+    done
+}
+
+# xxh3 FILE: the XXH3-64 of FILE in 16 hex digits, as the manifest writes it.
+# Uses xxhsum -H3 when installed, else compiles a tiny helper against
+# libxxhash (a build dependency of mini-nn).  Returns 1 when neither works.
+xxh3() {
+    local helper=$BATS_FILE_TMPDIR/xxh3
+    if [[ ! -x $helper ]]; then
+        if command -v xxhsum >/dev/null 2>&1; then
+            # GNU style output: 'XXH3_<hex>  FILE' (0.8.x) or '<hex>  FILE'
+            local out
+            out=$(xxhsum -H3 "$1") || return 1
+            out=${out%% *}
+            out=${out#XXH3_}
+            [[ $out =~ ^[0-9a-f]{16}$ ]] || return 1
+            echo "$out"
+            return 0
+        fi
+        cat >"$helper.c" <<'EOF'
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+#include <stdio.h>
+int main(int argc, char **argv)
+{
+    static char buf[1 << 16];
+    size_t n;
+    FILE *f = argc == 2 ? fopen(argv[1], "rb") : NULL;
+    XXH3_state_t *st = XXH3_createState();
+    if (!f || !st)
+        return 1;
+    XXH3_64bits_reset(st);
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        XXH3_64bits_update(st, buf, n);
+    if (ferror(f))
+        return 1;
+    printf("%016llx\n", (unsigned long long)XXH3_64bits_digest(st));
+    return 0;
+}
+EOF
+        "${CC:-cc}" -O1 -o "$helper" "$helper.c" >/dev/null 2>&1 || return 1
+    fi
+    "$helper" "$1"
+}
+
+# manifest_set FILE NAME BYTES HASH: rewrite the manifest entry of NAME.
+manifest_set() {
+    sed -i -E "s/^(  - \{name: $2, bytes: )[0-9]+(, xxh3: )[0-9a-f]+\}/\1$3\2$4}/" "$1"
+}
+
+# rehash CKPT NAME: make the manifest entry of CKPT/NAME match the file as it
+# is now (so that a test reaches the parser behind the hash check).
+rehash() {
+    local h
+    h=$(xxh3 "$1/$2") || skip "no way to compute XXH3 here (xxhsum or cc + libxxhash)"
+    manifest_set "$1/manifest.yaml" "$2" "$(stat -c %s "$1/$2")" "$h"
+}

@@ -1,1 +1,2305 @@
-int main(void){return 0;}
+/* unit.c - unit tests of libmini-nn through its public API, as TAP.
+ *
+ * Every `check` prints one "ok N - what" or "not ok N - what" line; checks
+ * inside loops are aggregated into one line with the first failures shown as
+ * "# " diagnostics.  The plan "1..N" comes last (a trailing plan is valid
+ * TAP).  The program exits 0: the TAP driver judges by the lines.
+ *
+ * Test data comes from a local splitmix64 generator, not from the library's
+ * rng, so a broken mnn_rng cannot hide other failures.  Scratch files live
+ * in a mkdtemp directory under /tmp, removed at the end. */
+#include <config.h>
+
+#include "mini-nn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <float.h>
+#include <ftw.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PRINTF_LIKE(a, b) __attribute__((format(printf, a, b)))
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- TAP harness ----------------------------------------------------------- */
+
+static unsigned n_tests, n_failed;
+
+static void diag(const char *fmt, ...) PRINTF_LIKE(1, 2);
+static void diag(const char *fmt, ...)
+{
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    fputs("# ", stdout);
+    for (const char *p = buf; *p; p++) {
+        putchar(*p);
+        if (*p == '\n' && p[1])
+            fputs("# ", stdout);
+    }
+    putchar('\n');
+}
+
+static int check(int cond, const char *fmt, ...) PRINTF_LIKE(2, 3);
+static int check(int cond, const char *fmt, ...)
+{
+    va_list ap;
+    n_tests++;
+    if (!cond)
+        n_failed++;
+    printf("%sok %u - ", cond ? "" : "not ", n_tests);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    putchar('\n');
+    return cond;
+}
+
+/* Counts failures inside a loop; shows the first few. */
+typedef struct {
+    size_t bad, shown;
+} fails_t;
+
+static void fail_at(fails_t *f, const char *fmt, ...) PRINTF_LIKE(2, 3);
+static void fail_at(fails_t *f, const char *fmt, ...)
+{
+    f->bad++;
+    if (f->shown >= 5)
+        return;
+    f->shown++;
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    diag("%s", buf);
+}
+
+static int close_to(double a, double b, double rel, double abs_tol)
+{
+    return fabs(a - b) <= abs_tol + rel * fmax(fabs(a), fabs(b));
+}
+
+static int contains(const char *hay, const char *needle)
+{
+    return strstr(hay, needle) != NULL;
+}
+
+/* ---- test data ----------------------------------------------------------- */
+
+static uint64_t trng_state = 0x5eed1234abcdULL;
+
+static uint64_t trng(void)
+{
+    uint64_t z = (trng_state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static double tunif(void) { return (double)(trng() >> 11) * 0x1.0p-53; }
+
+/* uniform in [-a, a) */
+static float tsym(double a) { return (float)((2.0 * tunif() - 1.0) * a); }
+
+static void fill_sym(float *x, size_t n, double a)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = tsym(a);
+}
+
+static float *xalloc(size_t n)
+{
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(99);
+    }
+    return p;
+}
+
+/* ---- scratch directory ------------------------------------------------------ */
+
+static char tmpdir[64];
+
+static char *tpath(char *buf, size_t n, const char *name)
+{
+    snprintf(buf, n, "%s/%s", tmpdir, name);
+    return buf;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+    (void)sb;
+    (void)ftw;
+    if (type == FTW_DP)
+        return rmdir(path);
+    return unlink(path);
+}
+
+static int write_bytes(const char *path, const void *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    size_t w = fwrite(p, 1, n, f);
+    int rc = fclose(f);
+    return w == n && rc == 0 ? 0 : -1;
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap + 1);
+    size_t r;
+    while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += r;
+        if (n == cap) {
+            char *nb = realloc(buf, 2 * cap + 1);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (buf) {
+        buf[n] = 0;
+        *len = n;
+    }
+    return buf;
+}
+
+/* ---- sizes and allocation ----------------------------------------------- */
+
+static void test_sizes(void)
+{
+    size_t r = 12345;
+    const size_t half = (size_t)1 << (sizeof(size_t) * 4);
+    check(mnn_size_mul(3, 5, &r) == 0 && r == 15, "mnn_size_mul: 3*5 = 15");
+    r = 1;
+    check(mnn_size_mul(0, SIZE_MAX, &r) == 0 && r == 0, "mnn_size_mul: 0*SIZE_MAX = 0");
+    check(mnn_size_mul(SIZE_MAX, 1, &r) == 0 && r == SIZE_MAX,
+          "mnn_size_mul: SIZE_MAX*1 = SIZE_MAX");
+    check(mnn_size_mul(half - 1, half + 1, &r) == 0 && r == SIZE_MAX,
+          "mnn_size_mul: (2^k-1)*(2^k+1) = SIZE_MAX fits");
+    check(mnn_size_mul(SIZE_MAX / 2 + 1, 2, &r) == MNN_EOVERFLOW,
+          "mnn_size_mul: (SIZE_MAX/2+1)*2 is MNN_EOVERFLOW");
+    check(mnn_size_mul(half, half, &r) == MNN_EOVERFLOW,
+          "mnn_size_mul: 2^k*2^k (k = half the bits) is MNN_EOVERFLOW");
+    check(mnn_size_mul(3, SIZE_MAX / 3 + 1, &r) == MNN_EOVERFLOW,
+          "mnn_size_mul: 3*(SIZE_MAX/3+1) is MNN_EOVERFLOW");
+
+    static const size_t counts[] = {1, 3, 17, 64, 100, 4097};
+    static const size_t sizes[] = {1, 4, 8, 12};
+    fails_t f = {0, 0};
+    for (size_t i = 0; i < NELEM(counts); i++)
+        for (size_t j = 0; j < NELEM(sizes); j++) {
+            unsigned char *p = mnn_calloc_aligned(counts[i], sizes[j]);
+            size_t n = counts[i] * sizes[j];
+            if (!p) {
+                fail_at(&f, "mnn_calloc_aligned(%zu, %zu) = NULL", counts[i], sizes[j]);
+                continue;
+            }
+            if ((uintptr_t)p % 64 != 0)
+                fail_at(&f, "mnn_calloc_aligned(%zu, %zu) = %p not 64-byte aligned",
+                        counts[i], sizes[j], (void *)p);
+            for (size_t k = 0; k < n; k++)
+                if (p[k] != 0) {
+                    fail_at(&f, "mnn_calloc_aligned(%zu, %zu): byte %zu not zero",
+                            counts[i], sizes[j], k);
+                    break;
+                }
+            memset(p, 0xa5, n); /* the whole block is usable (ASan checks) */
+            mnn_free(p);
+        }
+    check(f.bad == 0, "mnn_calloc_aligned: 64-byte aligned and zeroed for 24 shapes");
+    check(mnn_calloc_aligned(SIZE_MAX / 2 + 1, 2) == NULL,
+          "mnn_calloc_aligned: NULL when n*size overflows");
+    check(mnn_calloc_aligned(2, SIZE_MAX / 2 + 1) == NULL,
+          "mnn_calloc_aligned: NULL when size*n overflows (other order)");
+    check(mnn_calloc_aligned(SIZE_MAX, 1) == NULL,
+          "mnn_calloc_aligned: NULL when rounding up to 64 would overflow");
+    mnn_free(NULL);
+
+    mnn_tensor_t t;
+    int rc = mnn_tensor_init(&t, 3, 5);
+    int good = rc == 0 && t.data && t.rows == 3 && t.cols == 5 &&
+               (uintptr_t)t.data % 64 == 0;
+    for (size_t i = 0; good && i < 15; i++)
+        good = t.data[i] == 0.0f;
+    check(good, "mnn_tensor_init(3,5): rows, cols, aligned zeroed data");
+    if (rc == 0) {
+        mnn_tensor_free(&t);
+        check(t.data == NULL && t.rows == 0 && t.cols == 0,
+              "mnn_tensor_free resets the tensor");
+    } else
+        check(0, "mnn_tensor_free resets the tensor (init failed)");
+    rc = mnn_tensor_init(&t, SIZE_MAX / 2, 3);
+    check(rc == MNN_EOVERFLOW && t.data == NULL && t.rows == 0 && t.cols == 0,
+          "mnn_tensor_init(SIZE_MAX/2, 3): MNN_EOVERFLOW, empty tensor (rc %d)", rc);
+    rc = mnn_tensor_init(&t, SIZE_MAX / 8, 2);
+    check(rc < 0 && t.data == NULL,
+          "mnn_tensor_init: rows*cols*4 overflowing bytes fails (rc %d)", rc);
+}
+
+/* ---- kernels: BLAS against naive -------------------------------------------- */
+
+static double rms(const float *x, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)x[i] * x[i];
+    return n ? sqrt(s / (double)n) : 0;
+}
+
+/* a and ref agree to rel times max(|ref_i|, rms(ref)). */
+static size_t compare_arrays(const float *a, const float *ref, size_t n, double rel,
+                             const char *what, fails_t *f)
+{
+    double scale = rms(ref, n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double tol = rel * fmax(fabs((double)ref[i]), scale) + 1e-30;
+        if (!(fabs((double)a[i] - ref[i]) <= tol)) {
+            if (bad++ == 0)
+                fail_at(f, "%s[%zu] = %.9g, naive %.9g", what, i, (double)a[i],
+                        (double)ref[i]);
+        }
+    }
+    return bad;
+}
+
+static void test_kernels(void)
+{
+    size_t shapes[15][3] = {{1, 1, 1},    {1, 7, 3},    {1, 257, 1},
+                            {2, 3, 5},    {5, 13, 11},  {3, 1, 9},
+                            {17, 33, 65}, {64, 100, 37}, {31, 129, 10}};
+    for (size_t s = 9; s < NELEM(shapes); s++) { /* and a few random ones */
+        shapes[s][0] = s == 9 ? 1 : 1 + trng() % 40;
+        shapes[s][1] = 1 + trng() % 150;
+        shapes[s][2] = 1 + trng() % 70;
+    }
+    for (size_t s = 0; s < NELEM(shapes); s++) {
+        const size_t B = shapes[s][0], C = shapes[s][1], OC = shapes[s][2];
+        float *inp = xalloc(B * C), *w = xalloc(OC * C), *bias = xalloc(OC);
+        float *out1 = xalloc(B * OC), *out2 = xalloc(B * OC), *dout = xalloc(B * OC);
+        float *dinp1 = xalloc(B * C), *dinp2 = xalloc(B * C);
+        float *dw1 = xalloc(OC * C), *dw2 = xalloc(OC * C), *dw3 = xalloc(OC * C),
+              *dw4 = xalloc(OC * C);
+        float *db1 = xalloc(OC), *db2 = xalloc(OC), *db3 = xalloc(OC), *db4 = xalloc(OC);
+        fill_sym(inp, B * C, 1);
+        fill_sym(w, OC * C, 1);
+        fill_sym(bias, OC, 1);
+        fill_sym(dout, B * OC, 1);
+        /* garbage in the outputs: the kernels overwrite, never accumulate */
+        for (size_t i = 0; i < B * OC; i++)
+            out1[i] = out2[i] = 777.0f;
+        for (size_t i = 0; i < B * C; i++)
+            dinp1[i] = dinp2[i] = 555.0f;
+        for (size_t i = 0; i < OC * C; i++)
+            dw1[i] = dw2[i] = dw3[i] = dw4[i] = -333.0f;
+        for (size_t i = 0; i < OC; i++)
+            db1[i] = db2[i] = db3[i] = db4[i] = 444.0f;
+
+        fails_t f = {0, 0};
+        mnn_dense_forward(out1, inp, w, bias, B, C, OC);
+        mnn_dense_forward_naive(out2, inp, w, bias, B, C, OC);
+        compare_arrays(out1, out2, B * OC, 1e-4, "out", &f);
+        check(f.bad == 0, "mnn_dense_forward == naive (B=%zu C=%zu OC=%zu)", B, C, OC);
+
+        f = (fails_t){0, 0};
+        mnn_dense_backward(dinp1, dw1, db1, dout, inp, w, B, C, OC);
+        mnn_dense_backward_naive(dinp2, dw2, db2, dout, inp, w, B, C, OC);
+        compare_arrays(dinp1, dinp2, B * C, 1e-4, "dinp", &f);
+        compare_arrays(dw1, dw2, OC * C, 1e-4, "dweight", &f);
+        compare_arrays(db1, db2, OC, 1e-4, "dbias", &f);
+        check(f.bad == 0, "mnn_dense_backward == naive with dinp (B=%zu C=%zu OC=%zu)",
+              B, C, OC);
+
+        f = (fails_t){0, 0};
+        mnn_dense_backward(NULL, dw3, db3, dout, inp, w, B, C, OC);
+        mnn_dense_backward_naive(NULL, dw4, db4, dout, inp, w, B, C, OC);
+        compare_arrays(dw3, dw2, OC * C, 1e-4, "dweight (dinp NULL)", &f);
+        compare_arrays(db3, db2, OC, 1e-4, "dbias (dinp NULL)", &f);
+        compare_arrays(dw4, dw2, OC * C, 1e-6, "naive dweight (dinp NULL)", &f);
+        compare_arrays(db4, db2, OC, 1e-6, "naive dbias (dinp NULL)", &f);
+        check(f.bad == 0, "mnn_dense_backward == naive without dinp (B=%zu C=%zu OC=%zu)",
+              B, C, OC);
+
+        free(inp), free(w), free(bias), free(out1), free(out2), free(dout);
+        free(dinp1), free(dinp2), free(dw1), free(dw2), free(dw3), free(dw4);
+        free(db1), free(db2), free(db3), free(db4);
+    }
+}
+
+/* ---- finite differences ------------------------------------------------------ */
+
+#define FD_H 1e-3f
+
+/* Compares an analytic gradient with a central difference; fills f. */
+static void fd_compare(fails_t *f, const char *what, size_t i, double analytic,
+                       double numeric, double rel, double abs_tol)
+{
+    if (!close_to(analytic, numeric, rel, abs_tol))
+        fail_at(f, "%s[%zu]: analytic %.7g, finite difference %.7g", what, i, analytic,
+                numeric);
+}
+
+/* L = sum(r .* dense_forward(inp, w, b)) in double */
+static double dense_loss(const float *inp, const float *w, const float *b, const float *r,
+                         float *out, size_t B, size_t C, size_t OC)
+{
+    mnn_dense_forward(out, inp, w, b, B, C, OC);
+    double L = 0;
+    for (size_t i = 0; i < B * OC; i++)
+        L += (double)r[i] * out[i];
+    return L;
+}
+
+/* Central difference of dense_loss with respect to x[i] (x is one of the
+ * arguments, perturbed in place). */
+static double dense_fd(float *x, size_t i, const float *inp, const float *w, const float *b,
+                       const float *r, float *out, size_t B, size_t C, size_t OC)
+{
+    float x0 = x[i], xp = x0 + FD_H, xm = x0 - FD_H;
+    x[i] = xp;
+    double lp = dense_loss(inp, w, b, r, out, B, C, OC);
+    x[i] = xm;
+    double lm = dense_loss(inp, w, b, r, out, B, C, OC);
+    x[i] = x0;
+    return (lp - lm) / ((double)xp - (double)xm);
+}
+
+static void test_fd_dense(void)
+{
+    const size_t B = 3, C = 4, OC = 5;
+    float *inp = xalloc(B * C), *w = xalloc(OC * C), *b = xalloc(OC), *r = xalloc(B * OC);
+    float *out = xalloc(B * OC), *dinp = xalloc(B * C), *dw = xalloc(OC * C), *db = xalloc(OC);
+    fill_sym(inp, B * C, 1);
+    fill_sym(w, OC * C, 1);
+    fill_sym(b, OC, 1);
+    fill_sym(r, B * OC, 1);
+    mnn_dense_backward(dinp, dw, db, r, inp, w, B, C, OC);
+    fails_t fw = {0, 0}, fb = {0, 0}, fi = {0, 0};
+    for (size_t i = 0; i < OC * C; i++)
+        fd_compare(&fw, "dweight", i, dw[i], dense_fd(w, i, inp, w, b, r, out, B, C, OC),
+                   1e-2, 1e-3);
+    for (size_t i = 0; i < OC; i++)
+        fd_compare(&fb, "dbias", i, db[i], dense_fd(b, i, inp, w, b, r, out, B, C, OC),
+                   1e-2, 1e-3);
+    for (size_t i = 0; i < B * C; i++)
+        fd_compare(&fi, "dinp", i, dinp[i], dense_fd(inp, i, inp, w, b, r, out, B, C, OC),
+                   1e-2, 1e-3);
+    check(fw.bad == 0, "dense layer: dweight matches finite differences");
+    check(fb.bad == 0, "dense layer: dbias matches finite differences");
+    check(fi.bad == 0, "dense layer: dinp matches finite differences");
+    free(inp), free(w), free(b), free(r), free(out), free(dinp), free(dw), free(db);
+}
+
+static float act1(mnn_act_t a, float x)
+{
+    float y;
+    mnn_act_forward(a, &y, &x, 1);
+    return y;
+}
+
+static void test_fd_act(void)
+{
+    static const mnn_act_t acts[] = {MNN_ACT_NONE, MNN_ACT_RELU, MNN_ACT_TANH,
+                                     MNN_ACT_SIGMOID};
+    static const char *const names[] = {"none", "relu", "tanh", "sigmoid"};
+    enum { N = 64 };
+    float x[N], y[N], yin[N], dy[N], dx[N], alias[N];
+    for (size_t k = 0; k < NELEM(acts); k++) {
+        const mnn_act_t a = acts[k];
+        check(!strcmp(mnn_act_name(a), names[k]), "mnn_act_name(%s)", names[k]);
+        for (size_t i = 0; i < N; i++) {
+            do
+                x[i] = tsym(3);
+            while (a == MNN_ACT_RELU && fabsf(x[i]) < 0.05f); /* away from the kink */
+            dy[i] = tsym(1);
+        }
+        mnn_act_forward(a, y, x, N);
+        memcpy(yin, x, sizeof x);
+        mnn_act_forward(a, yin, yin, N);
+        check(!memcmp(y, yin, sizeof y), "mnn_act_forward(%s) in place == out of place",
+              names[k]);
+        /* the values themselves */
+        fails_t fv = {0, 0};
+        for (size_t i = 0; i < N; i++) {
+            double ref = a == MNN_ACT_RELU ? fmax(x[i], 0)
+                       : a == MNN_ACT_TANH ? tanh(x[i])
+                       : a == MNN_ACT_SIGMOID ? 1 / (1 + exp(-(double)x[i]))
+                       : x[i];
+            if (!close_to(y[i], ref, 1e-6, 1e-7))
+                fail_at(&fv, "%s(%g) = %.9g, expected %.9g", names[k], (double)x[i],
+                        (double)y[i], ref);
+        }
+        check(fv.bad == 0, "mnn_act_forward(%s) values", names[k]);
+
+        mnn_act_backward(a, dx, y, dy, N);
+        fails_t f = {0, 0};
+        for (size_t i = 0; i < N; i++) {
+            float xp = x[i] + FD_H, xm = x[i] - FD_H;
+            double num = ((double)act1(a, xp) - act1(a, xm)) / ((double)xp - xm) * dy[i];
+            fd_compare(&f, names[k], i, dx[i], num, 1e-2, 1e-4);
+        }
+        check(f.bad == 0, "mnn_act_backward(%s) matches finite differences", names[k]);
+        memcpy(alias, dy, sizeof dy);
+        mnn_act_backward(a, alias, y, alias, N);
+        check(!memcmp(alias, dx, sizeof dx), "mnn_act_backward(%s) with dx aliasing dy",
+              names[k]);
+    }
+}
+
+static void test_fd_losses(void)
+{
+    enum { B = 4, K = 6 };
+    float z[B * K], dz[B * K], dz2[B * K], probs[B * K], sm[B * K];
+    int32_t labels[B];
+    const float scale = 0.25f;
+    fill_sym(z, B * K, 3);
+    for (size_t b = 0; b < B; b++)
+        labels[b] = (int32_t)(trng() % K);
+    double L = mnn_softmax_xent(dz, probs, z, labels, B, K, scale);
+    double ref = 0;
+    for (size_t b = 0; b < B; b++) {
+        double s = 0;
+        for (size_t k = 0; k < K; k++)
+            s += exp((double)z[b * K + k]);
+        ref += log(s) - z[b * K + (size_t)labels[b]];
+    }
+    check(close_to(L, ref, 1e-6, 0), "mnn_softmax_xent: summed loss %.9g, expected %.9g", L,
+          ref);
+    mnn_softmax(sm, z, B, K);
+    fails_t fp = {0, 0};
+    for (size_t i = 0; i < B * K; i++)
+        if (!close_to(probs[i], sm[i], 1e-5, 1e-7))
+            fail_at(&fp, "probs[%zu] = %.9g, mnn_softmax %.9g", i, (double)probs[i],
+                    (double)sm[i]);
+    check(fp.bad == 0, "mnn_softmax_xent: probs == mnn_softmax");
+    fails_t f = {0, 0};
+    for (size_t i = 0; i < B * K; i++) {
+        float z0 = z[i], zp = z0 + FD_H, zm = z0 - FD_H;
+        z[i] = zp;
+        double lp = scale * mnn_softmax_xent(NULL, NULL, z, labels, B, K, scale);
+        z[i] = zm;
+        double lm = scale * mnn_softmax_xent(NULL, NULL, z, labels, B, K, scale);
+        z[i] = z0;
+        fd_compare(&f, "dlogits", i, dz[i], (lp - lm) / ((double)zp - zm), 1e-2, 1e-5);
+    }
+    check(f.bad == 0, "mnn_softmax_xent: dlogits (grad_scale 0.25) match finite differences");
+    double L2 = mnn_softmax_xent(dz2, NULL, z, labels, B, K, 1.0f);
+    fails_t fs = {0, 0};
+    for (size_t i = 0; i < B * K; i++)
+        if (!close_to(dz2[i] * scale, dz[i], 1e-6, 1e-9))
+            fail_at(&fs, "dlogits[%zu]: scale 1 gives %.9g, scale 0.25 gives %.9g", i,
+                    (double)dz2[i], (double)dz[i]);
+    check(fs.bad == 0 && L2 == L,
+          "mnn_softmax_xent: grad_scale scales only the gradient, probs may be NULL");
+
+    enum { MB = 3, MK = 2 };
+    float out[MB * MK], tgt[MB * MK], dout[MB * MK];
+    const float mscale = 1.0f / 3.0f;
+    fill_sym(out, MB * MK, 2);
+    fill_sym(tgt, MB * MK, 2);
+    double M = mnn_mse(dout, out, tgt, MB, MK, mscale);
+    double mref = 0;
+    for (size_t i = 0; i < MB * MK; i++)
+        mref += 0.5 * ((double)out[i] - tgt[i]) * ((double)out[i] - tgt[i]);
+    check(close_to(M, mref, 1e-6, 0), "mnn_mse: loss %.9g, expected %.9g", M, mref);
+    check(mnn_mse(NULL, out, tgt, MB, MK, mscale) == M, "mnn_mse: dout may be NULL");
+    fails_t fm = {0, 0};
+    for (size_t i = 0; i < MB * MK; i++) {
+        float o0 = out[i], op = o0 + FD_H, om = o0 - FD_H;
+        out[i] = op;
+        double lp = mscale * mnn_mse(NULL, out, tgt, MB, MK, 1);
+        out[i] = om;
+        double lm = mscale * mnn_mse(NULL, out, tgt, MB, MK, 1);
+        out[i] = o0;
+        fd_compare(&fm, "dout", i, dout[i], (lp - lm) / ((double)op - om), 1e-2, 1e-5);
+    }
+    check(fm.bad == 0, "mnn_mse: dout (grad_scale 1/3) matches finite differences");
+}
+
+/* Mean loss of the model on a batch, through mnn_model_predict: -log p[y]
+ * for xent, 0.5*(out-y)^2 for mse.  *correct counts argmax hits. */
+static double model_loss(mnn_model_t *m, const float *x, const float *y, size_t B,
+                         float *out, size_t *correct)
+{
+    const size_t K = m->spec.outputs;
+    if (mnn_model_predict(m, x, B, out) != 0)
+        return NAN;
+    double L = 0;
+    size_t hits = 0;
+    for (size_t b = 0; b < B; b++) {
+        if (m->spec.loss == MNN_LOSS_XENT) {
+            size_t lab = (size_t)y[b], best = 0;
+            L -= log((double)out[b * K + lab]);
+            for (size_t k = 1; k < K; k++)
+                if (out[b * K + k] > out[b * K + best])
+                    best = k;
+            hits += best == lab;
+        } else
+            for (size_t k = 0; k < K; k++) {
+                double e = (double)out[b * K + k] - y[b * K + k];
+                L += 0.5 * e * e;
+            }
+    }
+    if (correct)
+        *correct = hits;
+    return L / (double)B;
+}
+
+/* The model's output for x, composed by hand in double from the public
+ * fields: input_scale, the running normalization, the layers, softmax.
+ * *relu_margin (if not NULL) gets the smallest |input| of a relu. */
+static void ref_forward(const mnn_model_t *m, const float *x, size_t B, double *out,
+                        double *relu_margin)
+{
+    size_t widest = m->spec.input;
+    for (size_t i = 0; i < m->spec.nlayers; i++)
+        widest = m->spec.layers[i].units > widest ? m->spec.layers[i].units : widest;
+    double *a = calloc(widest, sizeof(double)), *z = calloc(widest, sizeof(double));
+    if (!a || !z)
+        exit(99);
+    if (relu_margin)
+        *relu_margin = INFINITY;
+    for (size_t b = 0; b < B; b++) {
+        size_t width = m->spec.input;
+        for (size_t c = 0; c < width; c++) {
+            a[c] = (double)x[b * width + c] * m->spec.input_scale;
+            if (m->norm_mean && m->norm_count > 0) {
+                double var = m->norm_m2[c] / (double)m->norm_count;
+                a[c] = (a[c] - m->norm_mean[c]) / (var > 1e-12 ? sqrt(var) : 1.0);
+            }
+        }
+        for (size_t i = 0; i < m->spec.nlayers; i++) {
+            const size_t units = m->spec.layers[i].units, fan = m->fan_in[i];
+            const float *w = m->params + m->w_off[i], *bias = m->params + m->b_off[i];
+            for (size_t o = 0; o < units; o++) {
+                double acc = bias[o];
+                for (size_t c = 0; c < fan; c++)
+                    acc += (double)w[o * fan + c] * a[c];
+                switch (m->spec.layers[i].act) {
+                case MNN_ACT_RELU:
+                    if (relu_margin)
+                        *relu_margin = fmin(*relu_margin, fabs(acc));
+                    acc = acc > 0 ? acc : 0;
+                    break;
+                case MNN_ACT_TANH: acc = tanh(acc); break;
+                case MNN_ACT_SIGMOID: acc = 1 / (1 + exp(-acc)); break;
+                default: break;
+                }
+                z[o] = acc;
+            }
+            memcpy(a, z, units * sizeof(double));
+            width = units;
+        }
+        if (m->spec.loss == MNN_LOSS_XENT) {
+            double mx = a[0], sum = 0;
+            for (size_t k = 1; k < width; k++)
+                mx = fmax(mx, a[k]);
+            for (size_t k = 0; k < width; k++)
+                sum += (a[k] = exp(a[k] - mx));
+            for (size_t k = 0; k < width; k++)
+                a[k] /= sum;
+        }
+        memcpy(out + b * width, a, width * sizeof(double));
+    }
+    free(a);
+    free(z);
+}
+
+/* Builds a model from layers, checks m->grads from one train_batch against
+ * finite differences of the loss at the pre-step parameters, and the SGD
+ * update against -lr*grads. */
+static void model_grad_check(const char *name, size_t input, size_t outputs,
+                             mnn_loss_t loss, mnn_norm_t norm, float input_scale,
+                             mnn_layer_spec_t *layers, size_t nlayers, size_t B)
+{
+    mnn_spec_t s;
+    mnn_diag_t d = {""};
+    mnn_spec_defaults(&s);
+    s.input = input;
+    s.outputs = outputs;
+    s.loss = loss;
+    s.normalize = norm;
+    s.input_scale = input_scale;
+    s.layers = layers; /* not owned: never mnn_spec_free(&s) */
+    s.nlayers = nlayers;
+    s.opt.type = MNN_OPT_SGD;
+    s.opt.lr = 0.125f;
+    s.opt.momentum = 0;
+    s.opt.weight_decay = 0;
+    s.batch = B;
+    int rc = mnn_spec_validate(&s, &d);
+    if (!check(rc == 0, "%s: hand-built spec validates", name)) {
+        diag("%s", d.msg);
+        return;
+    }
+    mnn_model_t m;
+    rc = mnn_model_init(&m, &s);
+    if (!check(rc == 0, "%s: mnn_model_init", name))
+        return;
+    /* the documented parameter layout */
+    size_t off = 0, fan = input;
+    int layout = m.spec.nlayers == nlayers && m.spec.layers != layers;
+    for (size_t i = 0; layout && i < nlayers; i++) {
+        layout = m.w_off[i] == off && m.fan_in[i] == fan &&
+                 m.b_off[i] == off + layers[i].units * fan;
+        off = m.b_off[i] + layers[i].units;
+        fan = layers[i].units;
+    }
+    check(layout && m.nparams == off,
+          "%s: w_off/b_off/fan_in/nparams follow the flat layout (nparams %zu)", name,
+          m.nparams);
+    mnn_rng_t rng;
+    mnn_rng_seed(&rng, 7);
+    mnn_model_init_weights(&m, &rng);
+    int wok = 1;
+    for (size_t i = 0; i < nlayers; i++) {
+        size_t nz = 0;
+        for (size_t j = 0; j < layers[i].units * m.fan_in[i]; j++)
+            nz += m.params[m.w_off[i] + j] != 0 && isfinite(m.params[m.w_off[i] + j]);
+        for (size_t j = 0; j < layers[i].units; j++)
+            wok &= m.params[m.b_off[i] + j] == 0;
+        wok &= nz == layers[i].units * m.fan_in[i];
+    }
+    check(wok, "%s: mnn_model_init_weights: finite non-zero weights, zero biases", name);
+
+    mnn_optim_t o;
+    if (!check(mnn_optim_init(&o, &m.spec.opt, m.nparams) == 0, "%s: mnn_optim_init", name)) {
+        mnn_model_free(&m);
+        return;
+    }
+    const size_t K = outputs, ylen = loss == MNN_LOSS_XENT ? B : B * K;
+    float *x = xalloc(B * input), *y = xalloc(ylen), *out = xalloc(B * K);
+    mnn_batch_stats_t st = {0, 0};
+    if (norm == MNN_NORM_RUNNING) {
+        /* warm the running statistics so the gradient goes through them */
+        float *wx = xalloc(5 * input), *wy = xalloc(5 * K);
+        for (size_t i = 0; i < 5 * input; i++)
+            wx[i] = (float)(3.0 + 2.0 * (i % input) + tsym(1.5));
+        fill_sym(wy, 5 * K, 1);
+        rc = mnn_model_train_batch(&m, &o, wx, wy, 5, &st);
+        check(rc == 0 && m.norm_count == 5, "%s: warm-up batch counted by normalize",
+              name);
+        int welford = m.norm_mean && m.norm_m2;
+        for (size_t c = 0; welford && c < input; c++) {
+            double mean = 0, m2 = 0;
+            for (size_t b = 0; b < 5; b++)
+                mean += (double)(wx[b * input + c] * input_scale) / 5;
+            for (size_t b = 0; b < 5; b++)
+                m2 += ((double)(wx[b * input + c] * input_scale) - mean) *
+                      ((double)(wx[b * input + c] * input_scale) - mean);
+            welford = close_to(m.norm_mean[c], mean, 1e-12, 1e-12) &&
+                      close_to(m.norm_m2[c], m2, 1e-9, 1e-12);
+            if (!welford)
+                diag("feature %zu: mean %.17g m2 %.17g, expected %.17g %.17g", c,
+                     m.norm_mean[c], m.norm_m2[c], mean, m2);
+        }
+        check(welford, "%s: running mean and M2 of the scaled inputs after one batch", name);
+        free(wx), free(wy);
+    }
+    /* inputs that keep every relu at least 0.01 from its kink, so that the
+     * finite differences (step 1e-3) never cross it */
+    double margin = 0;
+    double *tmp = calloc(B * K, sizeof(double));
+    if (!tmp)
+        exit(99);
+    for (int tries = 0; tries < 1000 && margin < 0.01; tries++) {
+        for (size_t i = 0; i < B * input; i++)
+            x[i] = norm == MNN_NORM_RUNNING ? (float)(3.0 + 2.0 * (i % input) + tsym(2))
+                                            : tsym(2);
+        ref_forward(&m, x, B, tmp, &margin);
+    }
+    free(tmp);
+    for (size_t i = 0; i < ylen; i++)
+        y[i] = loss == MNN_LOSS_XENT ? (float)(trng() % K) : tsym(1);
+
+    const size_t P = m.nparams;
+    float *p0 = xalloc(P);
+    double *fdd = calloc(P ? P : 1, sizeof(double));
+    if (!fdd)
+        exit(99);
+    memcpy(p0, m.params, P * sizeof(float));
+    size_t correct0 = 0;
+    uint64_t count0 = m.norm_count;
+    double L0 = model_loss(&m, x, y, B, out, &correct0);
+    check(!memcmp(p0, m.params, P * sizeof(float)) && m.norm_count == count0 && isfinite(L0),
+          "%s: mnn_model_predict leaves the model alone", name);
+    {
+        double *ref = calloc(B * K, sizeof(double));
+        if (!ref)
+            exit(99);
+        fails_t fr = {0, 0};
+        ref_forward(&m, x, B, ref, NULL);
+        for (size_t i = 0; i < B * K; i++)
+            if (!close_to(out[i], ref[i], 1e-5, 1e-6))
+                fail_at(&fr, "output[%zu] = %.9g, by hand %.9g", i, (double)out[i], ref[i]);
+        check(fr.bad == 0, "%s: mnn_model_predict == the forward pass composed by hand", name);
+        free(ref);
+    }
+    for (size_t j = 0; j < P; j++) {
+        float pp = p0[j] + FD_H, pm = p0[j] - FD_H;
+        m.params[j] = pp;
+        double lp = model_loss(&m, x, y, B, out, NULL);
+        m.params[j] = pm;
+        double lm = model_loss(&m, x, y, B, out, NULL);
+        m.params[j] = p0[j];
+        fdd[j] = (lp - lm) / ((double)pp - pm);
+    }
+    rc = mnn_model_train_batch(&m, &o, x, y, B, &st);
+    check(rc == 0 && o.step == (norm == MNN_NORM_RUNNING ? 2u : 1u),
+          "%s: mnn_model_train_batch (rc %d)", name, rc);
+    fails_t f = {0, 0};
+    double maxdiff = 0, maxg = 0;
+    for (size_t j = 0; j < P; j++) {
+        maxdiff = fmax(maxdiff, fabs(m.grads[j] - fdd[j]));
+        maxg = fmax(maxg, fabs(m.grads[j]));
+        fd_compare(&f, "grads", j, m.grads[j], fdd[j], 2e-2, 2e-4);
+    }
+    check(f.bad == 0, "%s: model gradient matches finite differences of the loss (%zu params)",
+          name, P);
+    diag("%zu of %zu differ; largest |grad - fd| %.3g, largest |grad| %.3g", f.bad, P, maxdiff,
+         maxg);
+    check(close_to(st.loss_sum, L0 * (double)B, 1e-5, 1e-6),
+          "%s: train_batch loss_sum %.9g == predicted loss %.9g", name, st.loss_sum,
+          L0 * (double)B);
+    if (loss == MNN_LOSS_XENT)
+        check(st.correct == correct0, "%s: train_batch correct %zu == argmax hits %zu", name,
+              st.correct, correct0);
+    fails_t fu = {0, 0};
+    for (size_t j = 0; j < P; j++) {
+        float want = p0[j] - s.opt.lr * m.grads[j];
+        if (!close_to(m.params[j], want, 1e-6, 1e-9))
+            fail_at(&fu, "params[%zu] = %.9g after the step, p0 - lr*g = %.9g", j,
+                    (double)m.params[j], (double)want);
+    }
+    check(fu.bad == 0, "%s: plain SGD step moved params by -lr*grads", name);
+    free(x), free(y), free(out), free(p0), free(fdd);
+    mnn_optim_free(&o);
+    mnn_model_free(&m);
+}
+
+static void test_fd_model(void)
+{
+    mnn_layer_spec_t l1[] = {{7, MNN_ACT_RELU}, {6, MNN_ACT_TANH}, {5, MNN_ACT_SIGMOID},
+                             {3, MNN_ACT_NONE}};
+    model_grad_check("xent model", 5, 3, MNN_LOSS_XENT, MNN_NORM_NONE, 0.5f, l1, NELEM(l1), 8);
+    mnn_layer_spec_t l2[] = {{6, MNN_ACT_TANH}, {4, MNN_ACT_SIGMOID}, {1, MNN_ACT_NONE}};
+    model_grad_check("mse model, normalize running", 4, 1, MNN_LOSS_MSE, MNN_NORM_RUNNING,
+                     0.5f, l2, NELEM(l2), 6);
+    mnn_layer_spec_t l3[] = {{2, MNN_ACT_NONE}};
+    model_grad_check("one-layer B=1 model", 3, 2, MNN_LOSS_XENT, MNN_NORM_NONE, 1.0f, l3,
+                     NELEM(l3), 1);
+}
+
+/* ---- softmax ----------------------------------------------------------- */
+
+static void test_softmax(void)
+{
+    enum { B = 5, K = 10 };
+    float z[B * K], p[B * K];
+    fill_sym(z, B * K, 20);
+    mnn_softmax(p, z, B, K);
+    fails_t f = {0, 0};
+    for (size_t b = 0; b < B; b++) {
+        double s = 0;
+        for (size_t k = 0; k < K; k++) {
+            if (!(p[b * K + k] >= 0 && p[b * K + k] <= 1))
+                fail_at(&f, "p[%zu][%zu] = %g", b, k, (double)p[b * K + k]);
+            s += p[b * K + k];
+        }
+        if (!close_to(s, 1, 0, 1e-5))
+            fail_at(&f, "row %zu sums to %.9g", b, s);
+    }
+    check(f.bad == 0, "mnn_softmax: rows are in [0,1] and sum to 1");
+    memcpy(p, z, sizeof z);
+    mnn_softmax(p, p, B, K);
+    float p2[B * K];
+    mnn_softmax(p2, z, B, K);
+    check(!memcmp(p, p2, sizeof p), "mnn_softmax: in place (probs aliasing logits)");
+
+    const float big[4][4] = {{1000, -1000, 0, 999},
+                             {-1000, -1000, -1000, -1000},
+                             {1000, 1000, 1000, 1000},
+                             {-1000, 1000, -1000, -1000}};
+    const double e1 = 1 / (1 + exp(-1.0));
+    const double want[4][4] = {{e1, 0, 0, 1 - e1},
+                               {.25, .25, .25, .25},
+                               {.25, .25, .25, .25},
+                               {0, 1, 0, 0}};
+    float bp[16];
+    mnn_softmax(bp, &big[0][0], 4, 4);
+    fails_t fb = {0, 0};
+    for (size_t i = 0; i < 16; i++)
+        if (!isfinite(bp[i]) || !close_to(bp[i], want[i / 4][i % 4], 1e-6, 1e-7))
+            fail_at(&fb, "softmax of large logits: p[%zu] = %.9g, expected %.9g", i,
+                    (double)bp[i], want[i / 4][i % 4]);
+    check(fb.bad == 0, "mnn_softmax: stable for logits of +-1000");
+
+    float dz[2], pr[2];
+    const float zz[2] = {1000, -1000};
+    int32_t lab = 1;
+    double L = mnn_softmax_xent(dz, pr, zz, &lab, 1, 2, 1.0f);
+    check(L == 2000 && dz[0] == 1 && dz[1] == -1 && pr[0] == 1 && pr[1] == 0,
+          "mnn_softmax_xent: logits (1000,-1000), label 1: loss %.9g (2000), dz (%g,%g)", L,
+          (double)dz[0], (double)dz[1]);
+    lab = 0;
+    L = mnn_softmax_xent(dz, pr, zz, &lab, 1, 2, 0.5f);
+    check(L == 0 && dz[0] == 0 && dz[1] == 0,
+          "mnn_softmax_xent: logits (1000,-1000), label 0: loss %.9g (0)", L);
+}
+
+/* ---- optimizers --------------------------------------------------------------- */
+
+static int near3(const float *a, const double *b, double tol)
+{
+    for (int i = 0; i < 3; i++)
+        if (!(fabs(a[i] - b[i]) <= tol)) {
+            diag("[%d]: %.9g, expected %.9g", i, (double)a[i], b[i]);
+            return 0;
+        }
+    return 1;
+}
+
+static void test_optim(void)
+{
+    /* expected values computed by hand (in double, see the formulas in
+     * mini-nn.h) for w = (1, -2, 0.5), g1 = (0.5, 0.25, -1), g2 = (-0.1, 0.3, 2) */
+    const float g1[3] = {0.5f, 0.25f, -1}, g2[3] = {-0.1f, 0.3f, 2};
+    mnn_spec_t s;
+    mnn_spec_defaults(&s);
+    mnn_opt_spec_t os = s.opt;
+    mnn_optim_t o;
+    float w[3];
+
+    os.type = MNN_OPT_SGD;
+    os.lr = 0.1f;
+    os.momentum = 0.9f;
+    os.weight_decay = 0;
+    memcpy(w, (float[3]){1, -2, 0.5f}, sizeof w);
+    if (check(mnn_optim_init(&o, &os, 3) == 0 && o.m2 == NULL && o.step == 0 &&
+                  o.m1[0] == 0 && o.m1[2] == 0,
+              "mnn_optim_init(sgd): zero velocity, no second moment")) {
+        mnn_optim_step(&o, w, g1);
+        check(near3(w, (double[3]){0.95, -2.025, 0.6}, 1e-6) &&
+                  near3(o.m1, (double[3]){0.5, 0.25, -1}, 1e-7),
+              "sgd momentum 0.9, step 1: w -= lr*g");
+        mnn_optim_step(&o, w, g2);
+        check(near3(w, (double[3]){0.915, -2.0775, 0.49}, 1e-6) &&
+                  near3(o.m1, (double[3]){0.35, 0.525, 1.1}, 1e-6) && o.step == 2,
+              "sgd momentum 0.9, step 2: v = 0.9 v + g, w -= lr*v");
+        mnn_optim_free(&o);
+    }
+
+    os.weight_decay = 0.01f;
+    memcpy(w, (float[3]){1, -2, 0.5f}, sizeof w);
+    if (check(mnn_optim_init(&o, &os, 3) == 0, "mnn_optim_init(sgd, weight_decay)")) {
+        mnn_optim_step(&o, w, g1);
+        mnn_optim_step(&o, w, g2);
+        check(near3(w, (double[3]){0.912151, -2.071677, 0.4884505}, 1e-6),
+              "sgd momentum 0.9, weight_decay 0.01: two steps");
+        mnn_optim_free(&o);
+    }
+
+    os.type = MNN_OPT_ADAM;
+    os.lr = 0.01f;
+    os.beta1 = 0.9f;
+    os.beta2 = 0.999f;
+    os.eps = 1e-8f;
+    os.weight_decay = 0;
+    os.momentum = 0;
+    memcpy(w, (float[3]){1, -2, 0.5f}, sizeof w);
+    if (check(mnn_optim_init(&o, &os, 3) == 0 && o.m1 && o.m2 && o.m2[0] == 0 && o.m2[2] == 0,
+              "mnn_optim_init(adam): zero moments")) {
+        mnn_optim_step(&o, w, g1);
+        check(near3(w, (double[3]){0.9900000002, -2.0099999996, 0.5099999999}, 1e-6) &&
+                  near3(o.m1, (double[3]){0.05, 0.025, -0.1}, 1e-7) &&
+                  near3(o.m2, (double[3]){0.00025, 6.25e-05, 0.001}, 2e-8),
+              "adam step 1: bias-corrected update of about lr*sign(g)");
+        mnn_optim_step(&o, w, g2);
+        check(near3(w, (double[3]){0.98488973957, -2.02000613038, 0.506338964653}, 1e-6) &&
+                  near3(o.m1, (double[3]){0.035, 0.0525, 0.11}, 1e-7) &&
+                  near3(o.m2, (double[3]){0.00025975, 0.0001524375, 0.004999}, 2e-7),
+              "adam step 2 against hand-computed values");
+        mnn_optim_free(&o);
+    }
+    os.weight_decay = 0.1f;
+    memcpy(w, (float[3]){1, -2, 0.5f}, sizeof w);
+    if (check(mnn_optim_init(&o, &os, 3) == 0, "mnn_optim_init(adam, weight_decay)")) {
+        mnn_optim_step(&o, w, g1);
+        mnn_optim_step(&o, w, g2);
+        check(near3(w, (double[3]){0.983311835567, -2.01966249028, 0.506062232212}, 1e-6) &&
+                  near3(o.m1, (double[3]){0.0539, 0.0144, 0.1196}, 1e-7),
+              "adam weight_decay 0.1 (L2 added to the gradient): two steps");
+        mnn_optim_free(&o);
+    }
+
+    /* lr_t = lr / (1 + lr_decay * t), t = updates so far */
+    os = s.opt;
+    os.type = MNN_OPT_SGD;
+    os.lr = 0.1f;
+    os.momentum = 0;
+    os.lr_decay = 0.5f;
+    float v = 0;
+    const float one = 1;
+    if (check(mnn_optim_init(&o, &os, 1) == 0, "mnn_optim_init(sgd, lr_decay)")) {
+        static const double want[] = {0.1, 0.1 / 1.5, 0.1 / 2, 0.1 / 2.5, 0.1 / 3};
+        int good = 1;
+        for (int t = 0; t < 5; t++) {
+            float lr = mnn_optim_lr(&o), before = v;
+            if (!close_to(lr, want[t], 1e-6, 0)) {
+                diag("mnn_optim_lr after %d steps = %.9g, expected %.9g", t, (double)lr,
+                     want[t]);
+                good = 0;
+            }
+            mnn_optim_step(&o, &v, &one);
+            if (!close_to(before - v, want[t], 1e-5, 0)) {
+                diag("update %d moved w by %.9g, expected %.9g", t, (double)(before - v),
+                     want[t]);
+                good = 0;
+            }
+        }
+        check(good, "lr_decay 0.5: mnn_optim_lr and the steps follow lr/(1+0.5t)");
+        mnn_optim_free(&o);
+    }
+    os.type = MNN_OPT_ADAM;
+    os.lr = 0.01f;
+    os.lr_decay = 1;
+    os.beta1 = 0.9f;
+    os.beta2 = 0.999f;
+    os.eps = 1e-8f;
+    v = 1;
+    if (check(mnn_optim_init(&o, &os, 1) == 0, "mnn_optim_init(adam, lr_decay)")) {
+        mnn_optim_step(&o, &v, &one);
+        mnn_optim_step(&o, &v, &one);
+        check(close_to(v, 1 - 0.01 - 0.005, 0, 1e-6) && close_to(mnn_optim_lr(&o), 0.01 / 3, 1e-6, 0),
+              "adam lr_decay 1: constant gradient moves by lr, then lr/2 (w = %.9g)",
+              (double)v);
+        mnn_optim_free(&o);
+    }
+}
+
+/* ---- rng ----------------------------------------------------------------- */
+
+static void test_rng(void)
+{
+    mnn_rng_t a, b;
+    /* known answers: splitmix64 seeding and xoshiro256** as published
+     * (computed independently; splitmix64(0) starts 0xe220a8397b1dcdaf) */
+    mnn_rng_seed(&a, 0);
+    check(a.s[0] == 0xe220a8397b1dcdafULL && a.s[1] == 0x6e789e6aa1b965f4ULL &&
+              a.s[2] == 0x06c45d188009454fULL && a.s[3] == 0xf88bb8a8724c81ecULL,
+          "mnn_rng_seed(0): splitmix64 state");
+    static const uint64_t k0[] = {0x99ec5f36cb75f2b4ULL, 0xbf6e1f784956452aULL,
+                                  0x1a5f849d4933e6e0ULL, 0x6aa594f1262d2d2cULL};
+    static const uint64_t k42[] = {0x15780b2e0c2ec716ULL, 0x6104d9866d113a7eULL,
+                                   0xae17533239e499a1ULL, 0xecb8ad4703b360a1ULL};
+    int kat = 1;
+    for (int i = 0; i < 4; i++)
+        kat &= mnn_rng_next(&a) == k0[i];
+    mnn_rng_seed(&a, 42);
+    for (int i = 0; i < 4; i++)
+        kat &= mnn_rng_next(&a) == k42[i];
+    check(kat, "mnn_rng_next: xoshiro256** known answers for seeds 0 and 42");
+
+    mnn_rng_seed(&a, 12345);
+    mnn_rng_seed(&b, 12345);
+    int same = 1;
+    for (int i = 0; i < 1000; i++)
+        same &= mnn_rng_next(&a) == mnn_rng_next(&b);
+    check(same, "same seed, same 1000 numbers");
+    mnn_rng_t c = a; /* the state is the struct */
+    same = 1;
+    for (int i = 0; i < 100; i++)
+        same &= mnn_rng_uniform(&a) == mnn_rng_uniform(&c);
+    check(same, "a copied state continues the same sequence");
+    mnn_rng_seed(&a, 1);
+    mnn_rng_seed(&b, 2);
+    int equal = 0;
+    for (int i = 0; i < 1000; i++)
+        equal += mnn_rng_next(&a) == mnn_rng_next(&b);
+    check(equal == 0, "seeds 1 and 2 give different sequences (%d equal of 1000)", equal);
+
+    enum { N = 100000 };
+    mnn_rng_seed(&a, 99);
+    double lo = 1, hi = 0, sum = 0, sum2 = 0;
+    for (int i = 0; i < N; i++) {
+        double u = mnn_rng_uniform(&a);
+        lo = fmin(lo, u);
+        hi = fmax(hi, u);
+        sum += u;
+        sum2 += u * u;
+    }
+    double mean = sum / N, var = sum2 / N - mean * mean;
+    check(lo >= 0 && hi < 1, "mnn_rng_uniform: 100k draws in [0,1) (min %.3g, max %.17g)", lo,
+          hi);
+    check(fabs(mean - 0.5) < 0.005 && fabs(var - 1.0 / 12) < 0.002,
+          "mnn_rng_uniform: mean %.4f (0.5), variance %.4f (0.0833)", mean, var);
+    sum = sum2 = 0;
+    int finite = 1;
+    for (int i = 0; i < N; i++) {
+        double z = mnn_rng_normal(&a);
+        finite &= isfinite(z);
+        sum += z;
+        sum2 += z * z;
+    }
+    mean = sum / N;
+    var = sum2 / N - mean * mean;
+    check(finite && fabs(mean) < 0.02 && fabs(var - 1) < 0.03,
+          "mnn_rng_normal: 100k draws, mean %.4f (0), variance %.4f (1)", mean, var);
+}
+
+/* ---- number parsing ---------------------------------------------------- */
+
+static int pd(const char *s, double *out) { return mnn_parse_double(s, s + strlen(s), out); }
+static int pf(const char *s, float *out) { return mnn_parse_float(s, s + strlen(s), out); }
+
+static void test_parse_numbers(void)
+{
+    static const struct {
+        const char *s;
+        double v;
+    } good[] = {
+        {"0", 0},           {"42", 42},           {"-7", -7},
+        {"+3.5", 3.5},      {"1e3", 1e3},         {"1E-2", 1e-2},
+        {"-2.5e+2", -250},  {".5", .5},           {"5.", 5},
+        {"007", 7},         {"0.1", 0.1},         {"-0.000123", -0.000123},
+        {"123456789012345678901234567890", 123456789012345678901234567890.0},
+        {"1e308", 1e308},   {"1.7976931348623157e308", 1.7976931348623157e308},
+        {"4.9e-324", 4.9e-324}, {"2.2250738585072014e-308", 2.2250738585072014e-308},
+        {"0.30000000000000004", 0.30000000000000004}, {"9007199254740993", 9007199254740993.0},
+        {"1e22", 1e22},     {"1e23", 1e23},       {"123.456e-7", 123.456e-7},
+    };
+    fails_t f = {0, 0};
+    for (size_t i = 0; i < NELEM(good); i++) {
+        double v = -12345;
+        int rc = pd(good[i].s, &v);
+        if (rc != 0 || memcmp(&v, &good[i].v, sizeof v))
+            fail_at(&f, "mnn_parse_double(\"%s\") = %d, %.17g; expected %.17g", good[i].s, rc,
+                    v, good[i].v);
+    }
+    check(f.bad == 0, "mnn_parse_double: integers, decimals, exponents, signs, leading +");
+    double nz = 1;
+    check(pd("-0", &nz) == 0 && nz == 0 && signbit(nz), "mnn_parse_double(\"-0\") = -0.0");
+
+    static const char *const bad[] = {
+        "1e999", "-1e999", "1e400", "nan", "NaN", "-nan", "inf", "-inf", "+Infinity",
+        "infinity", "", "1.2.3", "1e", "1e+", "1e-", " 1", "1 ", "+", "-", ".", "e5",
+        "0x10", "1,5", "--1", "+-1", "1..2", "1e5.5", "12a", "1\n", "\t1", "1f", "0b1"};
+    f = (fails_t){0, 0};
+    for (size_t i = 0; i < NELEM(bad); i++) {
+        double v = 0;
+        float fv = 0;
+        int rc = pd(bad[i], &v), rcf = pf(bad[i], &fv);
+        if (rc >= 0 || rcf >= 0)
+            fail_at(&f, "\"%s\" accepted: double rc %d (%.17g), float rc %d (%.9g)", bad[i],
+                    rc, v, rcf, (double)fv);
+    }
+    check(f.bad == 0, "mnn_parse_double/float reject nan, inf, 1e999, \"\", 1.2.3, 1e, \" 1\" and "
+                      "other garbage (%zu strings)", NELEM(bad));
+
+    float fv = 0;
+    double dv = 0;
+    check(pf("1e39", &fv) < 0 && pd("1e39", &dv) == 0 && dv == 1e39,
+          "1e39: a double, but out of float range for mnn_parse_float");
+    check(pf("-1e39", &fv) < 0, "mnn_parse_float rejects -1e39");
+    check(pf("3.4028234e38", &fv) == 0 && fv == FLT_MAX, "mnn_parse_float(\"3.4028234e38\") = FLT_MAX");
+    check(pf("0.1", &fv) == 0 && fv == 0.1f && pf("-2.5e-3", &fv) == 0 && fv == -2.5e-3f,
+          "mnn_parse_float: 0.1 and -2.5e-3");
+
+    /* [s, end) is the whole input: nothing past end is looked at */
+    const char *s1 = "1.5e3xyz", *s2 = "123456", *s3 = "2e5", *s4 = "1e999",
+               *s5 = "12345678901234567890123456789";
+    check(mnn_parse_double(s1, s1 + 5, &dv) == 0 && dv == 1500, "range [s,end): \"1.5e3\"xyz");
+    check(mnn_parse_double(s2, s2 + 3, &dv) == 0 && dv == 123, "range [s,end): \"123\"456");
+    check(mnn_parse_double(s3, s3 + 2, &dv) < 0, "range [s,end): \"2e\"5 rejected");
+    check(mnn_parse_double(s4, s4 + 3, &dv) == 0 && dv == 1e9, "range [s,end): \"1e9\"99");
+    check(mnn_parse_double(s5, s5 + 20, &dv) == 0 && dv == 12345678901234567890.0,
+          "range [s,end) on the slow path: 20 of 29 digits");
+    check(mnn_parse_double(s2, s2, &dv) < 0, "empty range rejected");
+
+    /* a finite number printed with %f can be long; it is still a number */
+    char longnum[400];
+    snprintf(longnum, sizeof longnum, "%f", 1e150);
+    int rc = pd(longnum, &dv);
+    check(rc == 0 && dv == 1e150, "mnn_parse_double: %zu-character \"%%f\" rendering of 1e150 "
+                                  "(rc %d)", strlen(longnum), rc);
+}
+
+/* One random decimal string in buf. */
+static void random_number(char *buf, size_t n)
+{
+    int kind = (int)(trng() % 6);
+    if (kind == 0) { /* %.17g of a random double over the whole range */
+        double d;
+        do {
+            uint64_t bits = trng();
+            memcpy(&d, &bits, sizeof d);
+        } while (!isfinite(d));
+        snprintf(buf, n, "%.17g", d);
+    } else if (kind == 1) { /* %.9g of a random float */
+        float fl;
+        do {
+            uint32_t bits = (uint32_t)trng();
+            memcpy(&fl, &bits, sizeof fl);
+        } while (!isfinite(fl));
+        snprintf(buf, n, "%.9g", (double)fl);
+    } else if (kind == 2) { /* short %g: the fast path */
+        double d = (tunif() - 0.5) * pow(10, (double)(int)(trng() % 61) - 30);
+        snprintf(buf, n, "%.*g", 1 + (int)(trng() % 15), d);
+    } else if (kind == 3) { /* pixel-like values */
+        snprintf(buf, n, "%.*f", (int)(trng() % 8), tunif() * 255);
+    } else { /* random digit strings with a point and an exponent */
+        size_t k = 0;
+        int digits = 1 + (int)(trng() % 25), point = (int)(trng() % (unsigned)(digits + 2)) - 1;
+        if (trng() % 3 == 0)
+            buf[k++] = trng() % 2 ? '-' : '+';
+        for (int i = 0; i < digits; i++) {
+            if (i == point)
+                buf[k++] = '.';
+            buf[k++] = (char)('0' + trng() % 10);
+        }
+        if (trng() % 2)
+            k += (size_t)snprintf(buf + k, n - k, "%c%d", trng() % 2 ? 'e' : 'E',
+                                  (int)(trng() % 81) - 40);
+        buf[k] = 0;
+    }
+}
+
+static void test_parse_exact(void)
+{
+    enum { N = 100000 };
+    fails_t f = {0, 0}, ff = {0, 0};
+    char buf[128];
+    for (int i = 0; i < N; i++) {
+        random_number(buf, sizeof buf);
+        char *end;
+        errno = 0;
+        double ref = strtod(buf, &end);
+        if (*end) {
+            fail_at(&f, "test bug: strtod stopped early on \"%s\"", buf);
+            continue;
+        }
+        double v = 0;
+        int rc = pd(buf, &v);
+        if (!isfinite(ref)) {
+            if (rc >= 0)
+                fail_at(&f, "\"%s\": strtod overflows, mnn_parse_double gives %.17g", buf, v);
+        } else if (rc != 0 || memcmp(&v, &ref, sizeof v))
+            fail_at(&f, "\"%s\": mnn_parse_double rc %d, %.17g (%a); strtod %.17g (%a)", buf,
+                    rc, v, v, ref, ref);
+        float fref = strtof(buf, NULL), fl = 0;
+        rc = pf(buf, &fl);
+        if (!isfinite(fref)) {
+            if (rc >= 0)
+                fail_at(&ff, "\"%s\": strtof overflows, mnn_parse_float gives %.9g", buf,
+                        (double)fl);
+        } else if (rc != 0 || memcmp(&fl, &fref, sizeof fl))
+            fail_at(&ff, "\"%s\": mnn_parse_float rc %d, %.9g; strtof %.9g", buf, rc,
+                    (double)fl, (double)fref);
+    }
+    check(f.bad == 0, "mnn_parse_double == strtod (C locale), bit for bit, on %d random "
+                      "decimal strings (%zu differ)", N, f.bad);
+    check(ff.bad == 0, "mnn_parse_float == strtof on the same strings (%zu differ)", ff.bad);
+}
+
+/* ---- records ------------------------------------------------------------- */
+
+static int parse_rec(mnn_record_fmt_t *fmt, const char *line, float *x, float *label,
+                     mnn_diag_t *d)
+{
+    d->msg[0] = 0;
+    return mnn_record_parse(fmt, line, strlen(line), x, label, d);
+}
+
+static int same_floats(const float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+    return 1;
+}
+
+/* s with control characters as C escapes, for TAP lines. */
+static const char *printable(char *buf, size_t n, const char *s)
+{
+    size_t k = 0;
+    for (; *s && k + 5 < n; s++) {
+        if (*s == '\r' || *s == '\t' || *s == '\n') {
+            buf[k++] = '\\';
+            buf[k++] = *s == '\r' ? 'r' : *s == '\t' ? 't' : 'n';
+        } else
+            buf[k++] = *s;
+    }
+    buf[k] = 0;
+    return buf;
+}
+
+/* Expects an error whose message contains `want`. */
+static void rec_error(mnn_record_fmt_t fmt, const char *line, const char *want)
+{
+    float x[8], label = 0;
+    mnn_diag_t d;
+    char pl[128], pw[128], pm[600];
+    int rc = parse_rec(&fmt, line, x, &label, &d);
+    if (!check(rc < 0 && contains(d.msg, want), "mnn_record_parse(\"%s\") fails: \"%s\"",
+               printable(pl, sizeof pl, line), printable(pw, sizeof pw, want)))
+        diag("rc %d, message \"%s\"", rc, printable(pm, sizeof pm, d.msg));
+}
+
+static void test_records(void)
+{
+    const mnn_record_fmt_t base = {MNN_FMT_UNKNOWN, 0, 3, 1, 4};
+    mnn_record_fmt_t fmt = base;
+    float x[8], label = -1;
+    mnn_diag_t d;
+
+    int rc = parse_rec(&fmt, "2,0.5,-1,3e2", x, &label, &d);
+    check(rc == 0 && fmt.fmt == MNN_FMT_DENSE && fmt.sep == ',' && label == 2 &&
+              same_floats(x, (float[3]){0.5f, -1, 300}, 3),
+          "dense comma record: label and features; format decided");
+    rc = parse_rec(&fmt, "3,1,2,3\r", x, &label, &d);
+    check(rc == 0 && label == 3 && same_floats(x, (float[3]){1, 2, 3}, 3),
+          "dense: a trailing \\r is accepted");
+    fmt = base;
+    rc = parse_rec(&fmt, "1\t2.5\t-0\t4", x, &label, &d);
+    check(rc == 0 && fmt.fmt == MNN_FMT_DENSE && fmt.sep == '\t' && label == 1 &&
+              same_floats(x, (float[3]){2.5f, 0, 4}, 3),
+          "dense tab record");
+    rc = parse_rec(&fmt, "0\t7\t8\t9\r", x, &label, &d);
+    check(rc == 0 && label == 0 && same_floats(x, (float[3]){7, 8, 9}, 3),
+          "dense tab record with a trailing \\r");
+
+    fmt = base;
+    fmt.has_label = 0;
+    rc = parse_rec(&fmt, "1,2,3", x, &label, &d);
+    check(rc == 0 && same_floats(x, (float[3]){1, 2, 3}, 3), "dense record without a label");
+    fmt = base;
+    fmt.classes = 0;
+    rc = parse_rec(&fmt, "-1.5,1,2,3", x, &label, &d);
+    check(rc == 0 && label == -1.5f, "dense record with a real label (classes 0)");
+
+    fmt = base;
+    rc = parse_rec(&fmt, "1 1:0.5 3:2", x, &label, &d);
+    check(rc == 0 && fmt.fmt == MNN_FMT_SPARSE && label == 1 &&
+              same_floats(x, (float[3]){0.5f, 0, 2}, 3),
+          "sparse libsvm record with a label");
+    x[0] = x[1] = x[2] = 99;
+    rc = parse_rec(&fmt, "0 2:7", x, &label, &d);
+    check(rc == 0 && label == 0 && same_floats(x, (float[3]){0, 7, 0}, 3),
+          "sparse: absent features are zero");
+    rc = parse_rec(&fmt, "3  1:1\t3:-3 \r", x, &label, &d);
+    check(rc == 0 && label == 3 && same_floats(x, (float[3]){1, 0, -3}, 3),
+          "sparse: extra blanks and a trailing \\r");
+    rc = parse_rec(&fmt, "2", x, &label, &d);
+    check(rc == 0 && label == 2 && same_floats(x, (float[3]){0, 0, 0}, 3),
+          "sparse: a record with no pairs in a sparse stream");
+    fmt = base;
+    fmt.has_label = 0;
+    rc = parse_rec(&fmt, "1:1 3:3", x, &label, &d);
+    check(rc == 0 && fmt.fmt == MNN_FMT_SPARSE && same_floats(x, (float[3]){1, 0, 3}, 3),
+          "sparse record without a label");
+
+    /* errors */
+    mnn_record_fmt_t sparse = base, dense = base;
+    sparse.fmt = MNN_FMT_SPARSE;
+    dense.fmt = MNN_FMT_DENSE;
+    dense.sep = ',';
+    rec_error(base, "1 0:1", "index 0");
+    rec_error(base, "1 2:1 2:3", "not ascending");
+    rec_error(base, "1 3:1 2:1", "not ascending");
+    rec_error(base, "1 4:1", "exceeds");
+    rec_error(base, "1 x:1", "not a positive integer");
+    rec_error(base, "1 1:abc", "pair 1: 'abc' is not a number");
+    rec_error(base, "1 1:1 2:nan", "pair 2: 'nan' is not finite");
+    rec_error(sparse, "7 1:1", "out of range 0..3");
+    rec_error(sparse, "1,2,3,4", "dense (comma-separated) record in a sparse stream");
+    rec_error(base, "1,2,3", "3 fields, expected 4");
+    rec_error(base, "1,2,3,4,5", "5 fields, expected 4");
+    rec_error(base, "1,2,3,4,5,6", "6 fields, expected 4");
+    rec_error(base, "1,2,,4", "field 3: '' is not a number");
+    rec_error(base, "1,abc,2,3", "field 2: 'abc' is not a number");
+    rec_error(base, "1,2,inf,3", "field 3: 'inf' is not finite");
+    rec_error(base, "4,1,2,3", "out of range 0..3");
+    rec_error(base, "-1,1,2,3", "out of range 0..3");
+    rec_error(base, "1.5,1,2,3", "not a class id");
+    rec_error(base, "nan,1,2,3", "not finite");
+    rec_error(dense, "1 1:2 2:3", "sparse (idx:value) record in a dense stream");
+    rec_error(base, "1,2,3,4\r\r", "field 4: '4\r' is not a number");
+
+    /* lines are [line, line+len), not strings: parse copies without a NUL
+     * in buffers of exactly len bytes (ASan sees any read past the end) */
+    static const struct {
+        const char *line;
+        size_t len;
+        float x[3], label;
+    } raw[] = {{"1,2,3,4999", 7, {2, 3, 4}, 1},
+               {"2,0.5,-1.25,123456789012345678901234\r", 37, {0.5f, -1.25f, 1.23456789e23f}, 2},
+               {"3 1:1 3:0.12345678901234567890123", 31, {1, 0, 0.123456789f}, 3},
+               {"0 2:5e-3\r", 9, {0, 5e-3f, 0}, 0}};
+    fails_t fr = {0, 0};
+    for (size_t i = 0; i < NELEM(raw); i++) {
+        char *buf = malloc(raw[i].len);
+        if (!buf)
+            exit(99);
+        memcpy(buf, raw[i].line, raw[i].len);
+        mnn_record_fmt_t rf = base;
+        float rx[3] = {9, 9, 9}, rl = 9;
+        rc = mnn_record_parse(&rf, buf, raw[i].len, rx, &rl, &d);
+        if (rc != 0 || rl != raw[i].label || !same_floats(rx, raw[i].x, 3))
+            fail_at(&fr, "record %zu: rc %d, label %g, x %.9g %.9g %.9g", i, rc, (double)rl,
+                    (double)rx[0], (double)rx[1], (double)rx[2]);
+        free(buf);
+    }
+    check(fr.bad == 0, "mnn_record_parse reads only [line, line+len) (exact-size buffers)");
+    static const char *const nums[] = {"7", "-0.5", "1e-3", "12345678901234567890.5", "nan",
+                                       "inf", "1e999", "0.000000000000000000000000001"};
+    fr = (fails_t){0, 0};
+    for (size_t i = 0; i < NELEM(nums); i++) {
+        size_t n = strlen(nums[i]);
+        char *buf = malloc(n);
+        if (!buf)
+            exit(99);
+        memcpy(buf, nums[i], n);
+        double v1 = 0, v2 = 0;
+        int r1 = mnn_parse_double(buf, buf + n, &v1), r2 = pd(nums[i], &v2);
+        if (r1 != r2 || (r1 == 0 && v1 != v2))
+            fail_at(&fr, "\"%s\" without a NUL: rc %d, %.17g; with: rc %d, %.17g", nums[i], r1,
+                    v1, r2, v2);
+        free(buf);
+    }
+    check(fr.bad == 0, "mnn_parse_double reads only [s, end) (exact-size buffers)");
+}
+
+/* ---- line reader ---------------------------------------------------------- */
+
+/* Reads all lines of fd and compares them with the lines of data[0,len). */
+static int lr_compare(int fd, const char *data, size_t len, size_t max_line, const char *what)
+{
+    mnn_linereader_t lr;
+    if (mnn_lr_init(&lr, fd, max_line) != 0)
+        return check(0, "%s: mnn_lr_init", what);
+    size_t pos = 0, nlines = 0;
+    int good = 1;
+    for (;;) {
+        const char *line;
+        size_t n;
+        int rc = mnn_lr_next(&lr, &line, &n);
+        if (rc == MNN_EOF)
+            break;
+        if (rc != 0) {
+            diag("%s: line %zu: mnn_lr_next = %d", what, nlines + 1, rc);
+            good = 0;
+            break;
+        }
+        nlines++;
+        const char *nl = memchr(data + pos, '\n', len - pos);
+        size_t want = nl ? (size_t)(nl - (data + pos)) : len - pos;
+        if (pos >= len || n != want || memcmp(line, data + pos, n)) {
+            diag("%s: line %zu differs (length %zu, expected %zu)", what, nlines, n, want);
+            good = 0;
+            break;
+        }
+        pos += want + (nl ? 1 : 0);
+        if (lr.lineno != nlines) {
+            diag("%s: lineno %llu after %zu lines", what, (unsigned long long)lr.lineno,
+                 nlines);
+            good = 0;
+            break;
+        }
+    }
+    if (good && pos != len) {
+        diag("%s: stopped at byte %zu of %zu", what, pos, len);
+        good = 0;
+    }
+    const char *line;
+    size_t n;
+    if (good && mnn_lr_next(&lr, &line, &n) != MNN_EOF) {
+        diag("%s: a second MNN_EOF expected", what);
+        good = 0;
+    }
+    mnn_lr_free(&lr);
+    return check(good, "%s: %zu lines, %zu bytes read back exactly", what, nlines, len);
+}
+
+/* A child process writes data into a pipe in random chunks. */
+static int pipe_feed(const char *data, size_t len, pid_t *pid)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        return -1;
+    *pid = fork();
+    if (*pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (*pid == 0) {
+        close(fds[0]);
+        size_t at = 0;
+        while (at < len) {
+            size_t chunk = 1 + trng() % 70000;
+            if (chunk > len - at)
+                chunk = len - at;
+            ssize_t w = write(fds[1], data + at, chunk);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                _exit(1);
+            at += (size_t)w;
+        }
+        _exit(0);
+    }
+    close(fds[1]);
+    return fds[0];
+}
+
+static void test_linereader(void)
+{
+    /* > 3 MiB with lines longer than the 1 MiB buffer, empty lines, \r, and
+     * a last line without '\n' */
+    size_t cap = 8u << 20, len = 0;
+    char *data = malloc(cap);
+    if (!data)
+        exit(99);
+    for (size_t i = 0; len < (3u << 20) + 500000; i++) {
+        size_t L = i % 50 == 7 ? 300000 : i % 50 == 23 ? 1200000 : i % 50 == 41 ? 0
+                                                                                : trng() % 300;
+        for (size_t k = 0; k < L; k++)
+            data[len++] = (char)('!' + (i + k) % 90);
+        if (L && i % 5 == 0)
+            data[len - 1] = '\r';
+        data[len++] = '\n';
+    }
+    const char *last = "the last line has no newline";
+    memcpy(data + len, last, strlen(last));
+    len += strlen(last);
+
+    char path[128];
+    tpath(path, sizeof path, "lines.txt");
+    if (write_bytes(path, data, len) == 0) {
+        int fd = open(path, O_RDONLY);
+        lr_compare(fd, data, len, 0, "mnn_lr_next on a file");
+        close(fd);
+    } else
+        check(0, "write %s", path);
+    pid_t pid;
+    int fd = pipe_feed(data, len, &pid);
+    if (fd >= 0) {
+        lr_compare(fd, data, len, 2u << 20, "mnn_lr_next on a pipe fed in random chunks");
+        close(fd);
+        int status = 0;
+        waitpid(pid, &status, 0);
+    } else
+        check(0, "pipe and fork");
+
+    /* readiness */
+    tpath(path, sizeof path, "ab.txt");
+    write_bytes(path, "a\nb\n", 4);
+    fd = open(path, O_RDONLY);
+    mnn_linereader_t lr;
+    const char *line = NULL;
+    size_t n = 0;
+    if (fd >= 0 && mnn_lr_init(&lr, fd, 0) == 0) {
+        int r0 = mnn_lr_ready(&lr);
+        int rc1 = mnn_lr_next(&lr, &line, &n);
+        int ok1 = rc1 == 0 && n == 1 && line[0] == 'a';
+        int r1 = mnn_lr_ready(&lr);
+        int rc2 = mnn_lr_next(&lr, &line, &n);
+        int ok2 = rc2 == 0 && n == 1 && line[0] == 'b';
+        int rc3 = mnn_lr_next(&lr, &line, &n);
+        int r3 = mnn_lr_ready(&lr);
+        check(r0 == 0 && ok1 && r1 == 1 && ok2 && rc3 == MNN_EOF && r3 == 1,
+              "mnn_lr_ready: 0 before reading, 1 with a whole line buffered, 1 at end "
+              "(%d %d %d)", r0, r1, r3);
+        mnn_lr_free(&lr);
+    } else
+        check(0, "mnn_lr_init on %s", path);
+    if (fd >= 0)
+        close(fd);
+
+    /* max_line */
+    struct {
+        const char *what;
+        size_t len100; /* a line of this many x's */
+        int newline;
+        int want;
+    } cases[] = {{"a line of exactly max_line bytes is accepted", 100, 1, 0},
+                 {"a last line (no \\n) of exactly max_line bytes is accepted", 100, 0, 0},
+                 {"a line of max_line+1 bytes is MNN_EOVERFLOW", 101, 1, MNN_EOVERFLOW},
+                 {"a 200-byte last line without \\n is MNN_EOVERFLOW", 200, 0, MNN_EOVERFLOW}};
+    for (size_t c = 0; c < NELEM(cases); c++) {
+        char buf[512];
+        size_t k = (size_t)snprintf(buf, sizeof buf, "short\n");
+        memset(buf + k, 'x', cases[c].len100);
+        k += cases[c].len100;
+        if (cases[c].newline)
+            buf[k++] = '\n';
+        tpath(path, sizeof path, "max.txt");
+        write_bytes(path, buf, k);
+        fd = open(path, O_RDONLY);
+        if (fd < 0 || mnn_lr_init(&lr, fd, 100) != 0) {
+            check(0, "max_line: %s (setup)", cases[c].what);
+            continue;
+        }
+        int rc1 = mnn_lr_next(&lr, &line, &n);
+        int rc2 = mnn_lr_next(&lr, &line, &n);
+        check(rc1 == 0 && rc2 == cases[c].want && (rc2 != 0 || n == cases[c].len100) &&
+                  lr.lineno == 2,
+              "max_line 100: %s (rc %d, lineno %llu)", cases[c].what, rc2,
+              (unsigned long long)lr.lineno);
+        mnn_lr_free(&lr);
+        close(fd);
+    }
+    /* a long line still incomplete when the limit is passed */
+    {
+        size_t big = 3u << 20;
+        memset(data, 'y', big);
+        data[big] = '\n';
+        memcpy(data + big + 1, "z\n", 2);
+        tpath(path, sizeof path, "long.txt");
+        write_bytes(path, data, big + 3);
+        fd = open(path, O_RDONLY);
+        if (fd >= 0 && mnn_lr_init(&lr, fd, (3u << 20) / 2) == 0) {
+            int rc = mnn_lr_next(&lr, &line, &n);
+            check(rc == MNN_EOVERFLOW, "max_line 1.5 MiB: a 3 MiB line is MNN_EOVERFLOW (rc %d)",
+                  rc);
+            mnn_lr_free(&lr);
+        } else
+            check(0, "max_line 1.5 MiB: setup");
+        if (fd >= 0)
+            close(fd);
+    }
+    /* read errors */
+    fd = open(tmpdir, O_RDONLY | O_DIRECTORY);
+    if (fd >= 0 && mnn_lr_init(&lr, fd, 0) == 0) {
+        int rc = mnn_lr_next(&lr, &line, &n);
+        check(rc == MNN_EIO && lr.err == EISDIR,
+              "mnn_lr_next on a directory: MNN_EIO with lr.err = EISDIR (rc %d, err %d)", rc,
+              lr.err);
+        mnn_lr_free(&lr);
+    } else
+        check(0, "open a directory");
+    if (fd >= 0)
+        close(fd);
+    free(data);
+}
+
+/* ---- spec --------------------------------------------------------------- */
+
+static int spec_equal(const mnn_spec_t *a, const mnn_spec_t *b)
+{
+#define SAME(field)                                                                      \
+    if (a->field != b->field) {                                                          \
+        diag("spec field %s differs", #field);                                           \
+        return 0;                                                                        \
+    }
+    SAME(input) SAME(input_scale) SAME(normalize) SAME(outputs) SAME(loss) SAME(nlayers)
+    for (size_t i = 0; i < a->nlayers; i++) {
+        SAME(layers[i].units) SAME(layers[i].act)
+    }
+    SAME(opt.type) SAME(opt.lr) SAME(opt.momentum) SAME(opt.weight_decay) SAME(opt.beta1)
+    SAME(opt.beta2) SAME(opt.eps) SAME(opt.lr_decay) SAME(batch) SAME(seed)
+#undef SAME
+    return 1;
+}
+
+static int load_str(mnn_spec_t *s, const char *text, mnn_diag_t *d)
+{
+    d->msg[0] = 0;
+    return mnn_spec_load_string(s, text, strlen(text), "spec.yaml", d);
+}
+
+static void spec_roundtrip(const char *what, const char *text)
+{
+    mnn_spec_t s, s2, s3;
+    mnn_diag_t d;
+    int rc = load_str(&s, text, &d);
+    if (!check(rc == 0, "%s: loads", what)) {
+        diag("%s", d.msg);
+        return;
+    }
+    for (int ind = 0; ind <= 4; ind += 4) {
+        char *buf = NULL;
+        size_t blen = 0;
+        FILE *f = open_memstream(&buf, &blen);
+        rc = f ? mnn_spec_write(&s, f, ind) : -1;
+        if (f)
+            fclose(f);
+        int lrc = rc == 0 ? mnn_spec_load_string(&s2, buf, blen, "written.yaml", &d) : -1;
+        if (check(rc == 0 && lrc == 0 && spec_equal(&s, &s2),
+                  "%s: mnn_spec_write (indent %d) and load again: same spec", what, ind))
+            mnn_spec_free(&s2);
+        else
+            diag("rc %d, load %d %s\n%s", rc, lrc, lrc ? d.msg : "", buf ? buf : "");
+        free(buf);
+    }
+    rc = mnn_spec_copy(&s3, &s);
+    if (check(rc == 0 && s3.layers != s.layers && spec_equal(&s, &s3), "%s: mnn_spec_copy",
+              what))
+        mnn_spec_free(&s3);
+    mnn_spec_free(&s);
+}
+
+static void spec_error(const char *text, const char *where, const char *want)
+{
+    mnn_spec_t s;
+    mnn_diag_t d;
+    int rc = load_str(&s, text, &d);
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "spec.yaml:%s: ", where);
+    if (!check(rc < 0 && !strncmp(d.msg, prefix, strlen(prefix)) && contains(d.msg, want),
+               "spec error at %s: %s", where, want))
+        diag("rc %d, message \"%s\"", rc, d.msg);
+    if (rc == 0)
+        mnn_spec_free(&s);
+}
+
+static void test_spec(void)
+{
+    const char *full =
+        "# a comment\n"
+        "input: 12\n"
+        "input_scale: 0.00392156863\n"
+        "normalize: running\n"
+        "classes: 3\n"
+        "layers:\n"
+        "  - {dense: 8, activation: relu}\n"
+        "  - {dense: 5, activation: tanh}\n"
+        "  - dense: 4\n"
+        "    activation: sigmoid\n"
+        "  - {dense: 3}\n"
+        "exits: []\n"
+        "optimizer: {type: adam, lr: 0.002, beta1: 0.8, beta2: 0.99, eps: 1e-7,\n"
+        "            weight_decay: 0.0001, lr_decay: 0.01}\n"
+        "batch: 16\n"
+        "seed: 12345678901234567890\n";
+    mnn_spec_t s;
+    mnn_diag_t d;
+    int rc = load_str(&s, full, &d);
+    if (check(rc == 0, "mnn_spec_load_string: a full spec")) {
+        check(s.input == 12 && s.input_scale == 0.00392156863f && s.normalize == MNN_NORM_RUNNING &&
+                  s.outputs == 3 && s.loss == MNN_LOSS_XENT && s.nlayers == 4 &&
+                  s.layers[0].units == 8 && s.layers[0].act == MNN_ACT_RELU &&
+                  s.layers[1].units == 5 && s.layers[1].act == MNN_ACT_TANH &&
+                  s.layers[2].units == 4 && s.layers[2].act == MNN_ACT_SIGMOID &&
+                  s.layers[3].units == 3 && s.layers[3].act == MNN_ACT_NONE &&
+                  s.opt.type == MNN_OPT_ADAM && s.opt.lr == 0.002f && s.opt.beta1 == 0.8f &&
+                  s.opt.beta2 == 0.99f && s.opt.eps == 1e-7f && s.opt.weight_decay == 0.0001f &&
+                  s.opt.lr_decay == 0.01f && s.batch == 16 && s.seed == 12345678901234567890ULL,
+              "full spec: every field as written");
+        mnn_spec_free(&s);
+    } else
+        diag("%s", d.msg);
+    const char *minimal = "input: 2\nclasses: 2\nlayers: [{dense: 2}]\n";
+    rc = load_str(&s, minimal, &d);
+    mnn_spec_t def;
+    mnn_spec_defaults(&def);
+    if (check(rc == 0 && s.input_scale == 1 && s.normalize == MNN_NORM_NONE &&
+                  s.opt.type == MNN_OPT_SGD && s.opt.lr == def.opt.lr && s.batch == def.batch &&
+                  s.seed == def.seed && s.opt.momentum == def.opt.momentum,
+              "minimal spec: defaults for what is not given"))
+        mnn_spec_free(&s);
+    rc = load_str(&s, "input: 2\nclasses: 2\nlayers: [{dense: 2}]\noptimizer: {type: adam}\n", &d);
+    if (check(rc == 0 && s.opt.lr == 0.001f, "adam without lr gets lr 0.001"))
+        mnn_spec_free(&s);
+
+    spec_roundtrip("adam spec", full);
+    spec_roundtrip("sgd spec",
+                   "input: 784\ninput_scale: 0.1\nclasses: 10\n"
+                   "layers: [{dense: 256, activation: relu}, {dense: 10}]\n"
+                   "optimizer: {type: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0005, "
+                   "lr_decay: 0.001}\nbatch: 64\nseed: 1\n");
+    spec_roundtrip("mse spec",
+                   "input: 3\noutputs: 1\nloss: mse\n"
+                   "layers: [{dense: 4, activation: tanh}, {dense: 1}]\nseed: 0\n");
+
+    /* every u64 is a seed: mnn_spec_write writes it, it must load */
+    rc = load_str(&s, "input: 2\nclasses: 2\nlayers: [{dense: 2}]\nseed: 18446744073709551615\n", &d);
+    if (!check(rc == 0 && s.seed == UINT64_MAX, "seed 18446744073709551615 (UINT64_MAX) loads"))
+        diag("rc %d: %s", rc, d.msg);
+    if (rc == 0)
+        mnn_spec_free(&s);
+    rc = load_str(&s, "input: 2\nclasses: 2\nlayers: [{dense: 2}]\nseed: 18446744073709551616\n", &d);
+    check(rc < 0 && contains(d.msg, "spec.yaml:4:7:"), "seed 2^64 is rejected (\"%s\")", d.msg);
+    if (rc == 0)
+        mnn_spec_free(&s);
+
+    spec_error("input: 4\nclasses: 2\n  batch: 3\n", "3:8", "invalid YAML");
+    spec_error("input: 4\n\tclasses: 2\n", "2:1", "invalid YAML");
+    spec_error("input: 4\nclases: 2\nlayers: [{dense: 2}]\n", "2:1", "unknown key 'clases'");
+    spec_error("input: 4\nclasses: 2\nlayers:\n  - {dense: 2, activaton: relu}\n", "4:16",
+               "unknown key 'activaton'");
+    spec_error("input: 4\nclasses: 2\nlayers: [{dense: 2}]\noptimizer: {type: sgd, nesterov: 1}\n",
+               "4:24", "unknown key 'nesterov'");
+    spec_error("input: four\nclasses: 2\nlayers: [{dense: 2}]\n", "1:8",
+               "input: 'four' is not a non-negative integer");
+    spec_error("input: 4\nclasses: 2\nlayers: 3\n", "3:9", "layers must be a list");
+    spec_error("input: 4\nclasses: 2\nlayers: [{dense: 2}]\noptimizer: {type: sgd, lr: fast}\n",
+               "4:28", "lr: 'fast' is not a finite number");
+    spec_error("input: 4\nclasses: 2\nlayers: [{dense: 2}]\nbatch: -3\n", "4:8",
+               "batch: '-3' is not a non-negative integer");
+    spec_error("input: 4\nclasses: 2\nlayers: [{dense: 2, activation: gelu}]\n", "3:33",
+               "unknown value 'gelu'");
+    spec_error("input: 4\nclasses: 3\nlayers:\n  - {dense: 5, activation: relu}\n  - {dense: 2}\n",
+               "4:3", "the last layer has 2 units but the model has 3 classes");
+    spec_error("input: 4\nclasses: 2\nlayers: [{dense: 2}]\noptimizer: {type: sgd, momentum: 1.5}\n",
+               "4:34", "momentum must be in [0, 1)");
+    spec_error("input: 4\nclasses: 2\nclasses: 2\nlayers: [{dense: 2}]\n", "3:1", "duplicate key");
+    spec_error("classes: 2\nlayers: [{dense: 2}]\n", "1:1", "'input: N' is required");
+}
+
+/* ---- safetensors ------------------------------------------------------- */
+
+/* Writes a safetensors file by hand: length, header, data_len bytes. */
+static int write_st_raw(const char *path, uint64_t hlen, const char *hdr, size_t data_len)
+{
+    size_t n = strlen(hdr);
+    unsigned char *buf = calloc(8 + n + data_len + 1, 1);
+    if (!buf)
+        return -1;
+    for (int i = 0; i < 8; i++)
+        buf[i] = (unsigned char)(hlen >> (8 * i));
+    memcpy(buf + 8, hdr, n);
+    for (size_t i = 0; i < data_len; i++)
+        buf[8 + n + i] = (unsigned char)i;
+    int rc = write_bytes(path, buf, 8 + n + data_len);
+    free(buf);
+    return rc;
+}
+
+/* hlen 0: the true header length */
+static void st_bad(const char *what, uint64_t hlen, const char *hdr, size_t data_len,
+                   int want_rc, const char *want_msg)
+{
+    char path[128];
+    mnn_st_file_t *f = NULL;
+    mnn_diag_t d = {""};
+    tpath(path, sizeof path, "bad.safetensors");
+    if (write_st_raw(path, hlen ? hlen : strlen(hdr), hdr, data_len) < 0) {
+        check(0, "mnn_st_open rejects %s (setup)", what);
+        return;
+    }
+    int rc = mnn_st_open(&f, path, &d);
+    if (!check(rc < 0 && f == NULL && (!want_rc || rc == want_rc) && contains(d.msg, want_msg),
+               "mnn_st_open rejects %s", what))
+        diag("rc %d, message \"%s\"", rc, d.msg);
+    if (rc == 0)
+        mnn_st_close(f);
+}
+
+static void test_safetensors(void)
+{
+    float a[6] = {1, 2, 3, 4, 5, 6}, b[3] = {-1, 0.5f, 1e-30f};
+    double c[4] = {1.0 / 3, -2, 1e300, 0};
+    const mnn_st_tensor_t t[] = {
+        {"layers.1.bias", 0, 1, {3, 0}, b},
+        {"layers.0.weight", 0, 2, {2, 3}, a},
+        {"normalize.mean", 1, 1, {4, 0}, c},
+        {"empty", 0, 1, {0, 0}, b},
+    };
+    const char *meta[] = {"format", "pt", "note", "hello", NULL};
+    char path[128];
+    tpath(path, sizeof path, "rt.safetensors");
+    FILE *fp = fopen(path, "wb");
+    int rc = fp ? mnn_st_write(fp, t, NELEM(t), meta) : -1;
+    int crc = fp ? fclose(fp) : -1;
+    check(rc == 0 && crc == 0, "mnn_st_write (rc %d)", rc);
+
+    size_t flen = 0;
+    char *raw = slurp(path, &flen);
+    if (raw && flen >= 8) {
+        uint64_t hlen = 0;
+        for (int i = 7; i >= 0; i--)
+            hlen = hlen << 8 | (unsigned char)raw[i];
+        check(hlen % 8 == 0 && 8 + hlen + 24 + 12 + 32 == flen && raw[8] == '{',
+              "written file: little-endian header length, JSON header, data 8-byte aligned, "
+              "nothing after the tensors");
+        char *hdr = strndup(raw + 8, (size_t)hlen);
+        check(hdr && contains(hdr, "\"__metadata__\":{\"format\":\"pt\",\"note\":\"hello\"}") &&
+                  contains(hdr, "\"layers.0.weight\":{\"dtype\":\"F32\",\"shape\":[2,3],"
+                                "\"data_offsets\":[0,24]}"),
+              "written header: metadata and tensors sorted by name, offsets from 0");
+        free(hdr);
+    } else
+        check(0, "read back %s", path);
+    free(raw);
+
+    mnn_st_file_t *f = NULL;
+    mnn_diag_t d = {""};
+    rc = mnn_st_open(&f, path, &d);
+    if (check(rc == 0 && f, "mnn_st_open of what mnn_st_write wrote")) {
+        const void *pa = NULL, *pb = NULL, *pc = NULL, *pe = NULL;
+        int r1 = mnn_st_get(f, "layers.0.weight", 0, 2, (size_t[2]){2, 3}, &pa, &d);
+        int r2 = mnn_st_get(f, "layers.1.bias", 0, 1, (size_t[1]){3}, &pb, &d);
+        int r3 = mnn_st_get(f, "normalize.mean", 1, 1, (size_t[1]){4}, &pc, &d);
+        int r4 = mnn_st_get(f, "empty", 0, 1, (size_t[1]){0}, &pe, &d);
+        check(r1 == 0 && r2 == 0 && r3 == 0 && r4 == 0 && !memcmp(pa, a, sizeof a) &&
+                  !memcmp(pb, b, sizeof b) && !memcmp(pc, c, sizeof c),
+              "mnn_st_get: F32 and F64 tensors round-trip bit for bit");
+        const char *m1 = mnn_st_meta(f, "format"), *m2 = mnn_st_meta(f, "note");
+        check(m1 && !strcmp(m1, "pt") && m2 && !strcmp(m2, "hello") &&
+                  mnn_st_meta(f, "nothing") == NULL,
+              "mnn_st_meta: metadata round-trips");
+        d.msg[0] = 0;
+        rc = mnn_st_get(f, "layers.0.weight", 1, 2, (size_t[2]){2, 3}, &pa, &d);
+        check(rc == MNN_ESHAPE && contains(d.msg, "layers.0.weight"),
+              "mnn_st_get: F64 asked of an F32 tensor is MNN_ESHAPE (\"%s\")", d.msg);
+        d.msg[0] = 0;
+        rc = mnn_st_get(f, "normalize.mean", 0, 1, (size_t[1]){4}, &pa, &d);
+        check(rc == MNN_ESHAPE, "mnn_st_get: F32 asked of an F64 tensor is MNN_ESHAPE");
+        d.msg[0] = 0;
+        rc = mnn_st_get(f, "layers.0.weight", 0, 2, (size_t[2]){3, 2}, &pa, &d);
+        check(rc == MNN_ESHAPE && contains(d.msg, "shape"),
+              "mnn_st_get: shape [3,2] asked of a [2,3] tensor is MNN_ESHAPE (\"%s\")", d.msg);
+        rc = mnn_st_get(f, "layers.0.weight", 0, 1, (size_t[1]){6}, &pa, &d);
+        check(rc == MNN_ESHAPE, "mnn_st_get: 1-d asked of a 2-d tensor is MNN_ESHAPE");
+        rc = mnn_st_get(f, "layers.1.bias", 0, 1, (size_t[1]){4}, &pa, &d);
+        check(rc == MNN_ESHAPE, "mnn_st_get: [4] asked of a [3] tensor is MNN_ESHAPE");
+        d.msg[0] = 0;
+        rc = mnn_st_get(f, "layers.2.weight", 0, 2, (size_t[2]){2, 3}, &pa, &d);
+        check(rc == MNN_ESHAPE && contains(d.msg, "missing"),
+              "mnn_st_get: a missing tensor is MNN_ESHAPE, \"missing\"");
+        mnn_st_close(f);
+    } else
+        diag("rc %d: %s", rc, d.msg);
+
+    /* no tensors at all */
+    tpath(path, sizeof path, "none.safetensors");
+    fp = fopen(path, "wb");
+    rc = fp ? mnn_st_write(fp, NULL, 0, NULL) : -1;
+    crc = fp ? fclose(fp) : -1;
+    f = NULL;
+    if (check(rc == 0 && crc == 0 && mnn_st_open(&f, path, &d) == 0 && f,
+              "mnn_st_write/mnn_st_open: a file with no tensors and no metadata")) {
+        const void *p;
+        check(mnn_st_get(f, "x", 0, 1, (size_t[1]){1}, &p, &d) == MNN_ESHAPE &&
+                  mnn_st_meta(f, "format") == NULL,
+              "an empty file: no tensor, no metadata");
+        mnn_st_close(f);
+    } else
+        diag("rc %d: %s", rc, d.msg);
+    fp = fopen("/dev/full", "wb");
+    if (fp) {
+        float *big = xalloc(1 << 18);
+        const mnn_st_tensor_t bt = {"big", 0, 1, {1 << 18, 0}, big};
+        rc = mnn_st_write(fp, &bt, 1, NULL);
+        check(rc == MNN_EIO, "mnn_st_write of 1 MiB to /dev/full is MNN_EIO (rc %d)", rc);
+        fclose(fp);
+        free(big);
+    } else
+        printf("ok %u - mnn_st_write to /dev/full # SKIP no /dev/full\n", ++n_tests);
+
+    /* a file as Python's safetensors writes it (no padding, no metadata) */
+    const char *py = "{\"w\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]}}";
+    tpath(path, sizeof path, "py.safetensors");
+    write_st_raw(path, strlen(py), py, 16);
+    f = NULL;
+    rc = mnn_st_open(&f, path, &d);
+    if (check(rc == 0, "mnn_st_open: a hand-written file without metadata or padding")) {
+        const void *p;
+        check(mnn_st_get(f, "w", 0, 2, (size_t[2]){2, 2}, &p, &d) == 0 &&
+                  ((const unsigned char *)p)[0] == 0 && ((const unsigned char *)p)[15] == 15,
+              "mnn_st_get on the hand-written file points at its data");
+        mnn_st_close(f);
+    } else
+        diag("rc %d: %s", rc, d.msg);
+
+    /* crafted bad files */
+    tpath(path, sizeof path, "short.safetensors");
+    write_bytes(path, "\x10\0\0\0\0", 5);
+    f = NULL;
+    d.msg[0] = 0;
+    rc = mnn_st_open(&f, path, &d);
+    check(rc < 0 && f == NULL && d.msg[0], "mnn_st_open rejects a 5-byte file (\"%s\")", d.msg);
+    tpath(path, sizeof path, "empty.safetensors");
+    write_bytes(path, "", 0);
+    rc = mnn_st_open(&f, path, &d);
+    check(rc < 0 && f == NULL, "mnn_st_open rejects an empty file");
+
+    const char *one = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    st_bad("a header length claiming 4 GiB", (uint64_t)1 << 32, one, 8, 0, "header claims");
+    st_bad("a header length past the end of the file", strlen(one) + 9, one, 8, 0,
+           "header claims");
+    st_bad("a header length of 2^64-1", UINT64_MAX, one, 8, 0, "header claims");
+    st_bad("overlapping offsets", 0,
+           "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+           "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+           12, MNN_ECORRUPT, "overlaps");
+    st_bad("a gap between tensors", 0,
+           "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+           "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[12,20]}}",
+           20, MNN_ECORRUPT, "gap");
+    st_bad("a gap before the first tensor", 0,
+           "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, MNN_ECORRUPT,
+           "gap");
+    st_bad("trailing bytes after the last tensor", 0, one, 12, MNN_ECORRUPT,
+           "4 bytes after the last tensor");
+    st_bad("offsets past the end of the data", 0,
+           "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8, MNN_ECORRUPT,
+           "outside");
+    st_bad("a byte count that does not match the shape", 0,
+           "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, MNN_ECORRUPT,
+           "do not match its shape");
+    st_bad("an unknown dtype", 0,
+           "{\"a\":{\"dtype\":\"Q7\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, MNN_EFORMAT,
+           "unknown dtype");
+    st_bad("a header that is not a JSON object", 0, "[1, 2, 3]", 0, MNN_EFORMAT,
+           "not a JSON object");
+    st_bad("a header that is not JSON", 0, "{\"a\": [", 0, MNN_EFORMAT, "bad JSON header");
+    st_bad("a tensor without data_offsets", 0, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8,
+           MNN_EFORMAT, "needs dtype, shape and data_offsets");
+    st_bad("a tensor named twice", 0,
+           "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+           "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+           8, MNN_EFORMAT, "twice");
+}
+
+/* ---- checkpoints ------------------------------------------------------- */
+
+static int same_state(const mnn_train_state_t *a, const mnn_train_state_t *b)
+{
+    return a->step == b->step && a->records_seen == b->records_seen &&
+           !memcmp(&a->loss_sum, &b->loss_sum, sizeof a->loss_sum) && a->correct == b->correct &&
+           !memcmp(a->rng.s, b->rng.s, sizeof a->rng.s);
+}
+
+/* Trains a small model a few steps; fills m, o and st. */
+static int make_trained(mnn_model_t *m, mnn_optim_t *o, mnn_train_state_t *st,
+                        mnn_opt_type_t type, mnn_norm_t norm)
+{
+    mnn_spec_t s;
+    mnn_layer_spec_t layers[] = {{5, MNN_ACT_RELU}, {4, MNN_ACT_TANH}, {3, MNN_ACT_NONE}};
+    mnn_spec_defaults(&s);
+    s.input = 6;
+    s.outputs = 3;
+    s.normalize = norm;
+    s.input_scale = 0.25f;
+    s.layers = layers;
+    s.nlayers = NELEM(layers);
+    s.opt.type = type;
+    s.opt.lr = type == MNN_OPT_ADAM ? 0.01f : 0.05f;
+    s.opt.momentum = type == MNN_OPT_SGD ? 0.9f : 0;
+    s.opt.weight_decay = 1e-4f;
+    s.opt.lr_decay = 0.01f;
+    s.batch = 4;
+    s.seed = 77;
+    if (mnn_model_init(m, &s) < 0)
+        return -1;
+    if (mnn_optim_init(o, &m->spec.opt, m->nparams) < 0) {
+        mnn_model_free(m);
+        return -1;
+    }
+    memset(st, 0, sizeof *st);
+    mnn_rng_seed(&st->rng, s.seed);
+    mnn_model_init_weights(m, &st->rng);
+    float x[4 * 6], y[4];
+    for (int step = 0; step < 5; step++) {
+        for (size_t i = 0; i < NELEM(x); i++)
+            x[i] = (float)(mnn_rng_uniform(&st->rng) * 8 + (double)(i % 6));
+        for (size_t i = 0; i < NELEM(y); i++)
+            y[i] = (float)(mnn_rng_next(&st->rng) % 3);
+        mnn_batch_stats_t bs;
+        if (mnn_model_train_batch(m, o, x, y, 4, &bs) < 0)
+            return -1;
+        st->step++;
+        st->records_seen += 4;
+        st->loss_sum += bs.loss_sum;
+        st->correct += bs.correct;
+    }
+    st->loss_sum += 1e-13; /* digits that only %.17g keeps */
+    return 0;
+}
+
+static void ckpt_roundtrip(const char *what, mnn_opt_type_t type, mnn_norm_t norm,
+                           const char *name)
+{
+    mnn_model_t m, m2;
+    mnn_optim_t o, o2;
+    mnn_train_state_t st, st2;
+    mnn_diag_t d = {""};
+    char dir[256], root[128];
+    if (!check(make_trained(&m, &o, &st, type, norm) == 0, "%s: build and train a model", what))
+        return;
+    tpath(root, sizeof root, "ck");
+    mkdir(root, 0755);
+    snprintf(dir, sizeof dir, "%s/%s", root, name);
+    int rc = mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000000, 0, &d);
+    if (!check(rc == 0, "%s: mnn_ckpt_write", what)) {
+        diag("rc %d: %s", rc, d.msg);
+        goto out;
+    }
+    memset(&m2, 0, sizeof m2);
+    memset(&o2, 0, sizeof o2);
+    memset(&st2, 0xff, sizeof st2);
+    rc = mnn_ckpt_load(dir, &m2, &o2, &st2, &d);
+    if (!check(rc == 0, "%s: mnn_ckpt_load", what)) {
+        diag("rc %d: %s", rc, d.msg);
+        goto out;
+    }
+    check(spec_equal(&m.spec, &m2.spec), "%s: the spec comes back", what);
+    check(m2.nparams == m.nparams && !memcmp(m.params, m2.params, m.nparams * sizeof(float)),
+          "%s: identical parameters", what);
+    int norm_same = m.norm_count == m2.norm_count;
+    if (norm == MNN_NORM_RUNNING)
+        norm_same = norm_same && m2.norm_mean && m2.norm_m2 &&
+                    !memcmp(m.norm_mean, m2.norm_mean, m.spec.input * sizeof(double)) &&
+                    !memcmp(m.norm_m2, m2.norm_m2, m.spec.input * sizeof(double));
+    else
+        norm_same = norm_same && m2.norm_mean == NULL;
+    check(norm_same, "%s: identical normalization state (count %llu)", what,
+          (unsigned long long)m2.norm_count);
+    int opt_same = o2.step == o.step && o2.spec.type == o.spec.type && o2.n == o.n &&
+                   !memcmp(o.m1, o2.m1, o.n * sizeof(float));
+    if (type == MNN_OPT_ADAM)
+        opt_same = opt_same && o2.m2 && !memcmp(o.m2, o2.m2, o.n * sizeof(float));
+    check(opt_same, "%s: identical optimizer moments and step (%llu)", what,
+          (unsigned long long)o2.step);
+    check(same_state(&st, &st2), "%s: identical training state (step, records, loss_sum, "
+                                 "correct, rng)", what);
+    {
+        float x[2 * 6], p1[2 * 3], p2[2 * 3];
+        fill_sym(x, NELEM(x), 5);
+        mnn_model_predict(&m, x, 2, p1);
+        mnn_model_predict(&m2, x, 2, p2);
+        check(!memcmp(p1, p2, sizeof p1), "%s: the loaded model predicts the same", what);
+    }
+    /* the weights file is plain safetensors, layers.I.weight [out,in] */
+    {
+        char fp[320];
+        mnn_st_file_t *f;
+        snprintf(fp, sizeof fp, "%s/model.safetensors", dir);
+        rc = mnn_st_open(&f, fp, &d);
+        if (check(rc == 0, "%s: model.safetensors opens", what)) {
+            const void *p;
+            int good = 1;
+            for (size_t i = 0; i < m.spec.nlayers; i++) {
+                char nm[48];
+                snprintf(nm, sizeof nm, "layers.%zu.weight", i);
+                good &= mnn_st_get(f, nm, 0, 2, (size_t[2]){m.spec.layers[i].units, m.fan_in[i]},
+                                   &p, NULL) == 0 &&
+                        !memcmp(p, m.params + m.w_off[i],
+                                m.spec.layers[i].units * m.fan_in[i] * sizeof(float));
+                snprintf(nm, sizeof nm, "layers.%zu.bias", i);
+                good &= mnn_st_get(f, nm, 0, 1, (size_t[1]){m.spec.layers[i].units}, &p, NULL) ==
+                        0;
+            }
+            const char *fm = mnn_st_meta(f, "format");
+            check(good && fm && !strcmp(fm, "pt"),
+                  "%s: model.safetensors holds layers.I.weight [out,in], layers.I.bias, "
+                  "format pt", what);
+            mnn_st_close(f);
+        }
+    }
+    mnn_optim_free(&o2);
+    mnn_model_free(&m2);
+
+    d.msg[0] = 0;
+    rc = mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000001, 0, &d);
+    check(rc == MNN_EEXIST, "%s: writing again without replace is MNN_EEXIST (rc %d, \"%s\")",
+          what, rc, d.msg);
+    memset(&m2, 0, sizeof m2);
+    rc = mnn_ckpt_load(dir, &m2, NULL, NULL, &d);
+    if (check(rc == 0 && !memcmp(m.params, m2.params, m.nparams * sizeof(float)),
+              "%s: the first checkpoint is intact after the refused write", what))
+        mnn_model_free(&m2);
+    rc = mnn_ckpt_write(dir, &m, &o, &st, "step-0", 1700000002, 1, &d);
+    check(rc == 0, "%s: writing again with replace succeeds (rc %d)", what, rc);
+
+out:
+    mnn_optim_free(&o);
+    mnn_model_free(&m);
+}
+
+static void flip_byte(const char *path, long where)
+{
+    size_t n = 0;
+    char *buf = slurp(path, &n);
+    if (!buf || n == 0) {
+        free(buf);
+        return;
+    }
+    size_t at = where < 0 ? n - (size_t)(-where) : (size_t)where;
+    buf[at] ^= 0x01;
+    write_bytes(path, buf, n);
+    free(buf);
+}
+
+static void test_ckpt(void)
+{
+    ckpt_roundtrip("adam checkpoint, normalize running", MNN_OPT_ADAM, MNN_NORM_RUNNING,
+                   "step-00000005");
+    ckpt_roundtrip("sgd checkpoint", MNN_OPT_SGD, MNN_NORM_NONE, "step-00000006");
+
+    char root[128], dir[200], link[200], fp[240];
+    mnn_model_t m;
+    mnn_optim_t o;
+    mnn_train_state_t st;
+    mnn_diag_t d = {""};
+    tpath(root, sizeof root, "ck");
+    snprintf(dir, sizeof dir, "%s/step-00000005", root);
+    snprintf(link, sizeof link, "%s/latest", root);
+    if (symlink("step-00000005", link) == 0) {
+        memset(&m, 0, sizeof m);
+        int rc = mnn_ckpt_load(root, &m, &o, &st, &d);
+        if (check(rc == 0 && st.step == 5, "mnn_ckpt_load follows ck/latest (rc %d)", rc)) {
+            mnn_optim_free(&o);
+            mnn_model_free(&m);
+        } else
+            diag("%s", d.msg);
+    } else
+        check(0, "symlink %s", link);
+
+    /* a model whose seed is UINT64_MAX (sgd-train --seed 18446744073709551615) */
+    if (make_trained(&m, &o, &st, MNN_OPT_SGD, MNN_NORM_NONE) == 0) {
+        mnn_model_t m2;
+        m.spec.seed = UINT64_MAX;
+        snprintf(dir, sizeof dir, "%s/seed-max", root);
+        int rc = mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000000, 0, &d);
+        memset(&m2, 0, sizeof m2);
+        if (rc == 0)
+            rc = mnn_ckpt_load(dir, &m2, NULL, NULL, &d);
+        if (check(rc == 0 && m2.spec.seed == UINT64_MAX,
+                  "a checkpoint of a model with seed UINT64_MAX loads (rc %d)", rc))
+            mnn_model_free(&m2);
+        else
+            diag("%s", d.msg);
+        mnn_optim_free(&o);
+        mnn_model_free(&m);
+    } else
+        check(0, "build a model for the seed UINT64_MAX checkpoint");
+    snprintf(dir, sizeof dir, "%s/step-00000005", root);
+
+    /* where a checkpoint cannot go */
+    if (make_trained(&m, &o, &st, MNN_OPT_SGD, MNN_NORM_NONE) == 0) {
+        char other[240], keep[260], tmpname[260];
+        struct stat sb;
+        snprintf(other, sizeof other, "%s/no/such/dir/step-1", root);
+        d.msg[0] = 0;
+        int rc = mnn_ckpt_write(other, &m, &o, &st, NULL, 0, 0, &d);
+        check(rc < 0 && d.msg[0], "mnn_ckpt_write into a missing directory fails (rc %d, \"%s\")",
+              rc, d.msg);
+        snprintf(other, sizeof other, "%s/notckpt", root);
+        snprintf(keep, sizeof keep, "%s/keep.txt", other);
+        snprintf(tmpname, sizeof tmpname, "%s/.tmp-notckpt", root);
+        mkdir(other, 0755);
+        write_bytes(keep, "precious\n", 9);
+        d.msg[0] = 0;
+        rc = mnn_ckpt_write(other, &m, &o, &st, NULL, 0, 1, &d);
+        check(rc == MNN_EEXIST && stat(keep, &sb) == 0 && lstat(tmpname, &sb) != 0,
+              "replace refuses a directory that is not a checkpoint, keeps it, leaves no "
+              "temporary (rc %d, \"%s\")", rc, d.msg);
+        snprintf(other, sizeof other, "%s/afile", root);
+        write_bytes(other, "x", 1);
+        rc = mnn_ckpt_write(other, &m, &o, &st, NULL, 0, 0, &d);
+        check(rc == MNN_EEXIST, "mnn_ckpt_write over a regular file without replace: MNN_EEXIST");
+        rc = mnn_ckpt_write(other, &m, &o, &st, NULL, 0, 1, &d);
+        check(rc < 0 && stat(other, &sb) == 0 && S_ISREG(sb.st_mode),
+              "mnn_ckpt_write over a regular file with replace fails and keeps it (rc %d)", rc);
+        mnn_optim_free(&o);
+        mnn_model_free(&m);
+    } else
+        check(0, "build a model for the write-error checks");
+    {
+        char nodir[240];
+        snprintf(nodir, sizeof nodir, "%s/absent", root);
+        memset(&m, 0, sizeof m);
+        int rc = mnn_ckpt_load(nodir, &m, NULL, NULL, &d);
+        check(rc < 0, "mnn_ckpt_load of a missing directory fails (rc %d)", rc);
+        memset(&m, 0, sizeof m);
+        rc = mnn_ckpt_load(tmpdir, &m, NULL, NULL, &d);
+        check(rc == MNN_EFORMAT, "mnn_ckpt_load of a directory without manifest or latest: "
+                                 "MNN_EFORMAT (rc %d)", rc);
+    }
+
+    /* damage: one flipped bit in the weights, a truncated state */
+    snprintf(fp, sizeof fp, "%s/model.safetensors", dir);
+    flip_byte(fp, -3);
+    memset(&m, 0, sizeof m);
+    d.msg[0] = 0;
+    int rc = mnn_ckpt_load(dir, &m, &o, &st, &d);
+    check(rc == MNN_ECORRUPT && contains(d.msg, "model.safetensors"),
+          "a flipped byte in model.safetensors: MNN_ECORRUPT naming the file (rc %d, \"%s\")",
+          rc, d.msg);
+    if (rc == 0) {
+        mnn_optim_free(&o);
+        mnn_model_free(&m);
+    }
+    flip_byte(fp, -3); /* repaired */
+    memset(&m, 0, sizeof m);
+    rc = mnn_ckpt_load(dir, &m, NULL, NULL, &d);
+    if (check(rc == 0, "flipped back: loads again (rc %d)", rc))
+        mnn_model_free(&m);
+    snprintf(fp, sizeof fp, "%s/step-00000006/state.yaml", root);
+    size_t n = 0;
+    char *text = slurp(fp, &n);
+    if (text && n > 10)
+        write_bytes(fp, text, n - 10);
+    free(text);
+    memset(&m, 0, sizeof m);
+    d.msg[0] = 0;
+    snprintf(dir, sizeof dir, "%s/step-00000006", root);
+    rc = mnn_ckpt_load(dir, &m, &o, &st, &d);
+    check(rc == MNN_ECORRUPT && contains(d.msg, "state.yaml"),
+          "a truncated state.yaml: MNN_ECORRUPT (rc %d, \"%s\")", rc, d.msg);
+    if (rc == 0) {
+        mnn_optim_free(&o);
+        mnn_model_free(&m);
+    }
+}
+
+/* ---- main ---------------------------------------------------------------- */
+
+int main(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/mnn-unit-XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        printf("Bail out! mkdtemp: %s\n", strerror(errno));
+        return 0;
+    }
+    test_sizes();
+    test_kernels();
+    test_fd_dense();
+    test_fd_act();
+    test_fd_losses();
+    test_fd_model();
+    test_softmax();
+    test_optim();
+    test_rng();
+    test_parse_numbers();
+    test_parse_exact();
+    test_records();
+    test_linereader();
+    test_spec();
+    test_safetensors();
+    test_ckpt();
+    if (nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        diag("could not remove %s", tmpdir);
+    if (n_failed)
+        diag("%u of %u checks failed", n_failed, n_tests);
+    printf("1..%u\n", n_tests);
+    return 0;
+}
