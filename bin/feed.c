@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <time.h>
+#include <unistd.h>
 
 #define NSLOTS 3
 #define MAX_SKIP_WARNINGS 5
@@ -26,6 +28,7 @@ struct feed {
     size_t filled; /* slots ready for the consumer */
     int stop;
     int started;
+    int wake[2]; /* a byte written to wake[1] interrupts a waiting read */
     uint64_t skipped;
     char first_skip[700];
 };
@@ -72,10 +75,8 @@ static int fill(struct feed *f, feed_batch_t *b)
         size_t len;
         if (f->o.eager && (b->n > 0 || b->ncom > 0) && !mnn_lr_ready(&f->lr))
             return 0;
-        pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
         int rc = mnn_lr_next(&f->lr, &line, &len);
-        pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
-        if (rc == MNN_EOF) {
+        if (rc == MNN_EOF || rc == MNN_ECANCELED) {
             b->end = 1;
             return 1;
         }
@@ -134,7 +135,6 @@ static int fill(struct feed *f, feed_batch_t *b)
 static void *reader(void *arg)
 {
     struct feed *f = arg;
-    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
     for (;;) {
         pthread_mutex_lock(&f->mu);
         while (f->filled == NSLOTS && !f->stop)
@@ -161,10 +161,12 @@ feed_t *feed_start(int fd, const feed_opts_t *o)
     if (!f)
         return NULL;
     f->o = *o;
+    f->wake[0] = f->wake[1] = -1;
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
-    if (mnn_lr_init(&f->lr, fd, 0) < 0)
+    if (mnn_lr_init(&f->lr, fd, 0) < 0 || pipe2(f->wake, O_CLOEXEC) != 0)
         goto fail;
+    f->lr.cancel_fd = f->wake[0];
     for (int i = 0; i < NSLOTS; i++) {
         f->slot[i].x = mnn_calloc_aligned(o->batch, o->fmt.nfeat * sizeof(float));
         f->slot[i].y = mnn_calloc_aligned(o->batch, sizeof(float));
@@ -228,7 +230,11 @@ void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen)
         f->stop = 1;
         pthread_cond_broadcast(&f->cv);
         pthread_mutex_unlock(&f->mu);
-        pthread_cancel(f->thread); /* only takes effect inside read() */
+        /* wake the reader if it waits for input */
+        ssize_t w;
+        do
+            w = write(f->wake[1], "x", 1);
+        while (w < 0 && errno == EINTR);
         pthread_join(f->thread, NULL);
     }
     if (skipped) {
@@ -243,6 +249,10 @@ void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen)
         free(f->slot[i].ctext);
     }
     mnn_lr_free(&f->lr);
+    if (f->wake[0] >= 0) {
+        close(f->wake[0]);
+        close(f->wake[1]);
+    }
     pthread_mutex_destroy(&f->mu);
     pthread_cond_destroy(&f->cv);
     free(f);

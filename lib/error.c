@@ -17,6 +17,7 @@ const char *mnn_strerror(int err)
     case MNN_ESHAPE: return "shape mismatch";
     case MNN_EOF: return "end of input";
     case MNN_EEXIST: return "already exists";
+    case MNN_ECANCELED: return "canceled";
     default: return "unknown error";
     }
 }

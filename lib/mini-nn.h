@@ -28,7 +28,8 @@ enum {
     MNN_ECORRUPT = -6,  /* hash or size mismatch: data damaged */
     MNN_ESHAPE = -7,    /* shapes do not agree */
     MNN_EOF = -8,       /* end of input (not an error for readers) */
-    MNN_EEXIST = -9     /* target already exists */
+    MNN_EEXIST = -9,    /* target already exists */
+    MNN_ECANCELED = -10 /* stopped on request */
 };
 
 const char *mnn_strerror(int err);
@@ -274,13 +275,15 @@ typedef struct {
     int err;                /* errno of a failed read, or 0 */
     uint64_t lineno;        /* number of the line last returned */
     size_t max_line;        /* longest line accepted */
+    int cancel_fd;          /* -1, or a descriptor that, once readable,
+                             * makes a waiting read give up */
 } mnn_linereader_t;
 
 int mnn_lr_init(mnn_linereader_t *lr, int fd, size_t max_line);
 void mnn_lr_free(mnn_linereader_t *lr);
 /* Next line without its '\n' (a final line without one is returned too).
- * Returns 0, MNN_EOF at end, MNN_EIO (lr->err) or MNN_EOVERFLOW (line longer
- * than max_line).  The line stays valid until the next call. */
+ * Returns 0, MNN_EOF at end, MNN_EIO (lr->err), MNN_EOVERFLOW (line longer
+ * than max_line) or MNN_ECANCELED (cancel_fd became readable).  The line stays valid until the next call. */
 int mnn_lr_next(mnn_linereader_t *lr, const char **line, size_t *len);
 /* 1 if a whole line is already buffered (the next mnn_lr_next won't block). */
 int mnn_lr_ready(const mnn_linereader_t *lr);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <locale.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,6 +160,7 @@ int mnn_lr_init(mnn_linereader_t *lr, int fd, size_t max_line)
 {
     memset(lr, 0, sizeof *lr);
     lr->fd = fd;
+    lr->cancel_fd = -1;
     lr->max_line = max_line ? max_line : (size_t)64 << 20;
     lr->cap = 1 << 20;
     lr->buf = malloc(lr->cap);
@@ -222,6 +224,16 @@ int mnn_lr_next(mnn_linereader_t *lr, const char **line, size_t *len)
                 return MNN_ENOMEM;
             lr->buf = nb;
             lr->cap = ncap;
+        }
+        if (lr->cancel_fd >= 0) {
+            struct pollfd pfd[2] = {{.fd = lr->fd, .events = POLLIN},
+                                    {.fd = lr->cancel_fd, .events = POLLIN}};
+            int pr;
+            do
+                pr = poll(pfd, 2, -1);
+            while (pr < 0 && errno == EINTR);
+            if (pr > 0 && pfd[1].revents)
+                return MNN_ECANCELED;
         }
         ssize_t got;
         do
