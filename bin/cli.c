@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 
 const char *prog = "mini-nn";
@@ -90,6 +91,13 @@ int opt_on_error(const char *s)
     if (!strcmp(s, "skip"))
         return 1;
     usage_error("--on-error: '%s' is not one of fail, skip", s);
+}
+
+void report_peak_rss(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        warnx_("peak resident memory %ld KiB", ru.ru_maxrss);
 }
 
 void set_threads(size_t n)

@@ -28,6 +28,9 @@ float opt_float(const char *opt, const char *s);
 /* --on-error=fail|skip: returns 1 for skip */
 int opt_on_error(const char *s);
 
+/* "prog: peak resident memory N KiB" on stderr. */
+void report_peak_rss(void);
+
 /* Sets OpenBLAS's thread count (0: leave it). */
 void set_threads(size_t n);
 

@@ -259,8 +259,10 @@ int main(int argc, char **argv)
         die(EXIT_RUNTIME, "stdin: no records to evaluate");
     if (do_eval && !quiet)
         eval_report(&ev, classify);
-    if (verbose)
+    if (verbose) {
         warnx_("%llu records", (unsigned long long)records);
+        report_peak_rss();
+    }
     free(ev.confusion);
     mnn_free(out);
     mnn_model_free(&m);

@@ -321,6 +321,8 @@ int main(int argc, char **argv)
         die(EXIT_RUNTIME, "%s", d.msg);
     printf("%s\n", out);
     out_close();
+    if (verbose)
+        report_peak_rss();
     mnn_optim_free(&opt);
     mnn_model_free(&model);
     mnn_spec_free(&spec);
