@@ -13,6 +13,14 @@ enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 
 extern const char *prog; /* program name for messages */
 
+/* The options every program has, last in its getopt_long table. */
+#define CLI_COMMON_LONGOPTS                          \
+    {"quiet", no_argument, NULL, 'q'},               \
+    {"verbose", no_argument, NULL, 'v'},             \
+    {"help", no_argument, NULL, 'h'},                \
+    {"version", no_argument, NULL, 'V'},             \
+    {NULL, 0, NULL, 0}
+
 void cli_init(const char *name);
 /* "prog: message" on stderr */
 void warnx_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -132,11 +132,7 @@ int main(int argc, char **argv)
         {"batch", required_argument, NULL, O_BATCH},
         {"threads", required_argument, NULL, O_THREADS},
         {"on-error", required_argument, NULL, O_ONERR},
-        {"quiet", no_argument, NULL, 'q'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0}};
+        CLI_COMMON_LONGOPTS};
     const char *ckpt = NULL;
     int proba = 0, do_eval = 0, no_label = 0, linebuf = 0, skip = 0, quiet = 0,
         verbose = 0, c;

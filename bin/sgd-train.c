@@ -132,11 +132,7 @@ int main(int argc, char **argv)
         {"seed", required_argument, NULL, O_SEED},
         {"threads", required_argument, NULL, O_THREADS},
         {"on-error", required_argument, NULL, O_ONERR},
-        {"quiet", no_argument, NULL, 'q'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0}};
+        CLI_COMMON_LONGOPTS};
     const char *spec_path = NULL, *out = "model.ckpt";
     const char *o_lr = NULL, *o_mom = NULL, *o_wd = NULL, *o_opt = NULL, *o_batch = NULL,
                *o_seed = NULL, *o_decay = NULL, *o_avg = NULL;
