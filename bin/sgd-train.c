@@ -250,12 +250,8 @@ int main(int argc, char **argv)
                 p.classify ? "prog_acc" : "", "rec/s");
     for (;;) {
         feed_batch_t *b = feed_next(feed, &stop_requested);
-        if (!b) {
-            if (!quiet)
-                warnx_("stopping on a signal after %llu records",
-                       (unsigned long long)p.records);
-            break;
-        }
+        if (!b)
+            break; /* a signal while waiting for input */
         if (b->n) {
             mnn_batch_stats_t bs;
             if ((rc = mnn_model_train_batch(&model, &opt, b->x, b->y, b->n, &bs)) < 0)
@@ -265,7 +261,6 @@ int main(int argc, char **argv)
             p.loss += bs.loss_sum;
             p.loss_since += bs.loss_sum;
             p.correct += bs.correct;
-            st.step++;
             st.records_seen += b->n;
             if (!quiet && p.records >= p.next_report) {
                 report(&p, "");
@@ -277,15 +272,11 @@ int main(int argc, char **argv)
         if (error)
             die(EXIT_RUNTIME, "%s", b->msg);
         feed_release(feed, b);
-        if (end)
+        if (end || stop_requested)
             break;
-        if (stop_requested) {
-            if (!quiet)
-                warnx_("stopping on a signal after %llu records",
-                       (unsigned long long)p.records);
-            break;
-        }
     }
+    if (stop_requested && !quiet)
+        warnx_("stopping on a signal after %llu records", (unsigned long long)p.records);
     char first[700];
     uint64_t skipped;
     feed_stop(feed, &skipped, first, sizeof first);
@@ -296,7 +287,7 @@ int main(int argc, char **argv)
         report(&p, "");
     if (!quiet && p.records) {
         fprintf(stderr, "%s: %llu records, %llu steps, average loss %.6f", prog,
-                (unsigned long long)p.records, (unsigned long long)st.step,
+                (unsigned long long)p.records, (unsigned long long)opt.step,
                 p.loss / (double)p.records);
         if (p.classify)
             fprintf(stderr, ", progressive accuracy %.4f",
@@ -307,6 +298,7 @@ int main(int argc, char **argv)
         warnx_("skipped %llu bad record%s (first: %s)", (unsigned long long)skipped,
                skipped == 1 ? "" : "s", first);
 
+    st.step = opt.step;
     st.loss_sum = p.loss;
     st.correct = p.correct;
     if (!sde || !*sde)
