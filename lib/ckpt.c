@@ -334,60 +334,191 @@ out:
 
 /* ---- reading ------------------------------------------------------------ */
 
-/* The manifest's files list checked against the directory: every listed
- * file exists with the listed size and hash.  *has_model etc. tell what was
- * listed. */
-static int verify_files(mnn_yaml_t *y, yaml_node_t *files, const char *dir,
-                        unsigned *listed, mnn_diag_t *d)
+/* ---- manifests ----------------------------------------------------------- */
+
+static int manifest_files(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *files,
+                          mnn_diag_t *d)
 {
     int rc;
     if ((rc = mnn_yaml_expect(y, files, YAML_SEQUENCE_NODE, "files", d)) < 0)
         return rc;
-    *listed = 0;
-    for (yaml_node_item_t *it = files->data.sequence.items.start;
-         it < files->data.sequence.items.top; it++) {
-        yaml_node_t *e = mnn_yaml_node(y, *it);
+    size_t n = (size_t)(files->data.sequence.items.top - files->data.sequence.items.start);
+    if (n > MNN_MANIFEST_MAX_FILES)
+        return mnn_yaml_fail(y, files, d, MNN_EFORMAT, "%zu files listed, at most %d allowed", n,
+                             MNN_MANIFEST_MAX_FILES);
+    mf->files = calloc(n ? n : 1, sizeof *mf->files);
+    if (!mf->files)
+        return MNN_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *e = mnn_yaml_node(y, files->data.sequence.items.start[i]);
         yaml_node_t *nn = mnn_yaml_get(y, e, "name"), *nb = mnn_yaml_get(y, e, "bytes"),
                     *nh = mnn_yaml_get(y, e, "xxh3");
         const char *name, *hash;
-        uint64_t bytes;
+        mnn_manifest_file_t *f = &mf->files[i];
         if (!nn || !nb || !nh)
             return mnn_yaml_fail(y, e, d, MNN_EFORMAT, "a file entry needs name, bytes and xxh3");
         if ((rc = mnn_yaml_str(y, nn, "name", &name, d)) < 0 ||
-            (rc = mnn_yaml_u64(y, nb, "bytes", &bytes, d)) < 0 ||
+            (rc = mnn_yaml_u64(y, nb, "bytes", &f->bytes, d)) < 0 ||
             (rc = mnn_yaml_str(y, nh, "xxh3", &hash, d)) < 0)
             return rc;
-        if (!*name || strchr(name, '/') || name[0] == '.')
+        if (!*name || strchr(name, '/') || name[0] == '.' || strlen(name) >= sizeof f->name ||
+            !strcmp(name, "manifest.yaml"))
             return mnn_yaml_fail(y, nn, d, MNN_EFORMAT, "file name '%s' is not a plain name", name);
-        for (size_t i = 0; i < 3; i++)
-            if (!strcmp(name, ckpt_files[i]))
-                *listed |= 1u << i;
-        char *fp = path_join(dir, name), hex[17];
-        uint64_t got;
-        if (!fp)
-            return MNN_ENOMEM;
-        struct stat sb;
-        if (lstat(fp, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-            rc = mnn_fail(d, MNN_ECORRUPT, "%s: %s", fp,
-                          errno == ENOENT ? "missing" : "not a regular file");
-            free(fp);
-            return rc;
-        }
-        if (mnn_hash_file(fp, hex, &got) < 0) {
-            rc = mnn_fail(d, MNN_EIO, "%s: %s", fp, strerror(errno));
-            free(fp);
-            return rc;
-        }
-        if (got != bytes || strcmp(hex, hash)) {
-            rc = mnn_fail(d, MNN_ECORRUPT, "%s: %s does not match the manifest "
-                                           "(%" PRIu64 " bytes, xxh3 %s; manifest says %" PRIu64 ", %s)",
-                          fp, got != bytes ? "size" : "hash", got, hex, bytes, hash);
-            free(fp);
-            return rc;
-        }
-        free(fp);
+        if (strlen(hash) != 16 || strspn(hash, "0123456789abcdef") != 16)
+            return mnn_yaml_fail(y, nh, d, MNN_EFORMAT, "xxh3 '%s' is not 16 hex digits", hash);
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(mf->files[j].name, name))
+                return mnn_yaml_fail(y, nn, d, MNN_EFORMAT, "file '%s' is listed twice", name);
+        strcpy(f->name, name);
+        strcpy(f->xxh3, hash);
+        mf->nfiles++;
     }
     return 0;
+}
+
+int mnn_manifest_parse(mnn_manifest_t *mf, const char *text, size_t len,
+                       const char *name, mnn_diag_t *d)
+{
+    mnn_yaml_t y;
+    int rc;
+    memset(mf, 0, sizeof *mf);
+    if ((rc = mnn_yaml_load(&y, text, len, name, d)) < 0)
+        return rc;
+    yaml_node_t *root = mnn_yaml_root(&y), *n;
+    const char *str;
+    rc = MNN_EFORMAT;
+    if (root->type != YAML_MAPPING_NODE || !(n = mnn_yaml_get(&y, root, "format")) ||
+        mnn_yaml_str(&y, n, "format", &str, NULL) < 0 || strcmp(str, CKPT_FORMAT)) {
+        mnn_fail(d, rc, "%s: not a %s manifest", name, CKPT_FORMAT);
+        goto fail;
+    }
+    if ((n = mnn_yaml_get(&y, root, "tool")) && mnn_yaml_str(&y, n, "tool", &str, NULL) == 0)
+        snprintf(mf->tool, sizeof mf->tool, "%s", str);
+    if ((n = mnn_yaml_get(&y, root, "created")) && mnn_yaml_str(&y, n, "created", &str, NULL) == 0)
+        snprintf(mf->created, sizeof mf->created, "%s", str);
+    if (!(n = mnn_yaml_get(&y, root, "step")) || (rc = mnn_yaml_u64(&y, n, "step", &mf->step, d)) < 0 ||
+        !(n = mnn_yaml_get(&y, root, "records_seen")) ||
+        (rc = mnn_yaml_u64(&y, n, "records_seen", &mf->records_seen, d)) < 0) {
+        if (rc == MNN_EFORMAT && n == NULL)
+            mnn_yaml_fail(&y, root, d, rc, "step and records_seen are required");
+        rc = MNN_EFORMAT;
+        goto fail;
+    }
+    n = mnn_yaml_get(&y, root, "parent");
+    if (n && n->type == YAML_SCALAR_NODE && n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE &&
+        !(mf->parent = strdup((const char *)n->data.scalar.value))) {
+        rc = MNN_ENOMEM;
+        goto fail;
+    }
+    if (!(n = mnn_yaml_get(&y, root, "files"))) {
+        rc = mnn_yaml_fail(&y, root, d, MNN_EFORMAT, "the files list is missing");
+        goto fail;
+    }
+    if ((rc = manifest_files(mf, &y, n, d)) < 0)
+        goto fail;
+    if (!(n = mnn_yaml_get(&y, root, "model"))) {
+        rc = mnn_yaml_fail(&y, root, d, MNN_EFORMAT, "the model spec is missing");
+        goto fail;
+    }
+    if ((rc = mnn_spec_from_node(&mf->spec, &y, n, d)) < 0)
+        goto fail;
+    mf->has_spec = 1;
+    mnn_yaml_free(&y);
+    return 0;
+fail:
+    mnn_yaml_free(&y);
+    mnn_manifest_free(mf);
+    return rc;
+}
+
+void mnn_manifest_free(mnn_manifest_t *mf)
+{
+    free(mf->files);
+    free(mf->parent);
+    if (mf->has_spec)
+        mnn_spec_free(&mf->spec);
+    memset(mf, 0, sizeof *mf);
+}
+
+const mnn_manifest_file_t *mnn_manifest_find(const mnn_manifest_t *mf, const char *name)
+{
+    for (size_t i = 0; i < mf->nfiles; i++)
+        if (!strcmp(mf->files[i].name, name))
+            return &mf->files[i];
+    return NULL;
+}
+
+/* *out = dir, or its `latest` link when dir is a checkpoint root. */
+static int resolve_ckpt_dir(const char *dir, char **out, mnn_diag_t *d)
+{
+    struct stat sb;
+    *out = NULL;
+    if (stat(dir, &sb) != 0)
+        return mnn_fail(d, MNN_EIO, "%s: %s", dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return mnn_fail(d, MNN_EFORMAT, "%s: not a checkpoint directory", dir);
+    char *mpath = path_join(dir, "manifest.yaml");
+    if (!mpath)
+        return MNN_ENOMEM;
+    int here = access(mpath, F_OK) == 0;
+    free(mpath);
+    if (here)
+        return (*out = strdup(dir)) ? 0 : MNN_ENOMEM;
+    char *latest = path_join(dir, "latest");
+    if (!latest)
+        return MNN_ENOMEM;
+    if (access(latest, F_OK) != 0) {
+        free(latest);
+        return mnn_fail(d, MNN_EFORMAT, "%s: not a checkpoint (no manifest.yaml, no latest)", dir);
+    }
+    *out = latest;
+    return 0;
+}
+
+int mnn_manifest_load(mnn_manifest_t *mf, const char *dir, char **real, mnn_diag_t *d)
+{
+    char *rdir, *mpath = NULL, *text = NULL;
+    size_t len;
+    if (real)
+        *real = NULL;
+    int rc = resolve_ckpt_dir(dir, &rdir, d);
+    if (rc < 0)
+        return rc;
+    rc = MNN_ENOMEM;
+    if ((mpath = path_join(rdir, "manifest.yaml")) &&
+        (rc = mnn_read_file(mpath, (size_t)1 << 20, &text, &len, d)) == 0)
+        rc = mnn_manifest_parse(mf, text, len, mpath, d);
+    free(text);
+    free(mpath);
+    if (rc == 0 && real)
+        *real = rdir;
+    else
+        free(rdir);
+    return rc;
+}
+
+int mnn_manifest_verify_dir(const mnn_manifest_t *mf, const char *dir, mnn_diag_t *d)
+{
+    int rc = 0;
+    for (size_t i = 0; i < mf->nfiles && rc == 0; i++) {
+        const mnn_manifest_file_t *f = &mf->files[i];
+        char *fp = path_join(dir, f->name), hex[17];
+        uint64_t got;
+        struct stat sb;
+        if (!fp)
+            return MNN_ENOMEM;
+        if (lstat(fp, &sb) != 0 || !S_ISREG(sb.st_mode))
+            rc = mnn_fail(d, MNN_ECORRUPT, "%s: %s", fp,
+                          errno == ENOENT ? "missing" : "not a regular file");
+        else if (mnn_hash_file(fp, hex, &got) < 0)
+            rc = mnn_fail(d, MNN_EIO, "%s: %s", fp, strerror(errno));
+        else if (got != f->bytes || strcmp(hex, f->xxh3))
+            rc = mnn_fail(d, MNN_ECORRUPT, "%s: %s does not match the manifest "
+                                           "(%" PRIu64 " bytes, xxh3 %s; manifest says %" PRIu64 ", %s)",
+                          fp, got != f->bytes ? "size" : "hash", got, hex, f->bytes, f->xxh3);
+        free(fp);
+    }
+    return rc;
 }
 
 static int load_weights(mnn_model_t *m, const char *path, mnn_diag_t *d)
@@ -519,87 +650,33 @@ out:
 int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
                   mnn_train_state_t *st, mnn_diag_t *d)
 {
-    char *mpath = path_join(dir, "manifest.yaml"), *text = NULL, *real = NULL;
-    int rc;
-    struct stat sb;
-    if (!mpath)
-        return MNN_ENOMEM;
-    if (stat(dir, &sb) != 0) {
-        rc = mnn_fail(d, MNN_EIO, "%s: %s", dir, strerror(errno));
-        free(mpath);
+    mnn_manifest_t mf;
+    char *real = NULL, *fp = NULL;
+    int rc = mnn_manifest_load(&mf, dir, &real, d);
+    if (rc < 0)
         return rc;
-    }
-    if (!S_ISDIR(sb.st_mode)) {
-        free(mpath);
-        return mnn_fail(d, MNN_EFORMAT, "%s: not a checkpoint directory", dir);
-    }
-    if (access(mpath, F_OK) != 0) {
-        /* a checkpoint root: follow its latest link */
-        real = path_join(dir, "latest");
-        free(mpath);
-        if (!real)
-            return MNN_ENOMEM;
-        if (access(real, F_OK) != 0) {
-            rc = mnn_fail(d, MNN_EFORMAT, "%s: not a checkpoint (no manifest.yaml, no latest)", dir);
-            free(real);
-            return rc;
+    if ((rc = mnn_manifest_verify_dir(&mf, real, d)) < 0)
+        goto out;
+    for (size_t i = 0; i < 3; i++)
+        if ((i == 0 || (i == 1 && o) || (i == 2 && st)) && !mnn_manifest_find(&mf, ckpt_files[i])) {
+            rc = mnn_fail(d, MNN_EFORMAT, "%s/manifest.yaml: the manifest does not list %s", real,
+                          ckpt_files[i]);
+            goto out;
         }
-        dir = real;
-        mpath = path_join(dir, "manifest.yaml");
-        if (!mpath) {
-            free(real);
-            return MNN_ENOMEM;
-        }
-    }
-    mnn_yaml_t y;
-    memset(&y, 0, sizeof y);
-    size_t len;
-    if ((rc = mnn_read_file(mpath, (size_t)1 << 20, &text, &len, d)) < 0 ||
-        (rc = mnn_yaml_load(&y, text, len, mpath, d)) < 0)
-        goto out;
-    yaml_node_t *root = mnn_yaml_root(&y), *n;
-    const char *fmt;
-    if (!(n = mnn_yaml_get(&y, root, "format")) || mnn_yaml_str(&y, n, "format", &fmt, NULL) < 0 ||
-        strcmp(fmt, CKPT_FORMAT)) {
-        rc = mnn_fail(d, MNN_EFORMAT, "%s: not a %s manifest", mpath, CKPT_FORMAT);
+    if ((rc = mnn_model_init(m, &mf.spec)) < 0) {
+        rc = mnn_fail(d, rc, "%s: %s", real, mnn_strerror(rc));
         goto out;
     }
-    unsigned listed;
-    if (!(n = mnn_yaml_get(&y, root, "files"))) {
-        rc = mnn_yaml_fail(&y, root, d, MNN_EFORMAT, "the files list is missing");
-        goto out;
-    }
-    if ((rc = verify_files(&y, n, dir, &listed, d)) < 0)
-        goto out;
-    unsigned need = 1u | (o ? 2u : 0) | (st ? 4u : 0);
-    if ((listed & need) != need) {
-        rc = mnn_fail(d, MNN_EFORMAT, "%s: the manifest does not list %s", mpath,
-                      !(listed & 1) ? ckpt_files[0] : !(listed & 2) ? ckpt_files[1] : ckpt_files[2]);
-        goto out;
-    }
-    if (!(n = mnn_yaml_get(&y, root, "model"))) {
-        rc = mnn_yaml_fail(&y, root, d, MNN_EFORMAT, "the model spec is missing");
-        goto out;
-    }
-    mnn_spec_t spec;
-    if ((rc = mnn_spec_from_node(&spec, &y, n, d)) < 0)
-        goto out;
-    rc = mnn_model_init(m, &spec);
-    mnn_spec_free(&spec);
-    if (rc < 0) {
-        rc = mnn_fail(d, rc, "%s: %s", dir, mnn_strerror(rc));
-        goto out;
-    }
-    char *fp = path_join(dir, ckpt_files[0]);
+    fp = path_join(real, ckpt_files[0]);
     rc = fp ? load_weights(m, fp, d) : MNN_ENOMEM;
     free(fp);
     if (rc == 0 && o) {
-        fp = path_join(dir, ckpt_files[1]);
+        fp = path_join(real, ckpt_files[1]);
         rc = fp ? load_optim(m, o, fp, d) : MNN_ENOMEM;
         free(fp);
     }
     if (rc == 0 && st) {
-        fp = path_join(dir, ckpt_files[2]);
+        fp = path_join(real, ckpt_files[2]);
         rc = fp ? load_state(st, fp, d) : MNN_ENOMEM;
         free(fp);
         if (rc < 0 && o)
@@ -608,9 +685,7 @@ int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
     if (rc < 0)
         mnn_model_free(m);
 out:
-    mnn_yaml_free(&y);
-    free(text);
-    free(mpath);
+    mnn_manifest_free(&mf);
     free(real);
     return rc;
 }

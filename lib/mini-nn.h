@@ -313,6 +313,38 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
 int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
                   mnn_train_state_t *st, mnn_diag_t *d);
 
+/* A parsed manifest.yaml. */
+#define MNN_MANIFEST_MAX_FILES 64
+typedef struct {
+    char name[64];  /* a plain file name in the checkpoint directory */
+    uint64_t bytes;
+    char xxh3[17];  /* 16 lowercase hex digits */
+} mnn_manifest_file_t;
+
+typedef struct {
+    char tool[64];
+    char created[32];       /* as written: YYYY-MM-DDTHH:MM:SSZ */
+    uint64_t step, records_seen;
+    char *parent;           /* the parent checkpoint, or NULL */
+    mnn_spec_t spec;        /* the model spec (valid when has_spec) */
+    int has_spec;
+    size_t nfiles;
+    mnn_manifest_file_t *files;
+} mnn_manifest_t;
+
+int mnn_manifest_parse(mnn_manifest_t *mf, const char *text, size_t len,
+                       const char *name, mnn_diag_t *d);
+/* Reads dir/manifest.yaml, following dir/latest when dir is a checkpoint
+ * root; *real (if not NULL) receives the checkpoint directory (free it). */
+int mnn_manifest_load(mnn_manifest_t *mf, const char *dir, char **real,
+                      mnn_diag_t *d);
+const mnn_manifest_file_t *mnn_manifest_find(const mnn_manifest_t *mf,
+                                             const char *name);
+/* Every listed file of dir exists as a regular file with its size and hash. */
+int mnn_manifest_verify_dir(const mnn_manifest_t *mf, const char *dir,
+                            mnn_diag_t *d);
+void mnn_manifest_free(mnn_manifest_t *mf);
+
 /* Safetensors: a little-endian u64 header length, a JSON header, then the
  * tensors back to back.  Tensors are F32 (or F64) and contiguous. */
 typedef struct {
