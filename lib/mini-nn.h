@@ -345,6 +345,44 @@ int mnn_manifest_verify_dir(const mnn_manifest_t *mf, const char *dir,
                             mnn_diag_t *d);
 void mnn_manifest_free(mnn_manifest_t *mf);
 
+/* ---- archives (archive.c): a checkpoint as one .tar.zst ------------------ */
+
+typedef struct {
+    int level;   /* zstd level 1..19; 0: the default (3) */
+    int threads; /* zstd worker threads; 0: compress in the calling thread */
+} mnn_pack_opts_t;
+
+/* Packs the checkpoint directory dir (or dir/latest) into fd as tar + zstd.
+ * Entries: NAME/ then NAME/manifest.yaml then every file the manifest lists,
+ * in name order, where NAME is the checkpoint directory's base name.  Owner
+ * 0:0 (root), modes 0755/0644, mtime the manifest's created time: the same
+ * checkpoint always packs to the same bytes.  The files are verified against
+ * the manifest first, and hashed again as they are read. */
+int mnn_ckpt_pack(const char *dir, int fd, const mnn_pack_opts_t *o,
+                  mnn_diag_t *d);
+
+/* Reads a checkpoint archive from fd (`name` is used in messages).  With
+ * target NULL it verifies only.  Otherwise it extracts into target/NAME,
+ * which must not exist yet, through a temporary sibling renamed into place
+ * at the end: nothing is left behind on error.  It refuses absolute paths,
+ * '..', links, devices and anything but regular files and NAME/, entries
+ * outside NAME/, a first entry other than NAME/ or NAME/manifest.yaml,
+ * entries the manifest does not name or names twice, entries larger than the
+ * manifest says, and any size or XXH3 mismatch.  *out (may be NULL) receives
+ * the path of the extracted checkpoint (free it); info (may be NULL) its
+ * manifest (free with mnn_manifest_free). */
+int mnn_ckpt_unpack(int fd, const char *name, const char *target, char **out,
+                    mnn_manifest_t *info, mnn_diag_t *d);
+
+/* Calls fn for every entry: its path, size and type ('f' file, 'd'
+ * directory, 'l' link, '?' other).  fn returns non-zero to stop. */
+typedef int (*mnn_list_fn)(void *ctx, const char *path, uint64_t size, char type);
+int mnn_ckpt_list(int fd, const char *name, mnn_list_fn fn, void *ctx,
+                  mnn_diag_t *d);
+
+/* 1 if path is a regular file that starts like a zstd frame, else 0. */
+int mnn_ckpt_is_archive(const char *path);
+
 /* Safetensors: a little-endian u64 header length, a JSON header, then the
  * tensors back to back.  Tensors are F32 (or F64) and contiguous. */
 typedef struct {
