@@ -127,6 +127,10 @@ static int fill(struct feed *f, feed_batch_t *b)
                 warnx_("more bad records are skipped silently; a count follows at the end");
             continue;
         }
+        if (f->o.skip_records) {
+            f->o.skip_records--;
+            continue;
+        }
         b->n++;
     }
     return 0;

@@ -33,6 +33,7 @@ typedef struct {
     int keep_comments; /* pass '#' lines on */
     int eager;         /* hand over a partial batch when input would block */
     int verbose;       /* report every skipped line */
+    uint64_t skip_records; /* drop this many valid records first (--skip-seen) */
 } feed_opts_t;
 
 typedef struct feed feed_t;

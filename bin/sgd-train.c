@@ -6,6 +6,7 @@
 #include <config.h>
 
 #include "cli.h"
+#include "ckptw.h"
 #include "feed.h"
 
 #include <errno.h>
@@ -15,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,8 +33,21 @@ static noreturn void help(void)
         "\n"
         "  -m, --model SPEC       model spec (YAML), e.g.\n"
         "                         " PKGDATADIR "/models/fmnist-mlp.yaml\n"
-        "  -o, --out DIR          checkpoint directory to write (default: model.ckpt)\n"
+        "  -o, --out DIR          checkpoint directory to write at the end (default:\n"
+        "                         model.ckpt, or none when --ckpt-dir is given)\n"
         "  -f, --force            replace an existing checkpoint at --out\n"
+        "      --resume CKPT      go on from a checkpoint (directory or archive) with\n"
+        "                         its model, optimizer and counters, bit for bit\n"
+        "      --skip-seen        skip the records_seen records at the start of the\n"
+        "                         input (the resumed training replays its input)\n"
+        "      --workdir DIR      where --resume unpacks an archive (default: TMPDIR)\n"
+        "      --ckpt-dir DIR     write checkpoints DIR/step-N, DIR/latest: periodic,\n"
+        "                         on SIGUSR1, on SIGTERM/SIGINT and at the end\n"
+        "      --ckpt-every N     a checkpoint every N steps\n"
+        "      --ckpt-interval S  a checkpoint every S seconds\n"
+        "      --ckpt-local DIR   write each checkpoint to DIR first (fast storage),\n"
+        "                         then copy it to --ckpt-dir in the background\n"
+        "      --keep N           keep the newest N checkpoints (default: all)\n"
         "      --lr X             learning rate (overrides the spec)\n"
         "      --lr-decay X       lr / (1 + X * step) schedule\n"
         "      --average X        keep a moving average of the weights with decay X\n"
@@ -52,7 +68,9 @@ static noreturn void help(void)
         "'#' lines and empty lines are ignored.\n"
         "Exit status: 0 success, 1 data or runtime error, 2 usage error.\n"
         "SIGINT or SIGTERM stop at the next step boundary; the model so far is\n"
-        "written and the exit status is 0.  See sgd-train(1) and mini-nn(7).\n",
+        "written and the exit status is 0.  SIGUSR1 takes a checkpoint and goes on.\n"
+        "Each completed checkpoint's path is printed on stdout.\n"
+        "See sgd-train(1) and mini-nn(7).\n",
         prog);
     out_close();
     exit(EXIT_OK);
@@ -77,11 +95,108 @@ static void check_out(const char *out, int force)
             out);
 }
 
-static volatile sig_atomic_t stop_requested;
-static void on_stop(int sig)
+/* An archive given to --resume is unpacked into a temporary directory that
+ * goes away at exit. */
+static char *unpack_dir, *unpacked;
+
+/* How a checkpoint's manifest names the one it was resumed from: its
+ * directory name when it is a sibling in the same checkpoint root (or came
+ * out of an archive), else its absolute path.  ck and ck/latest are resolved
+ * to the step-N they stand for. */
+static void lineage_name(const char *dir, const char *root, char *out, size_t size)
 {
-    (void)sig;
-    stop_requested = 1;
+    char real[PATH_MAX], probe[PATH_MAX + 32], rroot[PATH_MAX];
+    if (!realpath(dir, real)) {
+        snprintf(out, size, "%s", dir);
+        return;
+    }
+    snprintf(probe, sizeof probe, "%s/manifest.yaml", real);
+    if (access(probe, F_OK) != 0) { /* a root: its latest */
+        snprintf(probe, sizeof probe, "%s/latest", real);
+        if (!realpath(probe, real)) {
+            snprintf(out, size, "%s", dir);
+            return;
+        }
+    }
+    char *slash = strrchr(real, '/');
+    int sibling = unpacked != NULL;
+    if (!sibling && root && slash && realpath(root, rroot)) {
+        *slash = 0;
+        sibling = !strcmp(real, rroot);
+        *slash = '/';
+    }
+    snprintf(out, size, "%s", sibling && slash ? slash + 1 : real);
+}
+
+/* Offers a checkpoint unless one of this step exists; the next one names
+ * it as its parent. */
+static void take_checkpoint(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t *o,
+                            const mnn_train_state_t *st, char *parent, size_t size)
+{
+    if (ckptw_any(w) && ckptw_last_step(w) == st->step)
+        return;
+    if (ckptw_offer(w, m, o, st, parent[0] ? parent : NULL, 0))
+        mnn_ckpt_step_name(parent, size, st->step);
+}
+
+
+static void cleanup_workdir(void)
+{
+    if (unpacked)
+        mnn_ckpt_remove(unpacked);
+    if (unpack_dir)
+        rmdir(unpack_dir);
+    free(unpacked);
+    free(unpack_dir);
+    unpacked = unpack_dir = NULL;
+}
+
+/* The checkpoint directory to resume from: ckpt itself, or the archive
+ * ckpt unpacked (and verified) under workdir. */
+static char *open_checkpoint(const char *ckpt, const char *workdir)
+{
+    if (!mnn_ckpt_is_archive(ckpt)) {
+        char *dir = strdup(ckpt);
+        if (!dir)
+            die(EXIT_RUNTIME, "out of memory");
+        return dir;
+    }
+    const char *base = workdir ? workdir : getenv("TMPDIR");
+    if (!base || !*base)
+        base = "/tmp";
+    size_t n = strlen(base) + sizeof "/sgd-train.XXXXXX";
+    if (!(unpack_dir = malloc(n)))
+        die(EXIT_RUNTIME, "out of memory");
+    snprintf(unpack_dir, n, "%s/sgd-train.XXXXXX", base);
+    if (!mkdtemp(unpack_dir)) {
+        int e = errno;
+        free(unpack_dir);
+        unpack_dir = NULL;
+        die(EXIT_RUNTIME, "%s: cannot make a directory to unpack into: %s", base, strerror(e));
+    }
+    atexit(cleanup_workdir);
+    int fd = open(ckpt, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        die(EXIT_RUNTIME, "%s: %s", ckpt, strerror(errno));
+    mnn_diag_t d;
+    if (mnn_ckpt_unpack(fd, ckpt, unpack_dir, &unpacked, NULL, &d) < 0)
+        die(EXIT_RUNTIME, "%s", d.msg);
+    close(fd);
+    char *dir = strdup(unpacked);
+    if (!dir)
+        die(EXIT_RUNTIME, "out of memory");
+    return dir;
+}
+
+/* woken interrupts a wait for input; the others say what was asked */
+static volatile sig_atomic_t stop_requested, ckpt_requested, woken;
+static void on_signal(int sig)
+{
+    if (sig == SIGUSR1)
+        ckpt_requested = 1;
+    else
+        stop_requested = 1;
+    woken = 1;
 }
 
 typedef struct {
@@ -117,7 +232,8 @@ static void report(progress_t *p, const char *tag)
 int main(int argc, char **argv)
 {
     enum { O_LR = 256, O_MOMENTUM, O_WD, O_OPT, O_BATCH, O_SEED, O_THREADS, O_ONERR,
-           O_DECAY, O_AVG };
+           O_DECAY, O_AVG, O_RESUME, O_SKIPSEEN, O_WORKDIR, O_CKDIR, O_CKEVERY, O_CKINT,
+           O_CKLOCAL, O_KEEP };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
         {"out", required_argument, NULL, 'o'},
@@ -125,6 +241,14 @@ int main(int argc, char **argv)
         {"lr", required_argument, NULL, O_LR},
         {"lr-decay", required_argument, NULL, O_DECAY},
         {"average", required_argument, NULL, O_AVG},
+        {"resume", required_argument, NULL, O_RESUME},
+        {"skip-seen", no_argument, NULL, O_SKIPSEEN},
+        {"workdir", required_argument, NULL, O_WORKDIR},
+        {"ckpt-dir", required_argument, NULL, O_CKDIR},
+        {"ckpt-every", required_argument, NULL, O_CKEVERY},
+        {"ckpt-interval", required_argument, NULL, O_CKINT},
+        {"ckpt-local", required_argument, NULL, O_CKLOCAL},
+        {"keep", required_argument, NULL, O_KEEP},
         {"momentum", required_argument, NULL, O_MOMENTUM},
         {"weight-decay", required_argument, NULL, O_WD},
         {"optimizer", required_argument, NULL, O_OPT},
@@ -133,7 +257,11 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, O_THREADS},
         {"on-error", required_argument, NULL, O_ONERR},
         CLI_COMMON_LONGOPTS};
-    const char *spec_path = NULL, *out = "model.ckpt";
+    const char *spec_path = NULL, *out = NULL, *resume = NULL, *workdir = NULL;
+    ckptw_opts_t co = {0};
+    uint64_t ckpt_every = 0;
+    double ckpt_interval = 0;
+    int skip_seen = 0;
     const char *o_lr = NULL, *o_mom = NULL, *o_wd = NULL, *o_opt = NULL, *o_batch = NULL,
                *o_seed = NULL, *o_decay = NULL, *o_avg = NULL;
     int force = 0, quiet = 0, verbose = 0, skip = 0, c;
@@ -149,6 +277,18 @@ int main(int argc, char **argv)
         case O_LR: o_lr = optarg; break;
         case O_DECAY: o_decay = optarg; break;
         case O_AVG: o_avg = optarg; break;
+        case O_RESUME: resume = optarg; break;
+        case O_SKIPSEEN: skip_seen = 1; break;
+        case O_WORKDIR: workdir = optarg; break;
+        case O_CKDIR: co.root = optarg; break;
+        case O_CKEVERY: ckpt_every = opt_size("--ckpt-every", optarg, 1, SIZE_MAX); break;
+        case O_CKINT:
+            ckpt_interval = opt_float("--ckpt-interval", optarg);
+            if (!(ckpt_interval > 0))
+                usage_error("--ckpt-interval: '%s' is not a number of seconds > 0", optarg);
+            break;
+        case O_CKLOCAL: co.local = optarg; break;
+        case O_KEEP: co.keep = opt_size("--keep", optarg, 1, SIZE_MAX); break;
         case O_MOMENTUM: o_mom = optarg; break;
         case O_WD: o_wd = optarg; break;
         case O_OPT: o_opt = optarg; break;
@@ -165,14 +305,35 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         usage_error("unexpected argument '%s' (records are read from stdin)", argv[optind]);
-    if (!spec_path)
-        usage_error("a model spec is required (-m SPEC)");
-    if (!*out)
+    if (!spec_path == !resume)
+        usage_error(resume ? "-m and --resume exclude each other: the checkpoint holds the spec"
+                           : "a model spec (-m SPEC) or a checkpoint (--resume CKPT) is required");
+    if (resume && (o_opt || o_avg || o_seed))
+        usage_error("--optimizer, --average and --seed cannot change on --resume");
+    if (skip_seen && !resume)
+        usage_error("--skip-seen needs --resume");
+    if ((ckpt_every || ckpt_interval || co.local || co.keep) && !co.root)
+        usage_error("--ckpt-every, --ckpt-interval, --ckpt-local and --keep need --ckpt-dir");
+    if (!out && !co.root)
+        out = "model.ckpt";
+    if (out && !*out)
         usage_error("--out: empty directory name");
+    co.quiet = quiet;
+    co.verbose = verbose;
 
     mnn_diag_t d;
     mnn_spec_t spec;
-    if (mnn_spec_load_file(&spec, spec_path, &d) < 0)
+    mnn_model_t model;
+    mnn_optim_t opt;
+    mnn_train_state_t st = {0};
+    char *resumed = NULL; /* the checkpoint directory resumed from */
+    if (resume) {
+        resumed = open_checkpoint(resume, workdir);
+        if (mnn_ckpt_load(resumed, &model, &opt, &st, &d) < 0)
+            die(EXIT_RUNTIME, "%s", d.msg);
+        if (mnn_spec_copy(&spec, &model.spec) < 0)
+            die(EXIT_RUNTIME, "out of memory");
+    } else if (mnn_spec_load_file(&spec, spec_path, &d) < 0)
         die(EXIT_RUNTIME, "%s", d.msg);
     if (o_lr)
         spec.opt.lr = opt_float("--lr", o_lr);
@@ -199,7 +360,8 @@ int main(int argc, char **argv)
     if (mnn_spec_validate(&spec, &d) < 0)
         usage_error("%s", d.msg);
     /* everything that can stop the run is checked before the training */
-    check_out(out, force);
+    if (out)
+        check_out(out, force);
     /* SOURCE_DATE_EPOCH fixes the manifest's time: the whole checkpoint is
      * then reproducible */
     int64_t created = 0;
@@ -212,16 +374,29 @@ int main(int argc, char **argv)
     }
     set_threads(threads);
 
-    mnn_model_t model;
-    mnn_optim_t opt;
-    mnn_train_state_t st = {0};
     int rc;
-    if ((rc = mnn_model_init(&model, &spec)) < 0 ||
-        (rc = mnn_model_reserve(&model, spec.batch)) < 0 ||
-        (rc = mnn_optim_init(&opt, &spec.opt, model.nparams)) < 0)
-        die(EXIT_RUNTIME, "cannot allocate the model: %s", mnn_strerror(rc));
-    mnn_rng_seed(&st.rng, spec.seed);
-    mnn_model_init_weights(&model, &st.rng);
+    if (resume) {
+        /* overrides of the hyperparameters (ckpt-resume's --batch) */
+        model.spec.opt = opt.spec = spec.opt;
+        model.spec.batch = spec.batch;
+        if ((rc = mnn_model_reserve(&model, spec.batch)) < 0)
+            die(EXIT_RUNTIME, "cannot allocate the model: %s", mnn_strerror(rc));
+    } else {
+        if ((rc = mnn_model_init(&model, &spec)) < 0 ||
+            (rc = mnn_model_reserve(&model, spec.batch)) < 0 ||
+            (rc = mnn_optim_init(&opt, &spec.opt, model.nparams)) < 0)
+            die(EXIT_RUNTIME, "cannot allocate the model: %s", mnn_strerror(rc));
+        mnn_rng_seed(&st.rng, spec.seed);
+        mnn_model_init_weights(&model, &st.rng);
+    }
+    ckptw_t *writer = NULL;
+    if (co.root && !(writer = ckptw_start(&co, &model, &opt, &d)))
+        die(EXIT_RUNTIME, "%s", d.msg);
+    /* lineage: each checkpoint names the one before it */
+    char parent[4096] = "";
+    if (resumed)
+        lineage_name(resumed, co.root, parent, sizeof parent);
+    const uint64_t first_step = opt.step;
     if (verbose)
         warnx_("%zu parameters, %zu layers, batch %zu, %s lr %g", model.nparams,
                spec.nlayers, spec.batch, spec.opt.type == MNN_OPT_ADAM ? "adam" : "sgd",
@@ -229,13 +404,14 @@ int main(int argc, char **argv)
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop;
+    sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
 
     feed_opts_t fo = {.name = "stdin", .batch = spec.batch, .skip_errors = skip,
-                      .verbose = verbose};
+                      .verbose = verbose, .skip_records = skip_seen ? st.records_seen : 0};
     fo.fmt.nfeat = spec.input;
     fo.fmt.has_label = 1;
     fo.fmt.classes = spec.loss == MNN_LOSS_XENT ? spec.outputs : 0;
@@ -245,13 +421,22 @@ int main(int argc, char **argv)
 
     progress_t p = {.next_report = spec.batch, .classify = spec.loss == MNN_LOSS_XENT};
     clock_gettime(CLOCK_MONOTONIC, &p.t0);
+    double last_ckpt = 0;
     if (!quiet)
         fprintf(stderr, "%12s %11s %11s %9s %10s\n", "records", "avg_loss", "since_last",
                 p.classify ? "prog_acc" : "", "rec/s");
     for (;;) {
-        feed_batch_t *b = feed_next(feed, &stop_requested);
-        if (!b)
-            break; /* a signal while waiting for input */
+        feed_batch_t *b = feed_next(feed, &woken);
+        if (!b) { /* a signal while waiting for input */
+            woken = 0;
+            if (stop_requested)
+                break;
+            if (ckpt_requested && writer) {
+                ckpt_requested = 0;
+                take_checkpoint(writer, &model, &opt, &st, parent, sizeof parent);
+            }
+            continue;
+        }
         if (b->n) {
             mnn_batch_stats_t bs;
             if ((rc = mnn_model_train_batch(&model, &opt, b->x, b->y, b->n, &bs)) < 0)
@@ -262,6 +447,9 @@ int main(int argc, char **argv)
             p.loss_since += bs.loss_sum;
             p.correct += bs.correct;
             st.records_seen += b->n;
+            st.loss_sum += bs.loss_sum;
+            st.correct += bs.correct;
+            st.step = opt.step;
             if (!quiet && p.records >= p.next_report) {
                 report(&p, "");
                 while (p.next_report <= p.records)
@@ -274,6 +462,15 @@ int main(int argc, char **argv)
         feed_release(feed, b);
         if (end || stop_requested)
             break;
+        if (writer) {
+            double t = elapsed(&p.t0);
+            if (ckpt_requested || (ckpt_every && opt.step % ckpt_every == 0) ||
+                (ckpt_interval && t - last_ckpt >= ckpt_interval)) {
+                ckpt_requested = 0;
+                last_ckpt = t;
+                take_checkpoint(writer, &model, &opt, &st, parent, sizeof parent);
+            }
+        }
     }
     if (stop_requested && !quiet)
         warnx_("stopping on a signal after %llu records", (unsigned long long)p.records);
@@ -287,7 +484,7 @@ int main(int argc, char **argv)
         report(&p, "");
     if (!quiet && p.records) {
         fprintf(stderr, "%s: %llu records, %llu steps, average loss %.6f", prog,
-                (unsigned long long)p.records, (unsigned long long)opt.step,
+                (unsigned long long)p.records, (unsigned long long)(opt.step - first_step),
                 p.loss / (double)p.records);
         if (p.classify)
             fprintf(stderr, ", progressive accuracy %.4f",
@@ -299,20 +496,32 @@ int main(int argc, char **argv)
                skipped == 1 ? "" : "s", first);
 
     st.step = opt.step;
-    st.loss_sum = p.loss;
-    st.correct = p.correct;
     if (!sde || !*sde)
         created = (int64_t)time(NULL);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
-    if (mnn_ckpt_write(out, &model, &opt, &st, NULL, created, force, &d) < 0)
-        die(EXIT_RUNTIME, "%s", d.msg);
-    printf("%s\n", out);
+    int status = EXIT_OK;
+    if (writer) {
+        if ((!ckptw_any(writer) || ckptw_last_step(writer) != st.step))
+            ckptw_offer(writer, &model, &opt, &st, parent[0] ? parent : NULL, 1);
+        if (ckptw_finish(writer) < 0)
+            die(EXIT_RUNTIME, "the final checkpoint could not be written");
+    }
+    if (out) {
+        char from[PATH_MAX] = "";
+        if (resumed)
+            lineage_name(resumed, NULL, from, sizeof from);
+        if (mnn_ckpt_write(out, &model, &opt, &st, from[0] ? from : NULL, created, force, &d) < 0)
+            die(EXIT_RUNTIME, "%s", d.msg);
+        printf("%s\n", out);
+    }
     out_close();
+    cleanup_workdir();
     if (verbose)
         report_peak_rss();
     mnn_optim_free(&opt);
     mnn_model_free(&model);
     mnn_spec_free(&spec);
-    return EXIT_OK;
+    free(resumed);
+    return status;
 }

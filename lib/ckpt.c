@@ -15,31 +15,75 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #define CKPT_FORMAT "mini-nn-checkpoint/1"
 
 /* ---- writing ------------------------------------------------------------ */
 
-/* Opens path for writing; the caller passes the FILE to close_synced(). */
-static FILE *create(const char *path)
+/* A file being written: every byte goes through the XXH3 state on its way
+ * to the descriptor, so the manifest's hashes cost no second pass. */
+typedef struct {
+    int fd;
+    XXH3_state_t *h;
+    uint64_t bytes;
+} hsink_t;
+
+static ssize_t hsink_write(void *cookie, const char *buf, size_t n)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return NULL;
-    FILE *f = fdopen(fd, "wb");
-    if (!f)
-        close(fd);
-    return f;
+    hsink_t *s = cookie;
+    XXH3_64bits_update(s->h, buf, n);
+    s->bytes += n;
+    for (size_t done = 0; done < n;) {
+        ssize_t w = write(s->fd, buf + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -1;
+        done += (size_t)w;
+    }
+    return (ssize_t)n;
 }
 
-/* fflush, fsync, fclose: 0 or MNN_EIO with errno kept. */
-static int close_synced(FILE *f, int rc)
+/* Opens path for writing through s; the caller passes the FILE to
+ * close_synced(). */
+static FILE *create(const char *path, hsink_t *s)
+{
+    s->bytes = 0;
+    s->h = XXH3_createState();
+    s->fd = -1;
+    if (!s->h)
+        return NULL;
+    XXH3_64bits_reset(s->h);
+    if ((s->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0)
+        goto fail;
+    cookie_io_functions_t io = {.write = hsink_write};
+    FILE *f = fopencookie(s, "w", io);
+    if (f) {
+        setvbuf(f, NULL, _IOFBF, 1 << 20);
+        return f;
+    }
+    close(s->fd);
+fail:
+    XXH3_freeState(s->h);
+    s->h = NULL;
+    return NULL;
+}
+
+/* fflush, fsync, fclose; hex receives the hash.  0 or MNN_EIO with errno
+ * kept. */
+static int close_synced(FILE *f, hsink_t *s, int rc, char hex[17])
 {
     int e = 0;
-    if (rc == 0 && (ferror(f) || fflush(f) != 0 || fsync(fileno(f)) != 0))
+    if (rc == 0 && (ferror(f) || fflush(f) != 0 || fsync(s->fd) != 0))
         e = errno ? errno : EIO;
     if (fclose(f) != 0 && !e)
+        e = errno ? errno : EIO;
+    if (close(s->fd) != 0 && !e)
         e = errno;
+    snprintf(hex, 17, "%016llx", (unsigned long long)XXH3_64bits_digest(s->h));
+    XXH3_freeState(s->h);
+    s->h = NULL;
     if (rc < 0)
         return rc;
     errno = e;
@@ -79,6 +123,8 @@ static int remove_tree(const char *dir)
 
 /* model.safetensors: the weights for inference (the moving average when the
  * optimizer keeps one) and the normalization statistics. */
+int mnn_ckpt_remove(const char *dir) { return remove_tree(dir); }
+
 static int write_model(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
 {
     const float *w = mnn_optim_weights(o, m->params);
@@ -187,10 +233,12 @@ static const char *const ckpt_files[] = {"model.safetensors", "optimizer.safeten
 
 static int write_manifest(const char *tmp, const mnn_model_t *m,
                           const mnn_train_state_t *st, const char *parent,
-                          int64_t created, mnn_diag_t *d)
+                          int64_t created, const uint64_t *sizes, char (*hashes)[17],
+                          mnn_diag_t *d)
 {
-    char *path = path_join(tmp, "manifest.yaml");
-    FILE *f = path ? create(path) : NULL;
+    char *path = path_join(tmp, "manifest.yaml"), hex[17];
+    hsink_t sink;
+    FILE *f = path ? create(path, &sink) : NULL;
     if (!f) {
         int rc = mnn_fail(d, MNN_EIO, "%s/manifest.yaml: %s", tmp, strerror(errno));
         free(path);
@@ -219,18 +267,11 @@ static int write_manifest(const char *tmp, const mnn_model_t *m,
     fputs("model:\n", f);
     mnn_spec_write(&m->spec, f, 2);
     fputs("files:\n", f);
+    for (size_t i = 0; i < sizeof ckpt_files / sizeof ckpt_files[0]; i++)
+        fprintf(f, "  - {name: %s, bytes: %" PRIu64 ", xxh3: %s}\n", ckpt_files[i], sizes[i],
+                hashes[i]);
     int rc = 0;
-    for (size_t i = 0; i < sizeof ckpt_files / sizeof ckpt_files[0] && rc == 0; i++) {
-        char hex[17], *fp = path_join(tmp, ckpt_files[i]);
-        uint64_t bytes;
-        if (!fp || mnn_hash_file(fp, hex, &bytes) < 0)
-            rc = mnn_fail(d, MNN_EIO, "%s: %s", fp ? fp : tmp, strerror(errno));
-        else
-            fprintf(f, "  - {name: %s, bytes: %" PRIu64 ", xxh3: %s}\n", ckpt_files[i],
-                    bytes, hex);
-        free(fp);
-    }
-    int crc = close_synced(f, rc);
+    int crc = close_synced(f, &sink, rc, hex);
     if (rc == 0 && crc < 0)
         rc = mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
     free(path);
@@ -269,16 +310,20 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
         rc = mnn_fail(d, MNN_EIO, "%s: %s", tmp, strerror(errno));
         goto out;
     }
+    uint64_t sizes[3];
+    char hashes[3][17];
     for (int i = 0; i < 3; i++) {
         char *fp = path_join(tmp, ckpt_files[i]);
-        FILE *f = fp ? create(fp) : NULL;
+        hsink_t sink;
+        FILE *f = fp ? create(fp, &sink) : NULL;
         if (!f) {
             rc = mnn_fail(d, MNN_EIO, "%s: %s", fp ? fp : tmp, strerror(errno));
             free(fp);
             goto fail;
         }
         rc = i == 0 ? write_model(f, m, o) : i == 1 ? write_optim(f, m, o) : write_state(f, st);
-        rc = close_synced(f, rc);
+        rc = close_synced(f, &sink, rc, hashes[i]);
+        sizes[i] = sink.bytes;
         if (rc < 0) {
             rc = mnn_fail(d, rc, "%s: %s", fp, rc == MNN_EIO ? strerror(errno) : mnn_strerror(rc));
             free(fp);
@@ -286,7 +331,7 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
         }
         free(fp);
     }
-    if ((rc = write_manifest(tmp, m, st, parent, created, d)) < 0)
+    if ((rc = write_manifest(tmp, m, st, parent, created, sizes, hashes, d)) < 0)
         goto fail;
     if (mnn_fsync_dir(tmp) < 0) {
         rc = mnn_fail(d, MNN_EIO, "%s: %s", tmp, strerror(errno));
@@ -687,5 +732,255 @@ int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
 out:
     mnn_manifest_free(&mf);
     free(real);
+    return rc;
+}
+
+/* ---- checkpoint roots ----------------------------------------------------- */
+
+void mnn_ckpt_step_name(char *buf, size_t size, uint64_t step)
+{
+    snprintf(buf, size, "step-%08" PRIu64, step);
+}
+
+int mnn_ckpt_root_open(const char *root, mnn_diag_t *d)
+{
+    if (mkdir(root, 0755) != 0 && errno != EEXIST)
+        return mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
+    DIR *dp = opendir(root);
+    if (!dp)
+        return mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
+    struct dirent *de;
+    int rc = 0;
+    while ((de = readdir(dp)) && rc == 0) {
+        if (strncmp(de->d_name, ".tmp-", 5))
+            continue;
+        char *p = path_join(root, de->d_name);
+        struct stat sb;
+        if (!p)
+            rc = MNN_ENOMEM;
+        else if (lstat(p, &sb) == 0 && (S_ISDIR(sb.st_mode) ? remove_tree(p) : unlink(p)) != 0)
+            rc = mnn_fail(d, MNN_EIO, "%s: cannot remove this leftover of an interrupted "
+                                      "checkpoint: %s", p, strerror(errno));
+        free(p);
+    }
+    closedir(dp);
+    return rc;
+}
+
+int mnn_ckpt_set_latest(const char *root, const char *name, mnn_diag_t *d)
+{
+    char tmpname[64];
+    snprintf(tmpname, sizeof tmpname, ".tmp-latest.%ld", (long)getpid());
+    char *tmp = path_join(root, tmpname), *latest = path_join(root, "latest");
+    int rc = MNN_ENOMEM;
+    if (!tmp || !latest)
+        goto out;
+    unlink(tmp);
+    if (symlink(name, tmp) != 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    if (rename(tmp, latest) != 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", latest, strerror(errno));
+        unlink(tmp);
+        goto out;
+    }
+    rc = mnn_fsync_dir(root) < 0 ? mnn_fail(d, MNN_EIO, "%s: fsync: %s", root, strerror(errno)) : 0;
+out:
+    free(tmp);
+    free(latest);
+    return rc;
+}
+
+static int parse_step_name(const char *s, uint64_t *step)
+{
+    char canon[32];
+    if (strncmp(s, "step-", 5) || mnn_parse_u64(s + 5, step) < 0)
+        return -1;
+    mnn_ckpt_step_name(canon, sizeof canon, *step);
+    return strcmp(canon, s) ? -1 : 0; /* only names we write */
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int mnn_ckpt_prune(const char *root, size_t keep, size_t *removed, mnn_diag_t *d)
+{
+    *removed = 0;
+    if (keep == 0)
+        return 0;
+    char target[256] = "", *latest = path_join(root, "latest");
+    if (!latest)
+        return MNN_ENOMEM;
+    ssize_t n = readlink(latest, target, sizeof target - 1);
+    free(latest);
+    if (n > 0)
+        target[n] = 0;
+    DIR *dp = opendir(root);
+    if (!dp)
+        return mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
+    uint64_t *steps = NULL, step;
+    size_t count = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(dp))) {
+        if (parse_step_name(de->d_name, &step) < 0)
+            continue;
+        if (count == cap) {
+            uint64_t *ns = realloc(steps, (cap = cap ? 2 * cap : 64) * sizeof *ns);
+            if (!ns) {
+                closedir(dp);
+                free(steps);
+                return MNN_ENOMEM;
+            }
+            steps = ns;
+        }
+        steps[count++] = step;
+    }
+    closedir(dp);
+    qsort(steps, count, sizeof *steps, cmp_u64);
+    int rc = 0;
+    for (size_t i = 0; i + keep < count && rc == 0; i++) {
+        char name[32];
+        mnn_ckpt_step_name(name, sizeof name, steps[i]);
+        if (!strcmp(name, target))
+            continue;
+        /* renamed out of the way first: a crash halfway through the removal
+         * leaves a .tmp- leftover, never a damaged step-N */
+        char doomed[48];
+        snprintf(doomed, sizeof doomed, ".tmp-del-%s", name);
+        char *p = path_join(root, name), *q = path_join(root, doomed);
+        if (!p || !q)
+            rc = MNN_ENOMEM;
+        else if (rename(p, q) != 0 || remove_tree(q) < 0)
+            rc = mnn_fail(d, MNN_EIO, "%s: cannot remove: %s", p, strerror(errno));
+        else
+            ++*removed;
+        free(p);
+        free(q);
+    }
+    free(steps);
+    return rc;
+}
+
+/* Copies one file, hashing what it reads; fsyncs the copy. */
+static int copy_file(const char *from, const char *to, const mnn_manifest_file_t *want,
+                     mnn_diag_t *d)
+{
+    int in = open(from, O_RDONLY | O_CLOEXEC), out = -1, rc = MNN_EIO;
+    char *buf = malloc(1 << 20);
+    XXH3_state_t *h = XXH3_createState();
+    uint64_t total = 0;
+    if (!buf || !h) {
+        rc = MNN_ENOMEM;
+        goto out;
+    }
+    if (in < 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", from, strerror(errno));
+        goto out;
+    }
+    if ((out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", to, strerror(errno));
+        goto out;
+    }
+    XXH3_64bits_reset(h);
+    for (;;) {
+        ssize_t r = read(in, buf, 1 << 20);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = mnn_fail(d, MNN_EIO, "%s: %s", from, strerror(errno));
+            goto out;
+        }
+        if (r == 0)
+            break;
+        if (want)
+            XXH3_64bits_update(h, buf, (size_t)r);
+        total += (uint64_t)r;
+        for (ssize_t done = 0; done < r;) {
+            ssize_t w = write(out, buf + done, (size_t)(r - done));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0) {
+                rc = mnn_fail(d, MNN_EIO, "%s: %s", to, strerror(errno));
+                goto out;
+            }
+            done += w;
+        }
+    }
+    if (want) {
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)XXH3_64bits_digest(h));
+        if (total != want->bytes || strcmp(hex, want->xxh3)) {
+            rc = mnn_fail(d, MNN_ECORRUPT, "%s: does not match the manifest", from);
+            goto out;
+        }
+    }
+    if (fsync(out) != 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: fsync: %s", to, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    if (out >= 0 && close(out) != 0 && rc == 0)
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", to, strerror(errno));
+    if (in >= 0)
+        close(in);
+    free(buf);
+    if (h)
+        XXH3_freeState(h);
+    return rc;
+}
+
+int mnn_ckpt_copy(const char *src, const char *dst, mnn_diag_t *d)
+{
+    mnn_manifest_t mf;
+    char *real = NULL, *dcopy = strdup(dst), *bcopy = strdup(dst), *tmp = NULL;
+    int rc = MNN_ENOMEM;
+    struct stat sb;
+    if (!dcopy || !bcopy)
+        goto out_nomf;
+    if (lstat(dst, &sb) == 0) {
+        rc = mnn_fail(d, MNN_EEXIST, "%s: already exists", dst);
+        goto out_nomf;
+    }
+    if ((rc = mnn_manifest_load(&mf, src, &real, d)) < 0)
+        goto out_nomf;
+    const char *pdir = dirname(dcopy), *base = basename(bcopy);
+    size_t n = strlen(pdir) + strlen(base) + 8;
+    rc = MNN_ENOMEM;
+    if (!(tmp = malloc(n)))
+        goto out;
+    snprintf(tmp, n, "%s/.tmp-%s", pdir, base);
+    remove_tree(tmp);
+    if (mkdir(tmp, 0755) != 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+    for (size_t i = 0; i <= mf.nfiles && rc == 0; i++) {
+        const char *name = i < mf.nfiles ? mf.files[i].name : "manifest.yaml";
+        char *from = path_join(real, name), *to = path_join(tmp, name);
+        rc = from && to ? copy_file(from, to, i < mf.nfiles ? &mf.files[i] : NULL, d) : MNN_ENOMEM;
+        free(from);
+        free(to);
+    }
+    if (rc == 0 && mnn_fsync_dir(tmp) < 0)
+        rc = mnn_fail(d, MNN_EIO, "%s: fsync: %s", tmp, strerror(errno));
+    if (rc == 0 && rename(tmp, dst) != 0)
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", dst, strerror(errno));
+    if (rc == 0 && mnn_fsync_dir(pdir) < 0)
+        rc = mnn_fail(d, MNN_EIO, "%s: fsync: %s", pdir, strerror(errno));
+    if (rc < 0)
+        remove_tree(tmp);
+out:
+    mnn_manifest_free(&mf);
+out_nomf:
+    free(real);
+    free(tmp);
+    free(dcopy);
+    free(bcopy);
     return rc;
 }

@@ -176,7 +176,8 @@ typedef struct {
     mnn_spec_t spec;
     size_t nparams; /* total floats in params (and grads) */
     float *params;  /* all weights and biases, one aligned allocation */
-    float *grads;   /* same layout as params */
+    float *grads;   /* same layout as params; allocated by the first
+                     * training step */
     size_t *w_off;  /* nlayers: offset of layer i's weight (units x fan_in) */
     size_t *b_off;  /* nlayers: offset of layer i's bias (units) */
     size_t *fan_in; /* nlayers: input width of layer i */
@@ -198,6 +199,9 @@ int mnn_model_init(mnn_model_t *m, const mnn_spec_t *s);
 /* He-normal weights (Glorot-normal for tanh/sigmoid/none), zero biases. */
 void mnn_model_init_weights(mnn_model_t *m, mnn_rng_t *rng);
 void mnn_model_free(mnn_model_t *m);
+/* Copies the learned state (weights, normalization statistics) of a model
+ * of the same spec: a snapshot costs one memcpy. */
+int mnn_model_copy_state(mnn_model_t *dst, const mnn_model_t *src);
 /* Ensures workspace for batches of up to n records. */
 int mnn_model_reserve(mnn_model_t *m, size_t n);
 
@@ -230,6 +234,8 @@ typedef struct mnn_optim {
 
 int mnn_optim_init(mnn_optim_t *o, const mnn_opt_spec_t *spec, size_t n);
 void mnn_optim_free(mnn_optim_t *o);
+/* Copies moments, average and step from an optimizer of the same shape. */
+int mnn_optim_copy_state(mnn_optim_t *dst, const mnn_optim_t *src);
 /* The weights to use for inference: the average when there is one. */
 const float *mnn_optim_weights(const mnn_optim_t *o, const float *params);
 /* The learning rate of the next update (schedule applied). */
@@ -307,6 +313,27 @@ typedef struct {
 int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
                    const mnn_train_state_t *st, const char *parent,
                    int64_t created, int replace, mnn_diag_t *d);
+/* Checkpoint roots: a directory of step-NNNNNNNN checkpoints and a `latest`
+ * symbolic link to the newest.  mnn_ckpt_root_open creates root if needed
+ * and removes the .tmp-* leftovers of a writer that crashed. */
+int mnn_ckpt_root_open(const char *root, mnn_diag_t *d);
+/* "step-%08llu" */
+void mnn_ckpt_step_name(char *buf, size_t size, uint64_t step);
+/* Points root/latest at name atomically (a new link renamed over it), then
+ * fsyncs root. */
+int mnn_ckpt_set_latest(const char *root, const char *name, mnn_diag_t *d);
+/* Removes the oldest step-* checkpoints beyond the newest keep (0: keep all),
+ * never the one latest points to.  *removed counts them. */
+int mnn_ckpt_prune(const char *root, size_t keep, size_t *removed, mnn_diag_t *d);
+
+/* Removes a checkpoint directory: its regular files, then itself. */
+int mnn_ckpt_remove(const char *dir);
+
+/* Copies the checkpoint directory src to dst (which must not exist)
+ * through a temporary sibling, verifying every file against the manifest as
+ * it goes, fsyncing, and renaming into place. */
+int mnn_ckpt_copy(const char *src, const char *dst, mnn_diag_t *d);
+
 /* Loads a checkpoint directory (or a directory holding a `latest` link to
  * one): verifies every file against the manifest, rebuilds the model from the
  * stored spec and loads the weights.  o and st may be NULL. */

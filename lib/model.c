@@ -35,8 +35,7 @@ int mnn_model_init(mnn_model_t *m, const mnn_spec_t *s)
     }
     m->nparams = off;
     m->params = mnn_calloc_aligned(off, sizeof(float));
-    m->grads = mnn_calloc_aligned(off, sizeof(float));
-    if (!m->params || !m->grads)
+    if (!m->params)
         goto nomem;
     if (s->normalize == MNN_NORM_RUNNING) {
         m->norm_mean = calloc(s->input, sizeof(double));
@@ -95,6 +94,19 @@ void mnn_model_free(mnn_model_t *m)
     free(m->norm_m2);
     mnn_spec_free(&m->spec);
     memset(m, 0, sizeof *m);
+}
+
+int mnn_model_copy_state(mnn_model_t *dst, const mnn_model_t *src)
+{
+    if (dst->nparams != src->nparams || !dst->norm_mean != !src->norm_mean)
+        return MNN_ESHAPE;
+    memcpy(dst->params, src->params, src->nparams * sizeof(float));
+    if (src->norm_mean) {
+        memcpy(dst->norm_mean, src->norm_mean, src->spec.input * sizeof(double));
+        memcpy(dst->norm_m2, src->norm_m2, src->spec.input * sizeof(double));
+    }
+    dst->norm_count = src->norm_count;
+    return 0;
 }
 
 int mnn_model_reserve(mnn_model_t *m, size_t n)
@@ -197,6 +209,8 @@ int mnn_model_train_batch(mnn_model_t *m, mnn_optim_t *o, const float *x,
     int rc = mnn_model_reserve(m, B);
     if (rc < 0)
         return rc;
+    if (!m->grads && !(m->grads = mnn_calloc_aligned(m->nparams, sizeof(float))))
+        return MNN_ENOMEM;
     const size_t L = m->spec.nlayers, K = m->spec.outputs;
     preprocess(m, x, B);
     if (m->norm_mean)

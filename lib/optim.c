@@ -31,6 +31,20 @@ void mnn_optim_free(mnn_optim_t *o)
     o->m1 = o->m2 = o->avg = NULL;
 }
 
+int mnn_optim_copy_state(mnn_optim_t *dst, const mnn_optim_t *src)
+{
+    if (dst->n != src->n || !dst->m2 != !src->m2 || !dst->avg != !src->avg)
+        return MNN_ESHAPE;
+    memcpy(dst->m1, src->m1, src->n * sizeof(float));
+    if (src->m2)
+        memcpy(dst->m2, src->m2, src->n * sizeof(float));
+    if (src->avg)
+        memcpy(dst->avg, src->avg, src->n * sizeof(float));
+    dst->step = src->step;
+    dst->spec = src->spec;
+    return 0;
+}
+
 const float *mnn_optim_weights(const mnn_optim_t *o, const float *params)
 {
     return o && o->avg ? o->avg : params;

@@ -159,3 +159,17 @@ model_arg() {
     run -2 --separate-stderr infer -m ck -m ck <train.csv
     assert_regex "$stderr" "^infer: -m"
 }
+
+@test "every program: --help, --version, unknown option, exit status convention" {
+    for p in sgd-train infer ckpt-pack ckpt-resume; do
+        run -0 --separate-stderr "$p" --help
+        assert_line --index 0 --regexp "^Usage: $p "
+        assert_output --partial "Exit status"
+        assert_equal "$stderr" ""
+        run -0 --separate-stderr "$p" --version
+        assert_output "$p (mini-nn) 0.1.0"
+        run -2 --separate-stderr "$p" --no-such-option </dev/null
+        assert_equal "$output" ""
+        assert_regex "$stderr" "Try '$p --help'"
+    done
+}

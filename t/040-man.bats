@@ -5,8 +5,8 @@
 bats_require_minimum_version 1.5.0
 load helpers
 
-PAGES=(man/sgd-train.1 man/infer.1 man/mini-nn.7)
-PROGS=(sgd-train infer)
+PAGES=(man/sgd-train.1 man/infer.1 man/ckpt-pack.1 man/ckpt-resume.1 man/mini-nn.7)
+PROGS=(sgd-train infer ckpt-pack ckpt-resume)
 
 # lint PAGE: mandoc -Tlint messages, less "referenced manual not found"
 # (the pages are not installed while the tests run, so .Xr cannot resolve)

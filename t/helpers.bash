@@ -125,6 +125,11 @@ train_ckpt() {
 
 # ---- small utilities ----------------------------------------------------------
 
+# field FILE KEY: the value of a top-level 'KEY: value' line
+field() {
+    sed -n "s/^$2: //p" "$1"
+}
+
 # wait_for_match FILE REGEX [TENTHS]: wait until FILE has a line matching
 # REGEX (default at most 10 s).
 wait_for_match() {

@@ -1,0 +1,317 @@
+/* ckpt-resume - verify a checkpoint (directory, archive or stdin), adapt it
+ * to this machine, and continue training on stdin with sgd-train. */
+#include <config.h>
+
+#include "cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <sched.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static noreturn void help(void)
+{
+    printf(
+        "Usage: %s [OPTION]... CKPT [SGD-TRAIN-OPTION]...\n"
+        "       %s --inspect CKPT\n"
+        "Verify the checkpoint CKPT (a directory, a .tar.zst archive from ckpt-pack,\n"
+        "or - for an archive on stdin), then continue its training on the records\n"
+        "read from stdin, with its stored settings adapted to this machine.  The\n"
+        "options after CKPT go to sgd-train (e.g. --ckpt-dir DIR, --skip-seen).\n"
+        "\n"
+        "      --inspect          print what the checkpoint holds, as YAML, and exit\n"
+        "  -w, --workdir DIR      where an archive is unpacked (default: .); the\n"
+        "                         checkpoint lands in DIR/NAME\n"
+        "      --batch N          train with batches of N records; the learning rate\n"
+        "                         is scaled by N / the stored batch (linear scaling)\n"
+        "      --threads N        OpenBLAS threads (default: the online cores)\n"
+        "  -n, --dry-run          print the sgd-train command instead of running it\n"
+        "  -q, --quiet            no notes on stderr\n"
+        "  -v, --verbose          more detail on stderr\n"
+        "  -h, --help             show this help and exit\n"
+        "  -V, --version          show the version and exit\n"
+        "\n"
+        "It refuses to start when the model, its optimizer state and the training\n"
+        "buffers would not fit in the memory available.\n"
+        "Exit status: that of sgd-train; else 0 success (--inspect), 1 a bad or\n"
+        "damaged checkpoint or no room, 2 usage error.  See ckpt-resume(1).\n",
+        prog, prog);
+    out_close();
+    exit(EXIT_OK);
+}
+
+/* Bytes sgd-train will hold for this model: weights, gradients, the
+ * optimizer's buffers, a checkpoint snapshot of all that, and the
+ * activations of a batch. */
+static uint64_t memory_needed(const mnn_spec_t *s, size_t nparams, size_t batch)
+{
+    uint64_t per = 2; /* params + grads */
+    per += 1 + (s->opt.type == MNN_OPT_ADAM) + (s->opt.average > 0); /* moments, average */
+    per *= 2;                                                         /* the snapshot */
+    uint64_t widest = s->input, acts = s->input;
+    for (size_t i = 0; i < s->nlayers; i++) {
+        acts += s->layers[i].units;
+        if (s->layers[i].units > widest)
+            widest = s->layers[i].units;
+    }
+    return per * 4 * (uint64_t)nparams + 4 * (uint64_t)batch * (acts + 2 * widest + s->outputs) +
+           ((uint64_t)16 << 20); /* code, reader buffers */
+}
+
+static uint64_t memory_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    if (f) {
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+                break;
+        fclose(f);
+    }
+    if (kb)
+        return (uint64_t)kb * 1024;
+    long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    return pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size : UINT64_MAX;
+}
+
+static size_t count_params(const mnn_spec_t *s)
+{
+    size_t n = 0, fan = s->input;
+    for (size_t i = 0; i < s->nlayers; i++) {
+        n += s->layers[i].units * fan + s->layers[i].units;
+        fan = s->layers[i].units;
+    }
+    return n;
+}
+
+/* YAML double-quoted string */
+static void put_quoted(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\x%02x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+static void inspect(const char *path, const mnn_manifest_t *mf, const char *dir)
+{
+    const mnn_spec_t *s = &mf->spec;
+    printf("checkpoint: ");
+    put_quoted(path);
+    printf("\nformat: mini-nn-checkpoint/1\ntool: ");
+    put_quoted(mf->tool);
+    printf("\ncreated: %s\nstep: %" PRIu64 "\nrecords_seen: %" PRIu64 "\n",
+           mf->created[0] ? mf->created : "null", mf->step, mf->records_seen);
+    printf("parameters: %zu\ninput: %zu\n%s: %zu\n", count_params(s), s->input,
+           s->loss == MNN_LOSS_XENT ? "classes" : "outputs", s->outputs);
+    printf("layers:\n");
+    size_t fan = s->input;
+    for (size_t i = 0; i < s->nlayers; i++) {
+        printf("  - {weight: [%zu, %zu], bias: [%zu], activation: %s}\n", s->layers[i].units, fan,
+               s->layers[i].units, mnn_act_name(s->layers[i].act));
+        fan = s->layers[i].units;
+    }
+    printf("optimizer: %s\nbatch: %zu\n", s->opt.type == MNN_OPT_ADAM ? "adam" : "sgd", s->batch);
+    /* lineage: this checkpoint, then each parent found beside it */
+    printf("lineage:\n  - ");
+    put_quoted(path);
+    putchar('\n');
+    mnn_manifest_t cur = {0}, next;
+    const char *parent = mf->parent;
+    char *dcopy = dir ? strdup(dir) : NULL;
+    const char *root = dcopy ? dirname(dcopy) : NULL;
+    for (int depth = 0; parent && depth < 1000; depth++) {
+        printf("  - ");
+        put_quoted(parent);
+        putchar('\n');
+        char p[PATH_MAX];
+        if (parent[0] == '/')
+            snprintf(p, sizeof p, "%s", parent);
+        else if (!root || snprintf(p, sizeof p, "%s/%s", root, parent) >= (int)sizeof p)
+            break;
+        mnn_diag_t d;
+        if (mnn_manifest_load(&next, p, NULL, &d) < 0)
+            break; /* the ancestors are not here */
+        mnn_manifest_free(&cur);
+        cur = next;
+        parent = cur.parent;
+    }
+    mnn_manifest_free(&cur);
+    free(dcopy);
+    printf("files:\n");
+    for (size_t i = 0; i < mf->nfiles; i++)
+        printf("  - {name: %s, bytes: %" PRIu64 ", xxh3: %s}\n", mf->files[i].name,
+               mf->files[i].bytes, mf->files[i].xxh3);
+    out_close();
+}
+
+/* The sgd-train to run: $MNN_SGD_TRAIN, the one beside this program, or
+ * the first on PATH. */
+static const char *find_sgd_train(char *buf, size_t size)
+{
+    const char *env = getenv("MNN_SGD_TRAIN");
+    if (env && *env)
+        return env;
+    ssize_t n = readlink("/proc/self/exe", buf, size - 1);
+    if (n > 0) {
+        buf[n] = 0;
+        char *slash = strrchr(buf, '/');
+        if (slash && (size_t)(slash - buf) + sizeof "/sgd-train" <= size) {
+            strcpy(slash, "/sgd-train");
+            if (access(buf, X_OK) == 0)
+                return buf;
+        }
+    }
+    return "sgd-train";
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_INSPECT = 256, O_BATCH, O_THREADS };
+    static const struct option longopts[] = {
+        {"inspect", no_argument, NULL, O_INSPECT},
+        {"workdir", required_argument, NULL, 'w'},
+        {"batch", required_argument, NULL, O_BATCH},
+        {"threads", required_argument, NULL, O_THREADS},
+        {"dry-run", no_argument, NULL, 'n'},
+        CLI_COMMON_LONGOPTS};
+    const char *workdir = ".";
+    int do_inspect = 0, dry = 0, quiet = 0, verbose = 0, c;
+    size_t batch = 0, threads = 0;
+
+    cli_init("ckpt-resume");
+    out_setup();
+    /* '+': stop at CKPT; what follows it belongs to sgd-train */
+    while ((c = getopt_long(argc, argv, "+w:nqvhV", longopts, NULL)) != -1) {
+        switch (c) {
+        case O_INSPECT: do_inspect = 1; break;
+        case 'w': workdir = optarg; break;
+        case O_BATCH: batch = opt_size("--batch", optarg, 1, 1 << 20); break;
+        case O_THREADS: threads = opt_size("--threads", optarg, 1, 1024); break;
+        case 'n': dry = 1; break;
+        case 'q': quiet = 1; break;
+        case 'v': verbose = 1; break;
+        case 'h': help();
+        case 'V': print_version();
+        default: usage_error("unknown option");
+        }
+    }
+    if (optind >= argc)
+        usage_error("a checkpoint is required (a directory, an archive, or -)");
+    const char *ckpt = argv[optind++];
+    if (do_inspect && optind < argc)
+        usage_error("--inspect takes no sgd-train options");
+
+    mnn_diag_t d;
+    mnn_manifest_t mf;
+    char *dir = NULL; /* the checkpoint directory to train from */
+    int is_dir = strcmp(ckpt, "-") != 0 && !mnn_ckpt_is_archive(ckpt);
+    if (is_dir) {
+        if (mnn_manifest_load(&mf, ckpt, &dir, &d) < 0 ||
+            mnn_manifest_verify_dir(&mf, dir, &d) < 0)
+            die(EXIT_RUNTIME, "%s", d.msg);
+    } else {
+        int fd = strcmp(ckpt, "-") ? open(ckpt, O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
+        if (fd < 0)
+            die(EXIT_RUNTIME, "%s: %s", ckpt, strerror(errno));
+        if (fd == STDIN_FILENO && !do_inspect)
+            usage_error("-: stdin carries the records to train on; give the archive as a "
+                        "file, or use --inspect");
+        if (mnn_ckpt_unpack(fd, strcmp(ckpt, "-") ? ckpt : "stdin", do_inspect ? NULL : workdir,
+                            do_inspect ? NULL : &dir, &mf, &d) < 0)
+            die(EXIT_RUNTIME, "%s", d.msg);
+        if (fd != STDIN_FILENO)
+            close(fd);
+        if (!do_inspect && !quiet)
+            warnx_("%s: unpacked into %s", ckpt, dir);
+    }
+    if (do_inspect) {
+        inspect(ckpt, &mf, dir);
+        mnn_manifest_free(&mf);
+        free(dir);
+        return EXIT_OK;
+    }
+
+    /* adapt to this machine */
+    const mnn_spec_t *s = &mf.spec;
+    size_t use_batch = batch ? batch : s->batch;
+    if (!threads) {
+        /* the cores this process may run on (affinity, cpusets), as nproc */
+        cpu_set_t set;
+        long n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
+                                                            : sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (size_t)n : 1;
+    }
+    uint64_t need = memory_needed(s, count_params(s), use_batch), have = memory_available();
+    if (need > have)
+        die(EXIT_RUNTIME,
+            "%s: the model (%zu parameters) and its training buffers need about %" PRIu64
+            " MiB, but only %" PRIu64 " MiB are available here",
+            ckpt, count_params(s), need >> 20, have >> 20);
+    char lr[64] = "", bs[32] = "", th[32];
+    if (batch && batch != s->batch) {
+        /* linear scaling rule: the learning rate follows the batch size */
+        snprintf(lr, sizeof lr, "%.9g", (double)s->opt.lr * (double)batch / (double)s->batch);
+        snprintf(bs, sizeof bs, "%zu", batch);
+        if (!quiet)
+            warnx_("batch %zu instead of %zu: learning rate %s instead of %.9g", batch, s->batch,
+                   lr, (double)s->opt.lr);
+    }
+    snprintf(th, sizeof th, "%zu", threads);
+
+    char self[PATH_MAX];
+    const char *sgd = find_sgd_train(self, sizeof self);
+    size_t extra = (size_t)(argc - optind);
+    char **av = calloc(extra + 12, sizeof *av);
+    if (!av)
+        die(EXIT_RUNTIME, "out of memory");
+    size_t k = 0;
+    av[k++] = (char *)sgd;
+    av[k++] = "--resume";
+    av[k++] = dir;
+    av[k++] = "--threads";
+    av[k++] = th;
+    if (bs[0]) {
+        av[k++] = "--batch";
+        av[k++] = bs;
+        av[k++] = "--lr";
+        av[k++] = lr;
+    }
+    for (int i = optind; i < argc; i++)
+        av[k++] = argv[i];
+    av[k] = NULL;
+    if (verbose || dry) {
+        FILE *f = dry ? stdout : stderr;
+        if (!dry)
+            fprintf(f, "%s: running", prog);
+        for (size_t i = 0; i < k; i++)
+            fprintf(f, i || !dry ? " %s" : "%s", av[i]);
+        fputc('\n', f);
+    }
+    mnn_manifest_free(&mf);
+    if (dry) {
+        out_close();
+        free(av);
+        free(dir);
+        return EXIT_OK;
+    }
+    fflush(stdout);
+    execvp(sgd, av);
+    die(EXIT_RUNTIME, "cannot run %s: %s", sgd, strerror(errno));
+}

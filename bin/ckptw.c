@@ -1,0 +1,274 @@
+/* ckptw.c - the checkpoint writer thread of sgd-train. */
+#include <config.h>
+
+#include "ckptw.h"
+#include "cli.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <time.h>
+
+struct ckptw {
+    ckptw_opts_t o;
+    mnn_model_t snap_m;        /* the snapshot: valid while pending or writing */
+    mnn_optim_t snap_o;
+    mnn_train_state_t snap_st;
+    char parent[4096];         /* lineage of the snapshot, "" for none */
+    int pending;               /* a snapshot waits for the writer */
+    int writing;               /* the writer reads the snapshot */
+    int stop;
+    int taken;                 /* a snapshot was taken */
+    uint64_t last_step;        /* newest snapshot taken */
+    uint64_t ok_step;          /* newest checkpoint persisted */
+    int any_ok;
+    int failures;
+    int64_t created;           /* SOURCE_DATE_EPOCH, or -1: the clock */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+};
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* Bytes of the files in a directory. */
+static uint64_t dir_bytes(const char *dir)
+{
+    uint64_t total = 0;
+    DIR *dp = opendir(dir);
+    struct dirent *de;
+    struct stat sb;
+    if (!dp)
+        return 0;
+    while ((de = readdir(dp)))
+        if (fstatat(dirfd(dp), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode))
+            total += (uint64_t)sb.st_size;
+    closedir(dp);
+    return total;
+}
+
+static void note_write(const char *what, const char *root, const char *name, double secs)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", root, name);
+    double mib = (double)dir_bytes(path) / 1048576.0;
+    warnx_("%s %s: %.1f MiB in %.3f s (%.0f MiB/s)", what, path, mib, secs,
+           secs > 0 ? mib / secs : 0.0);
+}
+
+static int nomem(mnn_diag_t *d)
+{
+    snprintf(d->msg, sizeof d->msg, "out of memory");
+    return MNN_ENOMEM;
+}
+
+static char *join(const char *a, const char *b)
+{
+    size_t n = strlen(a) + strlen(b) + 2;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/%s", a, b);
+    return p;
+}
+
+/* Writes the snapshot into root as step-N, then latest and retention. */
+static int persist(ckptw_t *w, const char *root, const char *name, mnn_diag_t *d)
+{
+    char *dir = join(root, name);
+    if (!dir)
+        return nomem(d);
+    int64_t created = w->created >= 0 ? w->created : (int64_t)time(NULL);
+    int rc = mnn_ckpt_write(dir, &w->snap_m, &w->snap_o, &w->snap_st,
+                            w->parent[0] ? w->parent : NULL, created, 0, d);
+    free(dir);
+    return rc;
+}
+
+static int publish(ckptw_t *w, const char *root, const char *name, mnn_diag_t *d)
+{
+    size_t removed;
+    int rc = mnn_ckpt_set_latest(root, name, d);
+    if (rc == 0)
+        rc = mnn_ckpt_prune(root, w->o.keep, &removed, d);
+    return rc;
+}
+
+static void *writer(void *arg)
+{
+    ckptw_t *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->pending && !w->stop)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->pending)
+            break;
+        w->pending = 0;
+        w->writing = 1;
+        const uint64_t step = w->snap_st.step; /* the snapshot changes after writing */
+        pthread_mutex_unlock(&w->mu);
+
+        char name[32];
+        mnn_diag_t d = {""};
+        mnn_ckpt_step_name(name, sizeof name, step);
+        const char *first = w->o.local ? w->o.local : w->o.root;
+        double t0 = now();
+        char *there = join(w->o.root, name);
+        struct stat sb;
+        int exists = there && lstat(there, &sb) == 0;
+        free(there);
+        if (exists) {
+            /* this step is already a checkpoint here (the one training was
+             * resumed from): never overwritten, and nothing new to say */
+            pthread_mutex_lock(&w->mu);
+            w->writing = 0;
+            w->ok_step = step;
+            w->any_ok = 1;
+            pthread_cond_broadcast(&w->cv);
+            continue;
+        }
+        int rc = persist(w, first, name, &d);
+        if (rc == 0 && w->o.verbose)
+            note_write("wrote", first, name, now() - t0);
+        if (rc == 0)
+            rc = publish(w, first, name, &d);
+
+        /* the snapshot is on disk: training may take the next one */
+        pthread_mutex_lock(&w->mu);
+        w->writing = 0;
+        pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+
+        if (rc == 0 && w->o.local) {
+            char *src = join(w->o.local, name), *dst = join(w->o.root, name);
+            t0 = now();
+            rc = src && dst ? mnn_ckpt_copy(src, dst, &d) : nomem(&d);
+            if (rc == 0 && w->o.verbose)
+                note_write("copied to", w->o.root, name, now() - t0);
+            if (rc == 0)
+                rc = publish(w, w->o.root, name, &d);
+            free(src);
+            free(dst);
+        }
+        if (rc == 0) {
+            printf("%s/%s\n", w->o.root, name);
+            fflush(stdout);
+        } else {
+            warnx_("checkpoint %s failed: %s", name, d.msg[0] ? d.msg : mnn_strerror(rc));
+        }
+        pthread_mutex_lock(&w->mu);
+        if (rc < 0)
+            w->failures++;
+        else {
+            w->ok_step = step;
+            w->any_ok = 1;
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
+                     const mnn_optim_t *opt, mnn_diag_t *d)
+{
+    ckptw_t *w = calloc(1, sizeof *w);
+    if (!w) {
+        nomem(d);
+        return NULL;
+    }
+    w->o = *o;
+    w->created = -1;
+    const char *sde = getenv("SOURCE_DATE_EPOCH");
+    uint64_t v;
+    if (sde && *sde && mnn_parse_u64(sde, &v) == 0 && v <= INT64_MAX)
+        w->created = (int64_t)v;
+    if (mnn_ckpt_root_open(o->root, d) < 0 || (o->local && mnn_ckpt_root_open(o->local, d) < 0)) {
+        free(w);
+        return NULL;
+    }
+    int rc = mnn_model_init(&w->snap_m, &m->spec);
+    if (rc == 0 && (rc = mnn_optim_init(&w->snap_o, &opt->spec, opt->n)) < 0)
+        mnn_model_free(&w->snap_m);
+    if (rc < 0) {
+        snprintf(d->msg, sizeof d->msg, "cannot allocate the checkpoint snapshot: %s",
+                 mnn_strerror(rc));
+        free(w);
+        return NULL;
+    }
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    rc = pthread_create(&w->thread, NULL, writer, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        snprintf(d->msg, sizeof d->msg, "cannot start the checkpoint writer: %s", strerror(rc));
+        mnn_optim_free(&w->snap_o);
+        mnn_model_free(&w->snap_m);
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+int ckptw_offer(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t *opt,
+                const mnn_train_state_t *st, const char *parent, int wait)
+{
+    pthread_mutex_lock(&w->mu);
+    if ((w->pending || w->writing) && !wait) {
+        pthread_mutex_unlock(&w->mu);
+        if (!w->o.quiet)
+            warnx_("checkpoint at step %llu skipped: the previous one is still being written",
+                   (unsigned long long)st->step);
+        return 0;
+    }
+    while (w->pending || w->writing)
+        pthread_cond_wait(&w->cv, &w->mu);
+    /* the writer is not reading the snapshot: refresh it (one memcpy) */
+    double t0 = now();
+    mnn_model_copy_state(&w->snap_m, m);
+    mnn_optim_copy_state(&w->snap_o, opt);
+    if (w->o.verbose)
+        warnx_("checkpoint at step %llu: snapshot in %.3f s",
+               (unsigned long long)st->step, now() - t0);
+    w->snap_st = *st;
+    snprintf(w->parent, sizeof w->parent, "%s", parent ? parent : "");
+    w->last_step = st->step;
+    w->taken = 1;
+    w->pending = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return 1;
+}
+
+int ckptw_any(const ckptw_t *w) { return w->taken; }
+uint64_t ckptw_last_step(const ckptw_t *w) { return w->last_step; }
+
+int ckptw_finish(ckptw_t *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->stop = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    int failures = w->failures;
+    if (failures && !(w->any_ok && w->ok_step == w->last_step))
+        failures = -failures; /* the newest did not make it */
+    mnn_optim_free(&w->snap_o);
+    mnn_model_free(&w->snap_m);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    free(w);
+    return failures;
+}

@@ -1,0 +1,1121 @@
+/* archive.c - a checkpoint as one .tar.zst: packed with libarchive's tar
+ * writer and zstd filter; read back (verify, extract, list) through two
+ * libarchive handles, `zr` (the zstd filter under the "raw" format: the
+ * decompressed stream) feeding `tr` (the tar reader).
+ *
+ * Every decompressed byte passes through pull(), which notes where the last
+ * non-zero one was.  Once the tar reader has seen the end-of-archive blocks
+ * the rest of the stream is drained: anything but zeros (tar padding), a
+ * second frame, or bytes that are not zstd after the frame is an error.
+ *
+ * libarchive 3.6's zstd writer sets no content checksum in the frame, so a
+ * damaged archive is caught by the zstd decoder, the tar header checksums and
+ * the manifest's sizes and XXH3 hashes; a frame that has a checksum (zstd(1),
+ * libarchive >= 3.7) is verified by the decoder too.
+ *
+ * A read or write of the caller's descriptor that a signal interrupts
+ * (EINTR: a handler installed without SA_RESTART) stops the work with
+ * MNN_ECANCELED, and unpack then removes what it had written: a program's
+ * SIGINT handler can stop an unpack blocked on a pipe.
+ */
+#include "internal.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#define MANIFEST "manifest.yaml"
+#define MANIFEST_MAX ((size_t)1 << 20) /* as mnn_manifest_load reads it */
+#define IO_BLOCK ((size_t)1 << 16)     /* buffers handed to libarchive */
+#define DATA_BLOCK ((size_t)1 << 20)   /* file data per read */
+#define NAME_MAXLEN 250                /* NAME, leaving room for ".tmp-" */
+#define ZSTD_MAGIC "\x28\xb5\x2f\xfd"  /* a zstd frame's first bytes */
+
+/* ---- shared ----------------------------------------------------------- */
+
+/* NAME: not empty, no '/' or NUL, not starting with '.' (so neither "."
+ * nor ".." nor a hidden or temporary name), short enough for ".tmp-NAME". */
+static int plain_name(const char *s, size_t n)
+{
+    return n > 0 && n <= NAME_MAXLEN && s[0] != '.' && !memchr(s, '/', n) &&
+           !memchr(s, '\0', n);
+}
+
+static void hash_hex(XXH3_state_t *xs, char hex[17])
+{
+    snprintf(hex, 17, "%016llx", (unsigned long long)XXH3_64bits_digest(xs));
+}
+
+/* Writes all of buf to fd: 0, or -1 with errno. */
+static int write_full(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t r = write(fd, p, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* The manifest's created time, YYYY-MM-DDTHH:MM:SSZ, as seconds since the
+ * epoch; -1 if it is not exactly that (or before 1970). */
+static int64_t parse_created(const char *s)
+{
+    static const char pat[] = "dddd-dd-ddTdd:dd:ddZ";
+    if (strlen(s) != sizeof pat - 1)
+        return -1;
+    for (size_t i = 0; pat[i]; i++)
+        if (pat[i] == 'd' ? s[i] < '0' || s[i] > '9' : s[i] != pat[i])
+            return -1;
+    int v[6];
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2dZ", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]) != 6)
+        return -1;
+    struct tm tm = {.tm_year = v[0] - 1900, .tm_mon = v[1] - 1, .tm_mday = v[2],
+                    .tm_hour = v[3], .tm_min = v[4], .tm_sec = v[5]};
+    time_t t = timegm(&tm);
+    /* timegm normalises 02-30 or 12:60 into the next day or hour: a time
+     * that does not come back unchanged did not exist */
+    struct tm back;
+    if (t < 0 || !gmtime_r(&t, &back) || back.tm_year + 1900 != v[0] || back.tm_mon + 1 != v[1] ||
+        back.tm_mday != v[2] || back.tm_hour != v[3] || back.tm_min != v[4] || back.tm_sec != v[5])
+        return -1;
+    return (int64_t)t;
+}
+
+/* Removes dirfd/name: a directory and the files in it (not subdirectories),
+ * or a file or link.  0 when it was not there; -1 with errno. */
+static int remove_at(int dirfd, const char *name)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return 0;
+        if (errno == ENOTDIR || errno == ELOOP)
+            return unlinkat(dirfd, name, 0);
+        return -1;
+    }
+    DIR *dp = fdopendir(fd);
+    if (!dp) {
+        close(fd);
+        return -1;
+    }
+    struct dirent *de;
+    int rc = 0, e = 0;
+    while ((de = readdir(dp))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (unlinkat(fd, de->d_name, 0) != 0) {
+            rc = -1;
+            e = errno;
+        }
+    }
+    closedir(dp);
+    if (unlinkat(dirfd, name, AT_REMOVEDIR) != 0) {
+        rc = -1;
+        if (!e)
+            e = errno;
+    }
+    errno = e;
+    return rc;
+}
+
+/* ---- packing -------------------------------------------------------------- */
+
+typedef struct {
+    int fd;
+    int failed;   /* the output is abandoned: write nothing more */
+    int err;      /* errno of a failed write, or 0 */
+    int canceled; /* a write was interrupted by a signal */
+} wr_t;
+
+static la_ssize_t wr_write(struct archive *a, void *ctx, const void *buf, size_t n)
+{
+    wr_t *w = ctx;
+    const char *p = buf;
+    size_t left = n;
+    if (w->failed) {
+        archive_set_error(a, ECANCELED, "output abandoned");
+        return -1;
+    }
+    while (left > 0) {
+        ssize_t r = write(w->fd, p, left);
+        if (r < 0) {
+            if (errno == EINTR)
+                w->canceled = 1;
+            else
+                w->err = errno;
+            w->failed = 1;
+            archive_set_error(a, errno, "%s", strerror(errno));
+            return -1;
+        }
+        p += r;
+        left -= (size_t)r;
+    }
+    return (la_ssize_t)n;
+}
+
+/* The error of a failed libarchive write call. */
+static int wr_fail(struct archive *a, const wr_t *w, mnn_diag_t *d)
+{
+    if (w->canceled)
+        return mnn_fail(d, MNN_ECANCELED, "interrupted while writing the archive");
+    if (w->err) {
+        errno = w->err;
+        return mnn_fail(d, MNN_EIO, "cannot write the archive: %s", strerror(w->err));
+    }
+    const char *m = archive_error_string(a);
+    return mnn_fail(d, MNN_EIO, "cannot write the archive: %s", m ? m : "libarchive error");
+}
+
+/* Writes an entry header: owner 0:0 root, mode 0755 or 0644, the given
+ * mtime, no atime or ctime: nothing of the files' own metadata. */
+static int put_header(struct archive *a, struct archive_entry *e, const char *path, int dir,
+                      uint64_t size, int64_t mtime)
+{
+    archive_entry_clear(e);
+    archive_entry_copy_pathname(e, path);
+    archive_entry_set_filetype(e, dir ? AE_IFDIR : AE_IFREG);
+    archive_entry_set_perm(e, dir ? 0755 : 0644);
+    archive_entry_set_size(e, dir ? 0 : (la_int64_t)size);
+    archive_entry_set_uid(e, 0);
+    archive_entry_set_gid(e, 0);
+    archive_entry_copy_uname(e, "root");
+    archive_entry_copy_gname(e, "root");
+    archive_entry_set_mtime(e, (time_t)mtime, 0);
+    return archive_write_header(a, e) == ARCHIVE_OK ? 0 : -1;
+}
+
+static int put_data(struct archive *a, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        la_ssize_t r = archive_write_data(a, p, n);
+        if (r <= 0)
+            return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* Reads dfd/name (a regular file of at most max bytes) into *text. */
+static int read_at(int dfd, const char *dir, const char *name, size_t max, char **text,
+                   size_t *len, mnn_diag_t *d)
+{
+    int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat sb;
+    *text = NULL;
+    if (fd < 0)
+        return mnn_fail(d, MNN_EIO, "%s/%s: %s", dir, name, strerror(errno));
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        return mnn_fail(d, MNN_EIO, "%s/%s: %s", dir, name, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return mnn_fail(d, MNN_EFORMAT, "%s/%s: not a regular file", dir, name);
+    }
+    if ((uint64_t)sb.st_size > max) {
+        close(fd);
+        return mnn_fail(d, MNN_EOVERFLOW, "%s/%s: %lld bytes, more than the %zu allowed", dir,
+                        name, (long long)sb.st_size, max);
+    }
+    char *buf = malloc(max + 1);
+    size_t got = 0;
+    if (!buf) {
+        close(fd);
+        return mnn_fail(d, MNN_ENOMEM, "out of memory");
+    }
+    for (;;) {
+        ssize_t r = read(fd, buf + got, max + 1 - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            return mnn_fail(d, MNN_EIO, "%s/%s: %s", dir, name, strerror(e));
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+        if (got > max) {
+            free(buf);
+            close(fd);
+            return mnn_fail(d, MNN_EOVERFLOW, "%s/%s: more than the %zu bytes allowed", dir,
+                            name, max);
+        }
+    }
+    close(fd);
+    buf[got] = '\0';
+    *text = buf;
+    *len = got;
+    return 0;
+}
+
+/* Streams dfd/f->name into the archive as apath, checking its size and
+ * XXH3 against the manifest on the way: the data is read once. */
+static int pack_file(struct archive *a, const wr_t *w, struct archive_entry *e, int dfd,
+                     const char *dir, const mnn_manifest_file_t *f, const char *apath,
+                     int64_t mtime, XXH3_state_t *xs, unsigned char *buf, mnn_diag_t *d)
+{
+    int fd = openat(dfd, f->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), rc = 0;
+    struct stat sb;
+    if (fd < 0)
+        return mnn_fail(d, errno == ENOENT ? MNN_ECORRUPT : MNN_EIO, "%s/%s: %s", dir, f->name,
+                        errno == ENOENT ? "listed in the manifest but missing"
+                        : errno == ELOOP ? "not a regular file"
+                                          : strerror(errno));
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return mnn_fail(d, MNN_ECORRUPT, "%s/%s: not a regular file", dir, f->name);
+    }
+    if (put_header(a, e, apath, 0, f->bytes, mtime) < 0) {
+        close(fd);
+        return wr_fail(a, w, d);
+    }
+    XXH3_64bits_reset(xs);
+    uint64_t got = 0;
+    for (;;) {
+        ssize_t r = read(fd, buf, DATA_BLOCK);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = mnn_fail(d, MNN_EIO, "%s/%s: %s", dir, f->name, strerror(errno));
+            break;
+        }
+        if (r == 0)
+            break;
+        if ((uint64_t)r > f->bytes - got) {
+            rc = mnn_fail(d, MNN_ECORRUPT,
+                          "%s/%s: larger than the %" PRIu64 " bytes the manifest says", dir,
+                          f->name, f->bytes);
+            break;
+        }
+        XXH3_64bits_update(xs, buf, (size_t)r);
+        if (put_data(a, buf, (size_t)r) < 0) {
+            rc = wr_fail(a, w, d);
+            break;
+        }
+        got += (uint64_t)r;
+    }
+    close(fd);
+    if (rc < 0)
+        return rc;
+    char hex[17];
+    hash_hex(xs, hex);
+    if (got != f->bytes)
+        return mnn_fail(d, MNN_ECORRUPT, "%s/%s: %" PRIu64 " bytes, the manifest says %" PRIu64,
+                        dir, f->name, got, f->bytes);
+    if (strcmp(hex, f->xxh3))
+        return mnn_fail(d, MNN_ECORRUPT,
+                        "%s/%s: hash does not match the manifest (xxh3 %s, manifest says %s)",
+                        dir, f->name, hex, f->xxh3);
+    return 0;
+}
+
+static int by_name(const void *a, const void *b)
+{
+    const mnn_manifest_file_t *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
+}
+
+int mnn_ckpt_pack(const char *dir, int fd, const mnn_pack_opts_t *o, mnn_diag_t *d)
+{
+    const int level = o ? o->level : 0, threads = o ? o->threads : 0;
+    mnn_manifest_t mf;
+    char *real = NULL, *rp = NULL, *text = NULL, *apath = NULL;
+    const mnn_manifest_file_t **order = NULL;
+    struct archive *a = NULL;
+    struct archive_entry *e = NULL;
+    XXH3_state_t *xs = NULL;
+    unsigned char *buf = NULL;
+    wr_t w = {.fd = fd};
+    int dfd = -1, rc;
+    size_t len = 0;
+
+    memset(&mf, 0, sizeof mf);
+    if (level < 0 || level > 19)
+        return mnn_fail(d, MNN_EINVAL, "zstd level %d is out of range 1..19", level);
+    if (threads < 0)
+        return mnn_fail(d, MNN_EINVAL, "zstd threads: %d is negative", threads);
+    /* resolves dir/latest, and says what is wrong with a non-checkpoint */
+    if ((rc = mnn_manifest_load(&mf, dir, &real, d)) < 0)
+        return rc;
+    mnn_manifest_free(&mf);
+    if (!(rp = realpath(real, NULL))) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", real, strerror(errno));
+        goto out;
+    }
+    const char *name = strrchr(rp, '/') + 1; /* realpath is absolute */
+    if (!plain_name(name, strlen(name))) {
+        rc = mnn_fail(d, MNN_EINVAL,
+                      "%s: '%s' cannot name a packed checkpoint (a plain name of at most %d "
+                      "bytes, not starting with '.')",
+                      real, name, NAME_MAXLEN);
+        goto out;
+    }
+    if ((dfd = open(rp, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", real, strerror(errno));
+        goto out;
+    }
+    /* the manifest packed is the one checked: read once, through dfd */
+    if ((rc = read_at(dfd, real, MANIFEST, MANIFEST_MAX, &text, &len, d)) < 0)
+        goto out;
+    size_t plen = strlen(real) + strlen(name) + sizeof MANIFEST + 80;
+    if (!(apath = malloc(plen))) {
+        rc = mnn_fail(d, MNN_ENOMEM, "out of memory");
+        goto out;
+    }
+    snprintf(apath, plen, "%s/%s", real, MANIFEST);
+    if ((rc = mnn_manifest_parse(&mf, text, len, apath, d)) < 0)
+        goto out;
+    const int64_t mtime = parse_created(mf.created);
+    if (mtime < 0) {
+        rc = mnn_fail(d, MNN_EFORMAT, "%s: created '%s' is not a UTC time YYYY-MM-DDTHH:MM:SSZ",
+                      apath, mf.created);
+        goto out;
+    }
+    if (!(order = calloc(mf.nfiles + 1, sizeof *order))) {
+        rc = mnn_fail(d, MNN_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < mf.nfiles; i++)
+        order[i] = &mf.files[i];
+    qsort(order, mf.nfiles, sizeof *order, by_name);
+    /* before a byte is written: every file there, regular, of its size */
+    for (size_t i = 0; i < mf.nfiles; i++) {
+        struct stat sb;
+        const mnn_manifest_file_t *f = order[i];
+        if (fstatat(dfd, f->name, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
+            rc = mnn_fail(d, errno == ENOENT ? MNN_ECORRUPT : MNN_EIO, "%s/%s: %s", real, f->name,
+                          errno == ENOENT ? "listed in the manifest but missing" : strerror(errno));
+            goto out;
+        }
+        if (!S_ISREG(sb.st_mode)) {
+            rc = mnn_fail(d, MNN_ECORRUPT, "%s/%s: not a regular file", real, f->name);
+            goto out;
+        }
+        if ((uint64_t)sb.st_size != f->bytes) {
+            rc = mnn_fail(d, MNN_ECORRUPT,
+                          "%s/%s: %lld bytes, the manifest says %" PRIu64, real, f->name,
+                          (long long)sb.st_size, f->bytes);
+            goto out;
+        }
+    }
+
+    a = archive_write_new();
+    e = archive_entry_new();
+    xs = XXH3_createState();
+    buf = malloc(DATA_BLOCK);
+    if (!a || !e || !xs || !buf) {
+        rc = mnn_fail(d, MNN_ENOMEM, "out of memory");
+        goto out;
+    }
+    char num[16];
+    /* pax restricted: plain ustar headers unless a path or size needs more.
+     * A name that is not ASCII would be converted to UTF-8 through the
+     * locale (which may not know it): store it as raw bytes instead, at the
+     * price of a pax header on every entry. */
+    int ascii = 1;
+    for (const char *p = name; *p; p++)
+        ascii &= (unsigned char)*p < 0x80;
+    for (size_t i = 0; i < mf.nfiles; i++)
+        for (const char *p = mf.files[i].name; *p; p++)
+            ascii &= (unsigned char)*p < 0x80;
+    if (archive_write_set_format_pax_restricted(a) != ARCHIVE_OK ||
+        (!ascii &&
+         archive_write_set_format_option(a, "pax", "hdrcharset", "BINARY") != ARCHIVE_OK) ||
+        archive_write_add_filter_zstd(a) != ARCHIVE_OK ||
+        archive_write_set_bytes_per_block(a, 0) != ARCHIVE_OK) {
+        rc = mnn_fail(d, MNN_EINVAL, "libarchive: %s", archive_error_string(a));
+        goto out;
+    }
+    snprintf(num, sizeof num, "%d", level ? level : 3);
+    if (archive_write_set_filter_option(a, "zstd", "compression-level", num) != ARCHIVE_OK) {
+        rc = mnn_fail(d, MNN_EINVAL, "zstd level %s: %s", num, archive_error_string(a));
+        goto out;
+    }
+    /* libarchive takes "threads" 0 to mean one worker per CPU: leave it unset
+     * for compression in the calling thread */
+    snprintf(num, sizeof num, "%d", threads);
+    if (threads > 0 && archive_write_set_filter_option(a, "zstd", "threads", num) != ARCHIVE_OK) {
+        rc = mnn_fail(d, MNN_EINVAL, "zstd threads: not supported by this libarchive (%s)",
+                      archive_error_string(a));
+        goto out;
+    }
+    if (archive_write_open(a, &w, NULL, wr_write, NULL) != ARCHIVE_OK) {
+        rc = wr_fail(a, &w, d);
+        goto out;
+    }
+    snprintf(apath, plen, "%s/", name);
+    if (put_header(a, e, apath, 1, 0, mtime) < 0) {
+        rc = wr_fail(a, &w, d);
+        goto out;
+    }
+    snprintf(apath, plen, "%s/%s", name, MANIFEST);
+    if (put_header(a, e, apath, 0, len, mtime) < 0 || put_data(a, text, len) < 0) {
+        rc = wr_fail(a, &w, d);
+        goto out;
+    }
+    for (size_t i = 0; i < mf.nfiles; i++) {
+        snprintf(apath, plen, "%s/%s", name, order[i]->name);
+        if ((rc = pack_file(a, &w, e, dfd, real, order[i], apath, mtime, xs, buf, d)) < 0)
+            goto out;
+    }
+    if (archive_write_close(a) != ARCHIVE_OK) {
+        rc = wr_fail(a, &w, d);
+        goto out;
+    }
+    rc = 0;
+out:
+    if (a) {
+        if (rc < 0) {
+            /* no end of frame, no end-of-archive blocks: what was written
+             * is a truncated archive that no reader accepts */
+            w.failed = 1;
+            archive_write_fail(a);
+        }
+        archive_write_free(a);
+    }
+    if (e)
+        archive_entry_free(e);
+    if (xs)
+        XXH3_freeState(xs);
+    if (dfd >= 0)
+        close(dfd);
+    free(buf);
+    free(order);
+    free(apath);
+    free(text);
+    free(rp);
+    free(real);
+    mnn_manifest_free(&mf);
+    return rc;
+}
+
+/* ---- reading -------------------------------------------------------------- */
+
+typedef struct {
+    int fd;
+    const char *name;     /* the archive, for messages */
+    struct archive *zr;   /* the decompressor: raw format over the zstd filter */
+    struct archive *tr;   /* the tar reader, fed by tar_read() */
+    unsigned char *raw;   /* IO_BLOCK bytes read from fd */
+    unsigned char *blk;   /* IO_BLOCK decompressed bytes handed to tr */
+    uint64_t seen;        /* decompressed bytes taken from zr */
+    uint64_t nonzero_end; /* offset just past the last non-zero among them */
+    int err;              /* errno of a failed read of fd, or 0 */
+    int canceled;         /* a read of fd was interrupted by a signal */
+    unsigned char head[4];/* the first bytes of the input */
+    size_t nhead;
+    char zmsg[256];       /* why zr failed, once it has */
+} rd_t;
+
+static la_ssize_t fd_read(struct archive *a, void *ctx, const void **out)
+{
+    rd_t *r = ctx;
+    ssize_t n = read(r->fd, r->raw, IO_BLOCK);
+    if (n < 0) {
+        if (errno == EINTR)
+            r->canceled = 1;
+        else
+            r->err = errno;
+        archive_set_error(a, errno, "%s", strerror(errno));
+        return -1;
+    }
+    for (size_t i = 0; r->nhead < sizeof r->head && i < (size_t)n; i++)
+        r->head[r->nhead++] = r->raw[i];
+    *out = r->raw;
+    return n;
+}
+
+/* Up to n decompressed bytes into p (fewer only at the end): the count, 0 at
+ * the end, -1 on error (r->zmsg says what). */
+static la_ssize_t pull(rd_t *r, unsigned char *p, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        la_ssize_t k = archive_read_data(r->zr, p + got, n - got);
+        if (k < 0) {
+            if (!r->zmsg[0]) {
+                const char *m = archive_error_string(r->zr);
+                snprintf(r->zmsg, sizeof r->zmsg, "%s", m ? m : "decompression failed");
+            }
+            return -1;
+        }
+        if (k == 0)
+            break;
+        got += (size_t)k;
+    }
+    for (size_t i = got; i > 0; i--)
+        if (p[i - 1]) {
+            r->nonzero_end = r->seen + i;
+            break;
+        }
+    r->seen += got;
+    return (la_ssize_t)got;
+}
+
+static la_ssize_t tar_read(struct archive *a, void *ctx, const void **out)
+{
+    rd_t *r = ctx;
+    la_ssize_t n = pull(r, r->blk, IO_BLOCK);
+    if (n < 0) {
+        archive_set_error(a, EIO, "%s", r->zmsg);
+        return -1;
+    }
+    *out = r->blk;
+    return n;
+}
+
+/* The error of a failed read through r; a the handle that failed. */
+static int rd_fail(rd_t *r, struct archive *a, mnn_diag_t *d)
+{
+    if (r->canceled)
+        return mnn_fail(d, MNN_ECANCELED, "%s: interrupted", r->name);
+    if (r->err) {
+        errno = r->err;
+        return mnn_fail(d, MNN_EIO, "%s: read error: %s", r->name, strerror(r->err));
+    }
+    if (r->zmsg[0])
+        return mnn_fail(d, MNN_ECORRUPT, "%s: damaged or truncated zstd stream: %s", r->name,
+                        r->zmsg);
+    const char *m = a ? archive_error_string(a) : NULL;
+    return mnn_fail(d, MNN_ECORRUPT, "%s: damaged tar archive: %s", r->name,
+                    m ? m : "libarchive error");
+}
+
+static void rd_close(rd_t *r)
+{
+    if (r->tr)
+        archive_read_free(r->tr);
+    if (r->zr)
+        archive_read_free(r->zr);
+    free(r->raw);
+    free(r->blk);
+    r->tr = r->zr = NULL;
+    r->raw = r->blk = NULL;
+}
+
+static int rd_open(rd_t *r, int fd, const char *name, mnn_diag_t *d)
+{
+    struct archive_entry *e;
+    memset(r, 0, sizeof *r);
+    r->fd = fd;
+    r->name = name ? name : "archive";
+    r->raw = malloc(IO_BLOCK);
+    r->blk = malloc(IO_BLOCK);
+    r->zr = archive_read_new();
+    r->tr = archive_read_new();
+    if (!r->raw || !r->blk || !r->zr || !r->tr)
+        return mnn_fail(d, MNN_ENOMEM, "out of memory");
+    if (archive_read_support_filter_zstd(r->zr) != ARCHIVE_OK ||
+        archive_read_support_format_raw(r->zr) != ARCHIVE_OK ||
+        archive_read_support_format_tar(r->tr) != ARCHIVE_OK)
+        return mnn_fail(d, MNN_EINVAL, "libarchive cannot read tar.zst: %s",
+                        archive_error_string(r->zr));
+    /* libarchive decompresses the start of the stream as it opens it */
+    int rc = archive_read_open(r->zr, r, NULL, fd_read, NULL);
+    if (rc == ARCHIVE_OK && (rc = archive_read_next_header(r->zr, &e)) == ARCHIVE_EOF)
+        rc = ARCHIVE_FATAL;
+    if (r->canceled || r->err)
+        return rd_fail(r, NULL, d);
+    if (r->nhead == 0)
+        return mnn_fail(d, MNN_EFORMAT, "%s: empty input, not a checkpoint archive", r->name);
+    if (r->nhead < sizeof r->head && !memcmp(r->head, ZSTD_MAGIC, r->nhead))
+        return mnn_fail(d, MNN_ECORRUPT, "%s: truncated zstd stream (%zu bytes)", r->name,
+                        r->nhead);
+    if (r->nhead < sizeof r->head || memcmp(r->head, ZSTD_MAGIC, sizeof r->head) ||
+        (rc == ARCHIVE_OK && archive_filter_code(r->zr, 0) != ARCHIVE_FILTER_ZSTD))
+        return mnn_fail(d, MNN_EFORMAT,
+                        "%s: not zstd-compressed: a checkpoint archive is a .tar.zst "
+                        "(as ckpt-pack writes)",
+                        r->name);
+    if (rc != ARCHIVE_OK) {
+        const char *m = archive_error_string(r->zr);
+        return mnn_fail(d, MNN_ECORRUPT, "%s: damaged, truncated or empty zstd stream: %s",
+                        r->name, m ? m : "no data");
+    }
+    if (archive_read_open(r->tr, r, NULL, tar_read, NULL) != ARCHIVE_OK) {
+        if (r->canceled || r->err || r->zmsg[0])
+            return rd_fail(r, r->tr, d);
+        return mnn_fail(d, MNN_EFORMAT, "%s: no tar archive inside the zstd stream (%s)",
+                        r->name, r->seen ? archive_error_string(r->tr) : "it is empty");
+    }
+    return 0;
+}
+
+/* The next tar entry: 1, 0 at the end, or an error. */
+static int rd_next(rd_t *r, struct archive_entry **e, mnn_diag_t *d)
+{
+    int rc = archive_read_next_header(r->tr, e);
+    if (rc == ARCHIVE_OK)
+        return 1;
+    if (rc == ARCHIVE_EOF)
+        return 0;
+    if (rc == ARCHIVE_WARN && !r->zmsg[0] && !r->err && !r->canceled)
+        /* e.g. a name not convertible to this locale: the entry is not
+         * what its writer meant */
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s", r->name, archive_error_string(r->tr));
+    return rd_fail(r, r->tr, d);
+}
+
+/* After the tar reader's end: the rest of the stream must be zeros and the
+ * zstd stream must end cleanly, with nothing after it. */
+static int rd_end(rd_t *r, mnn_diag_t *d)
+{
+    const la_int64_t end = archive_filter_bytes(r->tr, 0);
+    for (;;) {
+        la_ssize_t n = pull(r, r->blk, IO_BLOCK);
+        if (n < 0) {
+            if (r->canceled || r->err)
+                return rd_fail(r, NULL, d);
+            return mnn_fail(d, MNN_ECORRUPT, "%s: damaged data after the end of the archive: %s",
+                            r->name, r->zmsg);
+        }
+        if (n == 0)
+            break;
+    }
+    if (end < 0 || r->nonzero_end > (uint64_t)end)
+        return mnn_fail(d, MNN_ECORRUPT, "%s: data after the end of the tar archive", r->name);
+    return 0;
+}
+
+/* ---- unpacking ------------------------------------------------------------ */
+
+typedef struct {
+    rd_t rd;
+    const char *target; /* NULL: verify only */
+    int tfd;            /* target directory, or -1 */
+    int xfd;            /* target/.tmp-NAME while extracting, or -1 */
+    char name[NAME_MAXLEN + 1];         /* NAME, "" until the first entry */
+    char tmpname[NAME_MAXLEN + 8];      /* ".tmp-NAME" */
+    int have_manifest;
+    int have_dir;
+    uint64_t entries;    /* entries accepted so far */
+    mnn_manifest_t mf;   /* valid when have_manifest */
+    unsigned char *done; /* mf.nfiles flags: the file has been read */
+    XXH3_state_t *xs;
+    unsigned char *buf;  /* DATA_BLOCK */
+} up_t;
+
+static int has_dotdot(const char *p)
+{
+    for (;;) {
+        const char *s = strchr(p, '/');
+        size_t n = s ? (size_t)(s - p) : strlen(p);
+        if (n == 2 && p[0] == '.' && p[1] == '.')
+            return 1;
+        if (!s)
+            return 0;
+        p = s + 1;
+    }
+}
+
+/* Checks an entry's path and type.  *file receives what follows NAME/, or
+ * NULL for the NAME/ directory.  The first entry names NAME. */
+static int check_entry(up_t *u, struct archive_entry *e, const char **file, mnn_diag_t *d)
+{
+    const char *an = u->rd.name, *p = archive_entry_pathname(e);
+    const mode_t t = archive_entry_filetype(e);
+    if (!p || !*p)
+        return mnn_fail(d, MNN_EFORMAT, "%s: an entry without a usable path", an);
+    if (p[0] == '/')
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s: absolute path refused", an, p);
+    if (has_dotdot(p))
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s: '..' in a path refused", an, p);
+    if (archive_entry_hardlink(e))
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s: hard link refused", an, p);
+    if (t == AE_IFLNK)
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s: symbolic link refused", an, p);
+    if (t == AE_IFCHR || t == AE_IFBLK)
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s: device refused", an, p);
+    if (t == AE_IFIFO)
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s: fifo refused", an, p);
+    if (t != AE_IFREG && t != AE_IFDIR)
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s: not a regular file or directory, refused", an,
+                        p);
+    if (archive_entry_sparse_count(e) > 0)
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s: sparse file refused", an, p);
+    const char *slash = strchr(p, '/'), *rest = slash ? slash + 1 : "";
+    const size_t nlen = slash ? (size_t)(slash - p) : strlen(p);
+    if (!u->name[0]) {
+        if (!plain_name(p, nlen) || !(t == AE_IFDIR ? !*rest : !strcmp(rest, MANIFEST)))
+            return mnn_fail(d, MNN_EFORMAT,
+                            "%s: %s: the first entry must be NAME/ or NAME/%s, NAME a plain "
+                            "name not starting with '.'",
+                            an, p, MANIFEST);
+        memcpy(u->name, p, nlen);
+        u->name[nlen] = '\0';
+    } else if (nlen != strlen(u->name) || memcmp(p, u->name, nlen) != 0 || !slash)
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s: outside %s/, refused", an, p, u->name);
+    if (t == AE_IFDIR) {
+        if (*rest)
+            return mnn_fail(d, MNN_EFORMAT, "%s: %s: a directory inside %s/, refused", an, p,
+                            u->name);
+        if (u->entries > 0)
+            return mnn_fail(d, MNN_EFORMAT, "%s: %s: %s/ again after the first entry, refused",
+                            an, p, u->name);
+        *file = NULL;
+        return 0;
+    }
+    if (!*rest || strchr(rest, '/') || rest[0] == '.')
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s: not a plain file name under %s/, refused", an,
+                        p, u->name);
+    *file = rest;
+    return 0;
+}
+
+/* Knowing NAME: refuses an existing target/NAME, replaces a stale
+ * target/.tmp-NAME by a new empty one. */
+static int tmp_make(up_t *u, mnn_diag_t *d)
+{
+    struct stat sb;
+    snprintf(u->tmpname, sizeof u->tmpname, ".tmp-%s", u->name);
+    if (fstatat(u->tfd, u->name, &sb, AT_SYMLINK_NOFOLLOW) == 0)
+        return mnn_fail(d, MNN_EEXIST, "%s/%s: already exists", u->target, u->name);
+    if (errno != ENOENT)
+        return mnn_fail(d, MNN_EIO, "%s/%s: %s", u->target, u->name, strerror(errno));
+    if (remove_at(u->tfd, u->tmpname) < 0)
+        return mnn_fail(d, MNN_EIO, "%s/%s: cannot remove a stale temporary directory: %s",
+                        u->target, u->tmpname, strerror(errno));
+    if (mkdirat(u->tfd, u->tmpname, 0755) != 0)
+        return mnn_fail(d, MNN_EIO, "%s/%s: %s", u->target, u->tmpname, strerror(errno));
+    u->xfd = openat(u->tfd, u->tmpname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (u->xfd < 0) {
+        int e = errno;
+        unlinkat(u->tfd, u->tmpname, AT_REMOVEDIR);
+        return mnn_fail(d, MNN_EIO, "%s/%s: %s", u->target, u->tmpname, strerror(e));
+    }
+    return 0;
+}
+
+/* fsync and close a file written in the temporary directory. */
+static int close_synced(int fd, up_t *u, const char *file, mnn_diag_t *d)
+{
+    int e = fsync(fd) != 0 ? errno : 0;
+    if (close(fd) != 0 && !e)
+        e = errno;
+    if (e)
+        return mnn_fail(d, MNN_EIO, "%s/%s/%s: %s", u->target, u->tmpname, file, strerror(e));
+    return 0;
+}
+
+/* The manifest entry: read whole (it is small), parsed, written. */
+static int take_manifest(up_t *u, struct archive_entry *e, mnn_diag_t *d)
+{
+    const char *an = u->rd.name;
+    const la_int64_t size = archive_entry_size(e);
+    char *text = NULL, *mname = NULL;
+    size_t got = 0;
+    int rc;
+    if (size < 0 || (uint64_t)size > MANIFEST_MAX)
+        return mnn_fail(d, MNN_EOVERFLOW, "%s: %s/%s: %lld bytes, more than the %zu allowed", an,
+                        u->name, MANIFEST, (long long)size, MANIFEST_MAX);
+    size_t mlen = strlen(an) + strlen(u->name) + sizeof MANIFEST + 2;
+    if (!(text = malloc((size_t)size + 1)) || !(mname = malloc(mlen))) {
+        free(text);
+        return mnn_fail(d, MNN_ENOMEM, "out of memory");
+    }
+    snprintf(mname, mlen, "%s:%s/%s", an, u->name, MANIFEST);
+    for (;;) {
+        la_ssize_t n = archive_read_data(u->rd.tr, text + got, (size_t)size - got);
+        if (n < 0) {
+            rc = rd_fail(&u->rd, u->rd.tr, d);
+            goto out;
+        }
+        if (n == 0 || (got += (size_t)n) == (size_t)size)
+            break;
+    }
+    if (got != (size_t)size) {
+        rc = mnn_fail(d, MNN_ECORRUPT, "%s: truncated", mname);
+        goto out;
+    }
+    text[got] = '\0';
+    if ((rc = mnn_manifest_parse(&u->mf, text, got, mname, d)) < 0)
+        goto out;
+    u->have_manifest = 1;
+    if (!(u->done = calloc(u->mf.nfiles + 1, 1))) {
+        rc = mnn_fail(d, MNN_ENOMEM, "out of memory");
+        goto out;
+    }
+    if (u->xfd >= 0) {
+        int fd = openat(u->xfd, MANIFEST, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                        0644);
+        if (fd < 0) {
+            rc = mnn_fail(d, MNN_EIO, "%s/%s/%s: %s", u->target, u->tmpname, MANIFEST,
+                          strerror(errno));
+            goto out;
+        }
+        if (write_full(fd, text, got) < 0) {
+            rc = mnn_fail(d, MNN_EIO, "%s/%s/%s: %s", u->target, u->tmpname, MANIFEST,
+                          strerror(errno));
+            close(fd);
+            goto out;
+        }
+        if ((rc = close_synced(fd, u, MANIFEST, d)) < 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    free(text);
+    free(mname);
+    return rc;
+}
+
+/* A listed file: its size checked before any byte is written, its data
+ * hashed as it is written, the hash checked at the end. */
+static int take_file(up_t *u, struct archive_entry *e, const char *file, mnn_diag_t *d)
+{
+    const char *an = u->rd.name;
+    const mnn_manifest_file_t *f = mnn_manifest_find(&u->mf, file);
+    if (!strcmp(file, MANIFEST))
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s/%s: appears twice, refused", an, u->name, file);
+    if (!f)
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s/%s: not listed in the manifest, refused", an,
+                        u->name, file);
+    const size_t idx = (size_t)(f - u->mf.files);
+    if (u->done[idx])
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s/%s: appears twice, refused", an, u->name, file);
+    u->done[idx] = 1;
+    const la_int64_t size = archive_entry_size_is_set(e) ? archive_entry_size(e) : -1;
+    if (size < 0 || (uint64_t)size != f->bytes)
+        return mnn_fail(d, MNN_ECORRUPT, "%s: %s/%s: %lld bytes, %s the %" PRIu64
+                        " the manifest says, refused", an, u->name, file, (long long)size,
+                        size >= 0 && (uint64_t)size > f->bytes ? "more than" : "not", f->bytes);
+    int fd = -1, rc = 0;
+    if (u->xfd >= 0 &&
+        (fd = openat(u->xfd, file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                     0644)) < 0)
+        return mnn_fail(d, MNN_EIO, "%s/%s/%s: %s", u->target, u->tmpname, file,
+                        strerror(errno));
+    XXH3_64bits_reset(u->xs);
+    uint64_t got = 0;
+    for (;;) {
+        la_ssize_t n = archive_read_data(u->rd.tr, u->buf, DATA_BLOCK);
+        if (n < 0) {
+            rc = rd_fail(&u->rd, u->rd.tr, d);
+            break;
+        }
+        if (n == 0)
+            break;
+        if ((uint64_t)n > f->bytes - got) {
+            rc = mnn_fail(d, MNN_ECORRUPT,
+                          "%s: %s/%s: more than the %" PRIu64 " bytes the manifest says, refused",
+                          an, u->name, file, f->bytes);
+            break;
+        }
+        XXH3_64bits_update(u->xs, u->buf, (size_t)n);
+        if (fd >= 0 && write_full(fd, u->buf, (size_t)n) < 0) {
+            rc = mnn_fail(d, MNN_EIO, "%s/%s/%s: %s", u->target, u->tmpname, file,
+                          strerror(errno));
+            break;
+        }
+        got += (uint64_t)n;
+    }
+    if (rc == 0 && got != f->bytes)
+        rc = mnn_fail(d, MNN_ECORRUPT, "%s: %s/%s: %" PRIu64 " bytes, the manifest says %" PRIu64,
+                      an, u->name, file, got, f->bytes);
+    if (rc == 0) {
+        char hex[17];
+        hash_hex(u->xs, hex);
+        if (strcmp(hex, f->xxh3))
+            rc = mnn_fail(d, MNN_ECORRUPT,
+                          "%s: %s/%s: hash does not match the manifest (xxh3 %s, manifest says "
+                          "%s)",
+                          an, u->name, file, hex, f->xxh3);
+    }
+    if (fd >= 0) {
+        if (rc == 0)
+            rc = close_synced(fd, u, file, d);
+        else
+            close(fd);
+    }
+    return rc;
+}
+
+/* Everything read and checked: the temporary directory becomes
+ * target/NAME, never replacing anything. */
+static int publish(up_t *u, char **out, mnn_diag_t *d)
+{
+    if (fsync(u->xfd) != 0)
+        return mnn_fail(d, MNN_EIO, "%s/%s: fsync: %s", u->target, u->tmpname, strerror(errno));
+    if (renameat2(u->tfd, u->tmpname, u->tfd, u->name, RENAME_NOREPLACE) != 0) {
+        if (errno != EINVAL && errno != ENOSYS)
+            return mnn_fail(d, errno == EEXIST ? MNN_EEXIST : MNN_EIO, "%s/%s: %s", u->target,
+                            u->name, errno == EEXIST ? "already exists" : strerror(errno));
+        /* a file system without RENAME_NOREPLACE: check, then rename */
+        struct stat sb;
+        if (fstatat(u->tfd, u->name, &sb, AT_SYMLINK_NOFOLLOW) == 0)
+            return mnn_fail(d, MNN_EEXIST, "%s/%s: already exists", u->target, u->name);
+        if (renameat(u->tfd, u->tmpname, u->tfd, u->name) != 0)
+            return mnn_fail(d, MNN_EIO, "%s/%s: %s", u->target, u->name, strerror(errno));
+    }
+    if (fsync(u->tfd) != 0) {
+        int e = errno;
+        /* not known to be on disk: take it back rather than leave it */
+        remove_at(u->tfd, u->name);
+        return mnn_fail(d, MNN_EIO, "%s: fsync: %s", u->target, strerror(e));
+    }
+    if (out) {
+        size_t n = strlen(u->target), len = n + strlen(u->name) + 2;
+        if (!(*out = malloc(len)))
+            return mnn_fail(d, MNN_ENOMEM, "out of memory");
+        snprintf(*out, len, "%s%s%s", u->target, n && u->target[n - 1] == '/' ? "" : "/",
+                 u->name);
+    }
+    return 0;
+}
+
+static int unpack_entries(up_t *u, mnn_diag_t *d)
+{
+    const char *an = u->rd.name;
+    struct archive_entry *e;
+    int rc;
+    while ((rc = rd_next(&u->rd, &e, d)) > 0) {
+        const char *file = NULL;
+        if ((rc = check_entry(u, e, &file, d)) < 0)
+            return rc;
+        if (u->target && u->xfd < 0 && (rc = tmp_make(u, d)) < 0)
+            return rc;
+        if (!file)
+            u->have_dir = 1;
+        else if (u->have_manifest)
+            rc = take_file(u, e, file, d);
+        else if (!strcmp(file, MANIFEST))
+            rc = take_manifest(u, e, d);
+        else
+            rc = mnn_fail(d, MNN_EFORMAT, "%s: %s/%s: before %s/%s, which must come first", an,
+                          u->name, file, u->name, MANIFEST);
+        if (rc < 0)
+            return rc;
+        u->entries++;
+    }
+    if (rc < 0)
+        return rc;
+    if (!u->name[0])
+        return mnn_fail(d, MNN_EFORMAT, "%s: no entries: not a checkpoint archive", an);
+    if (!u->have_manifest)
+        return mnn_fail(d, MNN_EFORMAT, "%s: no %s/%s: not a checkpoint archive", an, u->name,
+                        MANIFEST);
+    for (size_t i = 0; i < u->mf.nfiles; i++)
+        if (!u->done[i])
+            return mnn_fail(d, MNN_ECORRUPT, "%s: %s/%s: listed in the manifest but missing", an,
+                            u->name, u->mf.files[i].name);
+    return rd_end(&u->rd, d);
+}
+
+int mnn_ckpt_unpack(int fd, const char *name, const char *target, char **out,
+                    mnn_manifest_t *info, mnn_diag_t *d)
+{
+    up_t u;
+    int rc;
+    memset(&u, 0, sizeof u);
+    u.tfd = u.xfd = -1;
+    u.target = target;
+    if (out)
+        *out = NULL;
+    if (info)
+        memset(info, 0, sizeof *info);
+    if (!name)
+        name = "archive";
+    if (target && (u.tfd = open(target, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+        return mnn_fail(d, MNN_EIO, "%s: %s", target, strerror(errno));
+    u.xs = XXH3_createState();
+    u.buf = malloc(DATA_BLOCK);
+    if (!u.xs || !u.buf)
+        rc = mnn_fail(d, MNN_ENOMEM, "out of memory");
+    else if ((rc = rd_open(&u.rd, fd, name, d)) == 0 && (rc = unpack_entries(&u, d)) == 0 &&
+             target)
+        rc = publish(&u, out, d);
+    if (u.xfd >= 0) {
+        close(u.xfd);
+        if (rc < 0) {
+            int e = errno;
+            remove_at(u.tfd, u.tmpname);
+            errno = e;
+        }
+    }
+    if (u.tfd >= 0)
+        close(u.tfd);
+    rd_close(&u.rd);
+    if (u.xs)
+        XXH3_freeState(u.xs);
+    free(u.buf);
+    free(u.done);
+    if (rc == 0 && info)
+        *info = u.mf;
+    else
+        mnn_manifest_free(&u.mf);
+    return rc;
+}
+
+/* ---- listing -------------------------------------------------------------- */
+
+int mnn_ckpt_list(int fd, const char *name, mnn_list_fn fn, void *ctx, mnn_diag_t *d)
+{
+    rd_t r;
+    struct archive_entry *e;
+    int rc = rd_open(&r, fd, name, d);
+    while (rc == 0) {
+        if ((rc = rd_next(&r, &e, d)) <= 0) {
+            if (rc == 0)
+                rc = rd_end(&r, d);
+            break;
+        }
+        const mode_t t = archive_entry_filetype(e);
+        const char *p = archive_entry_pathname(e);
+        const la_int64_t size = archive_entry_size(e);
+        const char type = archive_entry_hardlink(e) || t == AE_IFLNK ? 'l'
+                          : t == AE_IFREG                             ? 'f'
+                          : t == AE_IFDIR                             ? 'd'
+                                                                      : '?';
+        if (fn(ctx, p ? p : "", size > 0 ? (uint64_t)size : 0, type)) {
+            rc = 0;
+            break;
+        }
+        rc = archive_read_data_skip(r.tr) == ARCHIVE_OK ? 0 : rd_fail(&r, r.tr, d);
+    }
+    rd_close(&r);
+    return rc;
+}
+
+int mnn_ckpt_is_archive(const char *path)
+{
+    unsigned char head[4];
+    struct stat sb;
+    size_t got = 0;
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return 0;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode))
+        while (got < sizeof head) {
+            ssize_t r = read(fd, head + got, sizeof head - got);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                break;
+            got += (size_t)r;
+        }
+    close(fd);
+    return got == sizeof head && !memcmp(head, ZSTD_MAGIC, sizeof head);
+}
