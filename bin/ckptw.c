@@ -12,7 +12,10 @@
 #include <string.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <time.h>
 
 struct ckptw {
@@ -107,6 +110,9 @@ static int publish(ckptw_t *w, const char *root, const char *name, mnn_diag_t *d
 static void *writer(void *arg)
 {
     ckptw_t *w = arg;
+    /* the training comes first: this thread yields the CPU to it (Linux
+     * gives each thread its own nice value) */
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
     pthread_mutex_lock(&w->mu);
     for (;;) {
         while (!w->pending && !w->stop)

@@ -77,6 +77,9 @@ static int close_synced(FILE *f, hsink_t *s, int rc, char hex[17])
     int e = 0;
     if (rc == 0 && (ferror(f) || fflush(f) != 0 || fsync(s->fd) != 0))
         e = errno ? errno : EIO;
+    /* on disk now: its pages need not crowd the cache the training uses */
+    if (rc == 0 && !e)
+        posix_fadvise(s->fd, 0, 0, POSIX_FADV_DONTNEED);
     if (fclose(f) != 0 && !e)
         e = errno ? errno : EIO;
     if (close(s->fd) != 0 && !e)

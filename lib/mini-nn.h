@@ -383,8 +383,11 @@ typedef struct {
  * Entries: NAME/ then NAME/manifest.yaml then every file the manifest lists,
  * in name order, where NAME is the checkpoint directory's base name.  Owner
  * 0:0 (root), modes 0755/0644, mtime the manifest's created time: the same
- * checkpoint always packs to the same bytes.  The files are verified against
- * the manifest first, and hashed again as they are read. */
+ * checkpoint always packs to the same bytes.  Each file's size is checked
+ * against the manifest first and its hash as it is streamed; a mismatch
+ * stops the archive short of its end, so no reader accepts it.
+ * A signal that interrupts a read or write of fd (a handler installed
+ * without SA_RESTART) stops pack and unpack with MNN_ECANCELED. */
 int mnn_ckpt_pack(const char *dir, int fd, const mnn_pack_opts_t *o,
                   mnn_diag_t *d);
 
