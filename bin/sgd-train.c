@@ -128,14 +128,15 @@ static void lineage_name(const char *dir, const char *root, char *out, size_t si
     snprintf(out, size, "%s", sibling && slash ? slash + 1 : real);
 }
 
-/* Offers a checkpoint unless one of this step exists; the next one names
- * it as its parent. */
+/* Offers a checkpoint unless one of this step was taken; the next one names
+ * it as its parent.  With wait, waits for the writer instead of skipping. */
 static void take_checkpoint(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t *o,
-                            const mnn_train_state_t *st, char *parent, size_t size)
+                            const mnn_train_state_t *st, char *parent, size_t size,
+                            int wait)
 {
     if (ckptw_any(w) && ckptw_last_step(w) == st->step)
         return;
-    if (ckptw_offer(w, m, o, st, parent[0] ? parent : NULL, 0))
+    if (ckptw_offer(w, m, o, st, parent[0] ? parent : NULL, wait))
         mnn_ckpt_step_name(parent, size, st->step);
 }
 
@@ -433,7 +434,7 @@ int main(int argc, char **argv)
                 break;
             if (ckpt_requested && writer) {
                 ckpt_requested = 0;
-                take_checkpoint(writer, &model, &opt, &st, parent, sizeof parent);
+                take_checkpoint(writer, &model, &opt, &st, parent, sizeof parent, 0);
             }
             continue;
         }
@@ -468,7 +469,7 @@ int main(int argc, char **argv)
                 (ckpt_interval && t - last_ckpt >= ckpt_interval)) {
                 ckpt_requested = 0;
                 last_ckpt = t;
-                take_checkpoint(writer, &model, &opt, &st, parent, sizeof parent);
+                take_checkpoint(writer, &model, &opt, &st, parent, sizeof parent, 0);
             }
         }
     }
@@ -500,10 +501,8 @@ int main(int argc, char **argv)
         created = (int64_t)time(NULL);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
-    int status = EXIT_OK;
     if (writer) {
-        if ((!ckptw_any(writer) || ckptw_last_step(writer) != st.step))
-            ckptw_offer(writer, &model, &opt, &st, parent[0] ? parent : NULL, 1);
+        take_checkpoint(writer, &model, &opt, &st, parent, sizeof parent, 1);
         if (ckptw_finish(writer) < 0)
             die(EXIT_RUNTIME, "the final checkpoint could not be written");
     }
@@ -523,5 +522,5 @@ int main(int argc, char **argv)
     mnn_model_free(&model);
     mnn_spec_free(&spec);
     free(resumed);
-    return status;
+    return EXIT_OK;
 }
