@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -61,10 +62,8 @@ static uint64_t dir_bytes(const char *dir)
     return total;
 }
 
-static void note_write(const char *what, const char *root, const char *name, double secs)
+static void note_write(const char *what, const char *path, double secs)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", root, name);
     double mib = (double)dir_bytes(path) / 1048576.0;
     warnx_("%s %s: %.1f MiB in %.3f s (%.0f MiB/s)", what, path, mib, secs,
            secs > 0 ? mib / secs : 0.0);
@@ -76,26 +75,21 @@ static int nomem(mnn_diag_t *d)
     return MNN_ENOMEM;
 }
 
-static char *join(const char *a, const char *b)
+/* out = root/name; 0, or -1 (d filled) if it does not fit. */
+static int step_path(char out[PATH_MAX], const char *root, const char *name, mnn_diag_t *d)
 {
-    size_t n = strlen(a) + strlen(b) + 2;
-    char *p = malloc(n);
-    if (p)
-        snprintf(p, n, "%s/%s", a, b);
-    return p;
+    if (snprintf(out, PATH_MAX, "%s/%s", root, name) < PATH_MAX)
+        return 0;
+    snprintf(d->msg, sizeof d->msg, "%s: path too long", root);
+    return -1;
 }
 
-/* Writes the snapshot into root as step-N, then latest and retention. */
-static int persist(ckptw_t *w, const char *root, const char *name, mnn_diag_t *d)
+/* Writes the snapshot as the checkpoint directory dir. */
+static int persist(ckptw_t *w, const char *dir, mnn_diag_t *d)
 {
-    char *dir = join(root, name);
-    if (!dir)
-        return nomem(d);
     int64_t created = w->created >= 0 ? w->created : (int64_t)time(NULL);
-    int rc = mnn_ckpt_write(dir, &w->snap_m, &w->snap_o, &w->snap_st,
-                            w->parent[0] ? w->parent : NULL, created, 0, d);
-    free(dir);
-    return rc;
+    return mnn_ckpt_write(dir, &w->snap_m, &w->snap_o, &w->snap_st,
+                          w->parent[0] ? w->parent : NULL, created, 0, d);
 }
 
 static int publish(ckptw_t *w, const char *root, const char *name, mnn_diag_t *d)
@@ -128,12 +122,13 @@ static void *writer(void *arg)
         mnn_diag_t d = {""};
         mnn_ckpt_step_name(name, sizeof name, step);
         const char *first = w->o.local ? w->o.local : w->o.root;
+        char durable[PATH_MAX], fast[PATH_MAX];
         double t0 = now();
-        char *there = join(w->o.root, name);
         struct stat sb;
-        int exists = there && lstat(there, &sb) == 0;
-        free(there);
-        if (exists) {
+        int rc = step_path(durable, w->o.root, name, &d) < 0 ||
+                         step_path(fast, first, name, &d) < 0
+                     ? MNN_EINVAL : 0;
+        if (rc == 0 && lstat(durable, &sb) == 0) {
             /* this step is already a checkpoint here (the one training was
              * resumed from): never overwritten, and nothing new to say */
             pthread_mutex_lock(&w->mu);
@@ -143,9 +138,10 @@ static void *writer(void *arg)
             pthread_cond_broadcast(&w->cv);
             continue;
         }
-        int rc = persist(w, first, name, &d);
+        if (rc == 0)
+            rc = persist(w, fast, &d);
         if (rc == 0 && w->o.verbose)
-            note_write("wrote", first, name, now() - t0);
+            note_write("wrote", fast, now() - t0);
         if (rc == 0)
             rc = publish(w, first, name, &d);
 
@@ -156,18 +152,15 @@ static void *writer(void *arg)
         pthread_mutex_unlock(&w->mu);
 
         if (rc == 0 && w->o.local) {
-            char *src = join(w->o.local, name), *dst = join(w->o.root, name);
             t0 = now();
-            rc = src && dst ? mnn_ckpt_copy(src, dst, &d) : nomem(&d);
+            rc = mnn_ckpt_copy(fast, durable, &d);
             if (rc == 0 && w->o.verbose)
-                note_write("copied to", w->o.root, name, now() - t0);
+                note_write("copied to", durable, now() - t0);
             if (rc == 0)
                 rc = publish(w, w->o.root, name, &d);
-            free(src);
-            free(dst);
         }
         if (rc == 0) {
-            printf("%s/%s\n", w->o.root, name);
+            printf("%s\n", durable);
             fflush(stdout);
         } else {
             warnx_("checkpoint %s failed: %s", name, d.msg[0] ? d.msg : mnn_strerror(rc));
