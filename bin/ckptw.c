@@ -28,6 +28,7 @@ struct ckptw {
     int pending;               /* a snapshot waits for the writer */
     int writing;               /* the writer reads the snapshot */
     int stop;
+    int ready;                 /* the snapshot's pages are mapped */
     int taken;                 /* a snapshot was taken */
     uint64_t last_step;        /* newest snapshot taken */
     uint64_t ok_step;          /* newest checkpoint persisted */
@@ -101,13 +102,31 @@ static int publish(ckptw_t *w, const char *root, const char *name, mnn_diag_t *d
     return rc;
 }
 
+/* Touches every page of a buffer that calloc() left unmapped. */
+static void prefault(void *p, size_t bytes)
+{
+    const long page = sysconf(_SC_PAGESIZE);
+    volatile char *c = p;
+    for (size_t i = 0; i < bytes; i += page > 0 ? (size_t)page : 4096)
+        c[i] = 0;
+}
+
 static void *writer(void *arg)
 {
     ckptw_t *w = arg;
     /* the training comes first: this thread yields the CPU to it (Linux
      * gives each thread its own nice value) */
     setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
+    /* map the snapshot's pages here, beside the training, rather than in
+     * the first snapshot (a few tenths of a second for 800 MB) */
+    prefault(w->snap_m.params, w->snap_m.nparams * sizeof(float));
+    float *const bufs[] = {w->snap_o.m1, w->snap_o.m2, w->snap_o.avg};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        if (bufs[i])
+            prefault(bufs[i], w->snap_o.n * sizeof(float));
     pthread_mutex_lock(&w->mu);
+    w->ready = 1;
+    pthread_cond_broadcast(&w->cv);
     for (;;) {
         while (!w->pending && !w->stop)
             pthread_cond_wait(&w->cv, &w->mu);
@@ -232,7 +251,7 @@ int ckptw_offer(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t *opt,
                    (unsigned long long)st->step);
         return 0;
     }
-    while (w->pending || w->writing)
+    while (w->pending || w->writing || !w->ready)
         pthread_cond_wait(&w->cv, &w->mu);
     /* the writer is not reading the snapshot: refresh it (one memcpy) */
     double t0 = now();

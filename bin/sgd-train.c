@@ -492,6 +492,11 @@ int main(int argc, char **argv)
                     (double)p.correct / (double)p.records);
         fputc('\n', stderr);
     }
+    if (verbose && p.records) {
+        double secs = elapsed(&p.t0);
+        warnx_("trained for %.3f s: %.2f records/s", secs,
+               secs > 0 ? (double)p.records / secs : 0.0);
+    }
     if (skipped)
         warnx_("skipped %llu bad record%s (first: %s)", (unsigned long long)skipped,
                skipped == 1 ? "" : "s", first);

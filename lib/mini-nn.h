@@ -44,7 +44,9 @@ typedef struct {
 /* *out = a * b; returns MNN_EOVERFLOW instead of wrapping. */
 int mnn_size_mul(size_t a, size_t b, size_t *out);
 /* n elements of size bytes each, 64-byte aligned, zeroed; NULL on overflow or
- * failure.  Free with mnn_free(). */
+ * failure.  Blocks of 8 MiB or more are 2 MiB aligned and advised as
+ * transparent huge pages; their pages are mapped when first touched.  Free
+ * with mnn_free(). */
 void *mnn_calloc_aligned(size_t n, size_t size);
 void mnn_free(void *p);
 

@@ -207,7 +207,7 @@ static void test_sizes(void)
     check(mnn_size_mul(3, SIZE_MAX / 3 + 1, &r) == MNN_EOVERFLOW,
           "mnn_size_mul: 3*(SIZE_MAX/3+1) is MNN_EOVERFLOW");
 
-    static const size_t counts[] = {1, 3, 17, 64, 100, 4097};
+    static const size_t counts[] = {1, 3, 17, 64, 100, 4097, 2200000}; /* the last: huge pages */
     static const size_t sizes[] = {1, 4, 8, 12};
     fails_t f = {0, 0};
     for (size_t i = 0; i < NELEM(counts); i++)
@@ -230,7 +230,7 @@ static void test_sizes(void)
             memset(p, 0xa5, n); /* the whole block is usable (ASan checks) */
             mnn_free(p);
         }
-    check(f.bad == 0, "mnn_calloc_aligned: 64-byte aligned and zeroed for 24 shapes");
+    check(f.bad == 0, "mnn_calloc_aligned: 64-byte aligned and zeroed for 28 shapes");
     check(mnn_calloc_aligned(SIZE_MAX / 2 + 1, 2) == NULL,
           "mnn_calloc_aligned: NULL when n*size overflows");
     check(mnn_calloc_aligned(2, SIZE_MAX / 2 + 1) == NULL,
