@@ -214,7 +214,8 @@ int main(int argc, char **argv)
     }
     if (optind >= argc)
         usage_error("a checkpoint is required (a directory, an archive, or -)");
-    const char *ckpt = argv[optind++];
+    char src[PATH_MAX];
+    const char *ckpt = ckpt_source(argv[optind++], src, sizeof src);
     if (do_inspect && optind < argc)
         usage_error("--inspect takes no sgd-train options");
 

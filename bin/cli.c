@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 
 const char *prog = "mini-nn";
@@ -91,6 +93,18 @@ int opt_on_error(const char *s)
     if (!strcmp(s, "skip"))
         return 1;
     usage_error("--on-error: '%s' is not one of fail, skip", s);
+}
+
+const char *ckpt_source(const char *arg, char *buf, size_t size)
+{
+    struct stat sb;
+    if (!strcmp(arg, "-") || stat(arg, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return arg;
+    if ((size_t)snprintf(buf, size, "%s/manifest.yaml", arg) >= size || access(buf, F_OK) == 0)
+        return arg;
+    if ((size_t)snprintf(buf, size, "%s/latest", arg) >= size || !mnn_ckpt_is_archive(buf))
+        return arg;
+    return buf;
 }
 
 void report_peak_rss(void)

@@ -36,6 +36,12 @@ float opt_float(const char *opt, const char *s);
 /* --on-error=fail|skip: returns 1 for skip */
 int opt_on_error(const char *s);
 
+/* A checkpoint argument as the programs read it: a directory with no
+ * manifest whose `latest` link names an archive (a directory that
+ * ckpt-ship receives into) means that archive, spelled into buf; anything
+ * else is returned as it is. */
+const char *ckpt_source(const char *arg, char *buf, size_t size);
+
 /* "prog: peak resident memory N KiB" on stderr. */
 void report_peak_rss(void);
 

@@ -329,7 +329,8 @@ int main(int argc, char **argv)
     mnn_train_state_t st = {0};
     char *resumed = NULL; /* the checkpoint directory resumed from */
     if (resume) {
-        resumed = open_checkpoint(resume, workdir);
+        char src[PATH_MAX];
+        resumed = open_checkpoint(ckpt_source(resume, src, sizeof src), workdir);
         if (mnn_ckpt_load(resumed, &model, &opt, &st, &d) < 0)
             die(EXIT_RUNTIME, "%s", d.msg);
         if (mnn_spec_copy(&spec, &model.spec) < 0)

@@ -5,13 +5,15 @@
 bats_require_minimum_version 1.5.0
 load helpers
 
-PAGES=(man/sgd-train.1 man/infer.1 man/ckpt-pack.1 man/ckpt-resume.1 man/mini-nn.7)
-PROGS=(sgd-train infer ckpt-pack ckpt-resume)
+PAGES=(man/sgd-train.1 man/infer.1 man/ckpt-pack.1 man/ckpt-resume.1 man/ckpt-ship.1 man/mini-nn.7)
+PROGS=(sgd-train infer ckpt-pack ckpt-resume ckpt-ship)
 
 # lint PAGE: mandoc -Tlint messages, less "referenced manual not found"
 # (the pages are not installed while the tests run, so .Xr cannot resolve)
+# and a stale system mandoc.db that lacks a page .Xr names (ssh(1))
 lint() {
-    "$MANDOC" -Tlint "$1" 2>&1 | grep -v 'STYLE: referenced manual not found' || true
+    "$MANDOC" -Tlint "$1" 2>&1 |
+        grep -v -e 'STYLE: referenced manual not found' -e 'outdated mandoc.db lacks' || true
 }
 
 # render PAGE: plain text, overstriking removed

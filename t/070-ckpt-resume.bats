@@ -314,6 +314,22 @@ Try 'ckpt-resume --help' for more information."
     assert_output ""
 }
 
+@test "a directory ckpt-ship received into: its latest archive is the checkpoint" {
+    [[ -x $MNN_BIN/ckpt-ship ]] || skip "ckpt-ship is not built"
+    head -n 200 train.csv | sgd-train -q -m spec.yaml --ckpt-dir ck --ckpt-every 10 >/dev/null
+    run -0 ckpt-ship -q ck/step-00000010 ck/latest shipped
+    [[ $(readlink shipped/latest) == step-00000050.tar.zst ]] || fail "shipped/latest: $(readlink shipped/latest)"
+    run -0 ckpt-resume --inspect shipped
+    assert_line 'checkpoint: "shipped/latest"'
+    assert_line 'step: 50'
+    mkdir wd tw
+    run -0 --separate-stderr ckpt-resume -q --threads 1 -w wd shipped -q --skip-seen -o via <train.csv
+    run -0 sgd-train -q --resume shipped --workdir tw --skip-seen --threads 1 -o direct <train.csv
+    run -0 sgd-train -q --resume ck --skip-seen --threads 1 -o plain <train.csv
+    run -0 cmp plain/model.safetensors via/model.safetensors
+    run -0 cmp plain/model.safetensors direct/model.safetensors
+}
+
 @test "resuming from ck/latest into ck: the parent is the checkpoint resumed, not the moving link" {
     head -n 200 train.csv | sgd-train -q -m spec.yaml --ckpt-dir ck >/dev/null
     assert_equal "$(readlink ck/latest)" step-00000050
