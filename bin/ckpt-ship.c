@@ -34,7 +34,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1232,25 +1231,6 @@ static ssize_t read_some(int fd, char *buf, size_t n)
     return k;
 }
 
-/* XXH3 of a whole file, read through a mapping (no copy). */
-static int hash_file(const char *path, char hex[17], uint64_t *bytes)
-{
-    struct stat sb;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    void *p = fstat(fd, &sb) == 0 && sb.st_size > 0
-                  ? mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0)
-                  : MAP_FAILED;
-    close(fd);
-    if (p == MAP_FAILED)
-        return mnn_hash_file(path, hex, bytes);
-    hex64(hex, XXH3_64bits(p, (size_t)sb.st_size));
-    *bytes = (uint64_t)sb.st_size;
-    munmap(p, (size_t)sb.st_size);
-    return 0;
-}
-
 /* Learns what SRC is, its name, and (unless a stream) its size and XXH3. */
 static int source_open(source_t *s, const char *arg, char *why, size_t wsize)
 {
@@ -1328,7 +1308,9 @@ static int source_open(source_t *s, const char *arg, char *why, size_t wsize)
         }
         const char *base = strrchr(arg, '/');
         snprintf(s->name, sizeof s->name, "%s", opt.name ? opt.name : base ? base + 1 : arg);
-        if (hash_file(arg, s->hex, &s->size) < 0) {
+        /* read, not mapped: a file cut short meanwhile is an error, not
+         * SIGBUS; the time hides behind ssh's handshake */
+        if (mnn_hash_file(arg, s->hex, &s->size) < 0) {
             setmsg(why, wsize, "%s", strerror(errno));
             return -1;
         }
