@@ -212,6 +212,7 @@ typedef struct {
     char *buf;
     size_t cap, pos, len;
     int eof;
+    int nonblock; /* fd is O_NONBLOCK */
 } input_t;
 
 static int input_init(input_t *in, int fd, size_t cap)
@@ -220,6 +221,8 @@ static int input_init(input_t *in, int fd, size_t cap)
     in->cap = cap;
     in->pos = in->len = 0;
     in->eof = 0;
+    int fl = fcntl(fd, F_GETFL);
+    in->nonblock = fl >= 0 && (fl & O_NONBLOCK);
     in->buf = malloc(cap);
     return in->buf ? 0 : -1;
 }
@@ -248,15 +251,24 @@ static int input_fill(input_t *in, unsigned timeout)
         errno = ENOBUFS;
         return -1;
     }
-    for (;;) {
-        int r = wait_fd(in->fd, POLLIN, timeout);
-        if (r == 0) {
-            errno = ETIMEDOUT;
-            return -1;
+    for (int ready = 0;; ready = 0) {
+        /* a non-blocking fd is read first and waited for only when empty */
+        if (!in->nonblock) {
+            ready = wait_fd(in->fd, POLLIN, timeout);
+            if (ready == 0)
+                errno = ETIMEDOUT;
+            if (ready <= 0)
+                return -1;
         }
-        if (r < 0)
-            return -1;
         ssize_t k = read(in->fd, in->buf + in->len, in->cap - in->len);
+        if (k < 0 && errno == EAGAIN && in->nonblock) {
+            ready = wait_fd(in->fd, POLLIN, timeout);
+            if (ready == 0)
+                errno = ETIMEDOUT;
+            if (ready <= 0)
+                return -1;
+            continue;
+        }
         if (k > 0) {
             in->len += (size_t)k;
             return 1;
@@ -862,6 +874,15 @@ static noreturn void receive_main(const char *dir)
         say(STDOUT_FILENO, "REFUSE %s: %s", dir, strerror(errno));
         exit(EXIT_RUNTIME);
     }
+    /* the frames come through a pipe (or socket) of our own: larger reads,
+     * and no poll() before each (advice only, where it fails) */
+    if (fcntl(STDIN_FILENO, F_SETPIPE_SZ, (int)CHUNK) < 0 && errno == EPERM)
+        fcntl(STDIN_FILENO, F_SETPIPE_SZ, 256 << 10);
+    struct stat in_sb;
+    int in_fl = fcntl(STDIN_FILENO, F_GETFL);
+    if (fstat(STDIN_FILENO, &in_sb) == 0 && (S_ISFIFO(in_sb.st_mode) || S_ISSOCK(in_sb.st_mode)) &&
+        in_fl >= 0)
+        fcntl(STDIN_FILENO, F_SETFL, in_fl | O_NONBLOCK);
     if (input_init(&r.in, STDIN_FILENO, 2 * CHUNK) < 0) {
         say(STDOUT_FILENO, "ERR out of memory");
         exit(EXIT_RUNTIME);
@@ -1001,7 +1022,7 @@ static int conn_close(conn_t *c, int kill_it)
             kill(c->pid, sig);
             until = now() + 3;
         }
-        sleep_s(0.02);
+        sleep_s(0.002);
     }
     if (w < 0)
         status = -1;
