@@ -120,6 +120,62 @@ uint64_t mnn_rng_next(mnn_rng_t *r);
 double mnn_rng_uniform(mnn_rng_t *r); /* [0,1) with 53 random bits */
 double mnn_rng_normal(mnn_rng_t *r);  /* N(0,1), Box-Muller, no cached spare */
 
+/* ---- samples of a stream (sample.c) ---------------------------------------
+ * Each function decides which record goes into which slot (0..k-1) of a
+ * reservoir; the slots' contents are the caller's. */
+
+/* A uniform sample of k (Li's Algorithm L): after the first k records, only
+ * a geometric number of records apart does one enter. */
+typedef struct {
+    size_t k;
+    uint64_t seen;  /* records offered or skipped */
+    uint64_t next;  /* the index of the next record to enter */
+    double logw;
+    mnn_rng_t *rng;
+} mnn_reservoir_t;
+
+void mnn_reservoir_init(mnn_reservoir_t *r, size_t k, mnn_rng_t *rng); /* k 0: none */
+/* Records that can be passed over unread before the next one that enters. */
+uint64_t mnn_reservoir_skip(const mnn_reservoir_t *r);
+/* n records were passed over (n <= mnn_reservoir_skip). */
+void mnn_reservoir_skipped(mnn_reservoir_t *r, uint64_t n);
+/* The next record: the slot it takes, or -1. */
+long mnn_reservoir_offer(mnn_reservoir_t *r);
+
+/* The k largest keys seen, a min-heap; each holds a slot. */
+typedef struct {
+    size_t k, n;
+    double *key;
+    size_t *slot;
+} mnn_topk_t;
+
+int mnn_topk_init(mnn_topk_t *t, size_t k);
+void mnn_topk_free(mnn_topk_t *t);
+/* The slot a new key takes (n while filling; then the smallest key's, if
+ * key is larger), or -1. */
+long mnn_topk_push(mnn_topk_t *t, double key);
+double mnn_topk_min(const mnn_topk_t *t); /* -inf while empty */
+
+/* A weighted sample of k without replacement (Efraimidis and Spirakis,
+ * A-ExpJ): a record of weight w enters as if drawn with probability
+ * proportional to w among those not yet drawn. */
+typedef struct {
+    mnn_topk_t top;
+    double xw;      /* weight still to pass over before the next entry */
+    mnn_rng_t *rng;
+} mnn_wres_t;
+
+int mnn_wres_init(mnn_wres_t *r, size_t k, mnn_rng_t *rng);
+void mnn_wres_free(mnn_wres_t *r);
+/* A record of weight w (> 0 and finite; anything else never enters).
+ * Keys are log(u) / w: exact for weights from 1e-300 to 1e300 (tested);
+ * beyond that range they underflow or overflow and favour early records. */
+long mnn_wres_offer(mnn_wres_t *r, double w);
+
+/* The key of record i (0-based) in a sample where record i weighs
+ * exp(lambda * i): keep the k largest (mnn_topk_push). */
+double mnn_decay_key(mnn_rng_t *rng, double lambda, uint64_t i);
+
 /* ---- model spec (spec.c) -------------------------------------------------- */
 
 typedef enum { MNN_LOSS_XENT = 0, MNN_LOSS_MSE } mnn_loss_t;

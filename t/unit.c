@@ -2270,6 +2270,561 @@ static void test_ckpt(void)
     }
 }
 
+/* ---- samples of a stream ------------------------------------------------- */
+
+/* The chi-square value that a statistic with df degrees of freedom exceeds
+ * with probability 0.001 (Wilson-Hilferty; 148.3 for 99 df, exact 148.23). */
+static double chi2_crit_001(double df)
+{
+    const double a = 2.0 / (9.0 * df);
+    return df * pow(1.0 - a + 3.0902 * sqrt(a), 3.0);
+}
+
+/* Exact inclusion probabilities of k draws without replacement, each in
+ * proportion to weight among the records not yet drawn (successive
+ * sampling), by enumerating the ordered draws: p[i] += the probability of
+ * each sequence that contains i.  Records of weight 0 are never drawn; fewer
+ * than k positive ones are all drawn.  n <= 16. */
+static void succ_rec(const double *w, size_t n, size_t left, unsigned taken, double prob, double *p)
+{
+    double rem = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(taken >> i & 1))
+            rem += w[i];
+    if (left == 0 || !(rem > 0)) {
+        for (size_t i = 0; i < n; i++)
+            if (taken >> i & 1)
+                p[i] += prob;
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!(taken >> i & 1) && w[i] > 0)
+            succ_rec(w, n, left - 1, taken | 1u << i, prob * w[i] / rem, p);
+}
+
+static void succ_incl(const double *w, size_t n, size_t k, double *p)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = 0;
+    succ_rec(w, n, k, 0, 1.0, p);
+}
+
+/* Frequencies cnt[i] / trials against probabilities p[i]: the largest
+ * |freq - p| in standard errors sqrt(p (1 - p) / trials) (a p of 0 or 1 must
+ * be met exactly).  *worst gets the record. */
+static double worst_se(const long *cnt, const double *p, size_t n, long trials, size_t *worst)
+{
+    double z = 0;
+    *worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double f = (double)cnt[i] / (double)trials;
+        const double se = sqrt(p[i] * (1 - p[i]) / (double)trials);
+        const double zi = se > 0 ? fabs(f - p[i]) / se : (fabs(f - p[i]) > 1e-12 ? INFINITY : 0);
+        if (zi > z || (isnan(zi) && !isnan(z))) {
+            z = zi;
+            *worst = i;
+        }
+    }
+    return z;
+}
+
+/* One pass of Algorithm L over n records: held[slot] gets the record that
+ * went there (UINT64_MAX: none).  With skip, the records that
+ * mnn_reservoir_skip says may be passed over are not offered, and every
+ * record offered after the first k must enter.  Returns 0 when a slot
+ * broke the contract (reported through f). */
+static int run_alg_l(mnn_reservoir_t *r, size_t k, uint64_t n, int skip, uint64_t *held,
+                     fails_t *f)
+{
+    int ok = 1;
+    for (size_t j = 0; j < k; j++)
+        held[j] = UINT64_MAX;
+    for (uint64_t i = 0; i < n;) {
+        const uint64_t s = mnn_reservoir_skip(r);
+        if (i < k && s != 0) {
+            fail_at(f, "record %llu (filling): skip %llu, not 0", (unsigned long long)i,
+                    (unsigned long long)s);
+            ok = 0;
+        }
+        if (skip && s) {
+            const uint64_t m = s < n - i ? s : n - i;
+            mnn_reservoir_skipped(r, m);
+            i += m;
+            continue;
+        }
+        const long slot = mnn_reservoir_offer(r);
+        if (i < k ? slot != (long)i : slot < -1 || slot >= (long)k || (skip && slot < 0)) {
+            fail_at(f, "k %zu, record %llu of %llu%s: slot %ld", k, (unsigned long long)i,
+                    (unsigned long long)n, skip ? " (with skips)" : "", slot);
+            ok = 0;
+        }
+        if (slot >= 0 && slot < (long)k)
+            held[slot] = i;
+        i++;
+    }
+    return ok;
+}
+
+/* trials of Algorithm L, k of n (n <= 1000): inclusion counts in cnt[n];
+ * each sample must hold min(k, n) distinct records of 0..n-1 in slots
+ * 0..min(k,n)-1.  Returns the number of broken samples. */
+static size_t alg_l_counts(size_t k, size_t n, int skip, long trials, uint64_t seed, long *cnt,
+                           const char *what)
+{
+    mnn_rng_t rng;
+    mnn_rng_seed(&rng, seed);
+    uint64_t *held = calloc(k, sizeof *held);
+    unsigned char seen[1000];
+    fails_t f = {0, 0};
+    size_t broken = 0;
+    for (size_t i = 0; i < n; i++)
+        cnt[i] = 0;
+    for (long t = 0; t < trials; t++) {
+        mnn_reservoir_t r;
+        mnn_reservoir_init(&r, k, &rng);
+        int ok = run_alg_l(&r, k, n, skip, held, &f);
+        memset(seen, 0, n);
+        const size_t full = k < n ? k : n;
+        for (size_t j = 0; j < k; j++) {
+            if (j < full ? held[j] >= n || seen[held[j]] : held[j] != UINT64_MAX) {
+                if (ok)
+                    fail_at(&f, "%s: trial %ld: slot %zu holds %lld", what, t, j,
+                            held[j] == UINT64_MAX ? -1LL : (long long)held[j]);
+                ok = 0;
+                continue;
+            }
+            if (j < full) {
+                seen[held[j]] = 1;
+                cnt[held[j]]++;
+            }
+        }
+        broken += !ok;
+    }
+    free(held);
+    return broken;
+}
+
+static void test_reservoir(void)
+{
+    enum { N = 100, K = 10, T = 20000 };
+    long cnt[N], cnt2[N];
+    /* inclusion counts: Var = T p (1 - p), covariances -T p (1 - p) / (n - 1),
+     * so sum (O - E)^2 / (E (n - k) / (n - 1)) is chi-square with n - 1 df */
+    for (int skip = 0; skip <= 1; skip++) {
+        long *c = skip ? cnt2 : cnt;
+        size_t broken = alg_l_counts(K, N, skip, T, 20240601 + (uint64_t)skip, c, "alg L");
+        const double e = (double)T * K / N, v = e * (N - K) / (N - 1.0);
+        double chi = 0;
+        for (size_t i = 0; i < N; i++)
+            chi += (c[i] - e) * (c[i] - e) / v;
+        check(broken == 0, "Algorithm L%s, k %d of %d, %d trials: each sample %d distinct "
+                           "records in slots 0..%d (%zu broken)",
+              skip ? " with skips" : "", K, N, T, K, K - 1, broken);
+        check(chi < chi2_crit_001(N - 1),
+              "Algorithm L%s, k %d of %d, %d trials: inclusion counts uniform, chi-square "
+              "%.1f < %.1f (99 df, p = 0.001)",
+              skip ? " with skips" : "", K, N, T, chi, chi2_crit_001(N - 1));
+    }
+    /* with the same rng state, passing over what skip allows changes nothing:
+     * offer returns -1 without drawing for the records skip counts */
+    {
+        mnn_rng_t a, b;
+        mnn_rng_seed(&a, 77);
+        b = a;
+        uint64_t ha[K], hb[K];
+        fails_t f = {0, 0};
+        int same = 1;
+        for (int t = 0; t < 2000; t++) {
+            mnn_reservoir_t ra, rb;
+            const uint64_t n = 1 + (uint64_t)t * 37 % 5000;
+            mnn_reservoir_init(&ra, K, &a);
+            mnn_reservoir_init(&rb, K, &b);
+            run_alg_l(&ra, K, n, 0, ha, &f);
+            run_alg_l(&rb, K, n, 1, hb, &f);
+            if (memcmp(ha, hb, sizeof ha) || memcmp(&a, &b, sizeof a) || ra.seen != rb.seen) {
+                if (same)
+                    fail_at(&f, "n %llu: samples or rng states differ", (unsigned long long)n);
+                same = 0;
+            }
+        }
+        check(same && f.bad == 0,
+              "Algorithm L: 2000 streams (1 to 5000 records), the same sample and rng state "
+              "with and without skips");
+    }
+    /* k = 1: each of 50 records with probability 1/50 */
+    {
+        enum { N1 = 50, T1 = 20000 };
+        size_t broken = alg_l_counts(1, N1, 1, T1, 4242, cnt, "k 1");
+        const double e = (double)T1 / N1, v = e * (N1 - 1) / (N1 - 1.0);
+        double chi = 0;
+        for (size_t i = 0; i < N1; i++)
+            chi += (cnt[i] - e) * (cnt[i] - e) / v;
+        check(broken == 0 && chi < chi2_crit_001(N1 - 1),
+              "Algorithm L, k 1 of %d, %d trials (with skips): chi-square %.1f < %.1f "
+              "(49 df, p = 0.001), %zu broken",
+              N1, T1, chi, chi2_crit_001(N1 - 1), broken);
+    }
+    /* fewer records than k, and exactly k: all of them, slots in order */
+    {
+        size_t broken = alg_l_counts(10, 4, 0, 100, 5, cnt, "n < k");
+        broken += alg_l_counts(10, 4, 1, 100, 5, cnt, "n < k, skips");
+        int all = cnt[0] == 100 && cnt[1] == 100 && cnt[2] == 100 && cnt[3] == 100;
+        broken += alg_l_counts(10, 10, 1, 100, 6, cnt, "n = k");
+        for (size_t i = 0; i < 10; i++)
+            all &= cnt[i] == 100;
+        broken += alg_l_counts(3, 0, 1, 10, 7, cnt, "n = 0");
+        check(broken == 0 && all,
+              "Algorithm L: 4 records, k 10: all 4, in slots 0..3; 10 records, k 10: all; "
+              "none: none");
+    }
+    /* a long stream, with skips: 2000 samples of 10 of 10^9 records, in
+     * deciles (without replacement from 10^9, as good as independent) */
+    {
+        enum { T2 = 2000, BINS = 10 };
+        const uint64_t n = 1000000000;
+        mnn_rng_t rng;
+        mnn_rng_seed(&rng, 31337);
+        long bin[BINS] = {0};
+        uint64_t held[K];
+        fails_t f = {0, 0};
+        int ok = 1;
+        for (int t = 0; t < T2; t++) {
+            mnn_reservoir_t r;
+            mnn_reservoir_init(&r, K, &rng);
+            ok &= run_alg_l(&r, K, n, 1, held, &f);
+            ok &= r.seen == n;
+            for (int j = 0; j < K; j++) {
+                if (held[j] >= n) {
+                    ok = 0;
+                    continue;
+                }
+                bin[held[j] / (n / BINS)]++;
+            }
+        }
+        const double e = (double)T2 * K / BINS;
+        double chi = 0;
+        for (int b = 0; b < BINS; b++)
+            chi += (bin[b] - e) * (bin[b] - e) / e;
+        check(ok && chi < chi2_crit_001(BINS - 1),
+              "Algorithm L with skips over 10^9 records, k %d, %d trials: deciles of the "
+              "records drawn, chi-square %.1f < %.1f (9 df, p = 0.001)",
+              K, T2, chi, chi2_crit_001(BINS - 1));
+    }
+}
+
+static void test_topk(void)
+{
+    enum { K = 7, N = 2000 };
+    mnn_topk_t t;
+    check(mnn_topk_init(&t, K) == 0, "mnn_topk_init(%d)", K);
+    check(mnn_topk_min(&t) == -INFINITY, "mnn_topk_min of an empty heap: -inf");
+    double shadow[K], all[N];
+    int used[K] = {0};
+    fails_t f = {0, 0};
+    for (int i = 0; i < N; i++) {
+        /* some repeated keys, so that ties are met */
+        const double key = i % 5 == 4 ? all[i - 3] : tunif() * 100 - 50;
+        all[i] = key;
+        double mn = INFINITY;
+        int at = -1;
+        for (int j = 0; j < (i < K ? i : K); j++)
+            if (shadow[j] < mn)
+                mn = shadow[j], at = j;
+        const long s = mnn_topk_push(&t, key);
+        if (i < K) {
+            if (s != i || used[i]++)
+                fail_at(&f, "push %d while filling: slot %ld, not %d", i, s, i);
+            else
+                shadow[s] = key;
+        } else if (key > mn) {
+            if (s < 0 || s >= K || shadow[s] != mn)
+                fail_at(&f, "push %d (key %g > min %g): slot %ld, not the min's (%d)", i, key,
+                        mn, s, at);
+            else
+                shadow[s] = key;
+        } else if (s != -1) {
+            fail_at(&f, "push %d (key %g <= min %g): slot %ld, not -1", i, key, mn, s);
+        }
+        mn = INFINITY;
+        for (int j = 0; j < (i + 1 < K ? i + 1 : K); j++)
+            mn = fmin(mn, shadow[j]);
+        if (mnn_topk_min(&t) != mn)
+            fail_at(&f, "after push %d: min %g, not %g", i, mnn_topk_min(&t), mn);
+    }
+    check(f.bad == 0, "mnn_topk_push, k %d, %d keys with ties: slots 0..%d once while filling, "
+                      "then the smallest key's slot or -1; mnn_topk_min the smallest (%zu wrong)",
+          K, N, K - 1, f.bad);
+    /* the slots hold the K largest keys */
+    double top[K];
+    memcpy(top, shadow, sizeof top);
+    for (int i = 0; i < K; i++) /* sort descending */
+        for (int j = i + 1; j < K; j++)
+            if (top[j] > top[i]) {
+                double x = top[i];
+                top[i] = top[j];
+                top[j] = x;
+            }
+    int larger = 0;
+    for (int i = 0; i < N; i++)
+        larger += all[i] > top[K - 1];
+    int found = 1; /* each of the top K in all[], counting multiplicity */
+    for (int j = 0; j < K; j++) {
+        int in = 0, dup = 0;
+        for (int i = 0; i < N; i++)
+            in += all[i] == top[j];
+        for (int i = 0; i < K; i++)
+            dup += top[i] == top[j];
+        found &= in >= dup;
+    }
+    check(found && larger <= K - 1, "mnn_topk: the slots hold the %d largest of %d keys "
+                                    "(%d keys larger than the smallest kept)",
+          K, N, larger);
+    mnn_topk_free(&t);
+    mnn_topk_free(&t); /* idempotent */
+
+    check(mnn_topk_init(&t, 0) == 0 && mnn_topk_push(&t, 1) == -1 && mnn_topk_push(&t, 2) == -1 &&
+              mnn_topk_min(&t) == -INFINITY,
+          "mnn_topk, k 0: every push -1");
+    mnn_topk_free(&t);
+    check(mnn_topk_init(&t, 1) == 0 && mnn_topk_push(&t, 1) == 0 && mnn_topk_push(&t, 0) == -1 &&
+              mnn_topk_push(&t, 1) == -1 && mnn_topk_push(&t, 3) == 0 && mnn_topk_min(&t) == 3,
+          "mnn_topk, k 1: 1 -> slot 0; 0 and an equal 1: -1; 3 -> slot 0; min 3");
+    mnn_topk_free(&t);
+}
+
+/* A-ExpJ over the weights w[n], trials times (a new reservoir each):
+ * inclusion counts in cnt[n].  Checks the slots (0, 1, ... for positive
+ * weights while filling; the other weights -1) and that the keys and the
+ * jump stay numbers.  Returns the number of broken trials. */
+static size_t wres_counts(const double *w, size_t n, size_t k, long trials, uint64_t seed,
+                          long *cnt)
+{
+    mnn_rng_t rng;
+    mnn_rng_seed(&rng, seed);
+    long held[16];
+    size_t broken = 0;
+    for (size_t i = 0; i < n; i++)
+        cnt[i] = 0;
+    for (long t = 0; t < trials; t++) {
+        mnn_wres_t r;
+        if (mnn_wres_init(&r, k, &rng) < 0) {
+            broken++;
+            continue;
+        }
+        int ok = 1;
+        size_t pos = 0;
+        for (size_t j = 0; j < k; j++)
+            held[j] = -1;
+        for (size_t i = 0; i < n; i++) {
+            const long s = mnn_wres_offer(&r, w[i]);
+            const int takes = w[i] > 0 && isfinite(w[i]);
+            if (!takes)
+                ok &= s == -1;
+            else if (pos < k)
+                ok &= s == (long)pos++;
+            else
+                ok &= s >= -1 && s < (long)k;
+            if (s >= 0 && s < (long)k)
+                held[s] = (long)i;
+            ok &= !isnan(r.xw);
+            for (size_t j = 0; j < r.top.n; j++)
+                ok &= !isnan(r.top.key[j]);
+        }
+        for (size_t j = 0; j < k; j++)
+            if (held[j] >= 0)
+                cnt[held[j]]++;
+            else
+                ok &= j >= pos; /* empty only when fewer records than k */
+        broken += !ok;
+        mnn_wres_free(&r);
+    }
+    return broken;
+}
+
+static void wres_against_theory(const char *what, const double *w, const double *wtheory, size_t n,
+                                size_t k, long trials, uint64_t seed)
+{
+    long cnt[16];
+    double p[16];
+    succ_incl(wtheory, n, k, p);
+    size_t broken = wres_counts(w, n, k, trials, seed, cnt);
+    size_t worst;
+    const double z = worst_se(cnt, p, n, trials, &worst);
+    check(broken == 0 && z <= 4,
+          "A-ExpJ, %s, k %zu, %ld trials: inclusion frequencies within 4 standard errors of "
+          "successive sampling's exact probabilities (worst: record %zu, %.4f against %.4f, "
+          "%.2f SE); %zu broken trials",
+          what, k, trials, worst, (double)cnt[worst] / (double)trials, p[worst], z, broken);
+}
+
+static void test_wres(void)
+{
+    static const double w5[] = {1, 2, 3, 4, 10}, w5r[] = {10, 4, 3, 2, 1};
+    wres_against_theory("weights 1 2 3 4 10", w5, w5, 5, 2, 200000, 11);
+    wres_against_theory("weights 10 4 3 2 1", w5r, w5r, 5, 2, 200000, 12);
+    static const double w8[] = {5, 1, 1, 0.5, 1, 2, 1, 8};
+    wres_against_theory("weights 5 1 1 0.5 1 2 1 8", w8, w8, 8, 3, 100000, 13);
+    /* only ratios matter, down to 1e-300 and up to 1e300 */
+    static const double tiny[] = {1e-300, 2e-300, 3e-300, 4e-300, 1e-299};
+    static const double huge[] = {1e300, 2e300, 3e300, 4e300, 1e301};
+    wres_against_theory("weights 1e-300 x (1 2 3 4 10)", tiny, w5, 5, 2, 100000, 14);
+    wres_against_theory("weights 1e300 x (1 2 3 4 10)", huge, w5, 5, 2, 100000, 15);
+    /* 1e300 against 1e-300: the huge ones are always in, the tiny never
+     * (unless there are fewer others than k) */
+    {
+        static const double mix[] = {1e-300, 1, 1e300, 1e-300, 1, 1e300, 1e-300};
+        static const double p[] = {0, 0, 1, 0, 0, 1, 0};
+        long cnt[7];
+        size_t broken = wres_counts(mix, 7, 2, 20000, 16, cnt), worst;
+        check(broken == 0 && worst_se(cnt, p, 7, 20000, &worst) == 0,
+              "A-ExpJ, weights 1e-300 1 1e300 1e-300 1 1e300 1e-300, k 2: the two 1e300 "
+              "always, no NaN (%zu broken)", broken);
+        static const double p3[] = {0, 0.5, 1, 0, 0.5, 1, 0};
+        broken = wres_counts(mix, 7, 3, 40000, 17, cnt);
+        const double z = worst_se(cnt, p3, 7, 40000, &worst);
+        check(broken == 0 && z <= 4 && cnt[0] + cnt[3] + cnt[6] == 0,
+              "A-ExpJ, the same, k 3: both 1e300, one of the 1s (each 0.5 within 4 SE: worst "
+              "%.2f SE), never a 1e-300 (%ld times); %zu broken",
+              z, cnt[0] + cnt[3] + cnt[6], broken);
+    }
+    /* k = 1 over 200 records of weights 1..200: record i with probability
+     * w_i / sum w; long jumps between entries */
+    {
+        enum { N = 200, T = 40000 };
+        double w[N], sum = 0;
+        long cnt[N];
+        for (int i = 0; i < N; i++)
+            sum += w[i] = i + 1;
+        mnn_rng_t rng;
+        mnn_rng_seed(&rng, 18);
+        for (int i = 0; i < N; i++)
+            cnt[i] = 0;
+        int ok = 1;
+        for (int t = 0; t < T; t++) {
+            mnn_wres_t r;
+            ok &= mnn_wres_init(&r, 1, &rng) == 0;
+            long at = -1;
+            for (int i = 0; i < N; i++)
+                if (mnn_wres_offer(&r, w[i]) == 0)
+                    at = i;
+            ok &= at >= 0;
+            if (at >= 0)
+                cnt[at]++;
+            mnn_wres_free(&r);
+        }
+        double chi = 0;
+        for (int i = 0; i < N; i++) {
+            const double e = T * w[i] / sum;
+            chi += (cnt[i] - e) * (cnt[i] - e) / e;
+        }
+        check(ok && chi < chi2_crit_001(N - 1),
+              "A-ExpJ, k 1 of %d records weighing 1..%d, %d trials: proportional to weight, "
+              "chi-square %.1f < %.1f (199 df, p = 0.001)",
+              N, N, T, chi, chi2_crit_001(N - 1));
+    }
+    /* weights 0, negative, NaN, inf: never drawn, even while filling; fewer
+     * positive records than k: all of them */
+    {
+        static const double w[] = {0, 3, 0, -1, 1, NAN, 2, INFINITY, 0};
+        static const double p[] = {0, 1, 0, 0, 1, 0, 1, 0, 0};
+        long cnt[12];
+        size_t worst, broken = wres_counts(w, 9, 5, 1000, 19, cnt);
+        check(broken == 0 && worst_se(cnt, p, 9, 1000, &worst) == 0,
+              "A-ExpJ, k 5, weights 0 3 0 -1 1 NaN 2 inf 0: the 3 positive finite ones, in "
+              "slots 0..2, always; the others never (%zu broken)", broken);
+        static const double w0[] = {1, 0, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1};
+        static const double p0[] = {0.4, 0, 0.4, 0, 0, 0.4, 0, 0.4, 0, 0, 0, 0.4};
+        broken = wres_counts(w0, 12, 2, 50000, 20, cnt);
+        const double z = worst_se(cnt, p0, 12, 50000, &worst);
+        check(broken == 0 && z <= 4,
+              "A-ExpJ, k 2, five records of weight 1 among weights 0: each 0.4 within 4 SE "
+              "(worst %.2f), weight 0 never; %zu broken", z, broken);
+    }
+    {
+        mnn_rng_t rng;
+        mnn_rng_seed(&rng, 1);
+        mnn_wres_t r;
+        int ok = mnn_wres_init(&r, 0, &rng) == 0;
+        ok &= mnn_wres_offer(&r, 1) == -1 && mnn_wres_offer(&r, 5) == -1;
+        mnn_wres_free(&r);
+        check(ok, "A-ExpJ, k 0: every record -1");
+    }
+}
+
+static void test_decay(void)
+{
+    /* record i weighs exp(lambda i): the k largest keys are successive
+     * sampling with those weights, wherever the stream starts */
+    enum { N = 6, K = 2 };
+    const double lambda = 0.5;
+    double w[N], p[N];
+    for (int i = 0; i < N; i++)
+        w[i] = exp(lambda * i);
+    succ_incl(w, N, K, p);
+    static const uint64_t start[] = {0, 1000000000000ULL};
+    static const long trials[] = {200000, 50000};
+    for (int s = 0; s < 2; s++) {
+        mnn_rng_t rng;
+        mnn_rng_seed(&rng, 21 + (uint64_t)s);
+        long cnt[N] = {0};
+        fails_t f = {0, 0};
+        for (long t = 0; t < trials[s]; t++) {
+            mnn_topk_t top;
+            if (mnn_topk_init(&top, K) < 0) {
+                fail_at(&f, "mnn_topk_init");
+                break;
+            }
+            int held[K] = {-1, -1};
+            for (int i = 0; i < N; i++) {
+                const double key = mnn_decay_key(&rng, lambda, start[s] + (uint64_t)i);
+                if (!isfinite(key))
+                    fail_at(&f, "record %d: key %g", i, key);
+                const long slot = mnn_topk_push(&top, key);
+                if (slot >= 0 && slot < K)
+                    held[slot] = i;
+            }
+            for (int j = 0; j < K; j++)
+                if (held[j] >= 0)
+                    cnt[held[j]]++;
+            mnn_topk_free(&top);
+        }
+        size_t worst;
+        const double z = worst_se(cnt, p, N, trials[s], &worst);
+        check(f.bad == 0 && z <= 4,
+              "decay, lambda %.1f, records %llu.., k %d of %d, %ld trials: inclusion within 4 SE "
+              "of successive sampling with weights exp(lambda i) (worst: record %zu, %.4f against "
+              "%.4f, %.2f SE)",
+              lambda, (unsigned long long)start[s], K, N, trials[s], worst,
+              (double)cnt[worst] / (double)trials[s], p[worst], z);
+    }
+    /* lambda 20: an older record outweighed e^20 times; the last 5 of 100 are
+     * the sample (the chance of another, about 5 e^-20 a trial) */
+    {
+        enum { N2 = 100, K2 = 5, T = 5000 };
+        mnn_rng_t rng;
+        mnn_rng_seed(&rng, 23);
+        long last = 0;
+        for (int t = 0; t < T; t++) {
+            mnn_topk_t top;
+            if (mnn_topk_init(&top, K2) < 0)
+                break;
+            int held[K2];
+            for (int i = 0; i < N2; i++) {
+                const long slot = mnn_topk_push(&top, mnn_decay_key(&rng, 20, (uint64_t)i));
+                if (slot >= 0 && slot < K2)
+                    held[slot] = i;
+            }
+            int mn = N2;
+            for (int j = 0; j < K2; j++)
+                mn = held[j] < mn ? held[j] : mn;
+            last += mn == N2 - K2;
+            mnn_topk_free(&top);
+        }
+        check(last == T, "decay, lambda 20, k %d of %d: the last %d records, %ld of %d trials", K2,
+              N2, K2, last, T);
+    }
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 int main(void)
@@ -2296,6 +2851,10 @@ int main(void)
     test_spec();
     test_safetensors();
     test_ckpt();
+    test_reservoir();
+    test_topk();
+    test_wres();
+    test_decay();
     if (nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
         diag("could not remove %s", tmpdir);
     if (n_failed)

@@ -1,0 +1,161 @@
+/* lines.c - held record lines, labels and bad-record reports for the
+ * record filters. */
+#include <config.h>
+
+#include "lines.h"
+#include "cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void line_copy_set(line_copy_t *c, const char *line, size_t len, uint64_t rec)
+{
+    if (c->cap < len + 1) {
+        size_t cap = c->cap ? c->cap : 64;
+        while (cap < len + 1)
+            cap *= 2;
+        char *t = realloc(c->text, cap);
+        if (!t)
+            die(EXIT_RUNTIME, "out of memory holding a record of %zu bytes", len);
+        c->text = t;
+        c->cap = cap;
+    }
+    memcpy(c->text, line, len);
+    c->text[len] = '\n';
+    c->len = len + 1;
+    c->rec = rec;
+}
+
+const char *label_end(const char *p, const char *end)
+{
+    while (p < end && *p != ',' && *p != '\t' && *p != ' ')
+        p++;
+    return p;
+}
+
+const char *excerpt(const char *p, const char *end, char *buf, size_t size)
+{
+    snprintf(buf, size, "%.*s%s", (int)(end - p > 40 ? 40 : end - p), p, end - p > 40 ? "..." : "");
+    return buf;
+}
+
+int badrec(badrec_t *b, uint64_t lineno, const char *fmt, ...)
+{
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (!b->skip)
+        die(EXIT_RUNTIME, "%s:%llu: %s", b->name, (unsigned long long)lineno, msg);
+    if (b->count++ == 0)
+        snprintf(b->first, sizeof b->first, "%s:%llu: %s", b->name, (unsigned long long)lineno,
+                 msg);
+    /* the first few one by one, as sgd-train and infer do; then a count */
+    if (b->quiet)
+        ;
+    else if (b->count <= BADREC_SHOWN)
+        warnx_("%s:%llu: %s (skipped)", b->name, (unsigned long long)lineno, msg);
+    else if (b->count == BADREC_SHOWN + 1)
+        warnx_("more bad records are skipped silently; a count follows at the end");
+    return -1;
+}
+
+void badrec_report(const badrec_t *b)
+{
+    if (b->count && !b->quiet)
+        warnx_("skipped %llu bad record%s (first: %s)", (unsigned long long)b->count,
+               b->count == 1 ? "" : "s", b->first);
+}
+
+int read_label(badrec_t *b, const char *line, size_t len, uint64_t lineno, double *label)
+{
+    const char *q = label_end(line, line + len);
+    char e[64];
+    if (mnn_parse_double(line, q, label) < 0)
+        return badrec(b, lineno, "label '%s' is not a number", excerpt(line, q, e, sizeof e));
+    return 0;
+}
+
+int open_input(int nargs, char **args, badrec_t *b)
+{
+    b->name = "stdin";
+    if (nargs > 1)
+        usage_error("one input at most");
+    if (nargs == 0 || !strcmp(args[0], "-"))
+        return STDIN_FILENO;
+    b->name = args[0];
+    int fd = open(b->name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        die(EXIT_RUNTIME, "%s: %s", b->name, strerror(errno));
+    return fd;
+}
+
+static int sig_pipe_w = -1;
+static volatile sig_atomic_t *sig_flag;
+
+static void on_signal(int sig)
+{
+    int e = errno;
+    if (sig_flag)
+        *sig_flag = sig;
+    ssize_t w = write(sig_pipe_w, "", 1);
+    (void)w; /* a full pipe: a wake-up is pending already */
+    errno = e;
+}
+
+int signals_to_pipe(const int *sigs, size_t n, volatile sig_atomic_t *flag)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+        die(EXIT_RUNTIME, "pipe: %s", strerror(errno));
+    sig_pipe_w = p[1];
+    sig_flag = flag;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal; /* no SA_RESTART: a blocked read returns */
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < n; i++)
+        sigaction(sigs[i], &sa, NULL);
+    return p[0];
+}
+
+void drain_signal_pipe(int fd)
+{
+    char drain[64];
+    while (read(fd, drain, sizeof drain) > 0)
+        ;
+}
+
+int next_record(mnn_linereader_t *lr, const badrec_t *b, const char **line, size_t *len)
+{
+    for (;;) {
+        int rc = mnn_lr_next(lr, line, len);
+        if (rc == MNN_EOF)
+            return 0;
+        if (rc == MNN_ECANCELED)
+            return rc;
+        if (rc == MNN_EOVERFLOW)
+            die(EXIT_RUNTIME, "%s:%llu: a line longer than %zu bytes", b->name,
+                (unsigned long long)lr->lineno, lr->max_line);
+        if (rc < 0)
+            die(EXIT_RUNTIME, "%s: %s", b->name,
+                rc == MNN_EIO ? strerror(lr->err) : mnn_strerror(rc));
+        if (*len && (*line)[*len - 1] == '\r')
+            (*len)--;
+        if (*len == 0)
+            continue;
+        if ((*line)[0] != '#')
+            return 1;
+        /* as it comes: a #!ckpt barrier must not wait behind the data */
+        fwrite(*line, 1, *len, stdout);
+        putchar('\n');
+        fflush(stdout);
+    }
+}

@@ -1,0 +1,620 @@
+#!/usr/bin/env bats
+# 090-stream-sample: samples of a stream.  Every mode (Bernoulli, 1 in N,
+# uniform, weighted, per-class and time-decayed reservoirs), '#' lines passed
+# through in order, determinism from --seed, emissions at the end, every N
+# records and on SIGUSR1, statistical checks with fixed seeds, and bad input.
+#
+# The statistical tests are deterministic (fixed seeds): each compares a
+# statistic with the critical value of its reference distribution at
+# alpha = 0.001, so a correct sampler passes them for all but about one seed
+# set in a thousand, while a biased one (e.g. one that keeps the first K
+# records, or ignores the weights) fails them by far.
+
+bats_require_minimum_version 1.5.0
+load helpers
+
+setup() {
+    cd "$BATS_TEST_TMPDIR" || return 1
+    BG_PID=
+}
+
+teardown() {
+    exec 7>&- 2>/dev/null || true
+    if [[ -n ${BG_PID:-} ]]; then kill "$BG_PID" 2>/dev/null || true; fi
+}
+
+# ---- fixtures and checks ------------------------------------------------------
+
+# recs N: N records 'label,i,0.5' for i = 1..N, label i % 3: field 2 names the
+# record, so every line is unique
+recs() {
+    awk -v n="$1" 'BEGIN { for (i = 1; i <= n; i++) print i % 3 "," i ",0.5" }'
+}
+
+# subset_in_order IN OUT: every line of OUT that is not a '#' line is a
+# record of IN, and they come in IN's order, none twice
+subset_in_order() {
+    awk 'NR == FNR { if ($0 !~ /^#/) pos[$0] = FNR; next }
+         /^#/ { next }
+         !($0 in pos) { printf "not in the input: %s\n", $0; bad = 1; exit }
+         pos[$0] <= last { printf "out of input order or repeated: %s\n", $0; bad = 1; exit }
+         { last = pos[$0] }
+         END { exit bad }' "$1" "$2"
+}
+
+# data_lines FILE: the number of lines of FILE that are not '#' lines
+data_lines() {
+    grep -vc '^#' "$1" || true
+}
+
+# skeleton FILE: FILE with every record replaced by 'R' ('#' lines kept)
+skeleton() {
+    sed 's/^[^#].*/R/' "$1"
+}
+
+# split_emissions OUT PREFIX: each emission of OUT (the records after a
+# '# stream-sample: ' line) to PREFIX1, PREFIX2, ...; prints their number
+split_emissions() {
+    awk -v p="$2" '/^# stream-sample: / { n++; f = p n; printf "" >f; next }
+                   /^#/ { next }
+                   n { print >f }
+                   END { print n + 0 }' "$1"
+}
+
+# below X LIMIT: X < LIMIT (floating point)
+below() {
+    awk -v x="$1" -v l="$2" 'BEGIN { exit !(x < l) }'
+}
+
+# wait_for_count FILE REGEX COUNT [TENTHS]: wait until FILE has COUNT lines
+# matching REGEX (default at most 10 s)
+wait_for_count() {
+    local f=$1 re=$2 c=$3 n=${4:-100} got
+    while ((n-- > 0)); do
+        got=$(grep -Ec -- "$re" "$f" 2>/dev/null)
+        ((${got:-0} >= c)) && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# wait_usr1_caught PID: wait until process PID has a SIGUSR1 handler
+# (SigCgt bit 10 in /proc/PID/status), so that the signal cannot kill it
+wait_usr1_caught() {
+    local n=100 mask
+    while ((n-- > 0)); do
+        mask=$(sed -n 's/^SigCgt:[[:space:]]*//p' "/proc/$1/status" 2>/dev/null)
+        [[ -n $mask ]] && (((0x$mask >> 9) & 1)) && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# ---- the command line -------------------------------------------------------------
+
+@test "--help on stdout, exit 0; --version" {
+    run -0 --separate-stderr stream-sample --help
+    assert_line --index 0 "Usage: stream-sample MODE [OPTION]... [FILE]"
+    assert_output --partial "Exit status: 0 success, 1 data or runtime error, 2 usage error"
+    assert_equal "$stderr" ""
+    local long=$output
+    run -0 --separate-stderr stream-sample -h
+    assert_equal "$output" "$long"
+    run -0 --separate-stderr stream-sample --version
+    assert_output "stream-sample (mini-nn) 0.1.0"
+    assert_equal "$stderr" ""
+    run -0 stream-sample -V </dev/null
+    assert_output "stream-sample (mini-nn) 0.1.0"
+}
+
+@test "usage errors: exit 2 with a hint, nothing on stdout" {
+    recs 10 >r.csv
+    local args
+    for args in "" "-p 0" "-p 1.5" "-p -0.1" "-p x" "-p nan" "-p inf" "-p ''" \
+        "-k 0" "-k x" "-k -1" "-k 1.5" "--every 0" "--every x" "--per-class 0" "--per-class x" \
+        "--per-class -2" "-k 3 -p 0.5" "--every 2 -k 3" "-k 3 --per-class 3" \
+        "--weight-col 2" "-p 0.5 --weight-col 2" "--per-class 2 --weight-col 2" \
+        "--decay 0.1" "--every 2 --decay 0.1" "-k 3 --decay 0" "-k 3 --decay -1" "-k 3 --decay x" \
+        "-k 3 --decay inf" "-k 3 --weight-col 0" "-k 3 --weight-col x" \
+        "-k 3 --weight-col 2 --decay 0.1" "-p 0.5 --emit-every 3" "--every 3 --emit-every 3" \
+        "-k 3 --emit-every 0" "-k 3 --seed x" "-k 3 --seed -1" "-k 3 --on-error=bogus" \
+        "-k 3 r.csv r.csv" "-k 3 --no-such-option" "-k"; do
+        eval "run -2 --separate-stderr stream-sample $args <r.csv"
+        assert_equal "$output" ""
+        # (getopt's own message, if any, may name the program by its path)
+        assert_regex "$stderr" "^(.*/)?(lt-)?stream-sample: "
+        assert_regex "$stderr" "Try 'stream-sample --help'"
+    done
+}
+
+@test "a missing FILE: exit 1 naming it, nothing on stdout" {
+    run -1 --separate-stderr stream-sample -k 3 nofile.csv
+    assert_regex "$stderr" '^stream-sample: nofile\.csv: No such file or directory'
+    assert_output ""
+}
+
+@test "FILE, '-' and stdin give the same sample" {
+    recs 100 >r.csv
+    stream-sample -k 7 --seed 3 <r.csv >a
+    run -0 stream-sample -k 7 --seed 3 r.csv
+    assert_output "$(cat a)"
+    run -0 stream-sample -k 7 --seed 3 - <r.csv
+    assert_output "$(cat a)"
+    assert_equal "$(data_lines a)" 7
+}
+
+# ---- modes -----------------------------------------------------------------------
+
+@test "-p 1 copies every record and '#' line, unchanged, in order; empty lines dropped" {
+    printf '# head\n0,1,2\n\n#!ckpt 7\n1 1:0.5 3:2\n2\t3\t4\n# tail\n' >in.txt
+    run -0 --separate-stderr stream-sample -p 1 in.txt
+    assert_output "$(printf '# head\n0,1,2\n#!ckpt 7\n1 1:0.5 3:2\n2\t3\t4\n# tail')"
+    assert_equal "$stderr" ""
+}
+
+@test "--every N: records 1, N+1, 2N+1, ... exactly, '#' lines in place, seed irrelevant" {
+    { recs 10; echo '# mid'; recs 20 | tail -n +11; } >in.txt
+    run -0 stream-sample --every 3 in.txt
+    assert_output "$(printf '1,1,0.5\n1,4,0.5\n1,7,0.5\n1,10,0.5\n# mid\n1,13,0.5\n1,16,0.5\n1,19,0.5')"
+    run -0 stream-sample --every 3 --seed 99 in.txt
+    assert_output "$(printf '1,1,0.5\n1,4,0.5\n1,7,0.5\n1,10,0.5\n# mid\n1,13,0.5\n1,16,0.5\n1,19,0.5')"
+    run -0 stream-sample --every 1 in.txt
+    assert_output "$(cat in.txt)"
+    run -0 stream-sample --every 100 in.txt
+    assert_output "$(printf '1,1,0.5\n# mid')"
+}
+
+@test "-p P: a subset in input order, its size within a binomial bound" {
+    recs 20000 >r.csv
+    local s n
+    for s in 1 2 3; do
+        stream-sample -p 0.1 --seed "$s" r.csv >out.$s
+        subset_in_order r.csv out.$s || fail "-p 0.1 --seed $s"
+        # Binomial(20000, 0.1): mean 2000, sd 42.4; +-5 sd
+        n=$(data_lines out.$s)
+        ((n > 1788 && n < 2212)) || fail "-p 0.1 --seed $s took $n of 20000 records"
+    done
+    run -1 cmp -s out.1 out.2
+    stream-sample -p 0.5 --seed 4 r.csv >half
+    subset_in_order r.csv half || fail "-p 0.5"
+    n=$(data_lines half) # mean 10000, sd 70.7
+    ((n > 9646 && n < 10354)) || fail "-p 0.5 took $n of 20000 records"
+    stream-sample -p 0.001 --seed 5 r.csv >few
+    n=$(data_lines few) # mean 20, sd 4.5
+    ((n > 2 && n < 43)) || fail "-p 0.001 took $n of 20000 records"
+}
+
+@test "-p P: every position is taken with probability P (chi-square over 100 seeds)" {
+    recs 20 >r.csv
+    local s
+    for s in $(seq 100); do
+        stream-sample -p 0.3 --seed "$s" r.csv || fail "--seed $s"
+    done >all
+    # independent Bernoulli(0.3) per position and run: sum over the 20
+    # positions of (o - e)^2 / (R p (1 - p)) is chi-square with 20 degrees of
+    # freedom: 45.31 at alpha = 0.001
+    local chi
+    chi=$(awk -F, -v runs=100 -v p=0.3 '{ c[$2]++ }
+        END { e = runs * p; for (i = 1; i <= 20; i++) x += (c[i] - e) ^ 2 / (e * (1 - p)); print x }' all)
+    below "$chi" 45.31 || fail "chi-square $chi >= 45.31: positions not taken with probability 0.3"
+}
+
+@test "-k K: exactly K records when there are K or more, all of them when fewer, in input order" {
+    recs 1000 >r.csv
+    local k s
+    for k in 1 10 100 999 1000; do
+        for s in 1 2; do
+            stream-sample -k "$k" --seed "$s" r.csv >out
+            assert_equal "$(data_lines out)" "$k"
+            subset_in_order r.csv out || fail "-k $k --seed $s"
+        done
+    done
+    run -0 stream-sample -k 1000 r.csv
+    assert_output "$(cat r.csv)"
+    recs 5 >five.csv
+    run -0 stream-sample -k 10 five.csv
+    assert_output "$(cat five.csv)"
+    run -0 stream-sample -k 3 </dev/null
+    assert_output ""
+    # '#' lines only: passed through, no sample
+    run -0 stream-sample -k 3 <<<'# only a comment'
+    assert_output "# only a comment"
+}
+
+@test "-k K: every record is in the sample with probability K/N (chi-square over 200 seeds)" {
+    recs 20 >r.csv
+    local s
+    for s in $(seq 200); do
+        stream-sample -k 5 --seed "$s" r.csv || fail "--seed $s"
+    done >all
+    assert_equal "$(data_lines all)" 1000
+    # inclusion counts of the 20 records: expected 200 * 5/20 = 50 each.
+    # Without replacement each count has variance R p (1 - p); the sum of
+    # (o - e)^2 / (e (1 - p)) is about chi-square with 19 degrees of freedom:
+    # 43.82 at alpha = 0.001.  (A sampler that keeps the first 5 scores
+    # about 2000; one that never takes record K+1 at least 66.)
+    local chi
+    chi=$(awk -F, -v runs=200 -v p=0.25 '{ c[$2]++ }
+        END { e = runs * p; for (i = 1; i <= 20; i++) x += (c[i] - e) ^ 2 / (e * (1 - p)); print x }' all)
+    below "$chi" 43.82 || fail "chi-square $chi >= 43.82: reservoir inclusion is not uniform"
+}
+
+@test "the same input and seed give the same bytes; another seed another sample" {
+    recs 2000 >r.csv
+    awk -F, '{ print $0 "," (NR % 7) }' r.csv >w.csv
+    local mode
+    for mode in "-p 0.2" "-k 20" "-k 20 --weight-col 4" "-k 20 --decay 0.001" "--per-class 5" \
+        "-k 20 --emit-every 500"; do
+        stream-sample $mode --seed 42 w.csv >a
+        stream-sample $mode --seed 42 <w.csv >b
+        cmp a b || fail "$mode --seed 42: two runs differ"
+        stream-sample $mode --seed 43 w.csv >c
+        run -1 cmp -s a c
+        [[ -s a ]] || fail "$mode: empty sample"
+    done
+    # the default seed is 1
+    stream-sample -k 20 w.csv >d
+    stream-sample -k 20 --seed 1 w.csv >e
+    cmp d e
+}
+
+@test "--per-class K: exactly min(K, count) records of each class, in input order" {
+    # classes 0, 1, 2, 5, 9 with 3, 50, 10, 200, 7 records, shuffled
+    awk 'BEGIN {
+        split("0 1 2 5 9", cl, " "); split("3 50 10 200 7", cnt, " ")
+        s = 12345; id = 0
+        for (c = 1; c <= 5; c++)
+            for (j = 0; j < cnt[c]; j++) {
+                s = (s * 16807) % 2147483647
+                printf "%d,%d,%d\n", s, cl[c], ++id
+            }
+    }' | sort -t, -k1,1n | cut -d, -f2- >pc.csv
+    assert_equal "$(wc -l <pc.csv)" 270
+    local s
+    for s in 1 2 3; do
+        stream-sample --per-class 10 --seed "$s" pc.csv >out
+        subset_in_order pc.csv out || fail "--per-class 10 --seed $s"
+        run -0 bash -c "cut -d, -f1 out | sort -n | uniq -c | awk '{ print \$2 \":\" \$1 }' | paste -sd' '"
+        assert_output "0:3 1:10 2:10 5:10 9:7"
+    done
+    run -0 stream-sample --per-class 1000 pc.csv
+    assert_output "$(cat pc.csv)"
+    # a label written as a real that is an integer is that class
+    printf '2.0,a\n1e0,b\n2,c\n0,d\n' >real.csv
+    run -0 stream-sample --per-class 5 real.csv
+    assert_output "$(cat real.csv)"
+}
+
+@test "--per-class: every record of a class is drawn with probability K/count (chi-square over 100 seeds)" {
+    # class 1: records 5, 10, 15; class 0: the 13 others
+    awk 'BEGIN { for (i = 1; i <= 16; i++) print (i % 5 == 0 ? 1 : 0) "," i }' >pc.csv
+    local s
+    for s in $(seq 100); do
+        stream-sample --per-class 3 --seed "$s" pc.csv || fail "--seed $s"
+    done >all
+    # every class 1 record every time; class 0: 100 * 3/13 = 23.1 each,
+    # chi-square with 12 degrees of freedom: 32.91 at alpha = 0.001
+    run -0 awk -F, '$1 == 1 { c1++ } END { print c1 }' all
+    assert_output 300
+    assert_equal "$(data_lines all)" 600
+    local chi
+    chi=$(awk -F, -v runs=100 -v p="$(awk 'BEGIN { print 3 / 13 }')" '$1 == 0 { c[$2]++ }
+        END { e = runs * p; for (i = 1; i <= 16; i++) if (i % 5) x += (c[i] - e) ^ 2 / (e * (1 - p)); print x }' all)
+    below "$chi" 32.91 || fail "chi-square $chi >= 32.91: per-class inclusion is not uniform"
+}
+
+@test "--weight-col: weight 0 is never drawn, a huge weight always; idx:val and tab fields" {
+    # field 4 is the weight: 0 for every 10th record, 1e12 for record 777
+    recs 2000 | awk -F, '{ w = ($2 % 10 == 0) ? 0 : 1 + $2 % 5; if ($2 == 777) w = 1e12; print $0 "," w }' >w.csv
+    local s
+    for s in 1 2 3 4 5; do
+        stream-sample -k 20 --weight-col 4 --seed "$s" w.csv >out
+        assert_equal "$(data_lines out)" 20
+        subset_in_order w.csv out || fail "--seed $s"
+        run -0 grep -c '^[0-9],777,' out
+        assert_output 1
+        run -1 grep -E ',0$' out
+    done
+    # fewer records of weight > 0 than K: all of those, none of weight 0
+    printf '0,a,0\n1,b,2\n0,c,0\n1,d,0.5\n' >few.csv
+    run -0 stream-sample -k 3 --weight-col 3 few.csv
+    assert_output "$(printf '1,b,2\n1,d,0.5')"
+    # the value of an idx:val field; tab-separated fields
+    printf '0 1:0 2:1\n1 1:5 2:1\n0 1:0 2:1\n' >w.svm
+    run -0 stream-sample -k 2 --weight-col 2 w.svm
+    assert_output "1 1:5 2:1"
+    printf '0\t0\n1\t3\n0\t0\n' >w.tsv
+    run -0 stream-sample -k 2 --weight-col 2 w.tsv
+    assert_output "$(printf '1\t3')"
+}
+
+@test "--weight-col: inclusion probabilities match sampling without replacement (chi-square over 200 seeds)" {
+    # 8 records of weights 8 1 4 2 1 6 3 5 (sum 30), K = 2
+    awk 'BEGIN { split("8 1 4 2 1 6 3 5", w, " "); for (i = 1; i <= 8; i++) print "0," i "," w[i] }' >w.csv
+    local s
+    for s in $(seq 200); do
+        stream-sample -k 2 --weight-col 3 --seed "$s" w.csv || fail "--seed $s"
+    done >all
+    assert_equal "$(data_lines all)" 400
+    # P(i in the sample) = w_i/W + sum_{j != i} (w_j/W) (w_i/(W - w_j)):
+    # drawn first, or second after j.  Sum over records of
+    # (o - R P)^2 / (R P (1 - P)), compared with chi-square with 8 degrees of
+    # freedom: 26.12 at alpha = 0.001 (the counts are negatively correlated,
+    # which only makes the statistic smaller); and no count more than 4.5
+    # standard deviations from its expectation.  (Ignoring the weights
+    # scores about 280.)
+    run -0 awk -F, -v runs=200 'NR == FNR { w[FNR] = $3; W += $3; n = FNR; next } { c[$2]++ }
+        END {
+            for (i = 1; i <= n; i++) {
+                p = w[i] / W
+                for (j = 1; j <= n; j++) if (j != i) p += w[j] / W * w[i] / (W - w[j])
+                e = runs * p; v = e * (1 - p); x += (c[i] - e) ^ 2 / v
+                if ((c[i] - e) ^ 2 > 4.5 ^ 2 * v) printf "record %d: %d drawn, expected %.1f\n", i, c[i], e
+            }
+            printf "chi2 %.3f\n", x
+        }' w.csv all
+    refute_output --partial "record"
+    below "${output#chi2 }" 26.12 || fail "chi-square ${output#chi2 } >= 26.12"
+}
+
+@test "--decay LAMBDA favours recent records" {
+    recs 1000 >r.csv
+    local s m
+    for s in 1 2 3; do
+        stream-sample -k 50 --decay 0.01 --seed "$s" r.csv >out
+        assert_equal "$(data_lines out)" 50
+        subset_in_order r.csv out || fail "--decay --seed $s"
+        # uniform: mean index 500.5 (sd about 40); weights exp(0.01 i): about 885
+        m=$(awk -F, '{ s += $2 } END { print s / NR }' out)
+        below 800 "$m" || fail "--decay 0.01 --seed $s: mean index $m, not above 800"
+        stream-sample -k 50 --seed "$s" r.csv >uni
+        m=$(awk -F, '{ s += $2 } END { print s / NR }' uni)
+        below 340 "$m" && below "$m" 660 || fail "-k 50 --seed $s: mean index $m, not near 500"
+    done
+    # a steep decay keeps the last K records
+    run -0 stream-sample -k 50 --decay 5 r.csv
+    assert_output "$(tail -n 50 r.csv)"
+    # a tiny one is close to uniform
+    stream-sample -k 50 --decay 1e-9 r.csv >flat
+    m=$(awk -F, '{ s += $2 } END { print s / NR }' flat)
+    below 340 "$m" && below "$m" 660 || fail "--decay 1e-9: mean index $m, not near 500"
+}
+
+# ---- '#' lines and emissions ---------------------------------------------------------
+
+@test "'#' lines pass through in order, at their place among the emissions" {
+    { echo '# head'; recs 3; echo '# after 3'; recs 6 | tail -n 3; echo '#!ckpt 6'; recs 7 | tail -n 1; echo '# tail'; } >in.txt
+    run -0 stream-sample -k 2 --emit-every 3 in.txt
+    skeleton <(printf '%s\n' "$output") >sk
+    run -0 cat sk
+    assert_output "$(printf '%s\n' '# head' '# stream-sample: 2 of 3 records' R R '# after 3' \
+        '# stream-sample: 2 of 6 records' R R '#!ckpt 6' '# tail' '# stream-sample: 2 of 7 records' R R)"
+    # without --emit-every: the comments as they come, the sample at the end, no marker
+    run -0 stream-sample -k 2 in.txt
+    skeleton <(printf '%s\n' "$output") >sk
+    run -0 cat sk
+    assert_output "$(printf '%s\n' '# head' '# after 3' '#!ckpt 6' '# tail' R R)"
+    run -0 stream-sample --per-class 1 in.txt
+    skeleton <(printf '%s\n' "$output") >sk
+    run -0 cat sk
+    assert_output "$(printf '%s\n' '# head' '# after 3' '#!ckpt 6' '# tail' R R R)"
+    # Bernoulli and 1 in N: in place among the records
+    run -0 stream-sample --every 4 in.txt
+    assert_output "$(printf '%s\n' '# head' '1,1,0.5' '# after 3' '2,5,0.5' '#!ckpt 6' '# tail')"
+}
+
+@test "a '#' line reaches the output while the input is still open (-k)" {
+    mkfifo in
+    stream-sample -k 3 <in >out 2>err &
+    BG_PID=$!
+    exec 7>in
+    printf '1,1\n#!ckpt 1\n2,2\n' >&7
+    wait_for_match out '^#!ckpt 1$' 50 || fail "the '#' line is held back while the input is open"
+    exec 7>&-
+    local rc=0
+    wait "$BG_PID" || rc=$?
+    BG_PID=
+    assert_equal "$rc" 0
+    run -0 cat out
+    assert_output "$(printf '#!ckpt 1\n1,1\n2,2')"
+}
+
+@test "--emit-every N: the sample so far after every N records and at the end, each after its marker" {
+    recs 10 >r.csv
+    stream-sample -k 3 --emit-every 4 --seed 7 r.csv >out
+    run -0 grep '^#' out
+    assert_output "$(printf '%s\n' '# stream-sample: 3 of 4 records' '# stream-sample: 3 of 8 records' \
+        '# stream-sample: 3 of 10 records')"
+    assert_equal "$(split_emissions out e)" 3
+    local j n
+    for j in 1 2 3; do
+        assert_equal "$(wc -l <e$j)" 3
+        n=$((j == 3 ? 10 : 4 * j))
+        head -n "$n" r.csv >upto
+        subset_in_order upto e$j || fail "emission $j is not a sample of the first $n records"
+    done
+    # one reservoir throughout: a record of an emission that was read before
+    # the previous one was in the previous one too
+    for j in 2 3; do
+        n=$((4 * (j - 1)))
+        run -0 awk -F, -v n="$n" 'NR == FNR { seen[$0] = 1; next } $2 <= n && !($0 in seen)' e$((j - 1)) e$j
+        assert_output ""
+    done
+    # fewer records than K: all of them each time
+    run -0 stream-sample -k 5 --emit-every 2 <(recs 3)
+    assert_output "$(printf '%s\n' '# stream-sample: 2 of 2 records' 1,1,0.5 2,2,0.5 \
+        '# stream-sample: 3 of 3 records' 1,1,0.5 2,2,0.5 0,3,0.5)"
+    # an input that ends at an emission still ends with the final sample
+    recs 12 >r12.csv
+    stream-sample -k 3 --emit-every 4 r12.csv >out
+    run -0 tail -n 4 out
+    assert_line --index 0 '# stream-sample: 3 of 12 records'
+    # --per-class: R is the sum of the classes' samples
+    recs 11 >r.csv
+    run -0 bash -c "stream-sample --per-class 2 --emit-every 5 r.csv | grep '^#'"
+    assert_output "$(printf '%s\n' '# stream-sample: 5 of 5 records' '# stream-sample: 6 of 10 records' \
+        '# stream-sample: 6 of 11 records')"
+}
+
+@test "SIGUSR1 emits the sample while the input is still open (--emit-every)" {
+    recs 20 >r.csv
+    mkfifo in
+    stream-sample -k 3 --emit-every 4 <in >out 2>err &
+    BG_PID=$!
+    exec 7>in
+    head -n 4 r.csv >&7
+    wait_for_match out '^# stream-sample: 3 of 4 records$' || fail "no emission after 4 records: $(cat err)"
+    kill -USR1 "$BG_PID"
+    wait_for_count out '^# stream-sample: ' 2 || fail "no emission on SIGUSR1 while the input is open"
+    kill -0 "$BG_PID" || fail "stream-sample ended on SIGUSR1"
+    sed -n 5,6p r.csv >&7
+    exec 7>&-
+    local rc=0
+    wait "$BG_PID" || rc=$?
+    BG_PID=
+    assert_equal "$rc" 0
+    run -0 grep '^#' out
+    assert_output "$(printf '%s\n' '# stream-sample: 3 of 4 records' '# stream-sample: 3 of 4 records' \
+        '# stream-sample: 3 of 6 records')"
+    # the signal's emission is the sample as it stood
+    split_emissions out e >/dev/null
+    cmp e1 e2 || fail "the SIGUSR1 emission differs from the sample it repeats"
+    assert_equal "$(cat err)" ""
+}
+
+@test "SIGUSR1 without --emit-every: an emission with its marker, then the final one marked too" {
+    recs 20 >r.csv
+    mkfifo in
+    stream-sample --per-class 2 <in >out 2>err &
+    BG_PID=$!
+    exec 7>in
+    head -n 5 r.csv >&7
+    wait_usr1_caught "$BG_PID" || fail "stream-sample does not catch SIGUSR1"
+    kill -USR1 "$BG_PID"
+    wait_for_match out '^# stream-sample: ' || fail "no emission on SIGUSR1 while the input is open"
+    kill -0 "$BG_PID" || fail "stream-sample ended on SIGUSR1"
+    tail -n +6 r.csv >&7
+    exec 7>&-
+    local rc=0
+    wait "$BG_PID" || rc=$?
+    BG_PID=
+    assert_equal "$rc" 0
+    # the first emission came before the end of the input: whatever it had
+    # read of the first 5 records (2 per class at most)
+    run -0 grep '^#' out
+    assert_equal "${#lines[@]}" 2
+    assert_regex "${lines[0]}" '^# stream-sample: [0-5] of [0-5] records$'
+    assert_equal "${lines[1]}" '# stream-sample: 6 of 20 records'
+    split_emissions out e >/dev/null
+    head -n 5 r.csv >first5
+    subset_in_order first5 e1 || fail "the SIGUSR1 emission is not a sample of the records read"
+    subset_in_order r.csv e2
+    assert_equal "$(wc -l <e2)" 6
+}
+
+# ---- bad input -------------------------------------------------------------------------
+
+@test "a label that is not a number: exit 1, stdin:LINE (comments and empty lines counted), in every mode" {
+    printf '0,1\n# c\n\n1,2\ncat,3\n2,4\n' >bad.csv
+    local mode
+    for mode in "-p 1" "--every 2" "-k 2" "-k 2 --weight-col 2" "-k 2 --decay 0.1" "--per-class 2"; do
+        run -1 --separate-stderr stream-sample $mode <bad.csv
+        assert_regex "$stderr" "^stream-sample: stdin:5: label 'cat' is not a number"
+    done
+    run -1 --separate-stderr stream-sample -k 2 bad.csv
+    assert_regex "$stderr" "^stream-sample: bad\\.csv:5: label 'cat' is not a number"
+    local l
+    for l in '' 1x 0x10 nan inf -Infinity 1e999; do
+        printf '0,1\n%s,2\n' "$l" >bad.csv
+        run -1 --separate-stderr stream-sample -k 2 <bad.csv
+        assert_regex "$stderr" "^stream-sample: stdin:2: label '$l' is not (a number|finite)"
+    done
+}
+
+@test "--on-error=skip: bad records left out, counted at the end; the first five reported" {
+    recs 100 | awk '{ print } NR % 10 == 0 { print "x" NR ",1,0.5" }' >dirty.csv
+    run -0 --separate-stderr stream-sample -p 1 --on-error=skip dirty.csv
+    assert_output "$(recs 100)"
+    assert_regex "$stderr" "stream-sample: skipped 10 bad records \\(first: dirty\\.csv:11: label 'x10' is not a number\\)"
+    # as the other programs do (mini-nn(7)): the first five one by one
+    assert_regex "$stderr" "dirty\\.csv:11: label 'x10' is not a number"
+    assert_regex "$stderr" "dirty\\.csv:55: label 'x50' is not a number"
+    run -0 --separate-stderr stream-sample -k 100 --on-error=skip dirty.csv
+    assert_output "$(recs 100)"
+    assert_regex "$stderr" "skipped 10 bad records"
+    run -0 --separate-stderr stream-sample -k 10 --on-error=skip dirty.csv
+    assert_equal "${#lines[@]}" 10
+    refute_output --partial "x"
+}
+
+@test "a weight that is negative, NaN, infinite, empty or missing: exit 1; skipped with --on-error=skip" {
+    local w
+    for w in -1 -0.5 nan NaN inf -inf 1e999 x; do
+        printf '0,a,1\n1,b,%s\n0,c,2\n' "$w" >bad.csv
+        run -1 --separate-stderr stream-sample -k 2 --weight-col 3 <bad.csv
+        assert_regex "$stderr" "^stream-sample: stdin:2: weight '?$w'? \\(field 3\\) is (negative|not a finite number)"
+        assert_output ""
+        run -0 --separate-stderr stream-sample -k 3 --weight-col 3 --on-error=skip <bad.csv
+        assert_output "$(printf '0,a,1\n0,c,2')"
+        assert_regex "$stderr" "skipped 1 bad record \\(first: stdin:2: weight"
+    done
+    printf '0,a,1\n1,b,\n' >bad.csv
+    run -1 --separate-stderr stream-sample -k 2 --weight-col 3 <bad.csv
+    assert_regex "$stderr" "^stream-sample: stdin:2: field 3 \\(the weight\\) is empty"
+    printf '0,a,1\n1,b\n' >bad.csv
+    run -1 --separate-stderr stream-sample -k 2 --weight-col 3 <bad.csv
+    assert_regex "$stderr" "^stream-sample: stdin:2: no field 3 \\(the weight\\)"
+    printf '0 1:1\n1 1:\n' >bad.svm
+    run -1 --separate-stderr stream-sample -k 2 --weight-col 2 <bad.svm
+    assert_regex "$stderr" "^stream-sample: stdin:2: "
+}
+
+@test "--per-class: a label that is not a class id (real, negative, too large): exit 1 or skipped" {
+    local l
+    for l in 1.5 -1 -0.5 1000000 1e7; do
+        printf '0,a\n%s,b\n' "$l" >bad.csv
+        run -1 --separate-stderr stream-sample --per-class 2 <bad.csv
+        assert_regex "$stderr" "^stream-sample: stdin:2: label '$l' is not a class id"
+        assert_output ""
+    done
+    printf '0,a\n1.5,b\n-1,c\n1,d\n' >bad.csv
+    run -0 --separate-stderr stream-sample --per-class 2 --on-error=skip <bad.csv
+    assert_output "$(printf '0,a\n1,d')"
+    assert_regex "$stderr" "skipped 2 bad records \\(first: stdin:2: label '1\\.5' is not a class id"
+    # the other modes take any real label
+    run -0 stream-sample -p 1 <bad.csv
+    assert_output "$(cat bad.csv)"
+}
+
+@test "a reader that goes away ends stream-sample quietly" {
+    recs 300000 >big.csv
+    local mode
+    for mode in "-p 1" "--every 1" "-k 300000"; do
+        run -0 bash -c 'stream-sample '"$mode"' big.csv 2>err.txt | head -n1; s=("${PIPESTATUS[@]}"); echo "status ${s[0]}"'
+        assert_equal "${lines[0]}" "1,1,0.5"
+        # killed by SIGPIPE (141) or a quiet exit 0: no error message either way
+        assert_regex "${lines[1]}" '^status (0|141)$'
+        run -0 cat err.txt
+        assert_output ""
+    done
+}
+
+@test "output to /dev/full: exit 1 with a write error message" {
+    recs 100 >r.csv
+    local mode
+    for mode in "-p 1" "--every 2" "-k 10" "-k 10 --emit-every 20" "--per-class 3"; do
+        run -1 --separate-stderr to_full stream-sample $mode r.csv
+        assert_regex "$stderr" '^stream-sample: write error.*No space left on device'
+    done
+    # '#' lines alone are output too
+    run -1 --separate-stderr to_full stream-sample -k 10 <<<'# c'
+    assert_regex "$stderr" '^stream-sample: write error'
+}
+
+@test "-v reports the records read and written; -q keeps stderr quiet" {
+    recs 100 >r.csv
+    run -0 --separate-stderr stream-sample -v -k 10 r.csv
+    assert_regex "$stderr" '^stream-sample: 100 records read, 10 written'
+    run -0 --separate-stderr stream-sample -q -k 10 r.csv
+    assert_equal "$stderr" ""
+}
