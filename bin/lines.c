@@ -119,7 +119,11 @@ int signals_to_pipe(const int *sigs, size_t n, volatile sig_atomic_t *flag)
     sig_flag = flag;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal; /* no SA_RESTART: a blocked read returns */
+    sa.sa_handler = on_signal;
+    /* SA_RESTART: a write to a full pipe downstream goes on instead of
+     * failing with EINTR (stdio would not retry it); the line reader's
+     * poll() on the pipe wakes up anyway, as poll() is never restarted */
+    sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     for (size_t i = 0; i < n; i++)
         sigaction(sigs[i], &sa, NULL);

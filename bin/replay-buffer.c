@@ -79,7 +79,10 @@ typedef struct {
     uint64_t seen;      /* records offered, ever */
     uint64_t *class_seen; /* class-balanced: per class, ever */
     size_t *class_held;   /* class-balanced: per class, held now */
+    size_t **members;     /* class-balanced: per class, its slots, ascending */
     size_t nclasses;
+    size_t *present;      /* classes held now, ascending */
+    size_t npresent;
     double credit;      /* replays owed (fractional ratio) */
     mnn_rng_t rng;
 } buffer_t;
@@ -102,11 +105,60 @@ static void buf_free(buffer_t *b)
         free(b->rec[i].text);
     free(b->rec);
     free(b->label);
+    for (size_t j = 0; j < b->nclasses; j++)
+        free(b->members[j]);
+    free(b->members);
     free(b->class_seen);
     free(b->class_held);
+    free(b->present);
 }
 
-static uint64_t below(mnn_rng_t *r, uint64_t n) { return mnn_rng_next(r) % n; }
+static uint64_t below(mnn_rng_t *r, uint64_t n) { return n ? mnn_rng_next(r) % n : 0; }
+
+/* Sorted arrays of size_t: where v is or would go. */
+static size_t lower_bound(const size_t *a, size_t n, size_t v)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (a[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void sorted_insert(size_t *a, size_t n, size_t v)
+{
+    size_t i = lower_bound(a, n, v);
+    memmove(a + i + 1, a + i, (n - i) * sizeof *a);
+    a[i] = v;
+}
+
+static void sorted_remove(size_t *a, size_t n, size_t v)
+{
+    size_t i = lower_bound(a, n, v);
+    if (i < n && a[i] == v)
+        memmove(a + i, a + i + 1, (n - i - 1) * sizeof *a);
+}
+
+/* Slot `slot` now holds a record of class y (class-balanced). */
+static void class_add(buffer_t *b, size_t slot, size_t y)
+{
+    if (!b->members[y] && !(b->members[y] = malloc(b->cap * sizeof **b->members)))
+        die(EXIT_RUNTIME, "out of memory for class %zu", y);
+    sorted_insert(b->members[y], b->class_held[y]++, slot);
+    if (b->class_held[y] == 1)
+        sorted_insert(b->present, b->npresent++, y);
+}
+
+static void class_remove(buffer_t *b, size_t slot, size_t y)
+{
+    sorted_remove(b->members[y], b->class_held[y]--, slot);
+    if (b->class_held[y] == 0)
+        sorted_remove(b->present, b->npresent--, y);
+}
 
 /* Makes room for class y's counters. */
 static void grow_classes(buffer_t *b, size_t y)
@@ -118,11 +170,17 @@ static void grow_classes(buffer_t *b, size_t y)
     if (s)
         b->class_seen = s;
     size_t *h = s ? realloc(b->class_held, n * sizeof *h) : NULL;
-    if (!s || !h)
+    if (h)
+        b->class_held = h;
+    size_t **m = h ? realloc(b->members, n * sizeof *m) : NULL;
+    if (m)
+        b->members = m;
+    if (!b->present)
+        b->present = malloc((b->cap + 1) * sizeof *b->present);
+    if (!s || !h || !m || !b->present)
         die(EXIT_RUNTIME, "out of memory for class %zu", y);
-    b->class_held = h;
     for (size_t j = b->nclasses; j < n; j++)
-        b->class_seen[j] = 0, b->class_held[j] = 0;
+        b->class_seen[j] = 0, b->class_held[j] = 0, b->members[j] = NULL;
     b->nclasses = n;
 }
 
@@ -130,32 +188,43 @@ static void grow_classes(buffer_t *b, size_t y)
  * (CBRS), or -1 to keep the buffer as it is. */
 static long cbrs_victim(buffer_t *b, size_t y)
 {
-    size_t most = 0;
-    for (size_t j = 0; j < b->nclasses; j++)
-        if (b->class_held[j] > most)
-            most = b->class_held[j];
-    size_t from;
+    /* the classes held (at most the capacity of them), not every label */
+    size_t most = 0, from = 0;
+    for (size_t k = 0; k < b->npresent; k++)
+        if (b->class_held[b->present[k]] > most)
+            most = b->class_held[b->present[k]];
     if (b->class_held[y] < most) {
         /* y is not among the largest: one of the largest classes gives up
          * a random record (the first of them in a random order of ties) */
         size_t ties = 0;
-        for (size_t j = 0; j < b->nclasses; j++)
-            ties += b->class_held[j] == most;
+        for (size_t k = 0; k < b->npresent; k++)
+            ties += b->class_held[b->present[k]] == most;
         size_t pick = (size_t)below(&b->rng, ties);
-        for (from = 0; from < b->nclasses; from++)
-            if (b->class_held[from] == most && pick-- == 0)
+        for (size_t k = 0; k < b->npresent; k++)
+            if (b->class_held[b->present[k]] == most && pick-- == 0) {
+                from = b->present[k];
                 break;
+            }
     } else {
         /* among the largest: a reservoir within its own class */
         if (below(&b->rng, b->class_seen[y]) >= b->class_held[y])
             return -1;
         from = y;
     }
-    size_t which = (size_t)below(&b->rng, b->class_held[from]);
-    for (size_t i = 0; i < b->n; i++)
-        if ((size_t)b->label[i] == from && which-- == 0)
-            return (long)i;
-    return -1; /* not reached */
+    /* the which-th of its slots, in slot order */
+    return (long)b->members[from][below(&b->rng, b->class_held[from])];
+}
+
+/* Puts a record into slot at (class y for class-balanced). */
+static void place(buffer_t *b, long at, int32_t y, const char *line, size_t len, uint64_t rec)
+{
+    if (b->policy == P_CLASS) {
+        if (b->rec[at].rec)
+            class_remove(b, (size_t)at, (size_t)b->label[at]);
+        class_add(b, (size_t)at, (size_t)y);
+    }
+    b->label[at] = y;
+    line_copy_set(&b->rec[at], line, len, rec);
 }
 
 /* Offers a record to the buffer. */
@@ -180,15 +249,8 @@ static void buf_offer(buffer_t *b, const char *line, size_t len, int32_t y)
     } else {
         at = cbrs_victim(b, (size_t)y);
     }
-    if (at < 0)
-        return;
-    if (b->policy == P_CLASS) {
-        if ((size_t)at < b->n && b->rec[at].rec)
-            b->class_held[b->label[at]]--;
-        b->class_held[y]++;
-    }
-    b->label[at] = y;
-    line_copy_set(&b->rec[at], line, len, i + 1);
+    if (at >= 0)
+        place(b, at, y, line, len, i + 1);
 }
 
 /* ---- the state file ------------------------------------------------------------- */
@@ -307,7 +369,7 @@ static int keyline(const char **p, const char *end, const char *fmt, int want, .
 
 /* Loads path into b (a new buffer of the command line's policy and
  * capacity).  1 loaded, 0 no such file, -1 error (why). */
-static int load_state(buffer_t *b, const char *path, char *why, size_t wsize)
+static int load_state(buffer_t *b, const char *path, int cap_given, char *why, size_t wsize)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -321,7 +383,7 @@ static int load_state(buffer_t *b, const char *path, char *why, size_t wsize)
     size_t size = 0;
     if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size <= SIZE_MAX / 2) {
         size = (size_t)sb.st_size;
-        data = malloc(size ? size : 1);
+        data = malloc(size + 1); /* NUL-terminated for the scans below */
     }
     size_t got = 0;
     while (data && got < size) {
@@ -334,6 +396,8 @@ static int load_state(buffer_t *b, const char *path, char *why, size_t wsize)
         got += (size_t)k;
     }
     close(fd);
+    if (data)
+        data[got] = 0;
     if (!data || got != size) {
         free(data);
         snprintf(why, wsize, "%s: cannot read it (%s)", path,
@@ -343,7 +407,7 @@ static int load_state(buffer_t *b, const char *path, char *why, size_t wsize)
     const char *p = data, *end = data + size, *fail = NULL;
     char pol[32], hex[17] = "";
     size_t cap, nrec, ncl = 0;
-    uint64_t seen;
+    uint64_t seen, sum = 0;
     double credit;
     mnn_rng_t rng;
     /* the trailer first: everything before "end HASH\n" is hashed */
@@ -381,6 +445,18 @@ static int load_state(buffer_t *b, const char *path, char *why, size_t wsize)
         free(data);
         return -1;
     }
+    /* counts a hostile file could make wrap or divide by zero; "-1" reads
+     * as a huge number and is refused here too */
+    if (seen > (uint64_t)1 << 62 || cap == 0 || cap > 100000000 ||
+        !(rng.s[0] | rng.s[1] | rng.s[2] | rng.s[3])) {
+        fail = "a count or generator state out of range";
+        goto bad;
+    }
+    if (!cap_given && cap != b->cap) { /* the file's capacity, unless -c says */
+        const policy_t pl = b->policy;
+        buf_free(b);
+        buf_init(b, pl, cap, 1);
+    }
     if (b->policy == P_CLASS) {
         if (keyline(&p, end, "classes %zu", 1, &ncl) < 0 || ncl > MAX_CLASS) {
             fail = "a malformed class count";
@@ -390,7 +466,8 @@ static int load_state(buffer_t *b, const char *path, char *why, size_t wsize)
             grow_classes(b, ncl - 1);
         for (size_t j = 0; j < ncl; j++) {
             size_t id;
-            if (keyline(&p, end, "class %zu %" SCNu64, 2, &id, &b->class_seen[j]) < 0 || id != j) {
+            if (keyline(&p, end, "class %zu %" SCNu64, 2, &id, &b->class_seen[j]) < 0 || id != j ||
+                b->class_seen[j] > seen || (sum += b->class_seen[j]) > seen) {
                 fail = "a malformed class line";
                 goto bad;
             }
@@ -432,20 +509,18 @@ static int load_state(buffer_t *b, const char *path, char *why, size_t wsize)
             uint64_t j = below(&b->rng, k + 1);
             at = j < b->cap ? (long)j : -1;
         }
-        if (at < 0)
-            continue;
-        if (b->policy == P_CLASS) {
-            if (b->rec[at].rec)
-                b->class_held[b->label[at]]--;
-            b->class_held[y]++;
-        }
-        b->label[at] = y;
-        line_copy_set(&b->rec[at], r, len, k + 1);
+        if (at >= 0)
+            place(b, at, y, r, len, k + 1);
     }
     if (p != end) {
         fail = "more lines than it says";
         goto bad;
     }
+    for (size_t j = 0; j < b->nclasses; j++)
+        if (b->class_held[j] > b->class_seen[j]) {
+            fail = "more records of a class than it has seen";
+            goto bad;
+        }
     free(data);
     return 1;
 bad:
@@ -474,7 +549,7 @@ int main(int argc, char **argv)
     uint64_t seed = 1, save_every = 0;
     policy_t policy = P_RESERVOIR;
     const char *state = NULL;
-    int fresh = 0, quiet = 0, verbose = 0, c;
+    int fresh = 0, quiet = 0, verbose = 0, cap_given = 0, c;
     badrec_t bad = {.name = "stdin"};
     cli_init("replay-buffer");
     out_setup();
@@ -488,7 +563,7 @@ int main(int argc, char **argv)
                 usage_error("--ratio: '%s' is not a number from 0 to 1000", optarg);
             break;
         }
-        case 'c': cap = opt_size("--capacity", optarg, 1, 100000000); break;
+        case 'c': cap = opt_size("--capacity", optarg, 1, 100000000), cap_given = 1; break;
         case O_POLICY:
             for (policy = 0; policy < 3 && strcmp(optarg, policy_names[policy]); policy++)
                 ;
@@ -513,23 +588,22 @@ int main(int argc, char **argv)
     }
     if ((save_every || fresh) && !state)
         usage_error("%s goes with --state", save_every ? "--save-every" : "--fresh");
+    /* SIGTERM, SIGINT: save and stop between records, even while a read
+     * waits; caught from now on, while a FIFO opens or the state loads */
+    static const int stops[] = {SIGTERM, SIGINT};
+    const int stop_fd = signals_to_pipe(stops, 2, &stop_sig);
     const int fd = open_input(argc - optind, argv + optind, &bad);
 
     buffer_t b;
     buf_init(&b, policy, cap, seed);
     char why[PATH_MAX + 256];
     if (state && !fresh) {
-        int rc = load_state(&b, state, why, sizeof why);
+        int rc = load_state(&b, state, cap_given, why, sizeof why);
         if (rc < 0)
             die(EXIT_RUNTIME, "%s", why);
         if (rc > 0 && verbose)
             warnx_("loaded %zu records from %s (%" PRIu64 " seen)", b.n, state, b.seen);
     }
-
-    /* SIGTERM, SIGINT: save and stop between records, even while a read
-     * waits */
-    static const int stops[] = {SIGTERM, SIGINT};
-    const int stop_fd = signals_to_pipe(stops, 2, &stop_sig);
 
     mnn_linereader_t lr;
     if (mnn_lr_init(&lr, fd, MAX_LINE) < 0)

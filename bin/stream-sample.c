@@ -176,8 +176,8 @@ int main(int argc, char **argv)
             char *e;
             errno = 0;
             decay = strtod(optarg, &e);
-            if (e == optarg || *e || errno || !(decay > 0) || !isfinite(decay))
-                usage_error("--decay: '%s' is not a positive rate", optarg);
+            if (e == optarg || *e || errno || !(decay > 0) || decay > 1000)
+                usage_error("--decay: '%s' is not a rate in (0, 1000]", optarg);
             break;
         }
         case O_EMIT: emit_every = opt_size("--emit-every", optarg, 1, SIZE_MAX); break;
@@ -199,6 +199,16 @@ int main(int argc, char **argv)
         usage_error("--weight-col and --decay do not go together");
     if (emit_every && mode != M_RESERVOIR && mode != M_PERCLASS)
         usage_error("--emit-every goes with -k or --per-class");
+    /* SIGUSR1 wakes a read that waits and asks for an emission; caught
+     * before the input opens (a FIFO waits for its writer) */
+    const int sampling = mode == M_RESERVOIR || mode == M_PERCLASS;
+    int usr1_fd = -1;
+    if (sampling) {
+        static const int usr1[] = {SIGUSR1};
+        usr1_fd = signals_to_pipe(usr1, 1, NULL);
+    } else {
+        signal(SIGUSR1, SIG_IGN); /* nothing is held back to emit */
+    }
     const int fd = open_input(argc - optind, argv + optind, &bad);
 
     mnn_rng_t rng;
@@ -206,14 +216,7 @@ int main(int argc, char **argv)
     mnn_linereader_t lr;
     if (mnn_lr_init(&lr, fd, MAX_LINE) < 0)
         die(EXIT_RUNTIME, "out of memory");
-
-    const int sampling = mode == M_RESERVOIR || mode == M_PERCLASS;
-    if (sampling) { /* SIGUSR1 wakes a read that waits and asks for an emission */
-        static const int usr1[] = {SIGUSR1};
-        lr.cancel_fd = signals_to_pipe(usr1, 1, NULL);
-    } else {
-        signal(SIGUSR1, SIG_IGN); /* nothing is held back to emit */
-    }
+    lr.cancel_fd = usr1_fd;
 
     /* the samples */
     mnn_reservoir_t res;

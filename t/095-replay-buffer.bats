@@ -550,3 +550,73 @@ peak_kb() {
     echo "peak RSS: $a KiB for 20000 records, $b KiB for 200000" >&3
     assert [ "$((b - a))" -lt 1024 ]
 }
+
+# signed_state FILE: FILE with an 'end' line over its contents (as a
+# hostile writer could make it)
+signed_state() {
+    local h
+    h=$(xxh3 "$1") || skip "no way to compute XXH3 here"
+    printf 'end %s\n' "$h" >>"$1"
+}
+
+@test "hostile state files with a right hash: counts that would wrap or divide by zero are refused" {
+    recs 3 >in.csv
+    local rng='rng 1 2 3 4'
+    printf '%s\n' '# mini-nn replay-buffer state 1' 'policy reservoir' 'capacity 1' \
+        'seen 18446744073709551615' 'credit 0' "$rng" 'records 1' '0,1,0.5' >s
+    signed_state s
+    run -1 --separate-stderr replay-buffer -c 1 --state s <in.csv
+    assert_regex "$stderr" "^replay-buffer: s: .*out of range"
+    printf '%s\n' '# mini-nn replay-buffer state 1' 'policy reservoir' 'capacity 1' \
+        'seen 5' 'credit 0' 'rng 0 0 0 0' 'records 1' '0,1,0.5' >s
+    signed_state s
+    run -1 --separate-stderr replay-buffer -c 1 --state s <in.csv
+    # class counts below the records held, or above what was seen
+    printf '%s\n' '# mini-nn replay-buffer state 1' 'policy class-balanced' 'capacity 3' \
+        'seen 3' 'credit 0' "$rng" 'classes 1' 'class 0 0' 'records 3' '0,1,0.5' '0,2,0.5' '0,3,0.5' >s
+    signed_state s
+    run -1 --separate-stderr replay-buffer -c 2 --policy class-balanced --state s <in.csv
+    printf '%s\n' '# mini-nn replay-buffer state 1' 'policy class-balanced' 'capacity 3' \
+        'seen 3' 'credit 0' "$rng" 'classes 1' 'class 0 18446744073709551615' 'records 0' >s
+    signed_state s
+    run -1 --separate-stderr replay-buffer --policy class-balanced --state s <in.csv
+    assert_output ""
+}
+
+@test "without -c a loaded state keeps its capacity; -c changes it" {
+    recs 100 >in.csv
+    replay-buffer -c 7 --state s <in.csv >/dev/null
+    recs 50 101 | replay-buffer --state s >/dev/null
+    run -0 grep -x 'capacity 7' s
+    run -0 grep -x 'records 7' s
+    recs 50 151 | replay-buffer -c 5 --state s >/dev/null
+    run -0 grep -x 'records 5' s
+}
+
+@test "a label far above the others costs nothing per record (class-balanced)" {
+    { recs 20000; echo '999999,1,0.5'; recs 20000 20001; } >in.csv
+    local t0 t1
+    t0=$(date +%s%N)
+    run -0 --separate-stderr replay-buffer -c 1000 --policy class-balanced <in.csv
+    t1=$(date +%s%N)
+    (((t1 - t0) / 1000000 < 20000)) || fail "took $(((t1 - t0) / 1000000)) ms for 40001 records"
+}
+
+@test "SIGTERM while the output waits on a slow reader: exit 0, the state saved" {
+    recs 300000 >in.csv
+    mkfifo slow
+    { sleep 3; cat >/dev/null; } <slow &
+    local reader=$!
+    replay-buffer -c 100 --state s <in.csv >slow 2>err &
+    local pid=$!
+    # blocked on the full pipe: its output is far larger than a pipe
+    wait_for_match /proc/$pid/wchan 'pipe' 50 || true
+    kill -TERM "$pid"
+    local st=0
+    wait "$pid" || st=$?
+    wait "$reader" || true
+    assert_equal "$st" 0
+    run -0 grep -c '^records 100$' s
+    run -0 cat err
+    assert_regex "$output" 'stopping on a signal'
+}
