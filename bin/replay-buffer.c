@@ -227,28 +227,31 @@ static void place(buffer_t *b, long at, int32_t y, const char *line, size_t len,
     line_copy_set(&b->rec[at], line, len, rec);
 }
 
+/* Where record i (0-based) of class y goes, by the policy, or -1. */
+static long choose_slot(buffer_t *b, uint64_t i, int32_t y)
+{
+    if (b->n < b->cap)
+        return (long)b->n++;
+    if (b->policy == P_RECENT) {
+        const long at = (long)b->head;
+        b->head = (b->head + 1) % b->cap;
+        return at;
+    }
+    if (b->policy == P_CLASS)
+        return cbrs_victim(b, (size_t)y);
+    const uint64_t j = below(&b->rng, i + 1); /* Algorithm R */
+    return j < b->cap ? (long)j : -1;
+}
+
 /* Offers a record to the buffer. */
 static void buf_offer(buffer_t *b, const char *line, size_t len, int32_t y)
 {
     const uint64_t i = b->seen++;
-    long at = -1;
     if (b->policy == P_CLASS) {
         grow_classes(b, (size_t)y);
         b->class_seen[y]++;
     }
-    if (b->n < b->cap) {
-        at = (long)b->n++;
-    } else if (b->cap == 0) {
-        return;
-    } else if (b->policy == P_RECENT) {
-        at = (long)b->head;
-        b->head = (b->head + 1) % b->cap;
-    } else if (b->policy == P_RESERVOIR) {
-        uint64_t j = below(&b->rng, i + 1); /* Algorithm R */
-        at = j < b->cap ? (long)j : -1;
-    } else {
-        at = cbrs_victim(b, (size_t)y);
-    }
+    const long at = choose_slot(b, i, y);
     if (at >= 0)
         place(b, at, y, line, len, i + 1);
 }
@@ -497,18 +500,7 @@ static int load_state(buffer_t *b, const char *path, int cap_given, char *why, s
             goto bad;
         }
         int32_t y = b->policy == P_CLASS ? (int32_t)label : 0;
-        long at;
-        if (b->n < b->cap)
-            at = (long)b->n++;
-        else if (b->policy == P_RECENT) {
-            at = (long)b->head;
-            b->head = (b->head + 1) % b->cap;
-        } else if (b->policy == P_CLASS) {
-            at = cbrs_victim(b, (size_t)y);
-        } else {
-            uint64_t j = below(&b->rng, k + 1);
-            at = j < b->cap ? (long)j : -1;
-        }
+        const long at = choose_slot(b, k, y);
         if (at >= 0)
             place(b, at, y, r, len, k + 1);
     }
