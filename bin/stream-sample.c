@@ -37,7 +37,7 @@ static noreturn void help(void)
         "                         weight in its field C (1-based; the label is field\n"
         "                         1; of an idx:val field, the value)\n"
         "      --decay LAMBDA     with -k: record i weighs exp(LAMBDA * i), so recent\n"
-        "                         records are favoured (LAMBDA > 0)\n"
+        "                         records are favoured (0 < LAMBDA <= 1000)\n"
         "      --per-class K      a uniform sample of K records of each class\n"
         "                         (labels 0 to 999999)\n"
         "\n"
