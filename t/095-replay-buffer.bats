@@ -609,8 +609,18 @@ signed_state() {
     local reader=$!
     replay-buffer -c 100 --state s <in.csv >slow 2>err &
     local pid=$!
-    # blocked on the full pipe: its output is far larger than a pipe
-    wait_for_match /proc/$pid/wchan 'pipe' 50 || true
+    # SIGTERM caught (SigCgt bit 14) and the process blocked writing to the
+    # full pipe: its output is far larger than a pipe holds
+    local n=0 mask
+    while ((n++ < 200)); do
+        mask=$(sed -n 's/^SigCgt:[[:space:]]*//p' "/proc/$pid/status" 2>/dev/null) || true
+        if [[ -n $mask ]] && (((16#$mask >> 14) & 1)) &&
+            grep -q 'pipe_write' "/proc/$pid/wchan" 2>/dev/null; then
+            break
+        fi
+        sleep 0.05
+    done
+    ((n <= 200)) || fail "replay-buffer never blocked on the pipe with SIGTERM caught"
     kill -TERM "$pid"
     local st=0
     wait "$pid" || st=$?
