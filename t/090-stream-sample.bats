@@ -66,6 +66,14 @@ below() {
     awk -v x="$1" -v l="$2" 'BEGIN { exit !(x < l) }'
 }
 
+# inclusion_chi FILE RUNS P N: how far the records 1..N (field 2) of FILE,
+# the output of RUNS runs that each take a record with probability P, are
+# from RUNS * P each: the sum of (o - e)^2 / (e (1 - P))
+inclusion_chi() {
+    awk -F, -v runs="$2" -v p="$3" -v n="$4" '{ c[$2]++ }
+        END { e = runs * p; for (i = 1; i <= n; i++) x += (c[i] - e) ^ 2 / (e * (1 - p)); print x }' "$1"
+}
+
 # wait_for_count FILE REGEX COUNT [TENTHS]: wait until FILE has COUNT lines
 # matching REGEX (default at most 10 s)
 wait_for_count() {
@@ -194,8 +202,7 @@ wait_usr1_caught() {
     # positions of (o - e)^2 / (R p (1 - p)) is chi-square with 20 degrees of
     # freedom: 45.31 at alpha = 0.001
     local chi
-    chi=$(awk -F, -v runs=100 -v p=0.3 '{ c[$2]++ }
-        END { e = runs * p; for (i = 1; i <= 20; i++) x += (c[i] - e) ^ 2 / (e * (1 - p)); print x }' all)
+    chi=$(inclusion_chi all 100 0.3 20)
     below "$chi" 45.31 || fail "chi-square $chi >= 45.31: positions not taken with probability 0.3"
 }
 
@@ -234,8 +241,7 @@ wait_usr1_caught() {
     # 43.82 at alpha = 0.001.  (A sampler that keeps the first 5 scores
     # about 2000; one that never takes record K+1 at least 66.)
     local chi
-    chi=$(awk -F, -v runs=200 -v p=0.25 '{ c[$2]++ }
-        END { e = runs * p; for (i = 1; i <= 20; i++) x += (c[i] - e) ^ 2 / (e * (1 - p)); print x }' all)
+    chi=$(inclusion_chi all 200 0.25 20)
     below "$chi" 43.82 || fail "chi-square $chi >= 43.82: reservoir inclusion is not uniform"
 }
 
