@@ -74,6 +74,15 @@ void badrec_report(const badrec_t *b)
                b->count == 1 ? "" : "s", b->first);
 }
 
+int check_class(badrec_t *b, const char *line, size_t len, uint64_t lineno, double label)
+{
+    char e[64];
+    if (label >= 0 && label < MAX_CLASS && label == (double)(int32_t)label) /* range first */
+        return 0;
+    return badrec(b, lineno, "label '%s' is not a class id (0 to %d)",
+                  excerpt(line, label_end(line, line + len), e, sizeof e), MAX_CLASS - 1);
+}
+
 int read_label(badrec_t *b, const char *line, size_t len, uint64_t lineno, double *label)
 {
     const char *q = label_end(line, line + len);

@@ -65,4 +65,9 @@ int next_record(mnn_linereader_t *lr, const badrec_t *b, const char **line, size
 /* The label of a record as a number; -1 (reported) if it is not one. */
 int read_label(badrec_t *b, const char *line, size_t len, uint64_t lineno, double *label);
 
+/* Class ids a filter keeps per class: 0 .. MAX_CLASS - 1. */
+#define MAX_CLASS 1000000
+/* 0 if label (of that record) is a class id, else -1 (reported). */
+int check_class(badrec_t *b, const char *line, size_t len, uint64_t lineno, double label);
+
 #endif

@@ -25,7 +25,6 @@
 #include <xxhash.h>
 
 #define MAX_LINE ((size_t)64 << 20)
-#define MAX_CLASS 1000000
 #define STATE_MAGIC "# mini-nn replay-buffer state 1"
 
 static noreturn void help(void)
@@ -613,12 +612,8 @@ int main(int argc, char **argv)
         double label;
         if (read_label(&bad, line, len, lr.lineno, &label) < 0)
             continue;
-        if (policy == P_CLASS && (label != floor(label) || label < 0 || label >= MAX_CLASS)) {
-            char e[64];
-            badrec(&bad, lr.lineno, "label '%s' is not a class id (0 to %d)",
-                   excerpt(line, label_end(line, line + len), e, sizeof e), MAX_CLASS - 1);
+        if (policy == P_CLASS && check_class(&bad, line, len, lr.lineno, label) < 0)
             continue;
-        }
         fwrite(line, 1, len, stdout);
         putchar('\n');
         recs++;

@@ -19,7 +19,6 @@
 #include <unistd.h>
 
 #define MAX_LINE ((size_t)64 << 20) /* longest record accepted */
-#define MAX_CLASS 1000000           /* --per-class: labels 0..MAX_CLASS-1 */
 
 static noreturn void help(void)
 {
@@ -287,10 +286,7 @@ int main(int argc, char **argv)
                     hold(&held, s, line, len, i + 1);
                 break;
             case M_PERCLASS: {
-                if (label != floor(label) || label < 0 || label >= MAX_CLASS) {
-                    char b[64];
-                    badrec(&bad, lr.lineno, "label '%s' is not a class id (0 to %d)",
-                           excerpt(line, label_end(line, line + len), b, sizeof b), MAX_CLASS - 1);
+                if (check_class(&bad, line, len, lr.lineno, label) < 0) {
                     recs--;
                     continue;
                 }
