@@ -90,6 +90,8 @@ static size_t count_params(const mnn_spec_t *s)
         n += s->layers[i].units * fan + s->layers[i].units;
         fan = s->layers[i].units;
     }
+    for (size_t j = 0; j < s->nexits; j++)
+        n += (s->layers[s->exits[j]].units + 1) * s->outputs;
     return n;
 }
 
@@ -127,6 +129,15 @@ static void inspect(const char *path, const mnn_manifest_t *mf, const char *dir)
                s->layers[i].units, mnn_act_name(s->layers[i].act));
         fan = s->layers[i].units;
     }
+    if (s->nexits) {
+        printf("exits:\n");
+        for (size_t j = 0; j < s->nexits; j++)
+            printf("  - {after: %zu, weight: [%zu, %zu], bias: [%zu], loss_weight: %.9g}\n",
+                   s->exits[j], s->outputs, s->layers[s->exits[j]].units, s->outputs,
+                   (double)(s->exit_weights ? s->exit_weights[j] : 1.0f));
+    }
+    if (s->temperature != 1.0f)
+        printf("temperature: %.9g\n", (double)s->temperature);
     printf("optimizer: %s\nbatch: %zu\n", s->opt.type == MNN_OPT_ADAM ? "adam" : "sgd", s->batch);
     /* lineage: this checkpoint, then each parent found beside it */
     printf("lineage:\n  - ");

@@ -128,10 +128,37 @@ static int remove_tree(const char *dir)
  * optimizer keeps one) and the normalization statistics. */
 int mnn_ckpt_remove(const char *dir) { return remove_tree(dir); }
 
+/* The i-th (weight, bias) pair of the flat layout: layers.I for i < L, then
+ * exits.J, the exit heads.  prefix receives the tensor-name prefix. */
+typedef struct {
+    char prefix[32];
+    size_t shape[2]; /* the weight's [out, in]; the bias is [out] */
+    size_t w_off, b_off;
+} slot_t;
+
+static void param_slot(const mnn_model_t *m, size_t i, slot_t *s)
+{
+    const size_t L = m->spec.nlayers;
+    if (i < L) {
+        snprintf(s->prefix, sizeof s->prefix, "layers.%zu", i);
+        s->shape[0] = m->spec.layers[i].units;
+        s->shape[1] = m->fan_in[i];
+        s->w_off = m->w_off[i];
+        s->b_off = m->b_off[i];
+    } else {
+        size_t j = i - L;
+        snprintf(s->prefix, sizeof s->prefix, "exits.%zu", j);
+        s->shape[0] = m->spec.outputs;
+        s->shape[1] = m->spec.layers[m->spec.exits[j]].units;
+        s->w_off = m->ew_off[j];
+        s->b_off = m->eb_off[j];
+    }
+}
+
 static int write_model(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
 {
     const float *w = mnn_optim_weights(o, m->params);
-    size_t L = m->spec.nlayers, n = 2 * L + 2;
+    size_t L = m->spec.nlayers, E = m->spec.nexits, n = 2 * (L + E) + 2;
     mnn_st_tensor_t *t = calloc(n, sizeof *t);
     char (*names)[48] = calloc(n, sizeof *names);
     char count[32];
@@ -139,14 +166,14 @@ static int write_model(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
     if (!t || !names)
         goto out;
     size_t k = 0;
-    for (size_t i = 0; i < L; i++) {
-        snprintf(names[k], sizeof names[k], "layers.%zu.weight", i);
-        t[k] = (mnn_st_tensor_t){names[k], 0, 2, {m->spec.layers[i].units, m->fan_in[i]},
-                                 w + m->w_off[i]};
+    for (size_t i = 0; i < L + E; i++) {
+        slot_t sl;
+        param_slot(m, i, &sl);
+        snprintf(names[k], sizeof names[k], "%s.weight", sl.prefix);
+        t[k] = (mnn_st_tensor_t){names[k], 0, 2, {sl.shape[0], sl.shape[1]}, w + sl.w_off};
         k++;
-        snprintf(names[k], sizeof names[k], "layers.%zu.bias", i);
-        t[k] = (mnn_st_tensor_t){names[k], 0, 1, {m->spec.layers[i].units, 0},
-                                 w + m->b_off[i]};
+        snprintf(names[k], sizeof names[k], "%s.bias", sl.prefix);
+        t[k] = (mnn_st_tensor_t){names[k], 0, 1, {sl.shape[0], 0}, w + sl.b_off};
         k++;
     }
     if (m->norm_mean) {
@@ -186,7 +213,8 @@ static size_t optim_buffers(const mnn_optim_t *o, float **bufs, const char **suf
 
 static int write_optim(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
 {
-    size_t L = m->spec.nlayers, n = 6 * L;
+    /* up to 3 buffers, a weight and a bias for every layer and exit head */
+    size_t L = m->spec.nlayers, E = m->spec.nexits, n = 6 * (L + E);
     mnn_st_tensor_t *t = calloc(n, sizeof *t);
     char (*names)[64] = calloc(n, sizeof *names);
     char step[32];
@@ -199,14 +227,15 @@ static int write_optim(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
     size_t nb = optim_buffers(o, bufs, suffix, m->params), k = 0;
     for (size_t which = 0; which < nb; which++) {
         const float *buf = bufs[which];
-        for (size_t i = 0; i < L; i++) {
-            snprintf(names[k], sizeof names[k], "layers.%zu.weight.%s", i, suffix[which]);
-            t[k] = (mnn_st_tensor_t){names[k], 0, 2, {m->spec.layers[i].units, m->fan_in[i]},
-                                     buf + m->w_off[i]};
+        for (size_t i = 0; i < L + E; i++) {
+            slot_t sl;
+            param_slot(m, i, &sl);
+            snprintf(names[k], sizeof names[k], "%s.weight.%s", sl.prefix, suffix[which]);
+            t[k] = (mnn_st_tensor_t){names[k], 0, 2, {sl.shape[0], sl.shape[1]},
+                                     buf + sl.w_off};
             k++;
-            snprintf(names[k], sizeof names[k], "layers.%zu.bias.%s", i, suffix[which]);
-            t[k] = (mnn_st_tensor_t){names[k], 0, 1, {m->spec.layers[i].units, 0},
-                                     buf + m->b_off[i]};
+            snprintf(names[k], sizeof names[k], "%s.bias.%s", sl.prefix, suffix[which]);
+            t[k] = (mnn_st_tensor_t){names[k], 0, 1, {sl.shape[0], 0}, buf + sl.b_off};
             k++;
         }
     }
@@ -575,18 +604,19 @@ static int load_weights(mnn_model_t *m, const char *path, mnn_diag_t *d)
     int rc = mnn_st_open(&f, path, d);
     if (rc < 0)
         return rc;
-    for (size_t i = 0; i < m->spec.nlayers && rc == 0; i++) {
+    for (size_t i = 0; i < m->spec.nlayers + m->spec.nexits && rc == 0; i++) {
         char name[48];
         const void *p;
-        size_t shape[2] = {m->spec.layers[i].units, m->fan_in[i]};
-        snprintf(name, sizeof name, "layers.%zu.weight", i);
-        if ((rc = mnn_st_get(f, name, 0, 2, shape, &p, d)) < 0)
+        slot_t sl;
+        param_slot(m, i, &sl);
+        snprintf(name, sizeof name, "%s.weight", sl.prefix);
+        if ((rc = mnn_st_get(f, name, 0, 2, sl.shape, &p, d)) < 0)
             break;
-        memcpy(m->params + m->w_off[i], p, shape[0] * shape[1] * sizeof(float));
-        snprintf(name, sizeof name, "layers.%zu.bias", i);
-        if ((rc = mnn_st_get(f, name, 0, 1, shape, &p, d)) < 0)
+        memcpy(m->params + sl.w_off, p, sl.shape[0] * sl.shape[1] * sizeof(float));
+        snprintf(name, sizeof name, "%s.bias", sl.prefix);
+        if ((rc = mnn_st_get(f, name, 0, 1, sl.shape, &p, d)) < 0)
             break;
-        memcpy(m->params + m->b_off[i], p, shape[0] * sizeof(float));
+        memcpy(m->params + sl.b_off, p, sl.shape[0] * sizeof(float));
     }
     if (rc == 0 && m->norm_mean) {
         const void *p;
@@ -631,18 +661,19 @@ static int load_optim(mnn_model_t *m, mnn_optim_t *o, const char *path, mnn_diag
     size_t nb = optim_buffers(o, bufs, suffix, m->params);
     for (size_t which = 0; which < nb && rc == 0; which++) {
         float *buf = bufs[which];
-        for (size_t i = 0; i < m->spec.nlayers && rc == 0; i++) {
+        for (size_t i = 0; i < m->spec.nlayers + m->spec.nexits && rc == 0; i++) {
             char name[64];
             const void *p;
-            size_t shape[2] = {m->spec.layers[i].units, m->fan_in[i]};
-            snprintf(name, sizeof name, "layers.%zu.weight.%s", i, suffix[which]);
-            if ((rc = mnn_st_get(f, name, 0, 2, shape, &p, d)) < 0)
+            slot_t sl;
+            param_slot(m, i, &sl);
+            snprintf(name, sizeof name, "%s.weight.%s", sl.prefix, suffix[which]);
+            if ((rc = mnn_st_get(f, name, 0, 2, sl.shape, &p, d)) < 0)
                 break;
-            memcpy(buf + m->w_off[i], p, shape[0] * shape[1] * sizeof(float));
-            snprintf(name, sizeof name, "layers.%zu.bias.%s", i, suffix[which]);
-            if ((rc = mnn_st_get(f, name, 0, 1, shape, &p, d)) < 0)
+            memcpy(buf + sl.w_off, p, sl.shape[0] * sl.shape[1] * sizeof(float));
+            snprintf(name, sizeof name, "%s.bias.%s", sl.prefix, suffix[which]);
+            if ((rc = mnn_st_get(f, name, 0, 1, sl.shape, &p, d)) < 0)
                 break;
-            memcpy(buf + m->b_off[i], p, shape[0] * sizeof(float));
+            memcpy(buf + sl.b_off, p, sl.shape[0] * sizeof(float));
         }
     }
     const char *step = mnn_st_meta(f, "step");

@@ -98,6 +98,15 @@ void mnn_act_backward(mnn_act_t a, float *dx, const float *y, const float *dy,
 
 /* Row-wise softmax of logits (B,K) into probs (may alias). */
 void mnn_softmax(float *probs, const float *logits, size_t B, size_t K);
+
+/* How sure a probability vector p (K entries, summing to 1) is, in [0,1]:
+ * maxprob: the largest p; margin: the largest minus the second largest;
+ * entropy: 1 - H(p)/log(K), so 1 is certain and 0 uniform (1 when K == 1). */
+typedef enum { MNN_CRIT_MAXPROB = 0, MNN_CRIT_MARGIN, MNN_CRIT_ENTROPY } mnn_crit_t;
+float mnn_confidence(const float *p, size_t K, mnn_crit_t c);
+/* "maxprob", "margin" or "entropy"; MNN_EINVAL for anything else. */
+int mnn_crit_parse(const char *name, mnn_crit_t *c);
+const char *mnn_crit_name(mnn_crit_t c);
 /* Softmax cross-entropy.  Returns the summed loss over the batch.  If dlogits
  * is not NULL it receives (softmax - onehot) * grad_scale.  If probs is not
  * NULL it receives the softmax.  Labels are class ids 0..K-1. */
@@ -200,6 +209,9 @@ typedef struct {
                          * written for inference */
 } mnn_opt_spec_t;
 
+/* Early-exit heads a spec may have at most. */
+#define MNN_MAX_EXITS 16
+
 typedef struct {
     size_t input;       /* features per record, >= 1 */
     float input_scale;  /* x * input_scale before anything else; 1 = none */
@@ -208,12 +220,22 @@ typedef struct {
     mnn_loss_t loss;
     size_t nlayers;
     mnn_layer_spec_t *layers; /* nlayers entries, owned */
+    size_t nexits;      /* early-exit heads, <= MNN_MAX_EXITS; classifiers only */
+    size_t *exits;      /* nexits entries, owned: head j reads the output of
+                         * dense layer exits[j] (0-based), strictly
+                         * increasing, each < nlayers - 1 */
+    float *exit_weights;/* nexits entries, owned: the weight of head j's loss
+                         * in training, finite >= 0 (the final head's is 1);
+                         * NULL means 1 each */
+    float temperature;  /* predictions are softmax(logits / temperature), for
+                         * the final head and every exit head; finite > 0,
+                         * 1 = none; classifiers only; training ignores it */
     mnn_opt_spec_t opt;
     size_t batch;  /* records per SGD step, >= 1 */
     uint64_t seed; /* initialisation seed */
 } mnn_spec_t;
 
-/* Defaults for everything optional; no layers. */
+/* Defaults for everything optional; no layers, no exits, temperature 1. */
 void mnn_spec_defaults(mnn_spec_t *s);
 /* Load a spec from a YAML file; errors name path:line:column. */
 int mnn_spec_load_file(mnn_spec_t *s, const char *path, mnn_diag_t *d);
@@ -239,6 +261,9 @@ typedef struct {
     size_t *w_off;  /* nlayers: offset of layer i's weight (units x fan_in) */
     size_t *b_off;  /* nlayers: offset of layer i's bias (units) */
     size_t *fan_in; /* nlayers: input width of layer i */
+    size_t *ew_off; /* nexits: offset of exit head j's weight (outputs x
+                     * units of layer exits[j]), after all the layers */
+    size_t *eb_off; /* nexits: offset of exit head j's bias (outputs) */
     /* normalize: running (Welford, double precision) */
     double *norm_mean; /* input entries, or NULL */
     double *norm_m2;   /* input entries, or NULL */
@@ -248,13 +273,19 @@ typedef struct {
     float *x0;     /* (cap, input) preprocessed input */
     float **acts;  /* nlayers outputs (cap, units_i), after activation */
     float *dbuf[2];/* two (cap, max units) gradient ping-pong buffers */
-    float *probs;  /* (cap, outputs) */
+    float *probs;  /* (cap, outputs) probabilities; an exit head's logits */
     int32_t *labels; /* (cap) */
+    float *edlogits; /* (cap, outputs) an exit head's logit gradient; NULL
+                      * without exits */
+    size_t *rows;  /* (cap) predict_exit: the record of each active row;
+                    * NULL without exits */
 } mnn_model_t;
 
 /* Allocates a model for a validated spec, parameters zero. */
 int mnn_model_init(mnn_model_t *m, const mnn_spec_t *s);
-/* He-normal weights (Glorot-normal for tanh/sigmoid/none), zero biases. */
+/* He-normal weights (Glorot-normal for tanh/sigmoid/none), zero biases;
+ * then the exit heads, Glorot-normal (drawn after the layers, so a spec
+ * without exits draws what it always drew). */
 void mnn_model_init_weights(mnn_model_t *m, mnn_rng_t *rng);
 void mnn_model_free(mnn_model_t *m);
 /* Copies the learned state (weights, normalization statistics) of a model
@@ -265,19 +296,36 @@ int mnn_model_reserve(mnn_model_t *m, size_t n);
 
 /* Per-batch results of a training step or an evaluation. */
 typedef struct {
-    double loss_sum; /* summed over the records */
-    size_t correct;  /* records whose argmax equals the label (xent) */
+    double loss_sum; /* summed over the records; the final head's only */
+    size_t correct;  /* records whose argmax equals the label (xent); the
+                      * final head's only */
 } mnn_batch_stats_t;
 
 /* Test-then-train on B records: x is (B,input) raw features, y the labels
  * (class ids as floats, or targets).  The forward pass that measures the
- * loss is the one that learns: predictions come before the update.  */
+ * loss is the one that learns: predictions come before the update.
+ * With exit heads the loss learned from is the final head's cross-entropy
+ * plus exit_weights[j] times head j's, each averaged over the batch; st
+ * still reports the final head alone, so progressive metrics mean the same
+ * with or without exits.  The temperature plays no part. */
 struct mnn_optim;
 int mnn_model_train_batch(mnn_model_t *m, struct mnn_optim *o, const float *x,
                           const float *y, size_t B, mnn_batch_stats_t *st);
-/* Outputs for B records: class probabilities (xent) or values (mse), into
- * out (B,outputs).  Does not change the model. */
+/* Outputs for B records: class probabilities softmax(logits / temperature)
+ * of the final head (xent) or values (mse), into out (B,outputs).  Does not
+ * change the model. */
 int mnn_model_predict(mnn_model_t *m, const float *x, size_t B, float *out);
+/* Like mnn_model_predict, but each record stops at the first exit head whose
+ * probabilities (temperature applied) have mnn_confidence(crit) >=
+ * threshold; taken (B entries) receives that head's index j, or nexits for
+ * the final head.  After each exit the records still going on are packed
+ * together, so the deeper layers compute only those.  With no exits, or a
+ * threshold above 1, out is exactly mnn_model_predict's. */
+int mnn_model_predict_exit(mnn_model_t *m, const float *x, size_t B, float *out,
+                           float threshold, mnn_crit_t crit, uint8_t *taken);
+/* The final head's raw outputs (B,outputs): logits without temperature or
+ * softmax (xent), values (mse).  For fitting a temperature. */
+int mnn_model_logits(mnn_model_t *m, const float *x, size_t B, float *out);
 
 /* ---- optimizers (optim.c) ------------------------------------------------- */
 

@@ -188,6 +188,46 @@ void mnn_softmax(float *probs, const float *logits, size_t B, size_t K)
     }
 }
 
+float mnn_confidence(const float *p, size_t K, mnn_crit_t c)
+{
+    if (c == MNN_CRIT_ENTROPY) {
+        /* 1 - H(p)/log K, in double; rounding may leave H a hair past log K */
+        if (K < 2)
+            return 1.0f;
+        double h = 0;
+        for (size_t k = 0; k < K; k++)
+            if (p[k] > 0)
+                h -= (double)p[k] * log((double)p[k]);
+        double conf = 1.0 - h / log((double)K);
+        return (float)(conf < 0 ? 0 : conf > 1 ? 1 : conf);
+    }
+    float first = K ? p[0] : 0, second = 0;
+    for (size_t k = 1; k < K; k++)
+        if (p[k] > first) {
+            second = first;
+            first = p[k];
+        } else if (p[k] > second)
+            second = p[k];
+    return c == MNN_CRIT_MARGIN ? first - second : first;
+}
+
+static const char *const crit_names[] = {"maxprob", "margin", "entropy"};
+
+int mnn_crit_parse(const char *name, mnn_crit_t *c)
+{
+    for (size_t i = 0; i < sizeof crit_names / sizeof crit_names[0]; i++)
+        if (!strcmp(name, crit_names[i])) {
+            *c = (mnn_crit_t)i;
+            return 0;
+        }
+    return MNN_EINVAL;
+}
+
+const char *mnn_crit_name(mnn_crit_t c)
+{
+    return (unsigned)c < sizeof crit_names / sizeof crit_names[0] ? crit_names[c] : "?";
+}
+
 /* loss_b = logsumexp(z) - z[y];  dz = (softmax(z) - onehot(y)) * scale */
 double mnn_softmax_xent(float *dlogits, float *probs, const float *logits,
                         const int32_t *labels, size_t B, size_t K,

@@ -16,6 +16,7 @@ void mnn_spec_defaults(mnn_spec_t *s)
     s->opt.beta1 = 0.9f;
     s->opt.beta2 = 0.999f;
     s->opt.eps = 1e-8f;
+    s->temperature = 1.0f;
     s->batch = 32;
     s->seed = 1;
 }
@@ -23,29 +24,52 @@ void mnn_spec_defaults(mnn_spec_t *s)
 void mnn_spec_free(mnn_spec_t *s)
 {
     free(s->layers);
+    free(s->exits);
+    free(s->exit_weights);
     s->layers = NULL;
-    s->nlayers = 0;
+    s->exits = NULL;
+    s->exit_weights = NULL;
+    s->nlayers = s->nexits = 0;
 }
 
 int mnn_spec_copy(mnn_spec_t *dst, const mnn_spec_t *src)
 {
     *dst = *src;
+    dst->exits = NULL;
+    dst->exit_weights = NULL;
     dst->layers = calloc(src->nlayers ? src->nlayers : 1, sizeof *dst->layers);
     if (!dst->layers)
         return MNN_ENOMEM;
     if (src->nlayers)
         memcpy(dst->layers, src->layers, src->nlayers * sizeof *dst->layers);
+    if (src->nexits == 0)
+        return 0;
+    /* the copy always has its weights: NULL (all 1) becomes explicit */
+    dst->exits = calloc(src->nexits, sizeof *dst->exits);
+    dst->exit_weights = calloc(src->nexits, sizeof *dst->exit_weights);
+    if (!dst->exits || !dst->exit_weights) {
+        mnn_spec_free(dst);
+        return MNN_ENOMEM;
+    }
+    memcpy(dst->exits, src->exits, src->nexits * sizeof *dst->exits);
+    for (size_t j = 0; j < src->nexits; j++)
+        dst->exit_weights[j] = src->exit_weights ? src->exit_weights[j] : 1.0f;
     return 0;
 }
 
 /* Fields validation can point at; marks[] keeps where each was read. */
-enum { F_ROOT, F_INPUT, F_SCALE, F_OUTPUTS, F_LAYERS, F_LR, F_MOMENTUM, F_WD,
-       F_BETA1, F_BETA2, F_EPS, F_DECAY, F_AVG, F_BATCH, F_NFIELDS };
+enum { F_ROOT, F_INPUT, F_SCALE, F_OUTPUTS, F_LAYERS, F_EXITS, F_EXIT_W, F_TEMP,
+       F_LR, F_MOMENTUM, F_WD, F_BETA1, F_BETA2, F_EPS, F_DECAY, F_AVG, F_BATCH,
+       F_NFIELDS };
 
-static int validate(const mnn_spec_t *s, int *field, mnn_diag_t *d)
+/* *field: what is wrong; *item: which entry of exits or exit_weights, or
+ * SIZE_MAX for the whole field. */
+static int validate(const mnn_spec_t *s, int *field, size_t *item, mnn_diag_t *d)
 {
 #define BAD(f, ...) (*field = (f), mnn_fail(d, MNN_EINVAL, __VA_ARGS__))
+#define BAD_AT(f, j, ...) (*item = (j), BAD(f, __VA_ARGS__))
     const mnn_opt_spec_t *o = &s->opt;
+    *item = SIZE_MAX;
     if (s->input < 1)
         return BAD(F_INPUT, "input must be at least 1");
     if (s->input > ((size_t)1 << 31))
@@ -65,6 +89,31 @@ static int validate(const mnn_spec_t *s, int *field, mnn_diag_t *d)
         return BAD(F_LAYERS, "the last layer has %zu units but the model has %zu %s",
                    s->layers[s->nlayers - 1].units, s->outputs,
                    s->loss == MNN_LOSS_XENT ? "classes" : "outputs");
+    if (s->nexits > 0 && s->loss != MNN_LOSS_XENT)
+        return BAD(F_EXITS, "exits: early-exit heads need a classifier ('classes: K', "
+                            "not 'outputs: N')");
+    if (s->nexits > MNN_MAX_EXITS)
+        return BAD(F_EXITS, "exits: at most %d early-exit heads", MNN_MAX_EXITS);
+    if (s->nexits > 0 && !s->exits)
+        return BAD(F_EXITS, "exits: %zu heads but no list of layers", s->nexits);
+    for (size_t j = 0; j < s->nexits; j++) {
+        if (s->nlayers == 1)
+            return BAD_AT(F_EXITS, j, "exits: a model of one layer has no hidden layer to "
+                                      "exit after");
+        if (s->exits[j] >= s->nlayers - 1)
+            return BAD_AT(F_EXITS, j, "exits: %zu is not a hidden layer (0 to %zu: a head "
+                                      "goes after any dense layer but the last)",
+                          s->exits[j], s->nlayers - 2);
+        if (j > 0 && s->exits[j] <= s->exits[j - 1])
+            return BAD_AT(F_EXITS, j, "exits: %zu after %zu: the layers must be strictly "
+                                      "increasing", s->exits[j], s->exits[j - 1]);
+        if (s->exit_weights && (!(s->exit_weights[j] >= 0) || !isfinite(s->exit_weights[j])))
+            return BAD_AT(F_EXIT_W, j, "exit_weights: each must be a finite number >= 0");
+    }
+    if (!(s->temperature > 0) || !isfinite(s->temperature))
+        return BAD(F_TEMP, "temperature must be a finite number > 0");
+    if (s->temperature != 1 && s->loss != MNN_LOSS_XENT)
+        return BAD(F_TEMP, "temperature applies to a classifier's softmax ('classes: K')");
     if (!(o->lr > 0) || !isfinite(o->lr))
         return BAD(F_LR, "lr must be a finite number > 0");
     if (!(o->momentum >= 0 && o->momentum < 1))
@@ -84,13 +133,15 @@ static int validate(const mnn_spec_t *s, int *field, mnn_diag_t *d)
     if (s->batch < 1 || s->batch > (1u << 20))
         return BAD(F_BATCH, "batch must be between 1 and 1048576");
     return 0;
+#undef BAD_AT
 #undef BAD
 }
 
 int mnn_spec_validate(const mnn_spec_t *s, mnn_diag_t *d)
 {
     int field;
-    return validate(s, &field, d);
+    size_t item;
+    return validate(s, &field, &item, d);
 }
 
 /* ---- reading ------------------------------------------------------------ */
@@ -99,6 +150,8 @@ typedef struct {
     mnn_yaml_t *y;
     mnn_diag_t *d;
     yaml_node_t *marks[F_NFIELDS];
+    yaml_node_t *exit_marks[MNN_MAX_EXITS];   /* the entries of exits */
+    yaml_node_t *weight_marks[MNN_MAX_EXITS]; /* and of exit_weights */
 } reader_t;
 
 static int get_size(reader_t *r, yaml_node_t *n, const char *what, size_t *out)
@@ -235,7 +288,23 @@ typedef struct {
     mnn_loss_t loss;
     yaml_node_t *loss_node;
     opt_ctx_t opt;
+    float *weights;     /* exit_weights as read, until exits is known */
+    size_t nweights;
+    yaml_node_t *weights_node; /* NULL when not given */
 } root_ctx_t;
+
+/* A flow or block list of at most MNN_MAX_EXITS entries; *n its length. */
+static int get_list(reader_t *r, yaml_node_t *v, const char *what, size_t *n)
+{
+    int rc = mnn_yaml_expect(r->y, v, YAML_SEQUENCE_NODE, what, r->d);
+    if (rc < 0)
+        return rc;
+    *n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+    if (*n > MNN_MAX_EXITS)
+        return mnn_yaml_fail(r->y, v, r->d, MNN_EINVAL, "%s: %zu entries, at most %d exits",
+                             what, *n, MNN_MAX_EXITS);
+    return 0;
+}
 
 static int root_pair(reader_t *r, void *ctx, const char *key, yaml_node_t *k,
                      yaml_node_t *v)
@@ -306,13 +375,43 @@ static int root_pair(reader_t *r, void *ctx, const char *key, yaml_node_t *k,
         return 0;
     }
     if (!strcmp(key, "exits")) {
-        if ((rc = mnn_yaml_expect(r->y, v, YAML_SEQUENCE_NODE, "exits", r->d)) < 0)
+        size_t n;
+        if ((rc = get_list(r, v, "exits", &n)) < 0)
             return rc;
-        if (v->data.sequence.items.top != v->data.sequence.items.start)
-            return mnn_yaml_fail(r->y, v, r->d, MNN_EINVAL,
-                                 "exits: early-exit heads are not supported by this "
-                                 "version (use exits: [])");
+        r->marks[F_EXITS] = v;
+        free(s->exits);
+        s->exits = NULL;
+        if (n && !(s->exits = calloc(n, sizeof *s->exits)))
+            return MNN_ENOMEM;
+        s->nexits = n;
+        for (size_t j = 0; j < n; j++) {
+            yaml_node_t *e = mnn_yaml_node(r->y, v->data.sequence.items.start[j]);
+            r->exit_marks[j] = e;
+            if ((rc = get_size(r, e, "exits", &s->exits[j])) < 0)
+                return rc;
+        }
         return 0;
+    }
+    if (!strcmp(key, "exit_weights")) {
+        size_t n;
+        if ((rc = get_list(r, v, "exit_weights", &n)) < 0)
+            return rc;
+        r->marks[F_EXIT_W] = v;
+        c->weights_node = v;
+        if (!(c->weights = calloc(n ? n : 1, sizeof *c->weights)))
+            return MNN_ENOMEM;
+        c->nweights = n;
+        for (size_t j = 0; j < n; j++) {
+            yaml_node_t *e = mnn_yaml_node(r->y, v->data.sequence.items.start[j]);
+            r->weight_marks[j] = e;
+            if ((rc = get_float(r, e, "exit_weights", &c->weights[j])) < 0)
+                return rc;
+        }
+        return 0;
+    }
+    if (!strcmp(key, "temperature")) {
+        r->marks[F_TEMP] = v;
+        return get_float(r, v, "temperature", &s->temperature);
     }
     if (!strcmp(key, "optimizer")) {
         r->marks[F_LR] = v;
@@ -340,11 +439,29 @@ int mnn_spec_from_node(mnn_spec_t *s, mnn_yaml_t *y, yaml_node_t *root,
         r.marks[i] = root;
     int rc = walk_map(&r, root, "the model spec",
                       "input, input_scale, normalize, classes, outputs, loss, "
-                      "layers, exits, optimizer, batch, seed",
+                      "layers, exits, exit_weights, temperature, optimizer, batch, seed",
                       root_pair, &c);
     if (rc < 0)
         goto fail;
     rc = MNN_EINVAL;
+    if (c.weights_node && c.nweights != s->nexits) {
+        rc = mnn_yaml_fail(y, c.weights_node, d, rc,
+                           "exit_weights has %zu entries but exits has %zu: one weight per exit",
+                           c.nweights, s->nexits);
+        goto fail;
+    }
+    if (s->nexits > 0) {
+        if (!c.weights && !(c.weights = calloc(s->nexits, sizeof *c.weights))) {
+            rc = MNN_ENOMEM;
+            goto fail;
+        }
+        for (size_t j = 0; !c.weights_node && j < s->nexits; j++)
+            c.weights[j] = 1.0f;
+        s->exit_weights = c.weights;
+        c.weights = NULL;
+    }
+    free(c.weights); /* an empty exit_weights: [] */
+    c.weights = NULL;
     if (!c.have_input) {
         rc = mnn_yaml_fail(y, root, d, rc, "'input: N' is required");
         goto fail;
@@ -367,13 +484,20 @@ int mnn_spec_from_node(mnn_spec_t *s, mnn_yaml_t *y, yaml_node_t *root,
     if (!c.opt.lr_given && s->opt.type == MNN_OPT_ADAM)
         s->opt.lr = 0.001f;
     int field;
+    size_t item;
     mnn_diag_t tmp;
-    if ((rc = validate(s, &field, &tmp)) < 0) {
-        rc = mnn_yaml_fail(y, r.marks[field], d, rc, "%s", tmp.msg);
+    if ((rc = validate(s, &field, &item, &tmp)) < 0) {
+        yaml_node_t *at = r.marks[field];
+        if (item < MNN_MAX_EXITS && field == F_EXITS && r.exit_marks[item])
+            at = r.exit_marks[item];
+        if (item < MNN_MAX_EXITS && field == F_EXIT_W && r.weight_marks[item])
+            at = r.weight_marks[item];
+        rc = mnn_yaml_fail(y, at, d, rc, "%s", tmp.msg);
         goto fail;
     }
     return 0;
 fail:
+    free(c.weights);
     mnn_spec_free(s);
     return rc;
 }
@@ -420,7 +544,20 @@ int mnn_spec_write(const mnn_spec_t *s, FILE *f, int ind)
     for (size_t i = 0; i < s->nlayers; i++)
         fprintf(f, "%*s  - {dense: %zu, activation: %s}\n", ind, "",
                 s->layers[i].units, mnn_act_name(s->layers[i].act));
-    fprintf(f, "%*sexits: []\n", ind, "");
+    /* a spec without exits writes what it always wrote */
+    fprintf(f, "%*sexits: [", ind, "");
+    for (size_t j = 0; j < s->nexits; j++)
+        fprintf(f, "%s%zu", j ? ", " : "", s->exits[j]);
+    fputs("]\n", f);
+    if (s->nexits > 0) {
+        fprintf(f, "%*sexit_weights: [", ind, "");
+        for (size_t j = 0; j < s->nexits; j++)
+            fprintf(f, "%s%.9g", j ? ", " : "",
+                    s->exit_weights ? (double)s->exit_weights[j] : 1.0);
+        fputs("]\n", f);
+    }
+    if (s->temperature != 1)
+        fprintf(f, "%*stemperature: %.9g\n", ind, "", (double)s->temperature);
     if (o->type == MNN_OPT_SGD)
         fprintf(f, "%*soptimizer: {type: sgd, lr: %.9g, momentum: %.9g, "
                    "weight_decay: %.9g, lr_decay: %.9g, average: %.9g}\n",

@@ -469,3 +469,59 @@ print('ok')
 EOF
     assert_output ok
 }
+
+@test "exits: [0] trains the exit head beside the layers: exits.0.* in both safetensors, the spec in the manifest" {
+    command -v python3 >/dev/null || skip "python3 is not installed"
+    mk_spec spec.yaml 'exits: [0]' 'exit_weights: [0.5]' 'temperature: 1.5'
+    run -0 --separate-stderr sgd-train -m spec.yaml -o ck <train.csv
+    assert_output ck
+    run -0 grep -x '  exits: \[0\]' ck/manifest.yaml
+    run -0 grep -x '  exit_weights: \[0.5\]' ck/manifest.yaml
+    run -0 grep -x '  temperature: 1.5' ck/manifest.yaml
+    run -0 python3 - ck/model.safetensors ck/optimizer.safetensors <<'PY'
+import json, struct, sys
+def header(path):
+    b = open(path, 'rb').read()
+    n, = struct.unpack('<Q', b[:8])
+    return {k: v for k, v in json.loads(b[8:8 + n]).items() if k != '__metadata__'}
+m, o = header(sys.argv[1]), header(sys.argv[2])
+assert sorted(m) == ['exits.0.bias', 'exits.0.weight', 'layers.0.bias', 'layers.0.weight',
+                     'layers.1.bias', 'layers.1.weight'], sorted(m)
+assert m['exits.0.weight']['shape'] == [3, 8], m['exits.0.weight']
+assert m['exits.0.bias']['shape'] == [3], m['exits.0.bias']
+assert sorted(o) == sorted(k + '.momentum_buffer' for k in m), sorted(o)
+print('ok')
+PY
+    assert_output ok
+    assert_ge "$(accuracy ck test.csv)" 0.95
+}
+
+@test "exits: the reported loss and accuracy are the final head's: exit_weights [0] reports what no exits does" {
+    sgd-train -m spec.yaml -o plain <train.csv 2>plain.err >/dev/null
+    mk_spec spec.yaml 'exits: [0]' 'exit_weights: [0]'
+    sgd-train -m spec.yaml -o zero <train.csv 2>zero.err >/dev/null
+    # the table without its rec/s column, and the summary
+    run -0 diff <(awk 'NF == 5 { print $1, $2, $3, $4 }' plain.err) \
+        <(awk 'NF == 5 { print $1, $2, $3, $4 }' zero.err)
+    run -0 grep -c '^ *600 ' zero.err
+    run -0 diff <(grep 'average loss' plain.err) <(grep 'average loss' zero.err)
+    assert_output ''
+}
+
+@test "exits: --resume continues bit-exactly with exit heads (SGD and Adam)" {
+    local opt k
+    for opt in 'type: sgd, lr: 0.1, momentum: 0.9' 'type: adam, lr: 0.01, average: 0.9'; do
+        mk_spec spec.yaml 'exits: [0]' 'exit_weights: [0.3]'
+        sed -i "s/^optimizer: .*/optimizer: {$opt}/" spec.yaml
+        sgd-train -q -m spec.yaml -o straight <train.csv >/dev/null
+        for k in 1 75; do
+            head -n $((k * 4)) train.csv | sgd-train -q -m spec.yaml -o part >/dev/null
+            run -0 sgd-train -q --resume part --skip-seen -o resumed <train.csv
+            run -0 cmp straight/model.safetensors resumed/model.safetensors
+            run -0 cmp straight/optimizer.safetensors resumed/optimizer.safetensors
+            run -0 cmp straight/state.yaml resumed/state.yaml
+            rm -rf part resumed
+        done
+        rm -rf straight
+    done
+}

@@ -871,6 +871,464 @@ static void test_softmax(void)
           "mnn_softmax_xent: logits (1000,-1000), label 0: loss %.9g (0)", L);
 }
 
+/* ---- early exits, confidence, temperature ------------------------------- */
+
+/* softmax(z / T) in double */
+static void ref_softmax_t(double *p, const double *z, size_t K, double T)
+{
+    double mx = z[0] / T, sum = 0;
+    for (size_t k = 1; k < K; k++)
+        mx = fmax(mx, z[k] / T);
+    for (size_t k = 0; k < K; k++)
+        sum += (p[k] = exp(z[k] / T - mx));
+    for (size_t k = 0; k < K; k++)
+        p[k] /= sum;
+}
+
+/* One record through the model by hand, in double, from the public fields:
+ * probs[h*K ...] receives softmax(logits / T) of head h: the exit heads
+ * h = 0..nexits-1, then the final head h = nexits. */
+static void ref_heads(const mnn_model_t *m, const float *x, double T, double *probs)
+{
+    const mnn_spec_t *s = &m->spec;
+    const size_t K = s->outputs;
+    size_t widest = s->input, j = 0;
+    for (size_t i = 0; i < s->nlayers; i++)
+        widest = s->layers[i].units > widest ? s->layers[i].units : widest;
+    double *a = calloc(widest, sizeof(double)), *z = calloc(widest, sizeof(double));
+    if (!a || !z)
+        exit(99);
+    for (size_t c = 0; c < s->input; c++)
+        a[c] = (double)x[c] * s->input_scale;
+    for (size_t i = 0; i < s->nlayers; i++) {
+        const size_t units = s->layers[i].units, fan = m->fan_in[i];
+        const float *w = m->params + m->w_off[i], *bias = m->params + m->b_off[i];
+        for (size_t o = 0; o < units; o++) {
+            double acc = bias[o];
+            for (size_t c = 0; c < fan; c++)
+                acc += (double)w[o * fan + c] * a[c];
+            switch (s->layers[i].act) {
+            case MNN_ACT_RELU: acc = acc > 0 ? acc : 0; break;
+            case MNN_ACT_TANH: acc = tanh(acc); break;
+            case MNN_ACT_SIGMOID: acc = 1 / (1 + exp(-acc)); break;
+            default: break;
+            }
+            z[o] = acc;
+        }
+        memcpy(a, z, units * sizeof(double));
+        if (j < s->nexits && s->exits[j] == i) {
+            const float *hw = m->params + m->ew_off[j], *hb = m->params + m->eb_off[j];
+            double logits[16];
+            for (size_t k = 0; k < K; k++) {
+                double acc = hb[k];
+                for (size_t c = 0; c < units; c++)
+                    acc += (double)hw[k * units + c] * a[c];
+                logits[k] = acc;
+            }
+            ref_softmax_t(probs + j * K, logits, K, T);
+            j++;
+        }
+    }
+    ref_softmax_t(probs + s->nexits * K, a, K, T);
+    free(a);
+    free(z);
+}
+
+/* The loss train_batch learns from, by hand: the mean over the batch of the
+ * final head's cross-entropy plus exit_weights[j] times head j's.  The
+ * temperature plays no part.  *final_sum gets the final head's summed loss. */
+static double ref_exit_loss(const mnn_model_t *m, const float *x, const float *y, size_t B,
+                            double *final_sum)
+{
+    const size_t K = m->spec.outputs, E = m->spec.nexits;
+    double *p = calloc((E + 1) * K, sizeof(double)), L = 0, F = 0;
+    if (!p)
+        exit(99);
+    for (size_t b = 0; b < B; b++) {
+        size_t lab = (size_t)y[b];
+        ref_heads(m, x + b * m->spec.input, 1.0, p);
+        F -= log(p[E * K + lab]);
+        L -= log(p[E * K + lab]);
+        for (size_t j = 0; j < E; j++)
+            L -= (double)m->spec.exit_weights[j] * log(p[j * K + lab]);
+    }
+    free(p);
+    if (final_sum)
+        *final_sum = F;
+    return L / (double)B;
+}
+
+/* A classifier spec over caller-owned arrays (never mnn_spec_free it). */
+static void exit_spec(mnn_spec_t *s, size_t input, size_t K, mnn_layer_spec_t *layers,
+                      size_t nlayers, size_t *exits, float *weights, size_t nexits, float T)
+{
+    mnn_spec_defaults(s);
+    s->input = input;
+    s->outputs = K;
+    s->layers = layers;
+    s->nlayers = nlayers;
+    s->exits = exits;
+    s->exit_weights = weights;
+    s->nexits = nexits;
+    s->temperature = T;
+    s->opt.lr = 0.125f;
+    s->batch = 6;
+}
+
+static void test_fd_exits(void)
+{
+    mnn_layer_spec_t layers[] = {{5, MNN_ACT_TANH}, {4, MNN_ACT_SIGMOID}, {3, MNN_ACT_NONE}};
+    size_t exits[] = {0, 1};
+    float weights[] = {0.75f, 0.5f}, zero[] = {0, 0};
+    enum { B = 6, IN = 4, K = 3 };
+    mnn_spec_t s;
+    mnn_diag_t d = {""};
+    /* temperature 3: training must not see it */
+    exit_spec(&s, IN, K, layers, NELEM(layers), exits, weights, NELEM(exits), 3.0f);
+    if (!check(mnn_spec_validate(&s, &d) == 0, "exits: a hand-built 4-5-4-3 spec with exits "
+                                               "[0, 1] validates")) {
+        diag("%s", d.msg);
+        return;
+    }
+    mnn_model_t m, mn, m0;
+    mnn_spec_t sn = s, s0 = s;
+    sn.nexits = 0;
+    sn.exits = NULL;
+    sn.exit_weights = NULL;
+    s0.exit_weights = zero;
+    if (!check(mnn_model_init(&m, &s) == 0 && mnn_model_init(&mn, &sn) == 0 &&
+                   mnn_model_init(&m0, &s0) == 0,
+               "exits: mnn_model_init with and without exit heads"))
+        return;
+    /* exit heads come after the layers, weight then bias */
+    size_t main_p = mn.nparams;
+    check(m.ew_off[0] == main_p && m.eb_off[0] == main_p + K * 5 &&
+              m.ew_off[1] == m.eb_off[0] + K && m.eb_off[1] == m.ew_off[1] + K * 4 &&
+              m.nparams == m.eb_off[1] + K && m.w_off[2] == mn.w_off[2],
+          "exits: ew_off/eb_off follow the layers in the flat array (nparams %zu + %zu)",
+          main_p, m.nparams - main_p);
+    mnn_rng_t r1, r2;
+    mnn_rng_seed(&r1, 11);
+    mnn_rng_seed(&r2, 11);
+    mnn_model_init_weights(&m, &r1);
+    mnn_model_init_weights(&mn, &r2);
+    int heads_ok = 1;
+    for (size_t j = 0; j < 2; j++) {
+        size_t C = layers[exits[j]].units;
+        for (size_t i = 0; i < K * C; i++)
+            heads_ok &= m.params[m.ew_off[j] + i] != 0 && isfinite(m.params[m.ew_off[j] + i]);
+        for (size_t i = 0; i < K; i++)
+            heads_ok &= m.params[m.eb_off[j] + i] == 0;
+    }
+    check(!memcmp(m.params, mn.params, main_p * sizeof(float)) && heads_ok,
+          "exits: init_weights draws the layers as without exits, then non-zero head "
+          "weights and zero head biases");
+
+    float x[B * IN], y[B];
+    for (size_t i = 0; i < NELEM(x); i++)
+        x[i] = tsym(2);
+    for (size_t b = 0; b < B; b++)
+        y[b] = (float)(trng() % K);
+    const size_t P = m.nparams;
+    float *p0 = xalloc(P);
+    double *fdd = calloc(P, sizeof(double)), F0;
+    if (!fdd)
+        exit(99);
+    memcpy(p0, m.params, P * sizeof(float));
+    ref_exit_loss(&m, x, y, B, &F0);
+    for (size_t j = 0; j < P; j++) {
+        float pp = p0[j] + FD_H, pm = p0[j] - FD_H;
+        m.params[j] = pp;
+        double lp = ref_exit_loss(&m, x, y, B, NULL);
+        m.params[j] = pm;
+        double lm = ref_exit_loss(&m, x, y, B, NULL);
+        m.params[j] = p0[j];
+        fdd[j] = (lp - lm) / ((double)pp - pm);
+    }
+    /* plain SGD so that the update shows the gradient too */
+    mnn_optim_t o;
+    mnn_batch_stats_t st = {0, 0};
+    int rc = mnn_optim_init(&o, &m.spec.opt, m.nparams);
+    if (rc == 0)
+        rc = mnn_model_train_batch(&m, &o, x, y, B, &st);
+    check(rc == 0, "exits: mnn_model_train_batch (rc %d)", rc);
+    fails_t f = {0, 0};
+    double maxdiff = 0;
+    for (size_t j = 0; j < P; j++) {
+        maxdiff = fmax(maxdiff, fabs(m.grads[j] - fdd[j]));
+        fd_compare(&f, "grads", j, m.grads[j], fdd[j], 2e-2, 2e-4);
+    }
+    check(f.bad == 0, "exits: the gradient of the final loss + 0.75 exit 0 + 0.5 exit 1 "
+                      "matches finite differences (%zu params, worst %.3g)", P, maxdiff);
+    check(close_to(st.loss_sum, F0, 1e-5, 1e-6),
+          "exits: train_batch loss_sum %.9g is the final head's alone (%.9g)", st.loss_sum, F0);
+    int moved = 1;
+    for (size_t j = 0; j < P; j++)
+        moved &= close_to(m.params[j], p0[j] - 0.125f * m.grads[j], 1e-6, 1e-9);
+    check(moved, "exits: the SGD step moves the exit heads too");
+    mnn_optim_free(&o);
+
+    /* heads of weight 0 leave the layers' gradients as without exits */
+    mnn_batch_stats_t s0st = {0, 0}, snst = {0, 0};
+    memcpy(m0.params, p0, P * sizeof(float));
+    memcpy(mn.params, p0, main_p * sizeof(float));
+    mnn_optim_t o0, on;
+    rc = mnn_optim_init(&o0, &m0.spec.opt, m0.nparams);
+    if (rc == 0)
+        rc = mnn_optim_init(&on, &mn.spec.opt, mn.nparams);
+    if (rc == 0) {
+        mnn_model_train_batch(&m0, &o0, x, y, B, &s0st);
+        mnn_model_train_batch(&mn, &on, x, y, B, &snst);
+        int same = s0st.loss_sum == snst.loss_sum && s0st.correct == snst.correct;
+        for (size_t j = 0; j < main_p; j++)
+            same &= m0.grads[j] == mn.grads[j];
+        for (size_t j = main_p; j < P; j++)
+            same &= m0.grads[j] == 0;
+        check(same, "exits: exit_weights [0, 0]: the layers' gradients and the stats equal "
+                    "those of the model without exits; the heads' are 0");
+        mnn_optim_free(&o0);
+        mnn_optim_free(&on);
+    } else
+        check(0, "exits: mnn_optim_init");
+    free(p0);
+    free(fdd);
+    mnn_model_free(&m);
+    mnn_model_free(&mn);
+    mnn_model_free(&m0);
+}
+
+static void test_confidence(void)
+{
+    const float a[] = {0.7f, 0.2f, 0.1f}, u[] = {0.25f, 0.25f, 0.25f, 0.25f},
+                hot[] = {0, 1, 0}, one[] = {1}, tie[] = {0.4f, 0.4f, 0.2f},
+                late[] = {0.1f, 0.6f, 0.3f};
+    double ha = -(0.7 * log(0.7) + 0.2 * log(0.2) + 0.1 * log(0.1));
+    check(close_to(mnn_confidence(a, 3, MNN_CRIT_MAXPROB), 0.7, 1e-6, 0) &&
+              close_to(mnn_confidence(a, 3, MNN_CRIT_MARGIN), 0.5, 1e-6, 0) &&
+              close_to(mnn_confidence(a, 3, MNN_CRIT_ENTROPY), 1 - ha / log(3.0), 1e-5, 0),
+          "mnn_confidence (0.7, 0.2, 0.1): maxprob 0.7, margin 0.5, entropy %.6f (%.6f)",
+          (double)mnn_confidence(a, 3, MNN_CRIT_ENTROPY), 1 - ha / log(3.0));
+    check(mnn_confidence(u, 4, MNN_CRIT_MAXPROB) == 0.25f &&
+              mnn_confidence(u, 4, MNN_CRIT_MARGIN) == 0 &&
+              fabs(mnn_confidence(u, 4, MNN_CRIT_ENTROPY)) < 1e-6,
+          "mnn_confidence uniform over 4: maxprob 0.25, margin 0, entropy 0");
+    check(mnn_confidence(hot, 3, MNN_CRIT_MAXPROB) == 1 &&
+              mnn_confidence(hot, 3, MNN_CRIT_MARGIN) == 1 &&
+              mnn_confidence(hot, 3, MNN_CRIT_ENTROPY) == 1,
+          "mnn_confidence one-hot: 1 by every criterion");
+    check(mnn_confidence(one, 1, MNN_CRIT_ENTROPY) == 1 &&
+              mnn_confidence(one, 1, MNN_CRIT_MAXPROB) == 1,
+          "mnn_confidence K = 1: entropy 1, maxprob 1");
+    check(mnn_confidence(tie, 3, MNN_CRIT_MARGIN) == 0 &&
+              close_to(mnn_confidence(late, 3, MNN_CRIT_MARGIN), 0.3, 1e-6, 0),
+          "mnn_confidence margin: a tie at the top is 0; (0.1, 0.6, 0.3) is 0.3");
+    mnn_crit_t c = MNN_CRIT_MAXPROB;
+    int names = 1;
+    for (int i = 0; i < 3; i++)
+        names &= mnn_crit_parse(mnn_crit_name((mnn_crit_t)i), &c) == 0 && c == (mnn_crit_t)i;
+    check(names && !strcmp(mnn_crit_name(MNN_CRIT_MARGIN), "margin") &&
+              mnn_crit_parse("entropy", &c) == 0 && c == MNN_CRIT_ENTROPY &&
+              mnn_crit_parse("Maxprob", &c) == MNN_EINVAL && mnn_crit_parse("", &c) == MNN_EINVAL,
+          "mnn_crit_parse/mnn_crit_name: maxprob, margin, entropy; anything else MNN_EINVAL");
+}
+
+static void test_temperature(void)
+{
+    mnn_layer_spec_t layers[] = {{6, MNN_ACT_RELU}, {4, MNN_ACT_NONE}};
+    enum { B = 5, IN = 3, K = 4 };
+    mnn_spec_t s;
+    exit_spec(&s, IN, K, layers, NELEM(layers), NULL, NULL, 0, 2.5f);
+    mnn_model_t m, m1;
+    mnn_spec_t s1 = s;
+    s1.temperature = 1;
+    if (!check(mnn_model_init(&m, &s) == 0 && mnn_model_init(&m1, &s1) == 0,
+               "temperature: models of T 2.5 and 1"))
+        return;
+    mnn_rng_t rng;
+    mnn_rng_seed(&rng, 5);
+    mnn_model_init_weights(&m, &rng);
+    mnn_model_copy_state(&m1, &m);
+    float x[B * IN], z[B * K], p[B * K], p1[B * K], q[B * K];
+    fill_sym(x, NELEM(x), 3);
+    mnn_model_logits(&m, x, B, z);
+    mnn_model_predict(&m, x, B, p);
+    mnn_model_predict(&m1, x, B, p1);
+    mnn_softmax(q, z, B, K);
+    check(!memcmp(p1, q, sizeof q), "temperature 1: predict is mnn_softmax of "
+                                    "mnn_model_logits, bit for bit");
+    fails_t f = {0, 0};
+    double ref[K];
+    for (size_t b = 0; b < B; b++) {
+        double zd[K];
+        for (size_t k = 0; k < K; k++)
+            zd[k] = z[b * K + k];
+        ref_softmax_t(ref, zd, K, 2.5);
+        for (size_t k = 0; k < K; k++)
+            if (!close_to(p[b * K + k], ref[k], 1e-5, 1e-7))
+                fail_at(&f, "p[%zu][%zu] = %.9g, softmax(z/T) = %.9g", b, k,
+                        (double)p[b * K + k], ref[k]);
+    }
+    check(f.bad == 0, "temperature 2.5: predict is softmax(logits / 2.5)");
+    int flatter = 1;
+    for (size_t b = 0; b < B; b++)
+        flatter &= mnn_confidence(p + b * K, K, MNN_CRIT_MAXPROB) <
+                   mnn_confidence(p1 + b * K, K, MNN_CRIT_MAXPROB);
+    check(flatter, "temperature 2.5: every maximum probability is lower than at 1");
+    mnn_model_free(&m);
+    mnn_model_free(&m1);
+}
+
+/* predict_exit against predict and against each record by hand */
+static void exit_mixed(mnn_model_t *m, const float *x, size_t B, mnn_crit_t crit)
+{
+    const size_t K = m->spec.outputs, E = m->spec.nexits, IN = m->spec.input;
+    const double T = m->spec.temperature;
+    double *ref = calloc(B * (E + 1) * K, sizeof(double));
+    float *out = xalloc(B * K), *out2 = xalloc(B * K), *conf = xalloc(B);
+    uint8_t *taken = calloc(B, 1), *taken2 = calloc(B, 1);
+    if (!ref || !taken || !taken2)
+        exit(99);
+    for (size_t b = 0; b < B; b++) {
+        ref_heads(m, x + b * IN, T, ref + b * (E + 1) * K);
+        float pf[16];
+        for (size_t k = 0; k < K; k++)
+            pf[k] = (float)ref[b * (E + 1) * K + k];
+        conf[b] = mnn_confidence(pf, K, crit);
+    }
+    /* the median confidence of exit 0: about half the records leave there */
+    float *sorted = xalloc(B);
+    memcpy(sorted, conf, B * sizeof(float));
+    for (size_t i = 1; i < B; i++)
+        for (size_t k = i; k > 0 && sorted[k - 1] > sorted[k]; k--) {
+            float t = sorted[k];
+            sorted[k] = sorted[k - 1];
+            sorted[k - 1] = t;
+        }
+    float thr = (sorted[B / 2] + sorted[B / 2 - 1]) / 2;
+    int rc = mnn_model_predict_exit(m, x, B, out, thr, crit, taken);
+    size_t count[MNN_MAX_EXITS + 1] = {0};
+    fails_t f = {0, 0};
+    const double eps = 1e-5;
+    for (size_t b = 0; b < B; b++) {
+        size_t t = taken[b];
+        if (t > E) {
+            fail_at(&f, "record %zu: taken %zu > nexits", b, t);
+            continue;
+        }
+        count[t]++;
+        const double *rb = ref + b * (E + 1) * K;
+        for (size_t k = 0; k < K; k++)
+            if (!close_to(out[b * K + k], rb[t * K + k], 1e-5, 1e-6))
+                fail_at(&f, "record %zu, head %zu: p[%zu] %.9g, by hand %.9g", b, t, k,
+                        (double)out[b * K + k], rb[t * K + k]);
+        /* heads before the one taken were not sure enough; the exit taken was */
+        for (size_t h = 0; h <= t && h < E; h++) {
+            float pf[16];
+            for (size_t k = 0; k < K; k++)
+                pf[k] = (float)rb[h * K + k];
+            double c = mnn_confidence(pf, K, crit);
+            if (h < t ? c >= thr + eps : c < thr - eps)
+                fail_at(&f, "record %zu: head %zu has confidence %.9g against threshold %.9g "
+                            "but the record left at %zu", b, h, c, (double)thr, t);
+        }
+    }
+    check(rc == 0 && f.bad == 0 && count[0] > 0 && count[1] > 0 && count[E] > 0,
+          "predict_exit, %s, threshold %.4f (median of exit 0): each record gets the head "
+          "it leaves at, to 1e-5 (exit 0: %zu, exit 1: %zu, final: %zu)", mnn_crit_name(crit),
+          (double)thr, count[0], count[1], count[E]);
+    mnn_model_predict_exit(m, x, B, out2, thr, crit, taken2);
+    check(!memcmp(out, out2, B * K * sizeof(float)) && !memcmp(taken, taken2, B),
+          "predict_exit, %s: the same inputs give the same bytes", mnn_crit_name(crit));
+    free(ref), free(out), free(out2), free(conf), free(taken), free(taken2), free(sorted);
+}
+
+static void test_predict_exit(void)
+{
+    mnn_layer_spec_t layers[] = {{12, MNN_ACT_RELU}, {10, MNN_ACT_TANH},
+                                 {9, MNN_ACT_RELU}, {5, MNN_ACT_NONE}};
+    size_t exits[] = {0, 2};
+    float weights[] = {1, 1};
+    enum { B = 41, IN = 7, K = 5 };
+    mnn_spec_t s;
+    exit_spec(&s, IN, K, layers, NELEM(layers), exits, weights, NELEM(exits), 1.5f);
+    s.input_scale = 0.5f;
+    mnn_model_t m;
+    if (!check(mnn_model_init(&m, &s) == 0, "predict_exit: a 7-12-10-9-5 model, exits "
+                                            "[0, 2], temperature 1.5"))
+        return;
+    mnn_rng_t rng;
+    mnn_rng_seed(&rng, 99);
+    mnn_model_init_weights(&m, &rng);
+    /* larger head weights: confidences spread over (0, 1), and exit 1 is
+     * sure of some records exit 0 was not sure of */
+    for (size_t j = 0; j < 2; j++)
+        for (size_t i = 0; i < K * layers[exits[j]].units; i++)
+            m.params[m.ew_off[j] + i] *= j ? 12 : 4;
+    float x[B * IN], out[B * K], want[B * K];
+    uint8_t taken[B];
+    fill_sym(x, NELEM(x), 4);
+    float *p0 = xalloc(m.nparams);
+    memcpy(p0, m.params, m.nparams * sizeof(float));
+
+    memset(taken, 0xff, sizeof taken);
+    int rc = mnn_model_predict_exit(&m, x, B, out, 0, MNN_CRIT_MAXPROB, taken);
+    fails_t f = {0, 0};
+    double *ref = calloc(3 * K, sizeof(double));
+    if (!ref)
+        exit(99);
+    for (size_t b = 0; b < B; b++) {
+        if (taken[b] != 0)
+            fail_at(&f, "record %zu: taken %u", b, taken[b]);
+        ref_heads(&m, x + b * IN, 1.5, ref);
+        for (size_t k = 0; k < K; k++)
+            if (!close_to(out[b * K + k], ref[k], 1e-5, 1e-6))
+                fail_at(&f, "record %zu: p[%zu] %.9g, exit 0 by hand %.9g", b, k,
+                        (double)out[b * K + k], ref[k]);
+    }
+    check(rc == 0 && f.bad == 0, "predict_exit threshold 0: every record leaves at exit 0 "
+                                 "with its probabilities (temperature applied)");
+    free(ref);
+
+    mnn_model_predict(&m, x, B, want);
+    int all_final = 1;
+    for (mnn_crit_t c = MNN_CRIT_MAXPROB; c <= MNN_CRIT_ENTROPY; c++) {
+        memset(taken, 0, sizeof taken);
+        rc = mnn_model_predict_exit(&m, x, B, out, 1.5f, c, taken);
+        all_final &= rc == 0 && !memcmp(out, want, sizeof out);
+        for (size_t b = 0; b < B; b++)
+            all_final &= taken[b] == 2;
+    }
+    check(all_final, "predict_exit threshold 1.5: exactly mnn_model_predict's bytes, taken == "
+                     "nexits, for every criterion");
+    for (mnn_crit_t c = MNN_CRIT_MAXPROB; c <= MNN_CRIT_ENTROPY; c++)
+        exit_mixed(&m, x, B, c);
+    check(!memcmp(p0, m.params, m.nparams * sizeof(float)),
+          "predict_exit leaves the parameters alone");
+
+    /* a batch of 1 and a batch after a larger one reuse the workspace */
+    rc = mnn_model_predict_exit(&m, x + 3 * IN, 1, out, 1.5f, MNN_CRIT_MARGIN, taken);
+    check(rc == 0 && taken[0] == 2 && close_to(out[0], want[3 * K], 1e-5, 1e-7),
+          "predict_exit of one record matches its row of the batch");
+
+    /* without exits it is mnn_model_predict */
+    mnn_model_t mn;
+    mnn_spec_t sn = s;
+    sn.nexits = 0;
+    if (mnn_model_init(&mn, &sn) == 0) {
+        memcpy(mn.params, m.params, mn.nparams * sizeof(float));
+        memset(taken, 0xff, sizeof taken);
+        rc = mnn_model_predict_exit(&mn, x, B, out, 0, MNN_CRIT_MAXPROB, taken);
+        int same = rc == 0 && !memcmp(out, want, sizeof out);
+        for (size_t b = 0; b < B; b++)
+            same &= taken[b] == 0;
+        check(same, "predict_exit without exits: mnn_model_predict's bytes, taken 0 == nexits");
+        mnn_model_free(&mn);
+    } else
+        check(0, "predict_exit: model without exits");
+    free(p0);
+    mnn_model_free(&m);
+}
+
 /* ---- optimizers --------------------------------------------------------------- */
 
 static int near3(const float *a, const double *b, double tol)
@@ -1620,6 +2078,14 @@ static int spec_equal(const mnn_spec_t *a, const mnn_spec_t *b)
     for (size_t i = 0; i < a->nlayers; i++) {
         SAME(layers[i].units) SAME(layers[i].act)
     }
+    SAME(nexits) SAME(temperature)
+    for (size_t j = 0; j < a->nexits; j++) {
+        SAME(exits[j])
+        if ((a->exit_weights ? a->exit_weights[j] : 1) != (b->exit_weights ? b->exit_weights[j] : 1)) {
+            diag("spec field exit_weights[%zu] differs", j);
+            return 0;
+        }
+    }
     SAME(opt.type) SAME(opt.lr) SAME(opt.momentum) SAME(opt.weight_decay) SAME(opt.beta1)
     SAME(opt.beta2) SAME(opt.eps) SAME(opt.lr_decay) SAME(batch) SAME(seed)
 #undef SAME
@@ -1675,6 +2141,116 @@ static void spec_error(const char *text, const char *where, const char *want)
         diag("rc %d, message \"%s\"", rc, d.msg);
     if (rc == 0)
         mnn_spec_free(&s);
+}
+
+/* exits, exit_weights, temperature */
+static void test_spec_exits(void)
+{
+#define H3 "input: 4\nclasses: 3\n" \
+           "layers: [{dense: 5, activation: relu}, {dense: 4, activation: tanh}, {dense: 3}]\n"
+    mnn_spec_t s;
+    mnn_diag_t d;
+    int rc = load_str(&s, H3 "exits: [0, 1]\nexit_weights: [0.5, 0]\ntemperature: 2.5\n", &d);
+    if (check(rc == 0 && s.nexits == 2 && s.exits[0] == 0 && s.exits[1] == 1 &&
+                  s.exit_weights[0] == 0.5f && s.exit_weights[1] == 0 && s.temperature == 2.5f,
+              "spec: exits [0, 1], exit_weights [0.5, 0], temperature 2.5"))
+        mnn_spec_free(&s);
+    else
+        diag("rc %d: %s", rc, d.msg);
+    rc = load_str(&s, H3 "exits:\n  - 1\n", &d);
+    if (check(rc == 0 && s.nexits == 1 && s.exits[0] == 1 && s.exit_weights &&
+                  s.exit_weights[0] == 1 && s.temperature == 1,
+              "spec: exit_weights default to 1, temperature to 1"))
+        mnn_spec_free(&s);
+    else
+        diag("rc %d: %s", rc, d.msg);
+    rc = load_str(&s, H3 "exits: []\nexit_weights: []\n", &d);
+    if (check(rc == 0 && s.nexits == 0 && s.exits == NULL && s.exit_weights == NULL,
+              "spec: exits: [] and exit_weights: [] are no exits"))
+        mnn_spec_free(&s);
+    mnn_spec_t def;
+    mnn_spec_defaults(&def);
+    check(def.nexits == 0 && !def.exits && !def.exit_weights && def.temperature == 1,
+          "mnn_spec_defaults: no exits, temperature 1");
+
+    spec_roundtrip("spec with exits and a temperature",
+                   H3 "exits: [0, 1]\nexit_weights: [0.25, 3]\ntemperature: 0.7\n");
+    spec_roundtrip("spec with exits, default weights", H3 "exits: [1]\n");
+    /* what gets written: nothing new without exits or a temperature */
+    const char *texts[] = {H3, H3 "exits: [0, 1]\nexit_weights: [0.25, 3]\ntemperature: 0.7\n"};
+    const char *want[] = {"exits: []\noptimizer", "exits: [0, 1]\nexit_weights: [0.25, 3]\n"
+                                                  "temperature: 0.699999988\noptimizer"};
+    for (size_t i = 0; i < 2; i++) {
+        char *buf = NULL;
+        size_t blen = 0;
+        FILE *f = open_memstream(&buf, &blen);
+        rc = load_str(&s, texts[i], &d);
+        if (rc == 0 && f) {
+            mnn_spec_write(&s, f, 0);
+            mnn_spec_free(&s);
+        }
+        if (f)
+            fclose(f);
+        if (!check(rc == 0 && buf && contains(buf, want[i]) &&
+                       (i || (!contains(buf, "exit_weights") && !contains(buf, "temperature"))),
+                   "mnn_spec_write %s", i ? "writes exits, exit_weights and temperature"
+                                          : "without exits writes exits: [] and nothing more"))
+            diag("%s", buf ? buf : "");
+        free(buf);
+    }
+    /* a hand-built spec: NULL exit_weights are 1; the copy owns its own */
+    {
+        mnn_layer_spec_t layers[] = {{5, MNN_ACT_RELU}, {3, MNN_ACT_NONE}};
+        size_t ex[] = {0};
+        mnn_spec_t h, c;
+        mnn_spec_defaults(&h);
+        h.input = 2;
+        h.outputs = 3;
+        h.layers = layers;
+        h.nlayers = 2;
+        h.exits = ex;
+        h.nexits = 1;
+        rc = mnn_spec_validate(&h, &d);
+        int crc = rc == 0 ? mnn_spec_copy(&c, &h) : -1;
+        if (check(rc == 0 && crc == 0 && c.exits != ex && c.exits[0] == 0 && c.exit_weights &&
+                      c.exit_weights[0] == 1,
+                  "mnn_spec_copy: exits copied, NULL exit_weights become 1"))
+            mnn_spec_free(&c);
+        h.temperature = 0;
+        check(mnn_spec_validate(&h, &d) == MNN_EINVAL && contains(d.msg, "temperature"),
+              "mnn_spec_validate: temperature 0 (\"%s\")", d.msg);
+        h.temperature = 1;
+        h.nexits = MNN_MAX_EXITS + 1;
+        check(mnn_spec_validate(&h, &d) == MNN_EINVAL && contains(d.msg, "at most 16"),
+              "mnn_spec_validate: %d exits (\"%s\")", MNN_MAX_EXITS + 1, d.msg);
+    }
+
+    spec_error(H3 "exits: [2]\n", "4:9", "exits: 2 is not a hidden layer (0 to 1");
+    spec_error(H3 "exits: [0, 7]\n", "4:12", "exits: 7 is not a hidden layer");
+    spec_error(H3 "exits: [1, 0]\n", "4:12", "strictly increasing");
+    spec_error(H3 "exits: [0, 0]\n", "4:12", "strictly increasing");
+    spec_error(H3 "exits: [0, 1]\nexit_weights: [1]\n", "5:15",
+               "exit_weights has 1 entries but exits has 2");
+    spec_error(H3 "exit_weights: [1]\n", "4:15", "exit_weights has 1 entries but exits has 0");
+    spec_error(H3 "exits: [0, 1]\nexit_weights: [1, -0.5]\n", "5:19",
+               "exit_weights: each must be a finite number >= 0");
+    spec_error(H3 "exits: [0]\nexit_weights: [.inf]\n", "5:16", "exit_weights");
+    spec_error(H3 "exits: [x]\n", "4:9", "exits: 'x' is not a non-negative integer");
+    spec_error(H3 "exits: 1\n", "4:8", "exits must be a list");
+    spec_error(H3 "exits: [0,1,0,1,0,1,0,1,0,1,0,1,0,1,0,1,0]\n", "4:8", "at most 16 exits");
+    spec_error("input: 2\noutputs: 1\nloss: mse\nlayers: [{dense: 3}, {dense: 1}]\nexits: [0]\n",
+               "5:8", "early-exit heads need a classifier");
+    spec_error("input: 2\nclasses: 2\nlayers: [{dense: 2}]\nexits: [0]\n", "4:9",
+               "no hidden layer");
+    spec_error(H3 "temperature: 0\n", "4:14", "temperature must be a finite number > 0");
+    spec_error(H3 "temperature: -2\n", "4:14", "temperature must be a finite number > 0");
+    spec_error(H3 "temperature: hot\n", "4:14", "temperature: 'hot' is not a finite number");
+    spec_error(H3 "temperature: .nan\n", "4:14", "temperature");
+    spec_error("input: 2\noutputs: 1\nlayers: [{dense: 3}, {dense: 1}]\ntemperature: 2\n", "4:14",
+               "temperature applies to a classifier");
+    spec_error(H3 "exit_weight: [1]\n", "4:1", "known: input, input_scale, normalize, classes, "
+               "outputs, loss, layers, exits, exit_weights, temperature, optimizer, batch, seed");
+#undef H3
 }
 
 static void test_spec(void)
@@ -1769,6 +2345,7 @@ static void test_spec(void)
                "4:34", "momentum must be in [0, 1)");
     spec_error("input: 4\nclasses: 2\nclasses: 2\nlayers: [{dense: 2}]\n", "3:1", "duplicate key");
     spec_error("classes: 2\nlayers: [{dense: 2}]\n", "1:1", "'input: N' is required");
+    test_spec_exits();
 }
 
 /* ---- safetensors ------------------------------------------------------- */
@@ -1988,11 +2565,22 @@ static int same_state(const mnn_train_state_t *a, const mnn_train_state_t *b)
 
 /* Trains a small model a few steps; fills m, o and st. */
 static int make_trained(mnn_model_t *m, mnn_optim_t *o, mnn_train_state_t *st,
-                        mnn_opt_type_t type, mnn_norm_t norm)
+                        mnn_opt_type_t type, mnn_norm_t norm, int with_exits)
 {
     mnn_spec_t s;
     mnn_layer_spec_t layers[] = {{5, MNN_ACT_RELU}, {4, MNN_ACT_TANH}, {3, MNN_ACT_NONE}};
+    size_t exits[] = {0, 1};
+    float exit_weights[] = {0.5f, 2};
     mnn_spec_defaults(&s);
+    if (with_exits) {
+        /* both hidden layers have a head; averaging adds the raw weights
+         * to optimizer.safetensors */
+        s.nexits = NELEM(exits);
+        s.exits = exits;
+        s.exit_weights = exit_weights;
+        s.temperature = 1.25f;
+        s.opt.average = 0.9f;
+    }
     s.input = 6;
     s.outputs = 3;
     s.normalize = norm;
@@ -2034,14 +2622,14 @@ static int make_trained(mnn_model_t *m, mnn_optim_t *o, mnn_train_state_t *st,
 }
 
 static void ckpt_roundtrip(const char *what, mnn_opt_type_t type, mnn_norm_t norm,
-                           const char *name)
+                           const char *name, int with_exits)
 {
     mnn_model_t m, m2;
     mnn_optim_t o, o2;
     mnn_train_state_t st, st2;
     mnn_diag_t d = {""};
     char dir[256], root[128];
-    if (!check(make_trained(&m, &o, &st, type, norm) == 0, "%s: build and train a model", what))
+    if (!check(make_trained(&m, &o, &st, type, norm, with_exits) == 0, "%s: build and train a model", what))
         return;
     tpath(root, sizeof root, "ck");
     mkdir(root, 0755);
@@ -2075,16 +2663,23 @@ static void ckpt_roundtrip(const char *what, mnn_opt_type_t type, mnn_norm_t nor
                    !memcmp(o.m1, o2.m1, o.n * sizeof(float));
     if (type == MNN_OPT_ADAM)
         opt_same = opt_same && o2.m2 && !memcmp(o.m2, o2.m2, o.n * sizeof(float));
+    if (o.avg)
+        opt_same = opt_same && o2.avg && !memcmp(o.avg, o2.avg, o.n * sizeof(float));
     check(opt_same, "%s: identical optimizer moments and step (%llu)", what,
           (unsigned long long)o2.step);
     check(same_state(&st, &st2), "%s: identical training state (step, records, loss_sum, "
                                  "correct, rng)", what);
     {
         float x[2 * 6], p1[2 * 3], p2[2 * 3];
+        uint8_t t1[2], t2[2];
         fill_sym(x, NELEM(x), 5);
         mnn_model_predict(&m, x, 2, p1);
         mnn_model_predict(&m2, x, 2, p2);
         check(!memcmp(p1, p2, sizeof p1), "%s: the loaded model predicts the same", what);
+        mnn_model_predict_exit(&m, x, 2, p1, 0.5f, MNN_CRIT_MAXPROB, t1);
+        mnn_model_predict_exit(&m2, x, 2, p2, 0.5f, MNN_CRIT_MAXPROB, t2);
+        check(!memcmp(p1, p2, sizeof p1) && !memcmp(t1, t2, sizeof t1),
+              "%s: ... and through mnn_model_predict_exit", what);
     }
     /* the weights file is plain safetensors, layers.I.weight [out,in] */
     {
@@ -2094,13 +2689,14 @@ static void ckpt_roundtrip(const char *what, mnn_opt_type_t type, mnn_norm_t nor
         rc = mnn_st_open(&f, fp, &d);
         if (check(rc == 0, "%s: model.safetensors opens", what)) {
             const void *p;
+            const float *w = mnn_optim_weights(&o, m.params);
             int good = 1;
             for (size_t i = 0; i < m.spec.nlayers; i++) {
                 char nm[48];
                 snprintf(nm, sizeof nm, "layers.%zu.weight", i);
                 good &= mnn_st_get(f, nm, 0, 2, (size_t[2]){m.spec.layers[i].units, m.fan_in[i]},
                                    &p, NULL) == 0 &&
-                        !memcmp(p, m.params + m.w_off[i],
+                        !memcmp(p, w + m.w_off[i],
                                 m.spec.layers[i].units * m.fan_in[i] * sizeof(float));
                 snprintf(nm, sizeof nm, "layers.%zu.bias", i);
                 good &= mnn_st_get(f, nm, 0, 1, (size_t[1]){m.spec.layers[i].units}, &p, NULL) ==
@@ -2110,6 +2706,42 @@ static void ckpt_roundtrip(const char *what, mnn_opt_type_t type, mnn_norm_t nor
             check(good && fm && !strcmp(fm, "pt"),
                   "%s: model.safetensors holds layers.I.weight [out,in], layers.I.bias, "
                   "format pt", what);
+            int heads = 1;
+            for (size_t j = 0; j < m.spec.nexits; j++) {
+                char nm[48];
+                size_t K = m.spec.outputs, C = m.spec.layers[m.spec.exits[j]].units;
+                snprintf(nm, sizeof nm, "exits.%zu.weight", j);
+                heads &= mnn_st_get(f, nm, 0, 2, (size_t[2]){K, C}, &p, NULL) == 0 &&
+                         !memcmp(p, w + m.ew_off[j], K * C * sizeof(float));
+                snprintf(nm, sizeof nm, "exits.%zu.bias", j);
+                heads &= mnn_st_get(f, nm, 0, 1, (size_t[1]){K}, &p, NULL) == 0 &&
+                         !memcmp(p, w + m.eb_off[j], K * sizeof(float));
+            }
+            heads &= mnn_st_get(f, "exits.0.weight", 0, 2, (size_t[2]){3, 5}, &p, NULL) ==
+                     (m.spec.nexits ? 0 : MNN_ESHAPE);
+            check(heads, "%s: model.safetensors holds exits.J.weight [outputs,units] and "
+                         "exits.J.bias for the %zu exit heads, and none without", what,
+                  m.spec.nexits);
+            mnn_st_close(f);
+        }
+        snprintf(fp, sizeof fp, "%s/optimizer.safetensors", dir);
+        rc = mnn_st_open(&f, fp, &d);
+        if (check(rc == 0, "%s: optimizer.safetensors opens", what)) {
+            const void *p;
+            int good = 1;
+            const char *sfx = type == MNN_OPT_ADAM ? "exp_avg" : "momentum_buffer";
+            for (size_t j = 0; j < m.spec.nexits; j++) {
+                char nm[64];
+                size_t K = m.spec.outputs, C = m.spec.layers[m.spec.exits[j]].units;
+                snprintf(nm, sizeof nm, "exits.%zu.weight.%s", j, sfx);
+                good &= mnn_st_get(f, nm, 0, 2, (size_t[2]){K, C}, &p, NULL) == 0 &&
+                        !memcmp(p, o.m1 + m.ew_off[j], K * C * sizeof(float));
+                snprintf(nm, sizeof nm, "exits.%zu.bias.param", j);
+                good &= mnn_st_get(f, nm, 0, 1, (size_t[1]){K}, &p, NULL) == 0 &&
+                        !memcmp(p, m.params + m.eb_off[j], K * sizeof(float));
+            }
+            check(good, "%s: optimizer.safetensors holds exits.J.weight.%s and "
+                        "exits.J.bias.param", what, sfx);
             mnn_st_close(f);
         }
     }
@@ -2122,7 +2754,9 @@ static void ckpt_roundtrip(const char *what, mnn_opt_type_t type, mnn_norm_t nor
           what, rc, d.msg);
     memset(&m2, 0, sizeof m2);
     rc = mnn_ckpt_load(dir, &m2, NULL, NULL, &d);
-    if (check(rc == 0 && !memcmp(m.params, m2.params, m.nparams * sizeof(float)),
+    /* without the optimizer, the weights are those for inference */
+    if (check(rc == 0 && !memcmp(mnn_optim_weights(&o, m.params), m2.params,
+                                 m.nparams * sizeof(float)),
               "%s: the first checkpoint is intact after the refused write", what))
         mnn_model_free(&m2);
     rc = mnn_ckpt_write(dir, &m, &o, &st, "step-0", 1700000002, 1, &d);
@@ -2150,8 +2784,12 @@ static void flip_byte(const char *path, long where)
 static void test_ckpt(void)
 {
     ckpt_roundtrip("adam checkpoint, normalize running", MNN_OPT_ADAM, MNN_NORM_RUNNING,
-                   "step-00000005");
-    ckpt_roundtrip("sgd checkpoint", MNN_OPT_SGD, MNN_NORM_NONE, "step-00000006");
+                   "step-00000005", 0);
+    ckpt_roundtrip("sgd checkpoint", MNN_OPT_SGD, MNN_NORM_NONE, "step-00000006", 0);
+    ckpt_roundtrip("sgd checkpoint, two exit heads, averaging", MNN_OPT_SGD, MNN_NORM_NONE,
+                   "step-00000007", 1);
+    ckpt_roundtrip("adam checkpoint, two exit heads, averaging", MNN_OPT_ADAM,
+                   MNN_NORM_RUNNING, "step-00000008", 1);
 
     char root[128], dir[200], link[200], fp[240];
     mnn_model_t m;
@@ -2173,7 +2811,7 @@ static void test_ckpt(void)
         check(0, "symlink %s", link);
 
     /* a model whose seed is UINT64_MAX (sgd-train --seed 18446744073709551615) */
-    if (make_trained(&m, &o, &st, MNN_OPT_SGD, MNN_NORM_NONE) == 0) {
+    if (make_trained(&m, &o, &st, MNN_OPT_SGD, MNN_NORM_NONE, 0) == 0) {
         mnn_model_t m2;
         m.spec.seed = UINT64_MAX;
         snprintf(dir, sizeof dir, "%s/seed-max", root);
@@ -2193,7 +2831,7 @@ static void test_ckpt(void)
     snprintf(dir, sizeof dir, "%s/step-00000005", root);
 
     /* where a checkpoint cannot go */
-    if (make_trained(&m, &o, &st, MNN_OPT_SGD, MNN_NORM_NONE) == 0) {
+    if (make_trained(&m, &o, &st, MNN_OPT_SGD, MNN_NORM_NONE, 0) == 0) {
         char other[240], keep[260], tmpname[260];
         struct stat sb;
         snprintf(other, sizeof other, "%s/no/such/dir/step-1", root);
@@ -2842,6 +3480,10 @@ int main(void)
     test_fd_losses();
     test_fd_model();
     test_softmax();
+    test_fd_exits();
+    test_confidence();
+    test_temperature();
+    test_predict_exit();
     test_optim();
     test_rng();
     test_parse_numbers();
