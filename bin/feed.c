@@ -63,12 +63,37 @@ static int add_comment(feed_batch_t *b, const char *line, size_t len)
     return 0;
 }
 
+static int keep_line(feed_batch_t *b, const char *line, size_t len)
+{
+    if (b->ltext_len + len > b->ltext_cap) {
+        size_t nc = (b->ltext_len + len) * 2;
+        char *t = realloc(b->ltext, nc);
+        if (!t)
+            return -1;
+        b->ltext = t;
+        b->ltext_cap = nc;
+    }
+    memcpy(b->ltext + b->ltext_len, line, len);
+    b->loff[b->n] = b->ltext_len;
+    b->llen[b->n] = len;
+    b->ltext_len += len;
+    return 0;
+}
+
+static int is_flush(const char *line, size_t len)
+{
+    const size_t n = sizeof FEED_FLUSH - 1;
+    if (len > n && line[len - 1] == '\r')
+        len--;
+    return len == n && !memcmp(line, FEED_FLUSH, n);
+}
+
 /* Fills b; returns 1 when the stream has ended (EOF or error). */
 static int fill(struct feed *f, feed_batch_t *b)
 {
     const size_t nfeat = f->o.fmt.nfeat;
-    b->n = b->ncom = b->ctext_len = 0;
-    b->end = b->error = 0;
+    b->n = b->ncom = b->ctext_len = b->ltext_len = 0;
+    b->end = b->error = b->flush = 0;
     b->msg[0] = 0;
     while (b->n < f->o.batch) {
         const char *line;
@@ -107,6 +132,10 @@ static int fill(struct feed *f, feed_batch_t *b)
                 b->end = b->error = 1;
                 return 1;
             }
+            if (is_flush(line, len)) {
+                b->flush = 1;
+                return 0;
+            }
             continue;
         }
         rc = mnn_record_parse(&f->o.fmt, line, len, b->x + b->n * nfeat, &b->y[b->n], &d);
@@ -130,6 +159,11 @@ static int fill(struct feed *f, feed_batch_t *b)
         if (f->o.skip_records) {
             f->o.skip_records--;
             continue;
+        }
+        if (f->o.keep_lines && keep_line(b, line, len) < 0) {
+            snprintf(b->msg, sizeof b->msg, "%s: out of memory", f->o.name);
+            b->end = b->error = 1;
+            return 1;
         }
         b->n++;
     }
@@ -175,6 +209,9 @@ feed_t *feed_start(int fd, const feed_opts_t *o)
         f->slot[i].x = mnn_calloc_aligned(o->batch, o->fmt.nfeat * sizeof(float));
         f->slot[i].y = mnn_calloc_aligned(o->batch, sizeof(float));
         if (!f->slot[i].x || !f->slot[i].y)
+            goto fail;
+        if (o->keep_lines && (!(f->slot[i].loff = calloc(o->batch, sizeof(size_t))) ||
+                              !(f->slot[i].llen = calloc(o->batch, sizeof(size_t)))))
             goto fail;
     }
     /* signals are for the main thread: the reader runs with them blocked */
@@ -251,6 +288,9 @@ void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen)
         free(f->slot[i].cpos);
         free(f->slot[i].coff);
         free(f->slot[i].ctext);
+        free(f->slot[i].ltext);
+        free(f->slot[i].loff);
+        free(f->slot[i].llen);
     }
     mnn_lr_free(&f->lr);
     if (f->wake[0] >= 0) {

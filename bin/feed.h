@@ -18,11 +18,16 @@ typedef struct {
     size_t *cpos, *coff;
     char *ctext;
     size_t ctext_len;
+    /* raw record lines (kept only when asked): record i is
+     * ltext + loff[i], llen[i] bytes, not terminated */
+    char *ltext;
+    size_t *loff, *llen;
+    int flush;         /* a '#!flush' line ended this batch early */
     int end;           /* no batch follows this one */
     int error;         /* the stream stopped on an error: see msg */
     char msg[700];     /* "stdin:LINE: what is wrong" */
     /* private */
-    size_t comcap, ctext_cap;
+    size_t comcap, ctext_cap, ltext_len, ltext_cap;
 } feed_batch_t;
 
 typedef struct {
@@ -32,6 +37,7 @@ typedef struct {
     int skip_errors;   /* --on-error=skip */
     int keep_comments; /* pass '#' lines on */
     int eager;         /* hand over a partial batch when input would block */
+    int keep_lines;    /* keep each record's line as it was read */
     int verbose;       /* report every skipped line */
     uint64_t skip_records; /* drop this many valid records first (--skip-seen) */
 } feed_opts_t;
@@ -48,5 +54,10 @@ void feed_release(feed_t *f, feed_batch_t *b);
  * If skipped is not NULL it receives the count of records skipped under
  * --on-error=skip, and first (size firstlen) the first reason. */
 void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen);
+
+/* A '#!flush' control line (passed on like any '#' line) ends the batch it
+ * is in, so that a program feeding records through a pipe gets its answers
+ * without waiting for a full batch, at places the input itself fixes. */
+#define FEED_FLUSH "#!flush"
 
 #endif

@@ -155,9 +155,9 @@ model_arg() {
     assert_equal "$output" ""
 }
 
-@test "infer: two -m options are a usage error" {
-    run -2 --separate-stderr infer -m ck -m ck <train.csv
-    assert_regex "$stderr" "^infer: -m"
+@test "infer: more than 16 -m options are a usage error" {
+    run -2 --separate-stderr infer $(printf -- '-m ck %.0s' {1..17}) <train.csv
+    assert_regex "$stderr" "^infer: -m: at most 16 models"
 }
 
 @test "every program: --help, --version, unknown option, exit status convention" {

@@ -203,7 +203,11 @@ proba_ok() {
             diag += $(NR - 6)
         }
         END { if (sprintf("%.4f", diag / 150) != acc) { print diag " vs " acc; exit 1 } }' <<<"$stderr"
-    assert_equal "${#stderr_lines[@]}" 10
+    assert_regex "${stderr_lines[10]}" '^expected calibration error 0\.[0-9]{4} \(15 bins\)$'
+    assert_regex "${stderr_lines[11]}" '^tier +records +fraction +accuracy +p50 ms +p95 ms +p99 ms$'
+    assert_regex "${stderr_lines[12]}" '^local +150 +1\.0000 +[01]\.[0-9]{4} +[0-9.]+ +[0-9.]+ +[0-9.]+$'
+    assert_regex "${stderr_lines[13]}" '^throughput [0-9]+ records/s$'
+    assert_equal "${#stderr_lines[@]}" 14
 }
 
 @test "--eval counts mistakes in the confusion matrix" {
@@ -253,7 +257,7 @@ proba_ok() {
     run -0 awk -F, '{ d = $1 - $2; se += d * d } END { mse = se / NR; print mse; exit !(mse < 0.05) }' pairs.txt
     local out=$output
     run -0 --separate-stderr infer -m rck --eval <regtest.csv
-    assert_regex "$stderr" '^infer: eval: 100 records, mse [0-9.e-]+, rmse [0-9.e-]+, mae [0-9.e-]+$'
+    assert_regex "$stderr" '^infer: eval: 100 records, mse [0-9.e-]+, rmse [0-9.e-]+, mae [0-9.e-]+'$'\n''throughput [0-9]+ records/s$'
     local mse
     mse=$(sed -n 's/.* mse \([0-9.e-]*\),.*/\1/p' <<<"$stderr")
     run -0 awk -v a="$mse" -v b="$out" 'BEGIN { d = a - b; exit !(d < 1e-4 && d > -1e-4) }'

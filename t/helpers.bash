@@ -211,3 +211,30 @@ rehash() {
     h=$(xxh3 "$1/$2") || skip "no way to compute XXH3 here (xxhsum or cc + libxxhash)"
     manifest_set "$1/manifest.yaml" "$2" "$(stat -c %s "$1/$2")" "$h"
 }
+
+# ---- infer tiers (t/100-infer-tiers.bats) ------------------------------------
+
+# mk_noisy_data N [SEED] [AMP]: like mk_data, but the noise is uniform in
+# [-AMP/2, AMP/2) (default 6), so that the classes overlap and a model
+# trained on them is unsure about many records.
+mk_noisy_data() {
+    awk -v n="$1" -v seed="${2:-7}" -v amp="${3:-6}" 'BEGIN {
+        s = seed
+        for (i = 0; i < n; i++) {
+            k = i % 3
+            line = k
+            for (j = 0; j < 4; j++) {
+                s = (s * 16807) % 2147483647
+                u = (s / 2147483647 - 0.5) * amp
+                c = (j == k) ? 2 : (j == 3 ? 0.5 : -1)
+                line = line "," sprintf("%.4f", c + u)
+            }
+            print line
+        }
+    }'
+}
+
+# elapsed_since T0: seconds since T0 (a `date +%s.%N` reading), on stdout
+elapsed_since() {
+    awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f\n", b - a }'
+}
