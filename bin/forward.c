@@ -67,8 +67,11 @@ struct fwd {
     size_t flcap, flhead, fln, flrec;
     size_t unmarked; /* records sent since the last marker */
     /* answered records waiting for their batch's marker */
-    uint64_t *held;
+    flight_t *held;
     size_t heldn, heldcap;
+    double last_heard; /* when the co-process last wrote, or was first owed */
+    int wfail;         /* it stopped reading its input ... */
+    double wfail_at;   /* ... at this time */
     /* bytes to send */
     char *sb;
     size_t slen, soff, scap;
@@ -82,7 +85,6 @@ struct fwd {
     double restart_at, backoff;
     uint64_t restarts;
     int warned;     /* a bad answer of this co-process was reported */
-    int wfail;      /* it stopped reading its input */
 };
 
 /* The co-process's process group, for fwd_kill_child() in a signal
@@ -176,8 +178,13 @@ static flight_t fl_pop(struct fwd *f)
 
 static void send_bytes(struct fwd *f, const char *p, size_t n)
 {
-    if (f->soff && f->soff == f->slen)
-        f->soff = f->slen = 0;
+    /* sent bytes go once they are half the buffer, so that it holds what
+     * is in flight and no more */
+    if (f->soff && f->soff >= f->slen / 2) {
+        memmove(f->sb, f->sb + f->soff, f->slen - f->soff);
+        f->slen -= f->soff;
+        f->soff = 0;
+    }
     if (grow((void **)&f->sb, &f->scap, f->slen + n, 1) < 0)
         die(EXIT_RUNTIME, "out of memory");
     memcpy(f->sb + f->slen, p, n);
@@ -223,6 +230,9 @@ static void close_child_fds(struct fwd *f)
  * back, and a restart is scheduled unless the input has ended. */
 static void child_down(struct fwd *f, double t, const char *why)
 {
+    /* at the end of the input, a co-process that owed nothing and exited
+     * well has just finished first */
+    const int owed = f->flrec > 0 || f->heldn > 0;
     while (f->fln) {
         flight_t x = fl_pop(f);
         fwd_ent_t *e = x.seq == MARK ? NULL : ent(f, x.seq);
@@ -230,24 +240,31 @@ static void child_down(struct fwd *f, double t, const char *why)
             fall_back(e, TIER_UNREACHABLE);
     }
     for (size_t i = 0; i < f->heldn; i++) {
-        fwd_ent_t *e = ent(f, f->held[i]);
+        fwd_ent_t *e = ent(f, f->held[i].seq);
         if (e && e->wait)
             fall_back(e, TIER_UNREACHABLE);
     }
     f->heldn = f->unmarked = 0;
     f->slen = f->soff = f->rlen = 0;
     char status[64] = "could not be started";
+    int clean = 0;
     if (f->pid > 0) {
-        int st;
+        int st = 0;
         child_group = 0;
         close_child_fds(f);
         /* the whole process group: sh, ssh and what they started */
         kill(-f->pid, SIGKILL);
-        while (waitpid(f->pid, &st, 0) < 0 && errno == EINTR)
+        kill(f->pid, SIGKILL);
+        pid_t r;
+        while ((r = waitpid(f->pid, &st, 0)) < 0 && errno == EINTR)
             ;
-        describe_status(status, sizeof status, st);
-        if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
+        if (r < 0)
+            snprintf(status, sizeof status, "ended");
+        else
+            describe_status(status, sizeof status, st);
+        if (r > 0 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
             snprintf(status, sizeof status, "was stopped");
+        clean = r > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
     }
     f->pid = -1;
     f->alive = 0;
@@ -255,7 +272,7 @@ static void child_down(struct fwd *f, double t, const char *why)
     if (!f->done)
         warnx_("forward: '%s' %s (%s); restarting in %.1f s", f->o.cmd, status, why,
                f->backoff);
-    else
+    else if (owed || !clean || f->o.verbose)
         warnx_("forward: '%s' %s (%s)", f->o.cmd, status, why);
     f->backoff = fmin(2 * f->backoff, BACKOFF_MAX);
 }
@@ -365,11 +382,11 @@ static int parse_answer(const char *s, size_t len, size_t K, uint32_t *pred, flo
     return 0;
 }
 
-static void hold(struct fwd *f, uint64_t seq)
+static void hold(struct fwd *f, flight_t x)
 {
     if (grow((void **)&f->held, &f->heldcap, f->heldn + 1, sizeof *f->held) < 0)
         die(EXIT_RUNTIME, "out of memory");
-    f->held[f->heldn++] = seq;
+    f->held[f->heldn++] = x;
 }
 
 static void on_marker(struct fwd *f, double t)
@@ -391,7 +408,7 @@ static void on_marker(struct fwd *f, double t)
     if (fl_front(f))
         fl_pop(f);
     for (size_t i = 0; i < f->heldn; i++) {
-        fwd_ent_t *e = ent(f, f->held[i]);
+        fwd_ent_t *e = ent(f, f->held[i].seq);
         if (!e || !e->wait)
             continue;
         if (short_batch)
@@ -418,6 +435,8 @@ static int on_line(struct fwd *f, char *line, size_t len, double t)
     }
     if (f->echo < 0)
         f->echo = 0;
+    if (!f->flrec)
+        return -1; /* an answer to nothing: to a '#' line, or unasked */
     if (!f->echo)
         while (fl_front(f) && fl_front(f)->seq == MARK)
             fl_pop(f);
@@ -442,7 +461,7 @@ static int on_line(struct fwd *f, char *line, size_t len, double t)
     f->backoff = BACKOFF_MIN;
     if (f->echo) {
         e->got = 1;
-        hold(f, x.seq);
+        hold(f, x);
     } else {
         e->wait = 0;
         e->tier = TIER_REMOTE;
@@ -453,7 +472,9 @@ static int on_line(struct fwd *f, char *line, size_t len, double t)
 /* Reads what the co-process has written; 0 while it lives. */
 static int child_read(struct fwd *f, double t)
 {
-    for (;;) {
+    /* a bounded share of work per call, so that a chatty co-process cannot
+     * keep this thread from its other duties */
+    for (int reads = 0; reads < 16; reads++) {
         if (grow((void **)&f->rb, &f->rcap, f->rlen + 65536, 1) < 0)
             die(EXIT_RUNTIME, "out of memory");
         ssize_t r = read(f->from, f->rb + f->rlen, f->rcap - f->rlen);
@@ -465,6 +486,7 @@ static int child_read(struct fwd *f, double t)
             child_down(f, t, r == 0 ? "its output ended" : strerror(errno));
             return -1;
         }
+        f->last_heard = t;
         size_t start = 0, scan = f->rlen;
         f->rlen += (size_t)r;
         char *nl;
@@ -483,6 +505,7 @@ static int child_read(struct fwd *f, double t)
             return -1;
         }
     }
+    return 0;
 }
 
 static int child_write(struct fwd *f, double t)
@@ -499,8 +522,8 @@ static int child_write(struct fwd *f, double t)
              * until its output ends */
             if (f->o.verbose)
                 warnx_("forward: '%s' stopped reading (%s)", f->o.cmd, strerror(errno));
-            (void)t;
             f->shut = f->wfail = 1;
+            f->wfail_at = t;
             f->slen = f->soff = 0;
             return -1;
         }
@@ -512,6 +535,15 @@ static int child_write(struct fwd *f, double t)
 /* Deadlines, in the order records were sent.  Returns the next one. */
 static double expire(struct fwd *f, double t)
 {
+    /* answered, waiting for their marker: sent before those in flight */
+    for (size_t i = 0; i < f->heldn; i++) {
+        fwd_ent_t *e = ent(f, f->held[i].seq);
+        if (!e || !e->wait)
+            continue;
+        if (t < f->held[i].t + f->o.deadline)
+            return f->held[i].t + f->o.deadline;
+        fall_back(e, TIER_TIMEOUT);
+    }
     for (size_t i = 0; i < f->fln; i++) {
         flight_t *x = &f->fl[(f->flhead + i) % f->flcap];
         fwd_ent_t *e = x->seq == MARK ? NULL : ent(f, x->seq);
@@ -524,10 +556,11 @@ static double expire(struct fwd *f, double t)
     return INFINITY;
 }
 
-/* A co-process that has answered nothing for this long while records
- * waited is restarted. */
+/* A co-process that has written nothing for this long while it owed
+ * answers is restarted. */
 static double hang_after(const struct fwd *f) { return fmax(10 * f->o.deadline, 2.0); }
 
+/* The oldest record the co-process has not answered. */
 static double oldest_record(struct fwd *f)
 {
     for (size_t i = 0; i < f->fln; i++) {
@@ -566,32 +599,36 @@ static void child_stop(struct fwd *f)
 {
     if (!f->alive)
         return;
-    if (!f->shut)
+    /* from here on a fatal signal leaves it to its end of input: it may be
+     * reaped below, and its group must not be signalled after that */
+    child_group = 0;
+    /* an end of input in the middle of a record would be a bad record */
+    const int whole = f->soff == f->slen;
+    if (!f->shut && whole)
         shutdown(f->to, SHUT_WR);
-    /* it ends here or through a signal to its group below: a handler
-     * racing with the wait must not signal a reaped (reusable) group */
-    double limit = now() + (f->flrec ? 0.2 : 2.0);
+    double limit = now() + (whole && !f->flrec && !f->heldn ? 2.0 : 0.2);
     int st = 0;
     pid_t r;
     while ((r = waitpid(f->pid, &st, WNOHANG)) == 0 && now() < limit) {
         char junk[4096];
-        while (read(f->from, junk, sizeof junk) > 0)
+        for (int i = 0; i < 16 && read(f->from, junk, sizeof junk) > 0; i++)
             ;
         poll(&(struct pollfd){.fd = f->from, .events = POLLIN}, 1, 10);
     }
     if (r == 0) {
         kill(-f->pid, SIGTERM);
+        kill(f->pid, SIGTERM);
         limit = now() + 0.5;
         while ((r = waitpid(f->pid, &st, WNOHANG)) == 0 && now() < limit)
             poll(NULL, 0, 10);
         if (r == 0) {
             kill(-f->pid, SIGKILL);
-            while (waitpid(f->pid, &st, 0) < 0 && errno == EINTR)
+            kill(f->pid, SIGKILL);
+            while ((r = waitpid(f->pid, &st, 0)) < 0 && errno == EINTR)
                 ;
         }
     }
-    child_group = 0;
-    if (f->o.verbose) {
+    if (f->o.verbose && r > 0) {
         char status[64];
         describe_status(status, sizeof status, st);
         warnx_("forward: '%s' %s", f->o.cmd, status);
@@ -610,19 +647,28 @@ static void *run(void *arg)
             f->restarts++;
             child_start(f, t);
         }
+        /* answers that came while this thread was away (writing stdout)
+         * are read before any deadline is judged */
+        if (f->alive)
+            child_read(f, t);
         double next = expire(f, t);
-        if (f->alive && f->flrec && t - oldest_record(f) > hang_after(f)) {
+        const int owed = f->flrec || f->heldn;
+        if (f->alive && owed && t - f->last_heard > hang_after(f)) {
             char why[64];
             snprintf(why, sizeof why, "no answer for %.1f s", hang_after(f));
             child_down(f, t, why);
         }
-        if (f->alive && f->wfail && !f->flrec)
+        /* what it read may still be answered, for a deadline */
+        if (f->alive && f->wfail && (!f->flrec || t - f->wfail_at > f->o.deadline))
             child_down(f, t, "it stopped reading");
         if (f->alive && f->done && !f->shut && f->soff == f->slen) {
             shutdown(f->to, SHUT_WR);
             f->shut = 1;
         }
+        double t_emit = now();
         emit_ready(f);
+        /* time spent writing stdout is not the co-process's silence */
+        f->last_heard += now() - t_emit;
         if (f->done && f->qn == 0)
             break;
         struct pollfd pf[3];
@@ -635,8 +681,8 @@ static void *run(void *arg)
             if (f->soff < f->slen)
                 pf[n++] = (struct pollfd){.fd = f->to, .events = POLLOUT};
         }
-        if (f->alive && f->flrec)
-            next = fmin(next, oldest_record(f) + hang_after(f));
+        if (f->alive && (f->flrec || f->heldn))
+            next = fmin(next, f->last_heard + hang_after(f));
         if (!f->alive && !f->done)
             next = fmin(next, f->restart_at);
         int ms = -1;
@@ -679,6 +725,8 @@ fwd_t *fwd_start(const fwd_opts_t *o)
     if (!f)
         return NULL;
     f->o = *o;
+    if (f->o.mark_every > f->o.window)
+        f->o.mark_every = f->o.window;
     f->to = f->from = f->wake[0] = f->wake[1] = -1;
     f->pid = -1;
     f->backoff = BACKOFF_MIN;
@@ -702,6 +750,8 @@ fwd_t *fwd_start(const fwd_opts_t *o)
     int rc = pthread_create(&f->thread, NULL, run, f);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
+        f->done = 1;
+        child_stop(f);
         errno = rc;
         return NULL;
     }
@@ -713,8 +763,8 @@ fwd_t *fwd_start(const fwd_opts_t *o)
  * that keeps up would answer); once that record is late, shed. */
 static void wait_for_room(struct fwd *f)
 {
-    if (f->unmarked && f->echo != 0)
-        send_marker(f, now());
+    /* markers come at least every window records (mark_every), so the
+     * co-process can answer all that fills the window */
     wake(f);
     while (f->alive && !f->shut && f->flrec >= f->o.window) {
         double limit = oldest_record(f) + f->o.deadline;
@@ -739,6 +789,8 @@ void fwd_push(fwd_t *f, fwd_ent_t *e, const char *line, size_t len)
             fall_back(e, TIER_SHED);
         else {
             double t = now();
+            if (!f->flrec && !f->heldn)
+                f->last_heard = t; /* owed from now on */
             send_bytes(f, line, len);
             send_bytes(f, "\n", 1);
             e->wait = 1;

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -452,8 +453,18 @@ static double rate(const stats_t *s)
     return dt > 0 ? (double)s->n / dt : 0;
 }
 
+/* A report goes to FILE.tmp-PID, renamed over FILE at the end; a FILE that
+ * is not a regular file (/dev/stdout, a fifo) is written directly. */
 static FILE *open_report(const char *path, char *tmp, size_t size)
 {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        tmp[0] = 0;
+        FILE *f = fopen(path, "w");
+        if (!f)
+            die(EXIT_RUNTIME, "%s: %s", path, strerror(errno));
+        return f;
+    }
     int n = snprintf(tmp, size, "%s.tmp-%ld", path, (long)getpid());
     if (n < 0 || (size_t)n >= size)
         die(EXIT_RUNTIME, "%s: name too long", path);
@@ -465,18 +476,20 @@ static FILE *open_report(const char *path, char *tmp, size_t size)
 
 static void close_report(FILE *f, const char *tmp, const char *path)
 {
-    int bad = ferror(f) | (fflush(f) != 0) | (fsync(fileno(f)) != 0);
+    errno = EIO; /* what ferror() alone stands for */
+    int bad = ferror(f) || fflush(f) != 0 || (tmp[0] && fsync(fileno(f)) != 0);
     int e = errno;
     if (fclose(f) != 0 && !bad) {
         bad = 1;
         e = errno;
     }
-    if (!bad && rename(tmp, path) != 0) {
+    if (!bad && tmp[0] && rename(tmp, path) != 0) {
         bad = 1;
         e = errno;
     }
     if (bad) {
-        unlink(tmp);
+        if (tmp[0])
+            unlink(tmp);
         die(EXIT_RUNTIME, "%s: %s", path, strerror(e));
     }
 }
@@ -674,7 +687,8 @@ static float threshold_for_fraction(const char *file, double F, models_t *ms, lo
         die(EXIT_RUNTIME, "%s: no records to choose the threshold from", file);
     qsort(c.v, c.n, sizeof *c.v, cmp_float);
     size_t k = (size_t)llround(F * (double)c.n);
-    float t = k >= c.n ? INFINITY : c.v[k];
+    /* forwarded: confidence < t.  Ties at the quantile stay local. */
+    float t = k == 0 ? -INFINITY : k >= c.n ? INFINITY : c.v[k];
     size_t below = 0;
     while (below < c.n && c.v[below] < t)
         below++;
@@ -813,7 +827,12 @@ static void calibrate(const char *src_arg, const char *outdir, size_t batch, int
         if (end)
             break;
     }
-    feed_stop(feed, NULL, NULL, 0);
+    char first[700];
+    uint64_t skipped;
+    feed_stop(feed, &skipped, first, sizeof first);
+    if (skipped)
+        warnx_("skipped %llu bad record%s (first: %s)", (unsigned long long)skipped,
+               skipped == 1 ? "" : "s", first);
     if (N == 0)
         die(EXIT_RUNTIME, "stdin: no records to calibrate on");
     const double T0 = m.spec.temperature, T = fit_temperature(z, y, N, K);
@@ -871,7 +890,13 @@ static void emit(void *ctx, const fwd_ent_t *e)
     out_check();
 }
 
-static int is_flush_line(const char *s) { return !strcmp(s, FEED_FLUSH); }
+static int is_flush_line(const char *s)
+{
+    size_t n = strlen(s);
+    if (n && s[n - 1] == '\r')
+        n--;
+    return n == sizeof FEED_FLUSH - 1 && !memcmp(s, FEED_FLUSH, n);
+}
 
 /* ---- main ---------------------------------------------------------------- */
 
@@ -978,7 +1003,7 @@ int main(int argc, char **argv)
                *outdir = NULL;
     float threshold = NAN, fraction = NAN;
     int proba = 0, do_eval = 0, no_label = 0, linebuf = 0, skip = 0, quiet = 0,
-        verbose = 0, do_calibrate = 0, c;
+        verbose = 0, do_calibrate = 0, window_given = 0, deadline_given = 0, c;
     size_t batch = 256, threads = 0, window = 256, deadline_ms = 1000;
 
     cli_init("infer");
@@ -1001,8 +1026,14 @@ int main(int argc, char **argv)
         case O_THRESHOLD: threshold = opt_float("--threshold", optarg); break;
         case O_FRACTION: fraction = opt_float("--forward-fraction", optarg); break;
         case O_CALDATA: caldata = optarg; break;
-        case O_WINDOW: window = opt_size("--window", optarg, 1, 1 << 20); break;
-        case O_DEADLINE: deadline_ms = opt_size("--deadline", optarg, 1, 86400000); break;
+        case O_WINDOW:
+            window = opt_size("--window", optarg, 1, 1 << 20);
+            window_given = 1;
+            break;
+        case O_DEADLINE:
+            deadline_ms = opt_size("--deadline", optarg, 1, 86400000);
+            deadline_given = 1;
+            break;
         case O_STATS: stats_json = optarg; break;
         case O_COVERAGE: coverage = optarg; break;
         case O_CALIBRATE: do_calibrate = 1; break;
@@ -1039,6 +1070,10 @@ int main(int argc, char **argv)
         usage_error("--exit-threshold with several models needs --anytime");
     if (!isnan(threshold) && !isnan(fraction))
         usage_error("--threshold and --forward-fraction exclude each other");
+    if (caldata && isnan(fraction))
+        usage_error("--calibration is for --forward-fraction");
+    if ((window_given || deadline_given) && !forward)
+        usage_error("%s needs --forward CMD", window_given ? "--window" : "--deadline");
     if ((!isnan(threshold) || !isnan(fraction) || caldata) && !forward)
         usage_error("%s needs --forward CMD",
                     !isnan(threshold) ? "--threshold"
@@ -1130,6 +1165,7 @@ int main(int argc, char **argv)
                           .ctx = &ec};
         if (!(fw = fwd_start(&fwo)))
             die(EXIT_RUNTIME, "--forward: cannot start: %s", strerror(errno));
+        atexit(fwd_kill_child); /* an exit on an error does not orphan it */
         sa.sa_handler = on_fatal;
         sa.sa_flags = 0;
         const int fatal[] = {SIGINT, SIGTERM, SIGPIPE, SIGQUIT};
@@ -1217,8 +1253,14 @@ int main(int argc, char **argv)
             out_check();
         }
         int end = b->end;
-        if (b->error)
+        if (b->error) {
+            /* the lines of the records before it are written first */
+            if (fw)
+                fwd_finish(fw, NULL);
+            out_check();
+            fflush(stdout);
             die(EXIT_RUNTIME, "%s", b->msg);
+        }
         feed_release(feed, b);
         if (end)
             break;

@@ -1281,6 +1281,9 @@ usage() {
     usage --window -m "$A" --forward cat --threshold 0.5 --window 0
     usage --deadline -m "$A" --forward cat --threshold 0.5 --deadline 0
     usage --criterion -m "$A" --criterion bogus
+    usage --window -m "$A" --window 8
+    usage --deadline -m "$A" --deadline 100
+    usage --calibration -m "$A" --forward cat --threshold 0.5 --calibration test.csv
 }
 
 @test "usage errors of ensembles, --anytime and --exit-threshold: exit 2 naming the option" {
@@ -1303,4 +1306,91 @@ usage() {
     usage --calibrate -m "$A" --calibrate -o newdir --eval
     usage --calibrate -m "$A" --calibrate -o newdir --forward cat --threshold 0.5
     [[ ! -e newdir && ! -e s.json && ! -e c.tsv ]] || fail "a usage error wrote a file"
+}
+
+# ---- found in review ------------------------------------------------------------
+
+@test "answers whose marker never comes back still time out by --deadline" {
+    # passes the probe back, then answers records but swallows markers
+    cat >r-probe-only.sh <<'EOF'
+IFS= read -r l; echo "$l"
+while IFS= read -r l; do case $l in '#'*) ;; *) echo 0,0.9 ;; esac; done
+sleep 30
+EOF
+    # (ten records: one batch, so no marker is due between the answers)
+    head -n 10 test.csv >ten.csv
+    local t0=$SECONDS
+    run -0 --separate-stderr timeout 20 infer -m "$A" --forward "sh r-probe-only.sh $U" \
+        --threshold 1.01 --deadline 100 <ten.csv
+    ((SECONDS - t0 < 10)) || fail "took $((SECONDS - t0)) s"
+    printf '%s\n' "${lines[@]}" >out.txt
+    assert_equal "$(tier_count out.txt fallback:timeout)" 10
+    refute pgrep -f "r-probe-only.sh $U"
+}
+
+@test "a reader of stdout that pauses does not get a healthy co-process stopped" {
+    local i
+    for i in $(seq 200); do cat test.csv; done >big.csv
+    timeout 60 infer -m "$A" --forward "infer -m '$B'" --threshold 1.01 --deadline 300 \
+        <big.csv 2>err.txt | { sleep 3; cat; } >out.txt
+    assert_equal "$(wc -l <out.txt)" 30000
+    run grep -E 'no answer for|restarting' err.txt
+    assert_failure
+    (($(tier_count out.txt remote) > 20000)) || fail "$(cut -d, -f3 out.txt | sort | uniq -c)"
+}
+
+@test "a bad record while forwarding: the lines before it are all written, no co-process left" {
+    { head -n 100 test.csv; echo '1,2,bad'; tail -n 10 test.csv; } >bad.csv
+    run -1 --separate-stderr timeout 30 infer -m "$A" --forward "infer -m '$B'; sleep 30 # $U" \
+        --threshold 0.7 <bad.csv
+    assert_equal "${#lines[@]}" 100
+    assert_regex "$stderr" 'stdin:101: '
+    sleep 0.2
+    refute pgrep -f "sleep 30 # $U"
+}
+
+@test "the send buffer keeps what is in flight, not everything ever sent" {
+    # records of about 24 kB (the last feature padded with zeros) through a
+    # co-process that lags: three times the records, the same peak size
+    awk -F, -v OFS=, 'BEGIN { pad = "0"; while (length(pad) < 24000) pad = pad pad }
+        { $5 = $5 pad; print }' test.csv >wide1.csv
+    local i n kib=()
+    for n in 10 30; do
+        for i in $(seq "$n"); do cat wide1.csv; done >wide.csv
+        run -0 --separate-stderr timeout 60 infer -v -m "$A" \
+            --forward "awk '!/^#/ { for (i = 0; i < 5000; i++) x += i; print \"0,0.9\"; fflush() }'" \
+            --threshold 1.01 --deadline 60000 <wide.csv
+        assert_equal "${#lines[@]}" $((n * 150))
+        kib+=("$(sed -n 's/^infer: peak resident memory \([0-9]*\) KiB$/\1/p' <<<"$stderr")")
+    done
+    # 72 MB more were sent in the second run
+    ((kib[1] < kib[0] + 20000)) || fail "peak resident memory ${kib[0]} then ${kib[1]} KiB"
+}
+
+@test "'#!flush' with CR, with --forward: the answers before it come at once" {
+    mkfifo in.fifo
+    { head -n 3 test.csv; printf '#!flush\r\n'; sleep 3; } >in.fifo &
+    timeout 10 infer -m "$A" --forward "infer -m '$B'" --threshold 1.01 <in.fifo >got.txt &
+    local pid=$!
+    sleep 1.5
+    assert_equal "$(wc -l <got.txt)" 4
+    wait "$pid"
+}
+
+@test "--forward-fraction 0 forwards nothing, even below the calibration's least confidence" {
+    # calibrate on the most confident third: its minimum is above many inputs
+    paste -d' ' "$F/A.out" test.csv | sort -t, -k2 -g | tail -n 50 | cut -d' ' -f2 >sure.csv
+    run -0 --separate-stderr timeout 30 infer -m "$A" --forward "infer -m '$B'" \
+        --forward-fraction 0 --calibration sure.csv <test.csv
+    printf '%s\n' "${lines[@]}" >out.txt
+    assert_equal "$(tier_count out.txt local)" 150
+}
+
+@test "--stats-json to a fifo is written into it, not replaced" {
+    mkfifo s.fifo
+    cat s.fifo >got.json &
+    run -0 --separate-stderr infer -m "$A" --eval -q --stats-json s.fifo <test.csv
+    wait
+    [[ -p s.fifo ]] || fail "the fifo was replaced"
+    assert_regex "$(cat got.json)" '^\{"records": 150, '
 }
