@@ -103,12 +103,6 @@ static struct {
     int quiet, verbose, progress;
 } opt = {.level = 3, .retries = 3, .timeout = 60};
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static void sleep_s(double s)
 {
@@ -418,7 +412,7 @@ static double last_word;
 
 static void keepalive(void)
 {
-    double t = now();
+    double t = mono_now();
     if (t - last_word >= 2.0) {
         say(STDOUT_FILENO, "WAIT");
         last_word = t;
@@ -432,7 +426,7 @@ static int hash_prefix(int fd, uint64_t n, XXH3_state_t *st)
     uint64_t off = 0;
     if (!buf)
         return -1;
-    last_word = now();
+    last_word = mono_now();
     while (off < n) {
         keepalive();
         size_t want = n - off < CHUNK ? (size_t)(n - off) : CHUNK;
@@ -499,7 +493,7 @@ static int first_entry(void *ctx, const char *path, uint64_t size, char type)
 static int verify_archive(int fd, char *why, size_t wsize)
 {
     mnn_diag_t d = {""};
-    last_word = now();
+    last_word = mono_now();
     say(STDOUT_FILENO, "WAIT");
     if (lseek(fd, 0, SEEK_SET) < 0 || mnn_ckpt_unpack(fd, "the stream", NULL, NULL, NULL, &d) < 0) {
         setmsg(why, wsize, "not a whole checkpoint archive: %s", d.msg[0] ? d.msg : strerror(errno));
@@ -695,9 +689,9 @@ static int receive_one(receiver_t *r, char *line)
                -1;
     /* one transfer per partial file: wait a while for an older receiver
      * whose connection died but who has not noticed yet */
-    double give_up = now() + (opt.timeout ? opt.timeout : 60);
+    double give_up = mono_now() + (opt.timeout ? opt.timeout : 60);
     while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-        if (errno != EWOULDBLOCK || now() > give_up) {
+        if (errno != EWOULDBLOCK || mono_now() > give_up) {
             close(fd);
             return say(STDOUT_FILENO, "ERR %s/%s is being received by another ckpt-ship", r->dir,
                        printable(name[0] ? name : part)),
@@ -1010,17 +1004,17 @@ static int conn_close(conn_t *c, int kill_it)
     free(c->from.buf);
     /* end of input first, so that a receiver can clean up; then signals */
     int status = -1, sig = kill_it ? SIGTERM : 0;
-    double until = now() + (kill_it ? 2 : 5);
+    double until = mono_now() + (kill_it ? 2 : 5);
     pid_t w;
     while ((w = waitpid(c->pid, &status, WNOHANG)) == 0) {
-        if (now() > until) {
+        if (mono_now() > until) {
             if (sig == SIGKILL) {
                 waitpid(c->pid, &status, 0);
                 break;
             }
             sig = sig ? SIGKILL : SIGTERM;
             kill(c->pid, sig);
-            until = now() + 3;
+            until = mono_now() + 3;
         }
         sleep_s(0.002);
     }
@@ -1295,7 +1289,7 @@ static int source_open(source_t *s, const char *arg, char *why, size_t wsize)
         /* pass 1: the archive's size and hash (packing is deterministic) */
         packer_t p;
         int fd;
-        double t0 = now();
+        double t0 = mono_now();
         if (pack_start(&p, s->real, &fd, why, wsize) < 0)
             return -1;
         XXH3_state_t *st = XXH3_createState();
@@ -1320,7 +1314,7 @@ static int source_open(source_t *s, const char *arg, char *why, size_t wsize)
         }
         if (opt.verbose)
             warnx_("%s: packed %s: %" PRIu64 " bytes, XXH3 %s, in %.3f s", printable(s->name),
-                   s->real, s->size, s->hex, now() - t0);
+                   s->real, s->size, s->hex, mono_now() - t0);
     } else if (S_ISREG(sb.st_mode)) {
         s->kind = SRC_FILE;
         if (!mnn_ckpt_is_archive(arg)) {
@@ -1366,7 +1360,7 @@ static void human(char *out, size_t size, double b)
 
 static void progress_show(progress_t *p, int done)
 {
-    double t = now();
+    double t = mono_now();
     if (!opt.progress || (!done && t - p->last < 0.25))
         return;
     p->last = t;
@@ -1481,7 +1475,7 @@ static int ship_one(conn_t *c, source_t *s, const dest_t *d, char *why, size_t w
         return SHIP_FATAL;
     }
     XXH3_64bits_reset(st);
-    progress_t pr = {s, off, 0, now(), 0};
+    progress_t pr = {s, off, 0, mono_now(), 0};
     uint64_t skip = s->kind == SRC_DIR ? off : 0, total = off;
     size_t chunk = CHUNK;
     if (opt.bwlimit && opt.bwlimit / 8 < chunk) /* smooth at low rates */
@@ -1536,13 +1530,13 @@ static int ship_one(conn_t *c, source_t *s, const dest_t *d, char *why, size_t w
         pr.sent += n;
         total += n;
         if (opt.bwlimit) {
-            double ahead = (double)pr.sent / (double)opt.bwlimit - (now() - pr.t0);
+            double ahead = (double)pr.sent / (double)opt.bwlimit - (mono_now() - pr.t0);
             if (ahead > 0)
                 sleep_s(ahead);
         }
         progress_show(&pr, 0);
     }
-    double last_sent = now();
+    double last_sent = mono_now();
     for (; rc == SHIP_OK && !(s->kind == SRC_FILE && total == s->size);) {
         /* nothing to send for a while (bytes the receiver has, or a source
          * that is slow to come): tell the receiver, whose --timeout would
@@ -1550,13 +1544,13 @@ static int ship_one(conn_t *c, source_t *s, const dest_t *d, char *why, size_t w
         if (opt.timeout && s->kind != SRC_FILE) {
             const int quiet_ms = (int)(opt.timeout * 1000 / 3);
             struct pollfd pf = {.fd = fd, .events = POLLIN};
-            if (now() - last_sent > quiet_ms / 1000.0 ||
+            if (mono_now() - last_sent > quiet_ms / 1000.0 ||
                 (poll(&pf, 1, quiet_ms) == 0 && !skip)) {
                 if (say(c->to, "NOOP") < 0) {
                     rc = write_failed(c, why, wsize);
                     break;
                 }
-                last_sent = now();
+                last_sent = mono_now();
                 continue;
             }
         }
@@ -1583,9 +1577,9 @@ static int ship_one(conn_t *c, source_t *s, const dest_t *d, char *why, size_t w
         }
         pr.sent += (uint64_t)k;
         total += (uint64_t)k;
-        last_sent = now();
+        last_sent = mono_now();
         if (opt.bwlimit) {
-            double ahead = (double)pr.sent / (double)opt.bwlimit - (now() - pr.t0);
+            double ahead = (double)pr.sent / (double)opt.bwlimit - (mono_now() - pr.t0);
             if (ahead > 0)
                 sleep_s(ahead);
         }
@@ -1613,7 +1607,7 @@ static int ship_one(conn_t *c, source_t *s, const dest_t *d, char *why, size_t w
     if (say(c->to, "END %" PRIu64 " %s", s->known ? s->size : total, s->hex) < 0)
         return write_failed(c, why, wsize);
     progress_show(&pr, 1);
-    const double t_end = now();
+    const double t_end = mono_now();
     if ((rc = reply(c, line, sizeof line, why, wsize)) != SHIP_OK)
         return rc;
     char got[NAME_MAX_ + 1];
@@ -1624,10 +1618,10 @@ static int ship_one(conn_t *c, source_t *s, const dest_t *d, char *why, size_t w
     if (!s->name[0])
         snprintf(s->name, sizeof s->name, "%s", got);
     if (opt.verbose) {
-        double t = now() - pr.t0;
+        double t = mono_now() - pr.t0;
         warnx_("%s: sent %" PRIu64 " bytes in %.3f s (%.1f MiB/s); checked and synced by the"
                " receiver in the last %.3f s", printable(s->name), pr.sent, t,
-               t > 0 ? (double)pr.sent / 1048576.0 / t : 0.0, now() - t_end);
+               t > 0 ? (double)pr.sent / 1048576.0 / t : 0.0, mono_now() - t_end);
     }
 done:
     if (d->host)

@@ -40,12 +40,6 @@ struct ckptw {
     pthread_cond_t cv;
 };
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 /* Bytes of the files in a directory. */
 static uint64_t dir_bytes(const char *dir)
@@ -142,7 +136,7 @@ static void *writer(void *arg)
         mnn_ckpt_step_name(name, sizeof name, step);
         const char *first = w->o.local ? w->o.local : w->o.root;
         char durable[PATH_MAX], fast[PATH_MAX];
-        double t0 = now();
+        double t0 = mono_now();
         struct stat sb;
         int rc = step_path(durable, w->o.root, name, &d) < 0 ||
                          step_path(fast, first, name, &d) < 0
@@ -160,7 +154,7 @@ static void *writer(void *arg)
         if (rc == 0)
             rc = persist(w, fast, &d);
         if (rc == 0 && w->o.verbose)
-            note_write("wrote", fast, now() - t0);
+            note_write("wrote", fast, mono_now() - t0);
         if (rc == 0)
             rc = publish(w, first, name, &d);
 
@@ -171,10 +165,10 @@ static void *writer(void *arg)
         pthread_mutex_unlock(&w->mu);
 
         if (rc == 0 && w->o.local) {
-            t0 = now();
+            t0 = mono_now();
             rc = mnn_ckpt_copy(fast, durable, &d);
             if (rc == 0 && w->o.verbose)
-                note_write("copied to", durable, now() - t0);
+                note_write("copied to", durable, mono_now() - t0);
             if (rc == 0)
                 rc = publish(w, w->o.root, name, &d);
         }
@@ -254,12 +248,12 @@ int ckptw_offer(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t *opt,
     while (w->pending || w->writing || !w->ready)
         pthread_cond_wait(&w->cv, &w->mu);
     /* the writer is not reading the snapshot: refresh it (one memcpy) */
-    double t0 = now();
+    double t0 = mono_now();
     mnn_model_copy_state(&w->snap_m, m);
     mnn_optim_copy_state(&w->snap_o, opt);
     if (w->o.verbose)
         warnx_("checkpoint at step %llu: snapshot in %.3f s",
-               (unsigned long long)st->step, now() - t0);
+               (unsigned long long)st->step, mono_now() - t0);
     w->snap_st = *st;
     snprintf(w->parent, sizeof w->parent, "%s", parent ? parent : "");
     w->last_step = st->step;

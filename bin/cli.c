@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -105,6 +106,13 @@ const char *ckpt_source(const char *arg, char *buf, size_t size)
     if ((size_t)snprintf(buf, size, "%s/latest", arg) >= size || !mnn_ckpt_is_archive(buf))
         return arg;
     return buf;
+}
+
+double mono_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
 void report_peak_rss(void)

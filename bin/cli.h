@@ -42,6 +42,9 @@ int opt_on_error(const char *s);
  * else is returned as it is. */
 const char *ckpt_source(const char *arg, char *buf, size_t size);
 
+/* Seconds on the monotonic clock. */
+double mono_now(void);
+
 /* "prog: peak resident memory N KiB" on stderr. */
 void report_peak_rss(void);
 

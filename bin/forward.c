@@ -98,12 +98,6 @@ void fwd_kill_child(void)
         kill(-g, SIGTERM);
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static fwd_ent_t *ent(struct fwd *f, uint64_t seq)
 {
@@ -127,38 +121,37 @@ static int grow(void **p, size_t *cap, size_t need, size_t size)
     return 0;
 }
 
-/* Rings grow by copying their contents to the front of a larger array. */
+/* Makes room for one more element in a full ring of n elements of size
+ * bytes from *head: its contents move, in order, to the front of an array
+ * twice as large. */
+static void ring_grow(void **buf, size_t *cap, size_t *head, size_t n, size_t size)
+{
+    size_t nc = *cap ? 2 * *cap : 256;
+    char *nb = malloc(nc * size), *old = *buf;
+    if (!nb)
+        die(EXIT_RUNTIME, "out of memory");
+    size_t first = n < *cap - *head ? n : *cap - *head; /* up to the ring's end */
+    if (n) {
+        memcpy(nb, old + *head * size, first * size);
+        memcpy(nb + first * size, old, (n - first) * size);
+    }
+    free(old);
+    *buf = nb;
+    *cap = nc;
+    *head = 0;
+}
+
 static void q_add(struct fwd *f, const fwd_ent_t *e)
 {
-    if (f->qn == f->qcap) {
-        size_t nc = f->qcap ? 2 * f->qcap : 1024;
-        fwd_ent_t *nq = malloc(nc * sizeof *nq);
-        if (!nq)
-            die(EXIT_RUNTIME, "out of memory");
-        for (size_t i = 0; i < f->qn; i++)
-            nq[i] = f->q[(f->qhead + i) % f->qcap];
-        free(f->q);
-        f->q = nq;
-        f->qcap = nc;
-        f->qhead = 0;
-    }
+    if (f->qn == f->qcap)
+        ring_grow((void **)&f->q, &f->qcap, &f->qhead, f->qn, sizeof *f->q);
     f->q[(f->qhead + f->qn++) % f->qcap] = *e;
 }
 
 static void fl_add(struct fwd *f, uint64_t seq, double t)
 {
-    if (f->fln == f->flcap) {
-        size_t nc = f->flcap ? 2 * f->flcap : 256;
-        flight_t *n = malloc(nc * sizeof *n);
-        if (!n)
-            die(EXIT_RUNTIME, "out of memory");
-        for (size_t i = 0; i < f->fln; i++)
-            n[i] = f->fl[(f->flhead + i) % f->flcap];
-        free(f->fl);
-        f->fl = n;
-        f->flcap = nc;
-        f->flhead = 0;
-    }
+    if (f->fln == f->flcap)
+        ring_grow((void **)&f->fl, &f->flcap, &f->flhead, f->fln, sizeof *f->fl);
     f->fl[(f->flhead + f->fln++) % f->flcap] = (flight_t){seq, t};
     if (seq != MARK)
         f->flrec++;
@@ -606,10 +599,10 @@ static void child_stop(struct fwd *f)
     const int whole = f->soff == f->slen;
     if (!f->shut && whole)
         shutdown(f->to, SHUT_WR);
-    double limit = now() + (whole && !f->flrec && !f->heldn ? 2.0 : 0.2);
+    double limit = mono_now() + (whole && !f->flrec && !f->heldn ? 2.0 : 0.2);
     int st = 0;
     pid_t r;
-    while ((r = waitpid(f->pid, &st, WNOHANG)) == 0 && now() < limit) {
+    while ((r = waitpid(f->pid, &st, WNOHANG)) == 0 && mono_now() < limit) {
         char junk[4096];
         for (int i = 0; i < 16 && read(f->from, junk, sizeof junk) > 0; i++)
             ;
@@ -618,8 +611,8 @@ static void child_stop(struct fwd *f)
     if (r == 0) {
         kill(-f->pid, SIGTERM);
         kill(f->pid, SIGTERM);
-        limit = now() + 0.5;
-        while ((r = waitpid(f->pid, &st, WNOHANG)) == 0 && now() < limit)
+        limit = mono_now() + 0.5;
+        while ((r = waitpid(f->pid, &st, WNOHANG)) == 0 && mono_now() < limit)
             poll(NULL, 0, 10);
         if (r == 0) {
             kill(-f->pid, SIGKILL);
@@ -642,7 +635,7 @@ static void *run(void *arg)
     struct fwd *f = arg;
     pthread_mutex_lock(&f->mu);
     for (;;) {
-        double t = now();
+        double t = mono_now();
         if (!f->alive && !f->done && t >= f->restart_at) {
             f->restarts++;
             child_start(f, t);
@@ -665,10 +658,10 @@ static void *run(void *arg)
             shutdown(f->to, SHUT_WR);
             f->shut = 1;
         }
-        double t_emit = now();
+        double t_emit = mono_now();
         emit_ready(f);
         /* time spent writing stdout is not the co-process's silence */
-        f->last_heard += now() - t_emit;
+        f->last_heard += mono_now() - t_emit;
         if (f->done && f->qn == 0)
             break;
         struct pollfd pf[3];
@@ -693,7 +686,7 @@ static void *run(void *arg)
         pthread_mutex_lock(&f->mu);
         if (pr < 0)
             continue;
-        t = now();
+        t = mono_now();
         if (pf[0].revents) {
             char junk[64];
             while (read(f->wake[0], junk, sizeof junk) > 0)
@@ -740,7 +733,7 @@ fwd_t *fwd_start(const fwd_opts_t *o)
         free(f);
         return NULL;
     }
-    child_start(f, now());
+    child_start(f, mono_now());
     /* the thread writes stdout: a reader that went away ends infer
      * quietly through SIGPIPE, as it does without --forward */
     sigset_t all, old;
@@ -768,7 +761,7 @@ static void wait_for_room(struct fwd *f)
     wake(f);
     while (f->alive && !f->shut && f->flrec >= f->o.window) {
         double limit = oldest_record(f) + f->o.deadline;
-        if (now() >= limit)
+        if (mono_now() >= limit)
             break;
         struct timespec ts = {.tv_sec = (time_t)limit,
                               .tv_nsec = (long)((limit - floor(limit)) * 1e9)};
@@ -788,7 +781,7 @@ void fwd_push(fwd_t *f, fwd_ent_t *e, const char *line, size_t len)
         else if (f->flrec >= f->o.window)
             fall_back(e, TIER_SHED);
         else {
-            double t = now();
+            double t = mono_now();
             if (!f->flrec && !f->heldn)
                 f->last_heard = t; /* owed from now on */
             send_bytes(f, line, len);
@@ -808,7 +801,7 @@ void fwd_batch_end(fwd_t *f)
 {
     pthread_mutex_lock(&f->mu);
     if (f->alive && f->unmarked && f->echo != 0)
-        send_marker(f, now());
+        send_marker(f, mono_now());
     wake(f);
     while (f->qn > f->o.queue)
         pthread_cond_wait(&f->room, &f->mu);
@@ -819,7 +812,7 @@ void fwd_finish(fwd_t *f, uint64_t *restarts)
 {
     pthread_mutex_lock(&f->mu);
     if (f->alive && f->unmarked && f->echo != 0)
-        send_marker(f, now());
+        send_marker(f, mono_now());
     f->done = 1;
     pthread_mutex_unlock(&f->mu);
     wake(f);

@@ -99,12 +99,6 @@ static noreturn void help(void)
     exit(EXIT_OK);
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---- models ---------------------------------------------------------------- */
 
@@ -883,7 +877,7 @@ static void emit(void *ctx, const fwd_ent_t *e)
             fflush(stdout);
     } else {
         put_record(c, e);
-        stats_record(c->st, e, now());
+        stats_record(c->st, e, mono_now());
     }
     if (c->linebuf)
         fflush(stdout);
@@ -1190,7 +1184,7 @@ int main(int argc, char **argv)
             continue;
         if (hup) /* it came while the batch was read: answer it with the new models */
             reload(&ms, nweights ? weights : NULL, batch, verbose);
-        const double t_in = now();
+        const double t_in = mono_now();
         if (!records)
             st.t_first = t_in;
         int rc = predict(&ms, &L, b, linebuf, out, stage);
@@ -1240,14 +1234,14 @@ int main(int argc, char **argv)
                 putchar('\n');
             } else
                 put_record(&ec, &e);
-            stats_record(&st, &e, now());
+            stats_record(&st, &e, mono_now());
         }
         records += b->n;
         if (fw)
             fwd_batch_end(fw);
         else {
             if (!classify)
-                st.t_last = now();
+                st.t_last = mono_now();
             if (linebuf || b->flush)
                 fflush(stdout);
             out_check();

@@ -60,20 +60,21 @@ mk_reg_spec() {
         'seed: 1' >"$1"
 }
 
-# mk_data N [SEED] [SEP]: N dense records of the separable 3-class problem on
-# stdout.  Record i has class i%3; feature j is +2 for j == class, -1 for the
-# other class features, 0.5 for the 4th; plus uniform noise in [-0.5, 0.5)
+# mk_data N [SEED] [SEP] [AMP]: N dense records of the separable 3-class
+# problem on stdout.  Record i has class i%3; feature j is +2 for j == class,
+# -1 for the other class features, 0.5 for the 4th; plus uniform noise in
+# [-AMP/2, AMP/2) (AMP 1 by default)
 # from a Park-Miller generator (exact in double arithmetic, so every awk
 # prints the same bytes).
 mk_data() {
-    awk -v n="$1" -v seed="${2:-7}" -v sep="${3:-,}" 'BEGIN {
+    awk -v n="$1" -v seed="${2:-7}" -v sep="${3:-,}" -v amp="${4:-1}" 'BEGIN {
         s = seed
         for (i = 0; i < n; i++) {
             k = i % 3
             line = k
             for (j = 0; j < 4; j++) {
                 s = (s * 16807) % 2147483647
-                u = s / 2147483647 - 0.5
+                u = (s / 2147483647 - 0.5) * amp
                 c = (j == k) ? 2 : (j == 3 ? 0.5 : -1)
                 line = line sep sprintf("%.4f", c + u)
             }
@@ -218,20 +219,7 @@ rehash() {
 # [-AMP/2, AMP/2) (default 6), so that the classes overlap and a model
 # trained on them is unsure about many records.
 mk_noisy_data() {
-    awk -v n="$1" -v seed="${2:-7}" -v amp="${3:-6}" 'BEGIN {
-        s = seed
-        for (i = 0; i < n; i++) {
-            k = i % 3
-            line = k
-            for (j = 0; j < 4; j++) {
-                s = (s * 16807) % 2147483647
-                u = (s / 2147483647 - 0.5) * amp
-                c = (j == k) ? 2 : (j == 3 ? 0.5 : -1)
-                line = line "," sprintf("%.4f", c + u)
-            }
-            print line
-        }
-    }'
+    mk_data "$1" "${2:-7}" , "${3:-6}"
 }
 
 # elapsed_since T0: seconds since T0 (a `date +%s.%N` reading), on stdout
