@@ -224,8 +224,8 @@ static int predict_batch(models_t *ms, local_t *L, const float *x, size_t B, flo
             return rc;
         for (size_t i = 0; i < B * K; i++)
             out[i] += ms->w[j] * L->tmp[i];
-        memset(stage, (int)j, B);
     }
+    memset(stage, (int)(ms->n - 1), B);
     return 0;
 }
 
@@ -853,8 +853,8 @@ static void calibrate(const char *src_arg, const char *outdir, size_t batch, int
 /* ---- output ----------------------------------------------------------------- */
 
 typedef struct {
-    stats_t *st;
-    int tiers; /* print the tier column */
+    stats_t *st; /* NULL: no --eval */
+    int tiers;   /* print the tier column */
     int linebuf;
 } emit_ctx_t;
 
@@ -877,7 +877,8 @@ static void emit(void *ctx, const fwd_ent_t *e)
             fflush(stdout);
     } else {
         put_record(c, e);
-        stats_record(c->st, e, mono_now());
+        if (c->st)
+            stats_record(c->st, e, mono_now());
     }
     if (c->linebuf)
         fflush(stdout);
@@ -1150,7 +1151,7 @@ int main(int argc, char **argv)
 
     stats_t st;
     stats_init(&st, K, classify, do_eval, coverage != NULL);
-    emit_ctx_t ec = {.st = &st, .tiers = forward != NULL, .linebuf = linebuf};
+    emit_ctx_t ec = {.st = do_eval ? &st : NULL, .tiers = forward != NULL, .linebuf = linebuf};
     fwd_t *fw = NULL;
     if (forward) {
         fwd_opts_t fwo = {.cmd = forward, .window = window, .deadline = deadline_ms / 1000.0,
@@ -1220,7 +1221,8 @@ int main(int argc, char **argv)
             }
             const size_t best = argmax(p, K);
             fwd_ent_t e = {.pred = (uint32_t)best, .conf = p[best], .lpred = (uint32_t)best,
-                           .lconf = p[best], .crit = mnn_confidence(p, K, L.crit),
+                           .lconf = p[best],
+                           .crit = fw || coverage ? mnn_confidence(p, K, L.crit) : 0,
                            .label = no_label ? -1 : (int32_t)b->y[i], .tier = TIER_LOCAL,
                            .stage = stage[i], .t_in = t_in};
             if (fw) {
@@ -1234,7 +1236,8 @@ int main(int argc, char **argv)
                 putchar('\n');
             } else
                 put_record(&ec, &e);
-            stats_record(&st, &e, mono_now());
+            if (do_eval)
+                stats_record(&st, &e, mono_now());
         }
         records += b->n;
         if (fw)
