@@ -640,10 +640,8 @@ static void *run(void *arg)
             f->restarts++;
             child_start(f, t);
         }
-        /* answers that came while this thread was away (writing stdout)
-         * are read before any deadline is judged */
-        if (f->alive)
-            child_read(f, t);
+        /* (answers that came while this thread was writing stdout were
+         * read after the poll below, before this) */
         double next = expire(f, t);
         const int owed = f->flrec || f->heldn;
         if (f->alive && owed && t - f->last_heard > hang_after(f)) {
