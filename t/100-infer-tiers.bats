@@ -231,9 +231,12 @@ near() {
 
 # no_process PATTERN: no process whose command line matches PATTERN
 no_process() {
-    local p
-    p=$(pgrep -af -- "$1") || return 0
-    fail "left behind: $p"
+    local p n=30
+    # a process that was sent SIGTERM may take a moment to go
+    while p=$(pgrep -af -- "$1"); do
+        ((n-- > 0)) || fail "left behind: $p"
+        sleep 0.1
+    done
 }
 
 # ---- forwarding -----------------------------------------------------------------
@@ -1187,7 +1190,14 @@ mk_root() {
     infer -m "$A" --forward "infer -m '$B'" --forward-fraction 0.3 --calibration cal.fifo \
         <test.csv >out.txt 2>err.txt 3>&- &
     INF_PID=$!
-    sleep 0.3
+    # once its handler is in place (SigCgt, bit 0), the wrapper script has
+    # become infer, which now waits for the calibration records
+    local n=100 mask
+    while mask=$(sed -n 's/^SigCgt:\t*//p' "/proc/$INF_PID/status" 2>/dev/null) &&
+        ! ((16#$mask & 1)); do
+        ((n-- > 0)) || fail "infer did not start"
+        sleep 0.05
+    done
     kill -HUP "$INF_PID"
     sleep 0.1
     cat test.csv >cal.fifo 3>&- &
@@ -1325,7 +1335,7 @@ EOF
     ((SECONDS - t0 < 10)) || fail "took $((SECONDS - t0)) s"
     printf '%s\n' "${lines[@]}" >out.txt
     assert_equal "$(tier_count out.txt fallback:timeout)" 10
-    refute pgrep -f "r-probe-only.sh $U"
+    no_process "r-probe-only.sh $U"
 }
 
 @test "a reader of stdout that pauses does not get a healthy co-process stopped" {
@@ -1345,8 +1355,7 @@ EOF
         --threshold 0.7 <bad.csv
     assert_equal "${#lines[@]}" 100
     assert_regex "$stderr" 'stdin:101: '
-    sleep 0.2
-    refute pgrep -f "sleep 30 # $U"
+    no_process "sleep 30 # $U"
 }
 
 @test "the send buffer keeps what is in flight, not everything ever sent" {
@@ -1371,11 +1380,14 @@ EOF
 
 @test "'#!flush' with CR, with --forward: the answers before it come at once" {
     mkfifo in.fifo
-    { head -n 3 test.csv; printf '#!flush\r\n'; sleep 3; } >in.fifo &
-    timeout 10 infer -m "$A" --forward "infer -m '$B'" --threshold 1.01 <in.fifo >got.txt &
-    local pid=$!
-    sleep 1.5
+    timeout 20 infer -m "$A" --forward "infer -m '$B'" --threshold 1.01 <in.fifo >got.txt &
+    local pid=$! w
+    exec {w}>in.fifo
+    { head -n 3 test.csv; printf '#!flush\r\n'; } >&"$w"
+    # the input stays open: the lines come because of the marker
+    wait_for_match got.txt '^#!flush' 100 || fail "no answers before the end of the input"
     assert_equal "$(wc -l <got.txt)" 4
+    exec {w}>&-
     wait "$pid"
 }
 
