@@ -3,13 +3,18 @@
  * The co-process reads records, one per line, and answers one line per
  * record, in order: either all class probabilities or 'pred,confidence'
  * (more fields, such as a tier, are ignored).  After each batch of
- * forwarded records infer sends a '#!flush' line; a mini-nn infer answers
- * the batch at once and passes the line back in its place.  A co-process
+ * forwarded records, and every min(64, window) of them, infer sends a
+ * '#!flush' line; a mini-nn infer answers the records before it at once
+ * and passes the line back in its place.  A co-process
  * that does so is checked: the number of answers between two markers must
  * be the number of records sent between them, and a batch's answers are
  * used only once its marker came back.  Whether markers come back is
  * learned from the first line of every new co-process, which answers a
  * marker sent before any record.
+ *
+ * A full window makes the main thread wait while its oldest record can
+ * still be answered in time, then shed: a fast local tier keeps the pace
+ * of a remote one that keeps up, and drops work for one that does not.
  *
  * Everything below the mutex is touched by both threads; the forwarding
  * thread drops it only around poll() and while emitting. */
