@@ -301,3 +301,13 @@ void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen)
     pthread_cond_destroy(&f->cv);
     free(f);
 }
+
+void feed_stop_report(feed_t *f)
+{
+    char first[700];
+    uint64_t skipped;
+    feed_stop(f, &skipped, first, sizeof first);
+    if (skipped)
+        warnx_("skipped %llu bad record%s (first: %s)", (unsigned long long)skipped,
+               skipped == 1 ? "" : "s", first);
+}

@@ -54,6 +54,9 @@ void feed_release(feed_t *f, feed_batch_t *b);
  * If skipped is not NULL it receives the count of records skipped under
  * --on-error=skip, and first (size firstlen) the first reason. */
 void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen);
+/* feed_stop, then "prog: skipped N bad records (first: ...)" on stderr if
+ * there were any. */
+void feed_stop_report(feed_t *f);
 
 /* A '#!flush' control line (passed on like any '#' line) ends the batch it
  * is in, so that a program feeding records through a pipe gets its answers

@@ -606,52 +606,44 @@ static void write_coverage(const char *path, const stats_t *s)
 
 /* ---- reading a labelled stream whole ---------------------------------------- */
 
-typedef void (*scan_fn)(void *ctx, const feed_batch_t *b, const float *probs,
-                        const uint8_t *stage);
+typedef void (*scan_fn)(void *ctx, const feed_batch_t *b);
 
-/* Runs the local models over every record of fd; fn sees each batch. */
-static void scan(int fd, const char *name, models_t *ms, local_t *L, const feed_opts_t *base,
-                 float *out, uint8_t *stage, scan_fn fn, void *ctx)
+/* Reads every record of fd in batches of fo; fn sees each batch. */
+static void scan(int fd, const feed_opts_t *fo, scan_fn fn, void *ctx)
 {
-    feed_opts_t fo = *base;
-    fo.name = name;
-    fo.eager = 0;
-    fo.keep_comments = fo.keep_lines = 0;
-    feed_t *feed = feed_start(fd, &fo);
+    feed_t *feed = feed_start(fd, fo);
     if (!feed)
         die(EXIT_RUNTIME, "cannot start the reader: %s", strerror(errno ? errno : ENOMEM));
     for (;;) {
         feed_batch_t *b = feed_next(feed, NULL);
         if (b->error)
             die(EXIT_RUNTIME, "%s", b->msg);
-        int rc = predict(ms, L, b, 0, out, stage);
-        if (rc < 0)
-            die(EXIT_RUNTIME, "inference failed: %s", mnn_strerror(rc));
-        fn(ctx, b, out, stage);
+        fn(ctx, b);
         int end = b->end;
         feed_release(feed, b);
         if (end)
             break;
     }
-    char first[700];
-    uint64_t skipped;
-    feed_stop(feed, &skipped, first, sizeof first);
-    if (skipped)
-        warnx_("%s: skipped %llu bad record%s (first: %s)", name, (unsigned long long)skipped,
-               skipped == 1 ? "" : "s", first);
+    feed_stop_report(feed);
 }
 
 typedef struct {
-    size_t K;
-    mnn_crit_t crit;
-    float *v;
+    models_t *ms;
+    local_t *L;
+    float *out;     /* (batch, K) */
+    uint8_t *stage; /* (batch) */
+    float *v;       /* the confidences */
     size_t n, cap;
 } crits_t;
 
-static void collect_crit(void *ctx, const feed_batch_t *b, const float *p, const uint8_t *st)
+/* The local confidence of each record, by the routing criterion. */
+static void collect_crit(void *ctx, const feed_batch_t *b)
 {
-    (void)st;
     crits_t *c = ctx;
+    const size_t K = c->ms->m[0].spec.outputs;
+    int rc = predict(c->ms, c->L, b, 0, c->out, c->stage);
+    if (rc < 0)
+        die(EXIT_RUNTIME, "inference failed: %s", mnn_strerror(rc));
     if (c->n + b->n > c->cap) {
         size_t nc = c->cap ? c->cap : 4096;
         while (nc < c->n + b->n)
@@ -663,7 +655,7 @@ static void collect_crit(void *ctx, const feed_batch_t *b, const float *p, const
         c->cap = nc;
     }
     for (size_t i = 0; i < b->n; i++)
-        c->v[c->n++] = mnn_confidence(p + i * c->K, c->K, c->crit);
+        c->v[c->n++] = mnn_confidence(c->out + i * K, K, c->L->crit);
 }
 
 /* The threshold that forwards a fraction F of the calibration records. */
@@ -674,8 +666,12 @@ static float threshold_for_fraction(const char *file, double F, models_t *ms, lo
     int fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         die(EXIT_RUNTIME, "%s: %s", file, strerror(errno));
-    crits_t c = {.K = ms->m[0].spec.outputs, .crit = L->crit};
-    scan(fd, file, ms, L, fo, out, stage, collect_crit, &c);
+    crits_t c = {.ms = ms, .L = L, .out = out, .stage = stage};
+    feed_opts_t cfo = *fo;
+    cfo.name = file;
+    cfo.eager = 0;
+    cfo.keep_comments = cfo.keep_lines = 0;
+    scan(fd, &cfo, collect_crit, &c);
     close(fd);
     if (c.n == 0)
         die(EXIT_RUNTIME, "%s: no records to choose the threshold from", file);
@@ -767,6 +763,38 @@ static double ece_of(const float *z, const int32_t *y, size_t N, size_t K, doubl
     return N ? ece / (double)N : 0;
 }
 
+typedef struct {
+    mnn_model_t *m;
+    float *z;   /* (n, K) raw logits */
+    int32_t *y; /* (n) labels */
+    size_t n, cap;
+} logits_t;
+
+static void collect_logits(void *ctx, const feed_batch_t *b)
+{
+    logits_t *l = ctx;
+    const size_t K = l->m->spec.outputs;
+    if (l->n + b->n > l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 4096;
+        while (cap < l->n + b->n)
+            cap *= 2;
+        float *nz = realloc(l->z, cap * K * sizeof *nz);
+        int32_t *ny = nz ? realloc(l->y, cap * sizeof *ny) : NULL;
+        if (nz)
+            l->z = nz;
+        if (!ny)
+            die(EXIT_RUNTIME, "out of memory");
+        l->y = ny;
+        l->cap = cap;
+    }
+    int rc = mnn_model_logits(l->m, b->x, b->n, l->z + l->n * K);
+    if (rc < 0)
+        die(EXIT_RUNTIME, "inference failed: %s", mnn_strerror(rc));
+    for (size_t i = 0; i < b->n; i++)
+        l->y[l->n + i] = (int32_t)b->y[i];
+    l->n += b->n;
+}
+
 static void calibrate(const char *src_arg, const char *outdir, size_t batch, int skip,
                       int quiet)
 {
@@ -788,45 +816,11 @@ static void calibrate(const char *src_arg, const char *outdir, size_t batch, int
     fo.fmt.nfeat = C;
     fo.fmt.has_label = 1;
     fo.fmt.classes = K;
-    feed_t *feed = feed_start(STDIN_FILENO, &fo);
-    if (!feed)
-        die(EXIT_RUNTIME, "cannot start the reader: %s", strerror(errno ? errno : ENOMEM));
-    float *z = NULL;
-    int32_t *y = NULL;
-    size_t N = 0, cap = 0;
-    for (;;) {
-        feed_batch_t *b = feed_next(feed, NULL);
-        if (b->error)
-            die(EXIT_RUNTIME, "%s", b->msg);
-        if (N + b->n > cap) {
-            cap = cap ? 2 * cap : 4096;
-            while (cap < N + b->n)
-                cap *= 2;
-            float *nz = realloc(z, cap * K * sizeof *z);
-            int32_t *ny = nz ? realloc(y, cap * sizeof *y) : NULL;
-            if (nz)
-                z = nz;
-            if (!ny)
-                die(EXIT_RUNTIME, "out of memory");
-            y = ny;
-        }
-        int rc = mnn_model_logits(&m, b->x, b->n, z + N * K);
-        if (rc < 0)
-            die(EXIT_RUNTIME, "inference failed: %s", mnn_strerror(rc));
-        for (size_t i = 0; i < b->n; i++)
-            y[N + i] = (int32_t)b->y[i];
-        N += b->n;
-        int end = b->end;
-        feed_release(feed, b);
-        if (end)
-            break;
-    }
-    char first[700];
-    uint64_t skipped;
-    feed_stop(feed, &skipped, first, sizeof first);
-    if (skipped)
-        warnx_("skipped %llu bad record%s (first: %s)", (unsigned long long)skipped,
-               skipped == 1 ? "" : "s", first);
+    logits_t lg = {.m = &m};
+    scan(STDIN_FILENO, &fo, collect_logits, &lg);
+    float *z = lg.z;
+    int32_t *y = lg.y;
+    const size_t N = lg.n;
     if (N == 0)
         die(EXIT_RUNTIME, "stdin: no records to calibrate on");
     const double T0 = m.spec.temperature, T = fit_temperature(z, y, N, K);
@@ -1265,13 +1259,8 @@ int main(int argc, char **argv)
     uint64_t restarts = 0;
     if (fw)
         fwd_finish(fw, &restarts);
-    char first[700];
-    uint64_t skipped;
-    feed_stop(feed, &skipped, first, sizeof first);
     out_close();
-    if (skipped)
-        warnx_("skipped %llu bad record%s (first: %s)", (unsigned long long)skipped,
-               skipped == 1 ? "" : "s", first);
+    feed_stop_report(feed);
     if (do_eval && st.n == 0)
         die(EXIT_RUNTIME, "stdin: no records to evaluate");
     if (do_eval && !quiet) {
