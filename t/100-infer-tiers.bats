@@ -1346,7 +1346,10 @@ EOF
     assert_equal "$(wc -l <out.txt)" 30000
     run grep -E 'no answer for|restarting' err.txt
     assert_failure
-    (($(tier_count out.txt remote) > 20000)) || fail "$(cut -d, -f3 out.txt | sort | uniq -c)"
+    # (how many are shed while stdout is blocked depends on the scheduler;
+    # the co-process itself must never be given up on)
+    assert_equal "$(tier_count out.txt fallback:unreachable)" 0
+    (($(tier_count out.txt remote) > 0)) || fail "$(cut -d, -f3 out.txt | sort | uniq -c)"
 }
 
 @test "a bad record while forwarding: the lines before it are all written, no co-process left" {
