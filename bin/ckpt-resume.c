@@ -9,7 +9,6 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <libgen.h>
-#include <sched.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +31,8 @@ static noreturn void help(void)
         "                         checkpoint lands in DIR/NAME\n"
         "      --batch N          train with batches of N records; the learning rate\n"
         "                         is scaled by N / the stored batch (linear scaling)\n"
-        "      --threads N        OpenBLAS threads (default: the online cores)\n"
+        "      --threads N        OpenBLAS threads (default: as many as the checkpoint\n"
+        "                         was trained on, which keeps the result bit-exact)\n"
         "  -n, --dry-run          print the sgd-train command instead of running it\n"
         "  -q, --quiet            no notes on stderr\n"
         "  -v, --verbose          more detail on stderr\n"
@@ -85,13 +85,8 @@ static uint64_t memory_available(void)
 
 static size_t count_params(const mnn_spec_t *s)
 {
-    size_t n = 0, fan = s->input;
-    for (size_t i = 0; i < s->nlayers; i++) {
-        n += s->layers[i].units * fan + s->layers[i].units;
-        fan = s->layers[i].units;
-    }
-    for (size_t j = 0; j < s->nexits; j++)
-        n += (s->layers[s->exits[j]].units + 1) * s->outputs;
+    size_t n = 0;
+    mnn_spec_params(s, &n); /* the manifest's parser checked that it fits */
     return n;
 }
 
@@ -235,8 +230,9 @@ int main(int argc, char **argv)
     char *dir = NULL; /* the checkpoint directory to train from */
     int is_dir = strcmp(ckpt, "-") != 0 && !mnn_ckpt_is_archive(ckpt);
     if (is_dir) {
+        /* the files are hashed below, once the spec is known to fit */
         if (mnn_manifest_load(&mf, ckpt, &dir, &d) < 0 ||
-            mnn_manifest_verify_dir(&mf, dir, &d) < 0)
+            (do_inspect && mnn_manifest_verify_dir(&mf, dir, &d) < 0))
             die(EXIT_RUNTIME, "%s", d.msg);
     } else {
         int fd = strcmp(ckpt, "-") ? open(ckpt, O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
@@ -263,19 +259,14 @@ int main(int argc, char **argv)
     /* adapt to this machine */
     const mnn_spec_t *s = &mf.spec;
     size_t use_batch = batch ? batch : s->batch;
-    if (!threads) {
-        /* the cores this process may run on (affinity, cpusets), as nproc */
-        cpu_set_t set;
-        long n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
-                                                            : sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n > 0 ? (size_t)n : 1;
-    }
     uint64_t need = memory_needed(s, count_params(s), use_batch), have = memory_available();
     if (need > have)
         die(EXIT_RUNTIME,
             "%s: the model (%zu parameters) and its training buffers need about %" PRIu64
             " MiB, but only %" PRIu64 " MiB are available here",
             ckpt, count_params(s), need >> 20, have >> 20);
+    if (is_dir && mnn_manifest_verify_dir(&mf, dir, &d) < 0)
+        die(EXIT_RUNTIME, "%s", d.msg);
     char lr[64] = "", bs[32] = "", th[32];
     if (batch && batch != s->batch) {
         /* linear scaling rule: the learning rate follows the batch size */
@@ -297,8 +288,10 @@ int main(int argc, char **argv)
     av[k++] = (char *)sgd;
     av[k++] = "--resume";
     av[k++] = dir;
-    av[k++] = "--threads";
-    av[k++] = th;
+    if (threads) { /* else sgd-train takes the checkpoint's count */
+        av[k++] = "--threads";
+        av[k++] = th;
+    }
     if (bs[0]) {
         av[k++] = "--batch";
         av[k++] = bs;

@@ -17,6 +17,7 @@
 #include <config.h>
 
 #include "cli.h"
+#include "ship.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -40,12 +41,6 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#define GREETING "ckpt-ship 1 ready"
-#define CHUNK ((size_t)1 << 20)        /* bytes per DATA frame at most */
-#define SYNC_EVERY ((uint64_t)8 << 20) /* receiver: start writeback this often */
-#define PART_PREFIX ".ckpt-ship-"
-#define PART_MAX_AGE (7 * 24 * 3600)   /* stale partial files, seconds */
-#define NAME_MAX_ 255
 
 static noreturn void help(void)
 {
@@ -91,823 +86,6 @@ static noreturn void help(void)
         prog, prog, prog);
     out_close();
     exit(EXIT_OK);
-}
-
-static struct {
-    const char *rsh, *receive_path, *name;
-    size_t keep;
-    int level;
-    unsigned retries;
-    unsigned timeout; /* seconds, 0: none */
-    uint64_t bwlimit; /* bytes/s, 0: none */
-    int quiet, verbose, progress;
-} opt = {.level = 3, .retries = 3, .timeout = 60};
-
-
-static void sleep_s(double s)
-{
-    struct timespec t = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
-    while (nanosleep(&t, &t) < 0 && errno == EINTR)
-        ;
-}
-
-/* A message into why (cut to fit). */
-static void setmsg(char *why, size_t wsize, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void setmsg(char *why, size_t wsize, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, wsize, fmt, ap);
-    va_end(ap);
-}
-
-static void hex64(char out[17], uint64_t h) { snprintf(out, 17, "%016" PRIx64, h); }
-
-/* ---- names ------------------------------------------------------------------
- * A checkpoint's file name travels %XX-encoded, so that any byte (a space, a
- * newline) survives a line-based protocol.  Accepted names: 1 to 255 bytes,
- * no '/' or NUL, not . or .., not 'latest', not one of our partial files
- * and not .tmp-* (the temporary link that replaces 'latest'). */
-
-static int name_ok(const char *s)
-{
-    size_t n = strlen(s);
-    return n > 0 && n <= NAME_MAX_ && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..") &&
-           strcmp(s, "latest") && strncmp(s, PART_PREFIX, strlen(PART_PREFIX)) &&
-           strncmp(s, ".tmp-", 5);
-}
-
-static void pct_encode(char *out, size_t size, const char *s)
-{
-    size_t o = 0;
-    for (; *s && o + 4 < size; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (isalnum(c) || strchr("._-+,=@~", c))
-            out[o++] = (char)c;
-        else
-            o += (size_t)snprintf(out + o, size - o, "%%%02X", c);
-    }
-    out[o] = 0;
-}
-
-/* 0, or -1 for a malformed encoding or a NUL. */
-static int pct_decode(char *out, size_t size, const char *s)
-{
-    size_t o = 0;
-    for (; *s; s++) {
-        if (o + 1 >= size)
-            return -1;
-        if (*s != '%') {
-            out[o++] = *s;
-            continue;
-        }
-        unsigned v;
-        if (!isxdigit((unsigned char)s[1]) || !isxdigit((unsigned char)s[2]) ||
-            sscanf(s + 1, "%2x", &v) != 1 || v == 0)
-            return -1;
-        out[o++] = (char)v;
-        s += 2;
-    }
-    out[o] = 0;
-    return 0;
-}
-
-/* A name for messages: control characters shown as '?'. */
-static const char *printable(const char *s)
-{
-    static char buf[4 * NAME_MAX_ + 1];
-    size_t o = 0;
-    for (; *s && o + 1 < sizeof buf; s++)
-        buf[o++] = iscntrl((unsigned char)*s) ? '?' : *s;
-    buf[o] = 0;
-    return buf;
-}
-
-/* 1 and *step for "step-N.tar.zst" with N as sgd-train writes it. */
-static int archive_step(const char *name, uint64_t *step)
-{
-    const char *ext = ".tar.zst";
-    size_t n = strlen(name), e = strlen(ext);
-    char base[64], canon[64];
-    if (n <= e || n - e >= sizeof base || strcmp(name + n - e, ext))
-        return 0;
-    memcpy(base, name, n - e);
-    base[n - e] = 0;
-    if (strncmp(base, "step-", 5) || mnn_parse_u64(base + 5, step) < 0)
-        return 0;
-    mnn_ckpt_step_name(canon, sizeof canon, *step);
-    return strcmp(canon, base) == 0;
-}
-
-/* ---- buffered input with a timeout ------------------------------------------ */
-
-typedef struct {
-    int fd;
-    char *buf;
-    size_t cap, pos, len;
-    int eof;
-    int nonblock; /* fd is O_NONBLOCK */
-} input_t;
-
-static int input_init(input_t *in, int fd, size_t cap)
-{
-    in->fd = fd;
-    in->cap = cap;
-    in->pos = in->len = 0;
-    in->eof = 0;
-    int fl = fcntl(fd, F_GETFL);
-    in->nonblock = fl >= 0 && (fl & O_NONBLOCK);
-    in->buf = malloc(cap);
-    return in->buf ? 0 : -1;
-}
-
-/* Waits up to `timeout` seconds (0: forever) for fd; 1 ready, 0 timed out,
- * -1 error. */
-static int wait_fd(int fd, short ev, unsigned timeout)
-{
-    struct pollfd p = {.fd = fd, .events = ev};
-    int r;
-    while ((r = poll(&p, 1, timeout ? (int)timeout * 1000 : -1)) < 0 && errno == EINTR)
-        ;
-    return r;
-}
-
-/* Reads more bytes after the buffered ones; 1 got some, 0 end of file, -1
- * error or timeout (errno ETIMEDOUT). */
-static int input_fill(input_t *in, unsigned timeout)
-{
-    if (in->pos > 0) {
-        memmove(in->buf, in->buf + in->pos, in->len - in->pos);
-        in->len -= in->pos;
-        in->pos = 0;
-    }
-    if (in->len == in->cap) {
-        errno = ENOBUFS;
-        return -1;
-    }
-    for (int ready = 0;; ready = 0) {
-        /* a non-blocking fd is read first and waited for only when empty */
-        if (!in->nonblock) {
-            ready = wait_fd(in->fd, POLLIN, timeout);
-            if (ready == 0)
-                errno = ETIMEDOUT;
-            if (ready <= 0)
-                return -1;
-        }
-        ssize_t k = read(in->fd, in->buf + in->len, in->cap - in->len);
-        if (k < 0 && errno == EAGAIN && in->nonblock) {
-            ready = wait_fd(in->fd, POLLIN, timeout);
-            if (ready == 0)
-                errno = ETIMEDOUT;
-            if (ready <= 0)
-                return -1;
-            continue;
-        }
-        if (k > 0) {
-            in->len += (size_t)k;
-            return 1;
-        }
-        if (k == 0) {
-            in->eof = 1;
-            return 0;
-        }
-        if (errno != EINTR && errno != EAGAIN)
-            return -1;
-    }
-}
-
-/* One line without its '\n' into out (at most size-1 bytes, else ENOBUFS);
- * 1 a line, 0 end of file, -1 error. */
-static int input_line(input_t *in, char *out, size_t size, unsigned timeout)
-{
-    for (;;) {
-        char *nl = memchr(in->buf + in->pos, '\n', in->len - in->pos);
-        if (nl) {
-            size_t n = (size_t)(nl - (in->buf + in->pos));
-            if (n >= size) {
-                errno = ENOBUFS;
-                return -1;
-            }
-            memcpy(out, in->buf + in->pos, n);
-            out[n] = 0;
-            in->pos += n + 1;
-            return 1;
-        }
-        if (in->len - in->pos >= size) {
-            errno = ENOBUFS;
-            return -1;
-        }
-        int r = input_fill(in, timeout);
-        if (r <= 0)
-            return r;
-    }
-}
-
-/* Up to max buffered bytes (reading if none): *p and the count, 0 at end of
- * file, -1 error. */
-static ssize_t input_take(input_t *in, size_t max, const char **p, unsigned timeout)
-{
-    if (in->pos == in->len) {
-        int r = input_fill(in, timeout);
-        if (r <= 0)
-            return r;
-    }
-    size_t n = in->len - in->pos;
-    if (n > max)
-        n = max;
-    *p = in->buf + in->pos;
-    in->pos += n;
-    return (ssize_t)n;
-}
-
-/* Writes all of buf to a non-blocking or blocking fd, waiting up to timeout
- * seconds for each bit of progress; 0 or -1 (errno). */
-static int write_all(int fd, const void *buf, size_t n, unsigned timeout)
-{
-    const char *p = buf;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w > 0) {
-            p += w;
-            n -= (size_t)w;
-            continue;
-        }
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && errno != EAGAIN)
-            return -1;
-        int r = wait_fd(fd, POLLOUT, timeout);
-        if (r == 0)
-            errno = ETIMEDOUT;
-        if (r <= 0)
-            return -1;
-    }
-    return 0;
-}
-
-static int say(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int say(int fd, const char *fmt, ...)
-{
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return -1;
-    if ((size_t)n > sizeof line - 2)
-        n = (int)sizeof line - 2;
-    /* one line: a message never breaks the protocol */
-    for (int i = 0; i < n; i++)
-        if (line[i] == '\n' || line[i] == '\r')
-            line[i] = ' ';
-    line[n++] = '\n';
-    return write_all(fd, line, (size_t)n, opt.timeout);
-}
-
-/* ======================================================================
- * The receiving end
- * ====================================================================== */
-
-typedef struct {
-    const char *dir;
-    int dfd;
-    input_t in;
-} receiver_t;
-
-static int fsync_fd_dir(int dfd) { return fsync(dfd) == 0 || errno == EINVAL ? 0 : -1; }
-
-/* A listing of the directory dfd, from its start; NULL on error. */
-static DIR *list_dir(int dfd)
-{
-    int fd = dup(dfd);
-    DIR *dp = fd >= 0 ? fdopendir(fd) : NULL;
-    if (!dp && fd >= 0)
-        close(fd);
-    if (dp)
-        rewinddir(dp); /* the duplicate shares dfd's position */
-    return dp;
-}
-
-/* Removes partial files nobody has resumed for a week. */
-static void drop_stale_parts(int dfd)
-{
-    DIR *dp = list_dir(dfd);
-    struct dirent *de;
-    struct stat sb;
-    time_t t = time(NULL);
-    if (!dp)
-        return;
-    while ((de = readdir(dp)))
-        if (!strncmp(de->d_name, PART_PREFIX, strlen(PART_PREFIX)) &&
-            fstatat(dfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode) &&
-            t - sb.st_mtime > PART_MAX_AGE)
-            unlinkat(dfd, de->d_name, 0);
-    closedir(dp);
-}
-
-/* The receiver tells a waiting sender it is still at work (long hashes),
- * so that the sender's --timeout measures silence, not work. */
-static double last_word;
-
-static void keepalive(void)
-{
-    double t = mono_now();
-    if (t - last_word >= 2.0) {
-        say(STDOUT_FILENO, "WAIT");
-        last_word = t;
-    }
-}
-
-/* XXH3 of fd's first n bytes into st (which the caller has reset). */
-static int hash_prefix(int fd, uint64_t n, XXH3_state_t *st)
-{
-    char *buf = malloc(CHUNK);
-    uint64_t off = 0;
-    if (!buf)
-        return -1;
-    last_word = mono_now();
-    while (off < n) {
-        keepalive();
-        size_t want = n - off < CHUNK ? (size_t)(n - off) : CHUNK;
-        ssize_t k = pread(fd, buf, want, (off_t)off);
-        if (k <= 0) {
-            if (k < 0 && errno == EINTR)
-                continue;
-            free(buf);
-            if (k == 0)
-                errno = EIO;
-            return -1;
-        }
-        XXH3_64bits_update(st, buf, (size_t)k);
-        off += (uint64_t)k;
-    }
-    free(buf);
-    return 0;
-}
-
-/* Hash of the file name in dfd, or -1. */
-static int hash_at(int dfd, const char *name, char hex[17], uint64_t *bytes)
-{
-    struct stat sb;
-    int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-    if (fd < 0)
-        return -1;
-    XXH3_state_t *st = XXH3_createState();
-    int rc = !st || fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) ? -1 : 0;
-    if (rc == 0) {
-        XXH3_64bits_reset(st);
-        rc = hash_prefix(fd, (uint64_t)sb.st_size, st);
-        *bytes = (uint64_t)sb.st_size;
-        hex64(hex, XXH3_64bits_digest(st));
-    }
-    XXH3_freeState(st);
-    close(fd);
-    return rc;
-}
-
-/* The archive's top directory plus ".tar.zst", for a name-less offer. */
-typedef struct {
-    char top[NAME_MAX_ + 1];
-    int bad;
-} first_entry_t;
-
-static int first_entry(void *ctx, const char *path, uint64_t size, char type)
-{
-    (void)size;
-    (void)type;
-    first_entry_t *f = ctx;
-    size_t n = strcspn(path, "/");
-    if (n == 0 || n >= sizeof f->top - 8)
-        f->bad = 1;
-    else {
-        memcpy(f->top, path, n);
-        f->top[n] = 0;
-    }
-    return 1; /* the first entry is enough */
-}
-
-/* A stream's end cannot be told from a sender that stopped early, so a
- * stream (no size offered) is published only as a whole checkpoint archive:
- * every file read and checked against its manifest. */
-static int verify_archive(int fd, char *why, size_t wsize)
-{
-    mnn_diag_t d = {""};
-    last_word = mono_now();
-    say(STDOUT_FILENO, "WAIT");
-    if (lseek(fd, 0, SEEK_SET) < 0 || mnn_ckpt_unpack(fd, "the stream", NULL, NULL, NULL, &d) < 0) {
-        setmsg(why, wsize, "not a whole checkpoint archive: %s", d.msg[0] ? d.msg : strerror(errno));
-        return -1;
-    }
-    return 0;
-}
-
-static int name_from_archive(int fd, char *name, size_t size, char *why, size_t wsize)
-{
-    first_entry_t f = {"", 0};
-    mnn_diag_t d = {""};
-    if (lseek(fd, 0, SEEK_SET) < 0 || mnn_ckpt_list(fd, "the archive", first_entry, &f, &d) < 0) {
-        setmsg(why, wsize, "no name given, and the data is not a checkpoint archive (%s)",
-                 d.msg[0] ? d.msg : "unreadable");
-        return -1;
-    }
-    snprintf(name, size, "%s.tar.zst", f.top);
-    if (f.bad || !f.top[0] || !name_ok(name) || !strcmp(f.top, "..")) {
-        setmsg(why, wsize, "no name given, and the archive's first entry gives none");
-        return -1;
-    }
-    return 0;
-}
-
-/* Keeps the newest `keep` step-*.tar.zst archives of dfd, `shipped` (the
- * archive just acknowledged, whatever its step) and latest's target. */
-static void prune_archives(receiver_t *r, size_t keep, const char *shipped)
-{
-    DIR *dp = list_dir(r->dfd);
-    struct dirent *de;
-    uint64_t *steps = NULL, s;
-    size_t n = 0, cap = 0;
-    if (!dp)
-        return;
-    while ((de = readdir(dp)))
-        if (archive_step(de->d_name, &s)) {
-            if (n == cap) {
-                uint64_t *ns = realloc(steps, (cap = cap ? 2 * cap : 64) * sizeof *ns);
-                if (!ns) { /* a partial list could name new ones as old */
-                    closedir(dp);
-                    free(steps);
-                    return;
-                }
-                steps = ns;
-            }
-            steps[n++] = s;
-        }
-    closedir(dp);
-    /* newest first */
-    for (size_t i = 1; i < n; i++)
-        for (size_t j = i; j > 0 && steps[j - 1] < steps[j]; j--) {
-            uint64_t t = steps[j];
-            steps[j] = steps[j - 1];
-            steps[j - 1] = t;
-        }
-    char target[NAME_MAX_ + 1] = "";
-    ssize_t k = readlinkat(r->dfd, "latest", target, sizeof target - 1);
-    target[k > 0 ? k : 0] = 0;
-    for (size_t i = keep; i < n; i++) {
-        char base[64], name[80];
-        mnn_ckpt_step_name(base, sizeof base, steps[i]);
-        snprintf(name, sizeof name, "%s.tar.zst", base);
-        if (strcmp(name, shipped) && strcmp(name, target) && unlinkat(r->dfd, name, 0) == 0 &&
-            opt.verbose)
-            warnx_("%s: removed %s (--keep %zu)", r->dir, name, keep);
-    }
-    free(steps);
-    fsync_fd_dir(r->dfd);
-}
-
-/* Points DIR/latest at name if it is the newest step archive there. */
-static int update_latest(receiver_t *r, const char *name, char *why, size_t wsize)
-{
-    uint64_t step, cur;
-    char target[NAME_MAX_ + 1];
-    if (!archive_step(name, &step))
-        return 0;
-    ssize_t k = readlinkat(r->dfd, "latest", target, sizeof target - 1);
-    if (k > 0) {
-        target[k] = 0;
-        if (archive_step(target, &cur) && cur > step)
-            return 0;
-    }
-    mnn_diag_t d = {""};
-    if (mnn_ckpt_set_latest(r->dir, name, &d) < 0) {
-        setmsg(why, wsize, "%s", d.msg);
-        return -1;
-    }
-    return 0;
-}
-
-/* After name is in DIR (just now or before): latest and --keep, under
- * DIR's lock.  Done again for an archive already there, so that a
- * receiver that died in between leaves nothing undone. */
-static int finish(receiver_t *r, const char *name, char *why, size_t wsize)
-{
-    flock(r->dfd, LOCK_EX);
-    int rc = update_latest(r, name, why, wsize);
-    if (rc == 0 && opt.keep)
-        prune_archives(r, opt.keep, name);
-    flock(r->dfd, LOCK_UN);
-    return rc;
-}
-
-/* Moves the verified partial file to name, never over an existing file.
- * 0 published, 1 already there with the same bytes, -1 an error worth a
- * retry, -2 the name is taken by other bytes (why says which). */
-static int publish(receiver_t *r, const char *part, const char *name, const char *hex,
-                   uint64_t size, char *why, size_t wsize)
-{
-    int rc = renameat2(r->dfd, part, r->dfd, name, RENAME_NOREPLACE);
-    if (rc < 0 && (errno == EINVAL || errno == ENOSYS)) {
-        /* a file system without RENAME_NOREPLACE: link() never replaces */
-        rc = linkat(r->dfd, part, r->dfd, name, 0);
-        if (rc == 0)
-            unlinkat(r->dfd, part, 0);
-    }
-    if (rc == 0)
-        return 0;
-    if (errno != EEXIST) {
-        setmsg(why, wsize, "cannot publish %s/%s: %s", r->dir, printable(name), strerror(errno));
-        return -1;
-    }
-    char have[17];
-    uint64_t bytes;
-    unlinkat(r->dfd, part, 0);
-    if (hash_at(r->dfd, name, have, &bytes) == 0 && bytes == size && !strcmp(have, hex))
-        return 1;
-    setmsg(why, wsize, "%s/%s exists with other contents; not overwritten", r->dir,
-             printable(name));
-    return -2;
-}
-
-/* One offer, from OFFER to OK or an error reply.  Returns 0 to go on with the
- * next offer, -1 when the stream is out of step (the receiver stops). */
-static int receive_one(receiver_t *r, char *line)
-{
-    char sz[32], hx[32], enc[1024], name[NAME_MAX_ + 1] = "", why[1024];
-    uint64_t size = 0;
-    int known;
-    if (sscanf(line, "OFFER %31s %31s %1023s", sz, hx, enc) != 3)
-        return say(STDOUT_FILENO, "REFUSE malformed offer"), -1;
-    known = strcmp(sz, "-") != 0;
-    if ((known && mnn_parse_u64(sz, &size) < 0) || (known != (strcmp(hx, "-") != 0)) ||
-        (known && (strlen(hx) != 16 || strspn(hx, "0123456789abcdef") != 16)))
-        return say(STDOUT_FILENO, "REFUSE malformed offer"), -1;
-    if (strcmp(enc, "-") && (pct_decode(name, sizeof name, enc) < 0 || !name_ok(name)))
-        return say(STDOUT_FILENO, "REFUSE not an acceptable file name: %s", printable(enc)) < 0
-                   ? -1
-                   : 0;
-
-    /* already there? */
-    struct stat sb;
-    if (known && name[0] && fstatat(r->dfd, name, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
-        char have[17];
-        uint64_t bytes;
-        if (S_ISREG(sb.st_mode) && (uint64_t)sb.st_size == size &&
-            hash_at(r->dfd, name, have, &bytes) == 0 && bytes == size && !strcmp(have, hx)) {
-            if (opt.verbose)
-                warnx_("%s/%s: already there", r->dir, printable(name));
-            if (finish(r, name, why, sizeof why) < 0)
-                return say(STDOUT_FILENO, "ERR %s", why), -1;
-            return say(STDOUT_FILENO, "EXISTS");
-        }
-        return say(STDOUT_FILENO, "REFUSE %s/%s exists with other contents; not overwritten",
-                   r->dir, printable(name));
-    }
-
-    /* the partial file: named by what is offered, so only the same offer
-     * resumes it */
-    char part[64];
-    {
-        XXH3_state_t *st = XXH3_createState();
-        if (!st)
-            return say(STDOUT_FILENO, "ERR out of memory"), -1;
-        XXH3_64bits_reset(st);
-        XXH3_64bits_update(st, enc, strlen(enc) + 1);
-        XXH3_64bits_update(st, sz, strlen(sz) + 1);
-        XXH3_64bits_update(st, hx, strlen(hx) + 1);
-        if (!known) { /* a stream is never resumed: a name of its own */
-            long id[2] = {(long)getpid(), (long)time(NULL)};
-            XXH3_64bits_update(st, id, sizeof id);
-        }
-        char h[17];
-        hex64(h, XXH3_64bits_digest(st));
-        XXH3_freeState(st);
-        snprintf(part, sizeof part, PART_PREFIX "%s.part", h);
-    }
-    int fd = openat(r->dfd, part, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (fd < 0)
-        return say(STDOUT_FILENO, "ERR cannot create %s/%s: %s", r->dir, part, strerror(errno)),
-               -1;
-    /* one transfer per partial file: wait a while for an older receiver
-     * whose connection died but who has not noticed yet */
-    double give_up = mono_now() + (opt.timeout ? opt.timeout : 60);
-    while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-        if (errno != EWOULDBLOCK || mono_now() > give_up) {
-            close(fd);
-            return say(STDOUT_FILENO, "ERR %s/%s is being received by another ckpt-ship", r->dir,
-                       printable(name[0] ? name : part)),
-                   -1;
-        }
-        sleep_s(0.2);
-    }
-    struct stat named;
-    if (fstat(fd, &sb) < 0 || fstatat(r->dfd, part, &named, AT_SYMLINK_NOFOLLOW) < 0 ||
-        sb.st_dev != named.st_dev || sb.st_ino != named.st_ino) {
-        /* the receiver we waited for published or removed it meanwhile */
-        close(fd);
-        return say(STDOUT_FILENO, "ERR %s/%s changed while this receiver waited for it; try again",
-                   r->dir, part),
-               -1;
-    }
-    uint64_t off = 0;
-    if (fstat(fd, &sb) == 0 && known && (uint64_t)sb.st_size <= size)
-        off = (uint64_t)sb.st_size;
-    XXH3_state_t *st = XXH3_createState();
-    int ok = st != NULL;
-    if (ok) {
-        XXH3_64bits_reset(st);
-        if (off && hash_prefix(fd, off, st) < 0)
-            off = 0, XXH3_64bits_reset(st);
-        ok = ftruncate(fd, (off_t)off) == 0 && lseek(fd, (off_t)off, SEEK_SET) == (off_t)off;
-    }
-    if (!ok) {
-        say(STDOUT_FILENO, "ERR %s/%s: %s", r->dir, part, strerror(errno));
-        goto stop;
-    }
-    if (say(STDOUT_FILENO, "HAVE %" PRIu64, off) < 0)
-        goto stop;
-    if (opt.verbose && off)
-        warnx_("%s: resuming at byte %" PRIu64, printable(name[0] ? name : part), off);
-
-    /* frames */
-    uint64_t got = off, synced = off;
-    char hdr[128], endsz[32], endhx[32];
-    for (;;) {
-        int k = input_line(&r->in, hdr, sizeof hdr, opt.timeout);
-        if (k <= 0)
-            goto broken;
-        uint64_t n;
-        if (!strncmp(hdr, "DATA ", 5) && mnn_parse_u64(hdr + 5, &n) == 0 && n > 0 && n <= CHUNK) {
-            while (n > 0) {
-                const char *p;
-                ssize_t t = input_take(&r->in, (size_t)n, &p, opt.timeout);
-                if (t <= 0)
-                    goto broken;
-                XXH3_64bits_update(st, p, (size_t)t);
-                if (write_all(fd, p, (size_t)t, 0) < 0) {
-                    say(STDOUT_FILENO, "ERR cannot write %s/%s: %s", r->dir, part,
-                        strerror(errno));
-                    goto stop;
-                }
-                n -= (uint64_t)t;
-                got += (uint64_t)t;
-            }
-            if (got - synced >= SYNC_EVERY) {
-                /* start this range's writeback now, not at the end, and
-                 * wait for the one before: the final fsync has little left
-                 * and a slow disk slows the sender down instead of filling
-                 * memory */
-                sync_file_range(fd, (off_t)synced, (off_t)(got - synced), SYNC_FILE_RANGE_WRITE);
-                if (synced > off)
-                    sync_file_range(fd, (off_t)(synced - SYNC_EVERY < off ? off : synced - SYNC_EVERY),
-                                    (off_t)SYNC_EVERY,
-                                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                                        SYNC_FILE_RANGE_WAIT_AFTER);
-                synced = got;
-            }
-            if (known && got > size) {
-                say(STDOUT_FILENO, "ERR more bytes than the %" PRIu64 " offered", size);
-                goto stop;
-            }
-            continue;
-        }
-        if (!strcmp(hdr, "NOOP")) /* the sender is still there */
-            continue;
-        if (sscanf(hdr, "END %31s %31s", endsz, endhx) == 2)
-            break;
-        say(STDOUT_FILENO, "ERR malformed frame");
-        goto stop;
-    }
-
-    /* verify against what the sender declared */
-    char hex[17];
-    hex64(hex, XXH3_64bits_digest(st));
-    uint64_t endsize;
-    if (mnn_parse_u64(endsz, &endsize) < 0 || endsize != got || strcmp(endhx, hex) ||
-        (known && (size != got || strcmp(hx, hex)))) {
-        unlinkat(r->dfd, part, 0); /* damaged: the next attempt starts over */
-        close(fd);
-        XXH3_freeState(st);
-        return say(STDOUT_FILENO,
-                   "ERR %s: %" PRIu64 " bytes with XXH3 %s received, %s bytes with XXH3 %s sent:"
-                   " damaged in transit; nothing published",
-                   printable(name[0] ? name : "the stream"), got, hex, endsz, endhx);
-    }
-    if (fstat(fd, &sb) < 0 || (uint64_t)sb.st_size != got) {
-        unlinkat(r->dfd, part, 0);
-        close(fd);
-        XXH3_freeState(st);
-        return say(STDOUT_FILENO, "ERR %s/%s holds %lld bytes, not the %" PRIu64 " received",
-                   r->dir, part, (long long)sb.st_size, got);
-    }
-    if (fdatasync(fd) < 0) {
-        say(STDOUT_FILENO, "ERR %s/%s: fsync: %s", r->dir, part, strerror(errno));
-        goto stop;
-    }
-    if (!known && verify_archive(fd, why, sizeof why) < 0) {
-        unlinkat(r->dfd, part, 0);
-        close(fd);
-        XXH3_freeState(st);
-        return say(STDOUT_FILENO, "REFUSE %s", why);
-    }
-    if (!name[0] && name_from_archive(fd, name, sizeof name, why, sizeof why) < 0) {
-        unlinkat(r->dfd, part, 0);
-        close(fd);
-        XXH3_freeState(st);
-        return say(STDOUT_FILENO, "REFUSE %s", why);
-    }
-    flock(r->dfd, LOCK_EX); /* one receiver at a time publishes in DIR */
-    int pub = publish(r, part, name, hex, got, why, sizeof why);
-    close(fd); /* the partial file's lock goes with it */
-    XXH3_freeState(st);
-    if (pub < 0) {
-        flock(r->dfd, LOCK_UN);
-        return say(STDOUT_FILENO, "%s %s", pub == -2 ? "REFUSE" : "ERR", why);
-    }
-    if (fsync_fd_dir(r->dfd) < 0) {
-        flock(r->dfd, LOCK_UN);
-        return say(STDOUT_FILENO, "ERR %s: fsync: %s", r->dir, strerror(errno)), -1;
-    }
-    flock(r->dfd, LOCK_UN);
-    if (finish(r, name, why, sizeof why) < 0)
-        return say(STDOUT_FILENO, "ERR %s", why), -1;
-    if (opt.verbose)
-        warnx_("%s/%s: %s", r->dir, printable(name), pub ? "already there" : "received");
-    pct_encode(enc, sizeof enc, name);
-    return say(STDOUT_FILENO, "OK %s", enc);
-
-broken:
-    /* the sender went away (or went quiet): what came is kept for a resume */
-    if (opt.verbose)
-        warnx_("%s: the connection ended after %" PRIu64 " bytes%s", printable(name[0] ? name : part),
-               got, errno == ETIMEDOUT ? " (timeout)" : "");
-    fdatasync(fd);
-    if (!known)
-        unlinkat(r->dfd, part, 0);
-    close(fd);
-    XXH3_freeState(st);
-    return -1;
-stop:
-    if (!known)
-        unlinkat(r->dfd, part, 0);
-    close(fd);
-    XXH3_freeState(st);
-    return -1;
-}
-
-static noreturn void receive_main(const char *dir)
-{
-    receiver_t r = {.dir = dir, .dfd = -1};
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGXFSZ, SIG_IGN); /* a file size limit: an error from write(), not death */
-    if (mkdir(dir, 0777) < 0 && errno != EEXIST) {
-        say(STDOUT_FILENO, "REFUSE cannot create %s: %s", dir, strerror(errno));
-        exit(EXIT_RUNTIME);
-    }
-    r.dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (r.dfd < 0) {
-        say(STDOUT_FILENO, "REFUSE %s: %s", dir, strerror(errno));
-        exit(EXIT_RUNTIME);
-    }
-    /* the frames come through a pipe (or socket) of our own: larger reads,
-     * and no poll() before each (advice only, where it fails) */
-    if (fcntl(STDIN_FILENO, F_SETPIPE_SZ, (int)CHUNK) < 0 && errno == EPERM)
-        fcntl(STDIN_FILENO, F_SETPIPE_SZ, 256 << 10);
-    struct stat in_sb;
-    int in_fl = fcntl(STDIN_FILENO, F_GETFL);
-    if (fstat(STDIN_FILENO, &in_sb) == 0 && (S_ISFIFO(in_sb.st_mode) || S_ISSOCK(in_sb.st_mode)) &&
-        in_fl >= 0)
-        fcntl(STDIN_FILENO, F_SETFL, in_fl | O_NONBLOCK);
-    if (input_init(&r.in, STDIN_FILENO, 2 * CHUNK) < 0) {
-        say(STDOUT_FILENO, "ERR out of memory");
-        exit(EXIT_RUNTIME);
-    }
-    drop_stale_parts(r.dfd);
-    if (say(STDOUT_FILENO, GREETING) < 0)
-        exit(EXIT_RUNTIME);
-    char line[4 * NAME_MAX_ + 128];
-    int status = EXIT_OK;
-    for (;;) {
-        /* between offers, wait as long as the sender likes */
-        int k = input_line(&r.in, line, sizeof line, 0);
-        if (k < 0) {
-            status = EXIT_RUNTIME;
-            break;
-        }
-        if (k == 0 || !strcmp(line, "BYE"))
-            break;
-        if (strncmp(line, "OFFER ", 6)) {
-            say(STDOUT_FILENO, "REFUSE unexpected: %.40s", printable(line));
-            status = EXIT_RUNTIME;
-            break;
-        }
-        if (receive_one(&r, line) < 0) {
-            status = EXIT_RUNTIME;
-            break;
-        }
-    }
-    close(r.dfd);
-    free(r.in.buf);
-    exit(status);
 }
 
 /* ======================================================================
@@ -1382,13 +560,32 @@ static void progress_show(progress_t *p, int done)
 
 enum { SHIP_OK = 0, SHIP_RETRY = -1, SHIP_FATAL = -2 };
 
-/* Reads one reply line; SHIP_OK, or an error with why. */
+/* Reads one reply line; SHIP_OK, or an error with why.  'WAIT N' says the
+ * receiver is still hashing or checking, N its bytes done: only a WAIT
+ * whose N grew gives it another --timeout. */
 static int reply(conn_t *c, char *line, size_t size, char *why, size_t wsize)
 {
     int k;
-    /* WAIT: the receiver is still hashing or syncing */
-    while ((k = input_line(&c->from, line, size, opt.timeout)) == 1 && !strcmp(line, "WAIT"))
-        ;
+    uint64_t done = 0, n;
+    double until = deadline(opt.timeout);
+    for (;;) {
+        unsigned left = 0;
+        if (until > 0) {
+            double l = until - mono_now();
+            if (l <= 0) {
+                setmsg(why, wsize, "the receiver made no progress within --timeout");
+                return SHIP_RETRY;
+            }
+            left = (unsigned)l + 1;
+        }
+        k = input_line(&c->from, line, size, left);
+        if (k != 1 || strncmp(line, "WAIT", 4) || (line[4] && line[4] != ' '))
+            break;
+        if (line[4] == ' ' && mnn_parse_u64(line + 5, &n) == 0 && n > done) {
+            done = n;
+            until = deadline(opt.timeout);
+        }
+    }
     if (k == 1) {
         if (!strncmp(line, "ERR ", 4) || !strncmp(line, "REFUSE ", 7)) {
             setmsg(why, wsize, "the receiver said: %s", strchr(line, ' ') + 1);
@@ -1758,7 +955,7 @@ int main(int argc, char **argv)
             usage_error("--receive takes one DIR");
         if (files_from || opt.name)
             usage_error("--receive takes no --files-from or --name");
-        receive_main(argv[optind]);
+        return ship_receive(argv[optind], STDIN_FILENO, STDOUT_FILENO);
     }
     if (files_from ? nargs != 1 : nargs < 2)
         usage_error(files_from ? "--files-from takes one DEST and no SRC"
@@ -1779,18 +976,41 @@ int main(int argc, char **argv)
     conn_t conn = {.open = 0};
     int failed = 0;
     if (files_from) {
-        FILE *f = strcmp(files_from, "-") ? fopen(files_from, "re") : stdin;
-        if (!f)
+        int fd = strcmp(files_from, "-") ? open(files_from, O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
+        input_t in;
+        if (fd < 0)
             die(EXIT_RUNTIME, "%s: %s", files_from, strerror(errno));
-        char *line = NULL;
-        size_t cap = 0;
-        ssize_t n;
+        if (input_init(&in, fd, PATH_MAX + 2) < 0)
+            die(EXIT_RUNTIME, "out of memory");
+        char line[PATH_MAX + 1];
         unsigned long lineno = 0;
-        while ((n = getline(&line, &cap, f)) > 0) {
+        for (;;) {
+            /* while the next path is a long time coming, NOOP keeps the
+             * receiver, whose --timeout counts silence, on the line */
+            int k = input_line_until(&in, line, sizeof line,
+                                     opt.timeout ? mono_now() + opt.timeout / 3.0 : 0);
+            if (k < 0 && errno == ETIMEDOUT) {
+                if (conn.open && conn.greeted && say(conn.to, "NOOP") < 0)
+                    conn_close(&conn, 1); /* the next path reconnects */
+                continue;
+            }
+            if (k < 0) {
+                warnx_("%s:%lu: %s", files_from, lineno + 1,
+                       errno == ENOBUFS ? "a line longer than PATH_MAX" : strerror(errno));
+                failed++;
+                break;
+            }
+            if (k == 0 && in.len > in.pos && in.len - in.pos < sizeof line) {
+                /* a last line without its newline */
+                memcpy(line, in.buf + in.pos, in.len - in.pos);
+                line[in.len - in.pos] = 0;
+                in.pos = in.len;
+                k = 1;
+            }
+            if (k == 0)
+                break;
             lineno++;
-            if (line[n - 1] == '\n')
-                line[--n] = 0;
-            if (n == 0)
+            if (!line[0])
                 continue;
             if (!strcmp(line, "-")) {
                 warnx_("%s:%lu: '-' is not a checkpoint path here", files_from, lineno);
@@ -1799,11 +1019,9 @@ int main(int argc, char **argv)
             }
             failed += ship(&conn, &d, line) < 0;
         }
-        if (ferror(f))
-            warnx_("%s: %s", files_from, strerror(errno)), failed++;
-        free(line);
-        if (f != stdin)
-            fclose(f);
+        free(in.buf);
+        if (fd != STDIN_FILENO)
+            close(fd);
     } else {
         for (int i = optind; i < argc - 1; i++)
             failed += ship(&conn, &d, argv[i]) < 0;

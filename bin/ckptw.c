@@ -35,6 +35,7 @@ struct ckptw {
     int any_ok;
     int failures;
     int64_t created;           /* SOURCE_DATE_EPOCH, or -1: the clock */
+    int lock_root, lock_local; /* the roots' locks, held until finish */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -190,6 +191,15 @@ static void *writer(void *arg)
     return NULL;
 }
 
+static void close_locks(ckptw_t *w)
+{
+    if (w->lock_root >= 0)
+        close(w->lock_root);
+    if (w->lock_local >= 0)
+        close(w->lock_local);
+    w->lock_root = w->lock_local = -1;
+}
+
 ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
                      const mnn_optim_t *opt, mnn_diag_t *d)
 {
@@ -204,7 +214,11 @@ ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
     uint64_t v;
     if (sde && *sde && mnn_parse_u64(sde, &v) == 0 && v <= INT64_MAX)
         w->created = (int64_t)v;
-    if (mnn_ckpt_root_open(o->root, d) < 0 || (o->local && mnn_ckpt_root_open(o->local, d) < 0)) {
+    w->lock_root = w->lock_local = -1;
+    if (mnn_ckpt_root_open(o->root, &w->lock_root, d) < 0 ||
+        (o->local && mnn_ckpt_root_open(o->local, &w->lock_local, d) < 0)) {
+        if (w->lock_root >= 0)
+            close(w->lock_root);
         free(w);
         return NULL;
     }
@@ -214,6 +228,7 @@ ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
     if (rc < 0) {
         snprintf(d->msg, sizeof d->msg, "cannot allocate the checkpoint snapshot: %s",
                  mnn_strerror(rc));
+        close_locks(w);
         free(w);
         return NULL;
     }
@@ -228,6 +243,7 @@ ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
         snprintf(d->msg, sizeof d->msg, "cannot start the checkpoint writer: %s", strerror(rc));
         mnn_optim_free(&w->snap_o);
         mnn_model_free(&w->snap_m);
+        close_locks(w);
         free(w);
         return NULL;
     }
@@ -267,7 +283,7 @@ int ckptw_offer(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t *opt,
 int ckptw_any(const ckptw_t *w) { return w->taken; }
 uint64_t ckptw_last_step(const ckptw_t *w) { return w->last_step; }
 
-int ckptw_finish(ckptw_t *w)
+int ckptw_finish(ckptw_t *w, uint64_t *good_step)
 {
     pthread_mutex_lock(&w->mu);
     w->stop = 1;
@@ -277,6 +293,9 @@ int ckptw_finish(ckptw_t *w)
     int failures = w->failures;
     if (failures && !(w->any_ok && w->ok_step == w->last_step))
         failures = -failures; /* the newest did not make it */
+    if (good_step)
+        *good_step = w->any_ok ? w->ok_step : UINT64_MAX;
+    close_locks(w);
     mnn_optim_free(&w->snap_o);
     mnn_model_free(&w->snap_m);
     pthread_mutex_destroy(&w->mu);

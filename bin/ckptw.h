@@ -5,7 +5,8 @@
  * With a local level, the snapshot is written to the local root first (fast,
  * e.g. /dev/shm) and then copied to the durable root in the background.  One
  * snapshot at most waits: a checkpoint asked for while the writer is still
- * busy is skipped, not queued. */
+ * busy is skipped, not queued.  The roots are locked from start to finish:
+ * a second writer on one of them is refused at its start. */
 #ifndef MNN_CKPTW_H
 #define MNN_CKPTW_H
 
@@ -33,9 +34,10 @@ int ckptw_offer(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t *opt,
 /* Whether a checkpoint was taken, and the step of the newest. */
 int ckptw_any(const ckptw_t *w);
 uint64_t ckptw_last_step(const ckptw_t *w);
-/* Waits until everything offered is written; stops the writer.  Returns
- * the number of checkpoints that failed, negated if the newest is among
- * them. */
-int ckptw_finish(ckptw_t *w);
+/* Waits until everything offered is written; stops the writer and
+ * unlocks the roots.  Returns the number of checkpoints that failed,
+ * negated if the newest is among them; *good_step (may be NULL) receives
+ * the step of the newest written, UINT64_MAX if none was. */
+int ckptw_finish(ckptw_t *w, uint64_t *good_step);
 
 #endif

@@ -9,7 +9,9 @@
 
 #include "mini-nn.h"
 
-enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+/* EXIT_STOPPED: sgd-train stopped by SIGINT or SIGTERM before the end of its
+ * input, its checkpoint written */
+enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_STOPPED = 3 };
 
 extern const char *prog; /* program name for messages */
 

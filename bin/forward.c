@@ -87,9 +87,13 @@ struct fwd {
     pid_t pid;
     int to, from; /* its stdin (a socket, for MSG_NOSIGNAL) and stdout */
     int alive, shut, echo; /* echo: -1 unknown, 0 markers do not come back, 1 they do */
+    int ready;         /* it has written its first line: deadlines run */
+    double started_at; /* when it was started */
     double restart_at, backoff;
     uint64_t restarts;
     int warned;     /* a bad answer of this co-process was reported */
+    /* what became of the forwarded records, by tier (emitted ones) */
+    uint64_t tiers[TIER_N];
 };
 
 /* The co-process's process group, for fwd_kill_child() in a signal
@@ -330,7 +334,30 @@ static void child_start(struct fwd *f, double t)
     f->shut = f->wfail = 0;
     f->echo = -1;
     f->warned = 0;
+    f->ready = 0;
+    f->started_at = t;
     send_marker(f, t); /* the probe: does this co-process pass markers back? */
+}
+
+/* The co-process wrote its first line (the probe's marker, or an answer):
+ * it is up.  What was sent while it started (ssh connecting, a model
+ * loading) is owed from now on, not from when it was sent. */
+static void now_ready(struct fwd *f, double t)
+{
+    if (f->ready)
+        return;
+    f->ready = 1;
+    for (size_t i = 0; i < f->fln; i++) {
+        flight_t *x = &f->fl[(f->flhead + i) % f->flcap];
+        if (x->t < t)
+            x->t = t;
+    }
+    for (size_t i = 0; i < f->heldn; i++)
+        if (f->held[i].t < t)
+            f->held[i].t = t;
+    f->last_heard = t;
+    if (f->o.verbose)
+        warnx_("forward: '%s' answered after %.3f s", f->o.cmd, t - f->started_at);
 }
 
 /* An answer: all K probabilities, or 'pred,confidence[,...]'. */
@@ -424,6 +451,7 @@ static void on_marker(struct fwd *f, double t)
 /* One line from the co-process.  Returns -1 when it is out of step. */
 static int on_line(struct fwd *f, char *line, size_t len, double t)
 {
+    now_ready(f, t);
     if (len && line[len - 1] == '\r')
         len--;
     if (len && line[0] == '#') {
@@ -530,9 +558,12 @@ static int child_write(struct fwd *f, double t)
     return 0;
 }
 
-/* Deadlines, in the order records were sent.  Returns the next one. */
+/* Deadlines, in the order records were sent.  Returns the next one.  They
+ * run once the co-process is up; until then its start timeout does. */
 static double expire(struct fwd *f, double t)
 {
+    if (f->alive && !f->ready)
+        return f->started_at + f->o.start_timeout;
     /* answered, waiting for their marker: sent before those in flight */
     for (size_t i = 0; i < f->heldn; i++) {
         fwd_ent_t *e = ent(f, f->held[i].seq);
@@ -583,6 +614,9 @@ static void emit_ready(struct fwd *f)
         if (!n)
             return;
         pthread_cond_broadcast(&f->room);
+        for (size_t i = 0; i < n; i++)
+            if (!out[i].comment)
+                f->tiers[out[i].tier]++;
         pthread_mutex_unlock(&f->mu);
         for (size_t i = 0; i < n; i++) {
             f->o.emit(f->o.ctx, &out[i]);
@@ -647,9 +681,21 @@ static void *run(void *arg)
         }
         /* (answers that came while this thread was writing stdout were
          * read after the poll below, before this) */
-        double next = expire(f, t);
         const int owed = f->flrec || f->heldn;
-        if (f->alive && owed && t - f->last_heard > hang_after(f)) {
+        if (f->alive && !f->ready && t >= f->started_at + f->o.start_timeout) {
+            /* records owed: it did not come up; none: it had its time (a
+             * co-process that does not pass markers back says nothing
+             * until it is sent a record) */
+            char why[96];
+            snprintf(why, sizeof why, "no first answer within --start-timeout %g s",
+                     f->o.start_timeout);
+            if (owed)
+                child_down(f, t, why);
+            else
+                now_ready(f, t);
+        }
+        double next = expire(f, t);
+        if (f->alive && f->ready && owed && t - f->last_heard > hang_after(f)) {
             char why[64];
             snprintf(why, sizeof why, "no answer for %.1f s", hang_after(f));
             child_down(f, t, why);
@@ -677,7 +723,7 @@ static void *run(void *arg)
             if (f->soff < f->slen)
                 pf[n++] = (struct pollfd){.fd = f->to, .events = POLLOUT};
         }
-        if (f->alive && (f->flrec || f->heldn))
+        if (f->alive && f->ready && (f->flrec || f->heldn))
             next = fmin(next, f->last_heard + hang_after(f));
         if (!f->alive && !f->done)
             next = fmin(next, f->restart_at);
@@ -763,7 +809,9 @@ static void wait_for_room(struct fwd *f)
      * co-process can answer all that fills the window */
     wake(f);
     while (f->alive && !f->shut && f->flrec >= f->o.window) {
-        double limit = oldest_record(f) + f->o.deadline;
+        /* a co-process still starting: its records' clocks have not begun */
+        double limit = f->ready ? oldest_record(f) + f->o.deadline
+                                : f->started_at + f->o.start_timeout + f->o.deadline;
         if (mono_now() >= limit)
             break;
         struct timespec ts = {.tv_sec = (time_t)limit,
@@ -822,6 +870,22 @@ void fwd_finish(fwd_t *f, uint64_t *restarts)
     pthread_join(f->thread, NULL);
     if (restarts)
         *restarts = f->restarts;
+    /* a run that answered most forwarded records locally says so */
+    uint64_t sent = 0, back = 0;
+    for (int t = TIER_REMOTE; t < TIER_N; t++) {
+        sent += f->tiers[t];
+        back += t == TIER_REMOTE ? 0 : f->tiers[t];
+    }
+    if (back && (2 * back > sent || f->o.verbose))
+        warnx_("forward: %llu of %llu forwarded records fell back to the local answer "
+               "(%llu timed out, %llu unreachable, %llu shed, %llu bad answers)%s",
+               (unsigned long long)back, (unsigned long long)sent,
+               (unsigned long long)f->tiers[TIER_TIMEOUT],
+               (unsigned long long)f->tiers[TIER_UNREACHABLE],
+               (unsigned long long)f->tiers[TIER_SHED],
+               (unsigned long long)f->tiers[TIER_BADANSWER],
+               f->tiers[TIER_TIMEOUT] + f->tiers[TIER_SHED] > back / 2
+                   ? "; a longer --deadline or a larger --window may help" : "");
     close(f->wake[0]);
     close(f->wake[1]);
     pthread_mutex_destroy(&f->mu);

@@ -49,7 +49,9 @@ typedef void (*fwd_emit_fn)(void *ctx, const fwd_ent_t *e);
 typedef struct {
     const char *cmd;  /* run with /bin/sh -c */
     size_t window;    /* forwarded records in flight, at most */
-    double deadline;  /* seconds a forwarded record may wait */
+    double deadline;  /* seconds a forwarded record may wait, from when the
+                       * co-process is up (has written its first line) */
+    double start_timeout; /* seconds a new co-process may take to come up */
     size_t classes;
     size_t queue;     /* entries queued before the main thread waits */
     size_t mark_every; /* forwarded records between two markers, at most */

@@ -63,7 +63,10 @@ static noreturn void help(void)
         "      --window N         forwarded records in flight, at most (default 256);\n"
         "                         beyond it the local answer is kept (fallback:shed)\n"
         "      --deadline MS      wait at most MS for a remote answer, then keep the\n"
-        "                         local one (fallback:timeout; default 1000)\n"
+        "                         local one (fallback:timeout; default 1000); counted\n"
+        "                         from when CMD is up (its first line)\n"
+        "      --start-timeout SEC  how long CMD may take to come up (ssh connecting,\n"
+        "                         a model loading) while records wait (default 10)\n"
         "\n"
         "Evaluation and calibration:\n"
         "      --eval             score the labels: accuracy, per-class accuracy,\n"
@@ -447,47 +450,6 @@ static double rate(const stats_t *s)
     return dt > 0 ? (double)s->n / dt : 0;
 }
 
-/* A report goes to FILE.tmp-PID, renamed over FILE at the end; a FILE that
- * is not a regular file (/dev/stdout, a fifo) is written directly. */
-static FILE *open_report(const char *path, char *tmp, size_t size)
-{
-    struct stat sb;
-    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
-        tmp[0] = 0;
-        FILE *f = fopen(path, "w");
-        if (!f)
-            die(EXIT_RUNTIME, "%s: %s", path, strerror(errno));
-        return f;
-    }
-    int n = snprintf(tmp, size, "%s.tmp-%ld", path, (long)getpid());
-    if (n < 0 || (size_t)n >= size)
-        die(EXIT_RUNTIME, "%s: name too long", path);
-    FILE *f = fopen(tmp, "wx");
-    if (!f)
-        die(EXIT_RUNTIME, "%s: %s", tmp, strerror(errno));
-    return f;
-}
-
-static void close_report(FILE *f, const char *tmp, const char *path)
-{
-    errno = EIO; /* what ferror() alone stands for */
-    int bad = ferror(f) || fflush(f) != 0 || (tmp[0] && fsync(fileno(f)) != 0);
-    int e = errno;
-    if (fclose(f) != 0 && !bad) {
-        bad = 1;
-        e = errno;
-    }
-    if (!bad && tmp[0] && rename(tmp, path) != 0) {
-        bad = 1;
-        e = errno;
-    }
-    if (bad) {
-        if (tmp[0])
-            unlink(tmp);
-        die(EXIT_RUNTIME, "%s: %s", path, strerror(e));
-    }
-}
-
 static void json_num(FILE *f, double v)
 {
     if (isfinite(v))
@@ -496,11 +458,19 @@ static void json_num(FILE *f, double v)
         fputs("null", f);
 }
 
-static void write_json(const char *path, const stats_t *s, const models_t *ms,
-                       const local_t *L, uint64_t restarts)
+typedef struct {
+    const stats_t *s;
+    const models_t *ms;
+    const local_t *L;
+    uint64_t restarts;
+} json_ctx_t;
+
+static int json_body(void *ctx, FILE *f)
 {
-    char tmp[PATH_MAX];
-    FILE *f = open_report(path, tmp, sizeof tmp);
+    const json_ctx_t *c = ctx;
+    const stats_t *s = c->s;
+    const models_t *ms = c->ms;
+    const local_t *L = c->L;
     fprintf(f, "{\"records\": %llu", (unsigned long long)s->n);
     if (!s->classify) {
         fprintf(f, ", \"mse\": ");
@@ -547,8 +517,24 @@ static void write_json(const char *path, const stats_t *s, const models_t *ms,
             fprintf(f, "%s%llu", j ? ", " : "", (unsigned long long)s->stage_n[j]);
         fprintf(f, "]");
     }
-    fprintf(f, ", \"restarts\": %llu}\n", (unsigned long long)restarts);
-    close_report(f, tmp, path);
+    fprintf(f, ", \"restarts\": %llu}\n", (unsigned long long)c->restarts);
+    return 0;
+}
+
+/* A report: written whole or not at all (a FILE that is not a regular file,
+ * /dev/stdout or a fifo, is written directly). */
+static void write_report(const char *path, mnn_write_fn body, void *ctx)
+{
+    mnn_diag_t d;
+    if (mnn_write_atomic(path, body, ctx, &d) < 0)
+        die(EXIT_RUNTIME, "%s", d.msg);
+}
+
+static void write_json(const char *path, const stats_t *s, const models_t *ms,
+                       const local_t *L, uint64_t restarts)
+{
+    json_ctx_t c = {s, ms, L, restarts};
+    write_report(path, json_body, &c);
 }
 
 static int cmp_float(const void *a, const void *b)
@@ -567,8 +553,9 @@ static int cmp_cov(const void *a, const void *b) { return cmp_float(a, b); }
 /* Accuracy if the least confident fraction f were forwarded, f = 0, 0.01,
  * ..., 1.  A forwarded record counts its remote answer where this run got
  * one, else its local one. */
-static void write_coverage(const char *path, const stats_t *s)
+static int coverage_body(void *ctx, FILE *f)
 {
+    const stats_t *s = ctx;
     size_t N = s->cov_n;
     cov_t *c = malloc((N ? N : 1) * sizeof *c);
     if (!c)
@@ -580,8 +567,6 @@ static void write_coverage(const char *path, const stats_t *s)
     uint64_t local_kept = 0, fwd_final = 0, fwd_remote = 0;
     for (size_t i = 0; i < N; i++)
         local_kept += c[i].bits & 1;
-    char tmp[PATH_MAX];
-    FILE *f = open_report(path, tmp, sizeof tmp);
     fprintf(f, "fraction_forwarded\tthreshold\taccuracy\tlocal_accuracy\tremote_answered\n");
     size_t m = 0;
     for (int step = 0; step <= 100; step++) {
@@ -601,7 +586,12 @@ static void write_coverage(const char *path, const stats_t *s)
         fprintf(f, "\t%.6f\n", m ? (double)fwd_remote / (double)m : 1.0);
     }
     free(c);
-    close_report(f, tmp, path);
+    return 0;
+}
+
+static void write_coverage(const char *path, const stats_t *s)
+{
+    write_report(path, coverage_body, (void *)s);
 }
 
 /* ---- reading a labelled stream whole ---------------------------------------- */
@@ -958,7 +948,7 @@ int main(int argc, char **argv)
     enum {
         O_PROBA = 256, O_EVAL, O_NOLABEL, O_LINEBUF, O_BATCH, O_THREADS, O_ONERR, O_WEIGHTS,
         O_ANYTIME, O_EXIT_T, O_CRIT, O_THRESHOLD, O_FRACTION, O_CALDATA, O_WINDOW,
-        O_DEADLINE, O_STATS, O_COVERAGE, O_CALIBRATE
+        O_DEADLINE, O_STATS, O_COVERAGE, O_CALIBRATE, O_START
     };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
@@ -972,6 +962,7 @@ int main(int argc, char **argv)
         {"calibration", required_argument, NULL, O_CALDATA},
         {"window", required_argument, NULL, O_WINDOW},
         {"deadline", required_argument, NULL, O_DEADLINE},
+        {"start-timeout", required_argument, NULL, O_START},
         {"stats-json", required_argument, NULL, O_STATS},
         {"coverage-curve", required_argument, NULL, O_COVERAGE},
         {"calibrate", no_argument, NULL, O_CALIBRATE},
@@ -994,6 +985,7 @@ int main(int argc, char **argv)
     int proba = 0, do_eval = 0, no_label = 0, linebuf = 0, skip = 0, quiet = 0,
         verbose = 0, do_calibrate = 0, window_given = 0, deadline_given = 0, c;
     size_t batch = 256, threads = 0, window = 256, deadline_ms = 1000;
+    double start_timeout = 10;
 
     cli_init("infer");
     out_setup();
@@ -1021,6 +1013,13 @@ int main(int argc, char **argv)
             break;
         case O_DEADLINE:
             deadline_ms = opt_size("--deadline", optarg, 1, 86400000);
+            deadline_given = 1;
+            break;
+        case O_START:
+            start_timeout = opt_float("--start-timeout", optarg);
+            if (!(start_timeout > 0 && start_timeout <= 86400))
+                usage_error("--start-timeout: '%s' is not a number of seconds in (0, 86400]",
+                            optarg);
             deadline_given = 1;
             break;
         case O_STATS: stats_json = optarg; break;
@@ -1062,7 +1061,8 @@ int main(int argc, char **argv)
     if (caldata && isnan(fraction))
         usage_error("--calibration is for --forward-fraction");
     if ((window_given || deadline_given) && !forward)
-        usage_error("%s needs --forward CMD", window_given ? "--window" : "--deadline");
+        usage_error("%s needs --forward CMD",
+                    window_given ? "--window" : "--deadline and --start-timeout");
     if ((!isnan(threshold) || !isnan(fraction) || caldata) && !forward)
         usage_error("%s needs --forward CMD",
                     !isnan(threshold) ? "--threshold"
@@ -1149,6 +1149,7 @@ int main(int argc, char **argv)
     fwd_t *fw = NULL;
     if (forward) {
         fwd_opts_t fwo = {.cmd = forward, .window = window, .deadline = deadline_ms / 1000.0,
+                          .start_timeout = start_timeout,
                           .classes = K, .queue = 4 * batch + 4 * window,
                           .mark_every = FWD_MARK_EVERY, .verbose = verbose, .emit = emit,
                           .ctx = &ec};

@@ -10,6 +10,7 @@
 #include "feed.h"
 
 #include <errno.h>
+#include <math.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -57,7 +58,8 @@ static noreturn void help(void)
         "      --optimizer NAME   sgd or adam\n"
         "      --batch N          records per step\n"
         "      --seed N           seed of the weight initialisation\n"
-        "      --threads N        OpenBLAS threads (default: OPENBLAS_NUM_THREADS)\n"
+        "      --threads N        OpenBLAS threads (default: OPENBLAS_NUM_THREADS; with\n"
+        "                         --resume, the checkpoint's, which keeps it bit-exact)\n"
         "      --on-error=MODE    fail (default) or skip bad records, counting them\n"
         "  -q, --quiet            no progress table\n"
         "  -v, --verbose          more detail on stderr\n"
@@ -66,9 +68,11 @@ static noreturn void help(void)
         "\n"
         "Records: 'label,x1,...,xn' (comma or tab) or libsvm 'label idx:val ...';\n"
         "'#' lines and empty lines are ignored.\n"
-        "Exit status: 0 success, 1 data or runtime error, 2 usage error.\n"
+        "Exit status: 0 success, 1 data or runtime error, 2 usage error, 3 stopped\n"
+        "by SIGINT or SIGTERM before the end of the input (0: all of it learned).\n"
+        "A training that diverges exits 1 and writes no model.\n"
         "SIGINT or SIGTERM stop at the next step boundary; the model so far is\n"
-        "written and the exit status is 0.  SIGUSR1 takes a checkpoint and goes on.\n"
+        "written.  SIGUSR1 takes a checkpoint and goes on.\n"
         "Each completed checkpoint's path is printed on stdout.\n"
         "See sgd-train(1) and mini-nn(7).\n",
         prog);
@@ -187,6 +191,25 @@ static char *open_checkpoint(const char *ckpt, const char *workdir)
     if (!dir)
         die(EXIT_RUNTIME, "out of memory");
     return dir;
+}
+
+/* A training that diverged: the checkpoints already offered are written (they
+ * hold finite values: the writer refuses any other), the model is not, and
+ * the exit status is 1. */
+static noreturn void diverged(ckptw_t *w, const char *root, uint64_t step, uint64_t records,
+                              const char *why)
+{
+    uint64_t good = UINT64_MAX;
+    if (w)
+        ckptw_finish(w, &good);
+    char last[PATH_MAX + 64] = "";
+    if (good != UINT64_MAX) {
+        char name[32];
+        mnn_ckpt_step_name(name, sizeof name, good);
+        snprintf(last, sizeof last, "; the last good checkpoint is %s/%s", root, name);
+    }
+    die(EXIT_RUNTIME, "training diverged at step %llu (%llu records): %s; no model written%s",
+        (unsigned long long)step, (unsigned long long)records, why, last);
 }
 
 /* woken interrupts a wait for input; the others say what was asked */
@@ -374,7 +397,16 @@ int main(int argc, char **argv)
             die(EXIT_USAGE, "SOURCE_DATE_EPOCH: '%s' is not a number of seconds", sde);
         created = (int64_t)v;
     }
+    /* the BLAS threads: those the checkpoint was trained on, which keeps
+     * a resumption bit-exact, unless --threads says otherwise */
+    if (resume && !threads)
+        threads = st.threads;
+    else if (resume && threads != st.threads && !quiet)
+        warnx_("--threads %zu: %s was trained on %u BLAS thread%s; on another count the "
+               "result is not bit-exact with a training that never stopped", threads, resume,
+               st.threads, st.threads == 1 ? "" : "s");
     set_threads(threads);
+    st.threads = (uint32_t)mnn_get_threads();
 
     int rc;
     if (resume) {
@@ -422,6 +454,7 @@ int main(int argc, char **argv)
         die(EXIT_RUNTIME, "cannot start the reader: %s", strerror(errno ? errno : ENOMEM));
 
     progress_t p = {.next_report = spec.batch, .classify = spec.loss == MNN_LOSS_XENT};
+    int input_ended = 0;
     clock_gettime(CLOCK_MONOTONIC, &p.t0);
     double last_ckpt = 0;
     if (!quiet)
@@ -443,6 +476,8 @@ int main(int argc, char **argv)
             mnn_batch_stats_t bs;
             if ((rc = mnn_model_train_batch(&model, &opt, b->x, b->y, b->n, &bs)) < 0)
                 die(EXIT_RUNTIME, "training failed: %s", mnn_strerror(rc));
+            if (!isfinite(bs.loss_sum))
+                diverged(writer, co.root, opt.step, st.records_seen + b->n, "the loss is not finite");
             p.records += b->n;
             p.records_since += b->n;
             p.loss += bs.loss_sum;
@@ -462,6 +497,7 @@ int main(int argc, char **argv)
         if (error)
             die(EXIT_RUNTIME, "%s", b->msg);
         feed_release(feed, b);
+        input_ended = end;
         if (end || stop_requested)
             break;
         if (writer) {
@@ -474,8 +510,10 @@ int main(int argc, char **argv)
             }
         }
     }
-    if (stop_requested && !quiet)
-        warnx_("stopping on a signal after %llu records", (unsigned long long)p.records);
+    const int stopped_early = stop_requested && !input_ended;
+    if (stopped_early && !quiet)
+        warnx_("stopping on a signal after %llu records, before the end of the input (exit "
+               "status %d)", (unsigned long long)p.records, EXIT_STOPPED);
     char first[700];
     uint64_t skipped;
     feed_stop(feed, &skipped, first, sizeof first);
@@ -503,13 +541,16 @@ int main(int argc, char **argv)
                skipped == 1 ? "" : "s", first);
 
     st.step = opt.step;
+    /* the last update may have been the one that diverged */
+    if (mnn_state_check(&model, &opt, &d) < 0)
+        diverged(writer, co.root, opt.step, st.records_seen, d.msg);
     if (!sde || !*sde)
         created = (int64_t)time(NULL);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     if (writer) {
         take_checkpoint(writer, &model, &opt, &st, parent, sizeof parent, 1);
-        if (ckptw_finish(writer) < 0)
+        if (ckptw_finish(writer, NULL) < 0)
             die(EXIT_RUNTIME, "the final checkpoint could not be written");
     }
     if (out) {
@@ -528,5 +569,7 @@ int main(int argc, char **argv)
     mnn_model_free(&model);
     mnn_spec_free(&spec);
     free(resumed);
-    return EXIT_OK;
+    /* a cron job tells a training stopped part-way from one that learned
+     * all its input */
+    return stopped_early ? EXIT_STOPPED : EXIT_OK;
 }

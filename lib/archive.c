@@ -26,10 +26,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -56,22 +58,6 @@ static void hash_hex(XXH3_state_t *xs, char hex[17])
     snprintf(hex, 17, "%016llx", (unsigned long long)XXH3_64bits_digest(xs));
 }
 
-/* Writes all of buf to fd: 0, or -1 with errno. */
-static int write_full(int fd, const void *buf, size_t n)
-{
-    const char *p = buf;
-    while (n > 0) {
-        ssize_t r = write(fd, p, n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        p += r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
-
 /* The manifest's created time, YYYY-MM-DDTHH:MM:SSZ, as seconds since the
  * epoch; -1 if it is not exactly that (or before 1970). */
 static int64_t parse_created(const char *s)
@@ -95,43 +81,6 @@ static int64_t parse_created(const char *s)
         back.tm_mday != v[2] || back.tm_hour != v[3] || back.tm_min != v[4] || back.tm_sec != v[5])
         return -1;
     return (int64_t)t;
-}
-
-/* Removes dirfd/name: a directory and the files in it (not subdirectories),
- * or a file or link.  0 when it was not there; -1 with errno. */
-static int remove_at(int dirfd, const char *name)
-{
-    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            return 0;
-        if (errno == ENOTDIR || errno == ELOOP)
-            return unlinkat(dirfd, name, 0);
-        return -1;
-    }
-    DIR *dp = fdopendir(fd);
-    if (!dp) {
-        close(fd);
-        return -1;
-    }
-    struct dirent *de;
-    int rc = 0, e = 0;
-    while ((de = readdir(dp))) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
-        if (unlinkat(fd, de->d_name, 0) != 0) {
-            rc = -1;
-            e = errno;
-        }
-    }
-    closedir(dp);
-    if (unlinkat(dirfd, name, AT_REMOVEDIR) != 0) {
-        rc = -1;
-        if (!e)
-            e = errno;
-    }
-    errno = e;
-    return rc;
 }
 
 /* ---- packing -------------------------------------------------------------- */
@@ -231,42 +180,11 @@ static int read_at(int dfd, const char *dir, const char *name, size_t max, char 
         close(fd);
         return mnn_fail(d, MNN_EFORMAT, "%s/%s: not a regular file", dir, name);
     }
-    if ((uint64_t)sb.st_size > max) {
-        close(fd);
-        return mnn_fail(d, MNN_EOVERFLOW, "%s/%s: %lld bytes, more than the %zu allowed", dir,
-                        name, (long long)sb.st_size, max);
-    }
-    char *buf = malloc(max + 1);
-    size_t got = 0;
-    if (!buf) {
-        close(fd);
-        return mnn_fail(d, MNN_ENOMEM, "out of memory");
-    }
-    for (;;) {
-        ssize_t r = read(fd, buf + got, max + 1 - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int e = errno;
-            free(buf);
-            close(fd);
-            return mnn_fail(d, MNN_EIO, "%s/%s: %s", dir, name, strerror(e));
-        }
-        if (r == 0)
-            break;
-        got += (size_t)r;
-        if (got > max) {
-            free(buf);
-            close(fd);
-            return mnn_fail(d, MNN_EOVERFLOW, "%s/%s: more than the %zu bytes allowed", dir,
-                            name, max);
-        }
-    }
+    char what[PATH_MAX];
+    snprintf(what, sizeof what, "%s/%s", dir, name);
+    int rc = mnn_read_fd(fd, what, max, text, len, d);
     close(fd);
-    buf[got] = '\0';
-    *text = buf;
-    *len = got;
-    return 0;
+    return rc;
 }
 
 /* Streams dfd/f->name into the archive as apath, checking its size and
@@ -793,7 +711,7 @@ static int tmp_make(up_t *u, mnn_diag_t *d)
         return mnn_fail(d, MNN_EEXIST, "%s/%s: already exists", u->target, u->name);
     if (errno != ENOENT)
         return mnn_fail(d, MNN_EIO, "%s/%s: %s", u->target, u->name, strerror(errno));
-    if (remove_at(u->tfd, u->tmpname) < 0)
+    if (mnn_remove_at(u->tfd, u->tmpname) < 0)
         return mnn_fail(d, MNN_EIO, "%s/%s: cannot remove a stale temporary directory: %s",
                         u->target, u->tmpname, strerror(errno));
     if (mkdirat(u->tfd, u->tmpname, 0755) != 0)
@@ -852,6 +770,21 @@ static int take_manifest(up_t *u, struct archive_entry *e, mnn_diag_t *d)
     if ((rc = mnn_manifest_parse(&u->mf, text, got, mname, d)) < 0)
         goto out;
     u->have_manifest = 1;
+    /* the sizes it declares fit its model spec (mnn_manifest_parse); and
+     * the target's file system must hold them all, or nothing is begun */
+    if (u->tfd >= 0) {
+        uint64_t total = got;
+        for (size_t i = 0; i < u->mf.nfiles; i++)
+            total += u->mf.files[i].bytes;
+        struct statvfs vs;
+        if (fstatvfs(u->tfd, &vs) == 0 && vs.f_frsize > 0 &&
+            total / vs.f_frsize + 1 > (uint64_t)vs.f_bavail) {
+            rc = mnn_fail(d, MNN_EOVERFLOW, "%s: %s/: %" PRIu64 " bytes to extract, but %s has "
+                          "only %llu free", an, u->name, total, u->target,
+                          (unsigned long long)vs.f_bavail * vs.f_frsize);
+            goto out;
+        }
+    }
     if (!(u->done = calloc(u->mf.nfiles + 1, 1))) {
         rc = mnn_fail(d, MNN_ENOMEM, "out of memory");
         goto out;
@@ -864,7 +797,7 @@ static int take_manifest(up_t *u, struct archive_entry *e, mnn_diag_t *d)
                           strerror(errno));
             goto out;
         }
-        if (write_full(fd, text, got) < 0) {
+        if (mnn_write_all(fd, text, got) < 0) {
             rc = mnn_fail(d, MNN_EIO, "%s/%s/%s: %s", u->target, u->tmpname, MANIFEST,
                           strerror(errno));
             close(fd);
@@ -923,7 +856,7 @@ static int take_file(up_t *u, struct archive_entry *e, const char *file, mnn_dia
             break;
         }
         XXH3_64bits_update(u->xs, u->buf, (size_t)n);
-        if (fd >= 0 && write_full(fd, u->buf, (size_t)n) < 0) {
+        if (fd >= 0 && mnn_write_all(fd, u->buf, (size_t)n) < 0) {
             rc = mnn_fail(d, MNN_EIO, "%s/%s/%s: %s", u->target, u->tmpname, file,
                           strerror(errno));
             break;
@@ -957,21 +890,14 @@ static int publish(up_t *u, char **out, mnn_diag_t *d)
 {
     if (fsync(u->xfd) != 0)
         return mnn_fail(d, MNN_EIO, "%s/%s: fsync: %s", u->target, u->tmpname, strerror(errno));
-    if (renameat2(u->tfd, u->tmpname, u->tfd, u->name, RENAME_NOREPLACE) != 0) {
-        if (errno != EINVAL && errno != ENOSYS)
-            return mnn_fail(d, errno == EEXIST ? MNN_EEXIST : MNN_EIO, "%s/%s: %s", u->target,
-                            u->name, errno == EEXIST ? "already exists" : strerror(errno));
-        /* a file system without RENAME_NOREPLACE: check, then rename */
-        struct stat sb;
-        if (fstatat(u->tfd, u->name, &sb, AT_SYMLINK_NOFOLLOW) == 0)
-            return mnn_fail(d, MNN_EEXIST, "%s/%s: already exists", u->target, u->name);
-        if (renameat(u->tfd, u->tmpname, u->tfd, u->name) != 0)
-            return mnn_fail(d, MNN_EIO, "%s/%s: %s", u->target, u->name, strerror(errno));
-    }
+    int rc = mnn_rename_noreplace(u->tfd, u->tmpname, u->tfd, u->name);
+    if (rc < 0)
+        return mnn_fail(d, rc, "%s/%s: %s", u->target, u->name,
+                        rc == MNN_EEXIST ? "already exists" : strerror(errno));
     if (fsync(u->tfd) != 0) {
         int e = errno;
         /* not known to be on disk: take it back rather than leave it */
-        remove_at(u->tfd, u->name);
+        mnn_remove_at(u->tfd, u->name);
         return mnn_fail(d, MNN_EIO, "%s: fsync: %s", u->target, strerror(e));
     }
     if (out) {
@@ -1049,7 +975,7 @@ int mnn_ckpt_unpack(int fd, const char *name, const char *target, char **out,
         close(u.xfd);
         if (rc < 0) {
             int e = errno;
-            remove_at(u.tfd, u.tmpname);
+            mnn_remove_at(u.tfd, u.tmpname);
             errno = e;
         }
     }

@@ -18,6 +18,10 @@
 #include <xxhash.h>
 
 #define CKPT_FORMAT "mini-nn-checkpoint/1"
+/* manifest.yaml's last line: the XXH3 of every byte before it */
+#define MANIFEST_SEAL "manifest_xxh3: "
+#define SEAL_LINE (sizeof MANIFEST_SEAL - 1 + 16 + 1)
+#define STATE_MAX ((size_t)64 << 10) /* state.yaml, at most */
 
 /* ---- writing ------------------------------------------------------------ */
 
@@ -102,31 +106,7 @@ static char *path_join(const char *dir, const char *name)
     return p;
 }
 
-/* Removes a directory we wrote: its regular files, then itself. */
-static int remove_tree(const char *dir)
-{
-    DIR *dp = opendir(dir);
-    if (!dp)
-        return errno == ENOENT ? 0 : MNN_EIO;
-    struct dirent *de;
-    int rc = 0;
-    while ((de = readdir(dp))) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
-        char *p = path_join(dir, de->d_name);
-        if (!p || unlink(p) != 0)
-            rc = MNN_EIO;
-        free(p);
-    }
-    closedir(dp);
-    if (rmdir(dir) != 0)
-        rc = MNN_EIO;
-    return rc;
-}
-
-/* model.safetensors: the weights for inference (the moving average when the
- * optimizer keeps one) and the normalization statistics. */
-int mnn_ckpt_remove(const char *dir) { return remove_tree(dir); }
+int mnn_ckpt_remove(const char *dir) { return mnn_remove_tree(dir); }
 
 /* The i-th (weight, bias) pair of the flat layout: layers.I for i < L, then
  * exits.J, the exit heads.  prefix receives the tensor-name prefix. */
@@ -153,6 +133,80 @@ static void param_slot(const mnn_model_t *m, size_t i, slot_t *s)
         s->w_off = m->ew_off[j];
         s->b_off = m->eb_off[j];
     }
+}
+
+/* ---- finite values -------------------------------------------------------- */
+
+/* The index of the first element of p[0, n) that is not finite (or, with
+ * nonneg, is negative), or n.  Blocks are screened branch-free first. */
+static size_t first_bad(const float *p, size_t n, int nonneg)
+{
+    const size_t block = 4096;
+    for (size_t at = 0; at < n; at += block) {
+        size_t end = n - at < block ? n : at + block;
+        unsigned bad = 0;
+        for (size_t i = at; i < end; i++) {
+            uint32_t u;
+            memcpy(&u, &p[i], sizeof u);
+            bad |= (u & 0x7f800000u) == 0x7f800000u;
+            bad |= nonneg & (u > 0x80000000u); /* below -0 */
+        }
+        if (bad)
+            for (size_t i = at; i < end; i++)
+                if (!isfinite(p[i]) || (nonneg && p[i] < 0))
+                    return i;
+    }
+    return n;
+}
+
+/* Names the tensor that holds flat parameter index k, and k's place in it. */
+static void name_param(const mnn_model_t *m, size_t k, char *out, size_t size, size_t *at)
+{
+    for (size_t i = 0; i < m->spec.nlayers + m->spec.nexits; i++) {
+        slot_t sl;
+        param_slot(m, i, &sl);
+        if (k >= sl.w_off && k < sl.b_off + sl.shape[0]) {
+            const int w = k < sl.b_off;
+            snprintf(out, size, "%s.%s", sl.prefix, w ? "weight" : "bias");
+            *at = k - (w ? sl.w_off : sl.b_off);
+            return;
+        }
+    }
+    snprintf(out, size, "parameter");
+    *at = k;
+}
+
+/* suffix: "" for the weights, else the optimizer buffer's tensor suffix */
+static int bad_values(const mnn_model_t *m, const float *p, int nonneg, const char *suffix,
+                      mnn_diag_t *d)
+{
+    size_t k = first_bad(p, m->nparams, nonneg), at;
+    if (k == m->nparams)
+        return 0;
+    char name[64];
+    name_param(m, k, name, sizeof name, &at);
+    return mnn_fail(d, MNN_ECORRUPT, "%s%s%s[%zu] is %s (%g)", name, *suffix ? "." : "", suffix,
+                    at, isfinite(p[k]) ? "negative" : "not finite", (double)p[k]);
+}
+
+int mnn_state_check(const mnn_model_t *m, const mnn_optim_t *o, mnn_diag_t *d)
+{
+    int rc = bad_values(m, m->params, 0, "", d);
+    if (rc == 0 && o) {
+        const int adam = o->spec.type == MNN_OPT_ADAM;
+        if ((rc = bad_values(m, o->m1, 0, adam ? "exp_avg" : "momentum_buffer", d)) == 0 &&
+            o->m2)
+            rc = bad_values(m, o->m2, 1, "exp_avg_sq", d);
+        if (rc == 0 && o->avg)
+            rc = bad_values(m, o->avg, 0, "average", d);
+    }
+    for (size_t c = 0; rc == 0 && m->norm_mean && c < m->spec.input; c++)
+        if (!isfinite(m->norm_mean[c]) || !isfinite(m->norm_m2[c]) || m->norm_m2[c] < 0)
+            rc = mnn_fail(d, MNN_ECORRUPT, "normalize.%s[%zu] is %s",
+                          isfinite(m->norm_mean[c]) ? "m2" : "mean", c,
+                          isfinite(m->norm_mean[c]) && isfinite(m->norm_m2[c]) ? "negative"
+                                                                                : "not finite");
+    return rc;
 }
 
 static int write_model(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
@@ -250,6 +304,8 @@ out:
 
 static int write_state(FILE *f, const mnn_train_state_t *st)
 {
+    if (st->threads < 1 || st->threads > 1024)
+        return MNN_EINVAL; /* as the reader would refuse it */
     fprintf(f, "# mini-nn training state: what bit-exact resumption needs\n");
     fprintf(f, "step: %" PRIu64 "\n", st->step);
     fprintf(f, "records_seen: %" PRIu64 "\n", st->records_seen);
@@ -257,6 +313,8 @@ static int write_state(FILE *f, const mnn_train_state_t *st)
             st->rng.s[0], st->rng.s[1], st->rng.s[2], st->rng.s[3]);
     fprintf(f, "progressive: {loss_sum: %.17g, correct: %" PRIu64 "}\n", st->loss_sum,
             st->correct);
+    /* the BLAS threads the arithmetic ran on: bit-exactness depends on it */
+    fprintf(f, "threads: %u\n", st->threads);
     return ferror(f) ? MNN_EIO : 0;
 }
 
@@ -302,7 +360,9 @@ static int write_manifest(const char *tmp, const mnn_model_t *m,
     for (size_t i = 0; i < sizeof ckpt_files / sizeof ckpt_files[0]; i++)
         fprintf(f, "  - {name: %s, bytes: %" PRIu64 ", xxh3: %s}\n", ckpt_files[i], sizes[i],
                 hashes[i]);
-    int rc = 0;
+    /* the last line: the hash of every byte before it */
+    int rc = fflush(f) == 0 ? 0 : MNN_EIO;
+    fprintf(f, MANIFEST_SEAL "%016llx\n", (unsigned long long)XXH3_64bits_digest(sink.h));
     int crc = close_synced(f, &sink, rc, hex);
     if (rc == 0 && crc < 0)
         rc = mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
@@ -319,6 +379,13 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
     struct stat sb;
     if (!dcopy || !bcopy)
         goto out;
+    /* no reader accepts a value that is not finite: none is written */
+    if ((rc = mnn_state_check(m, o, d)) < 0) {
+        char why[sizeof d->msg];
+        snprintf(why, sizeof why, "%s", d ? d->msg : "");
+        rc = mnn_fail(d, MNN_EINVAL, "%s: not written: %s", dir, why);
+        goto out;
+    }
     const char *pdir = dirname(dcopy), *base = basename(bcopy);
     if (!*base || !strcmp(base, "/") || !strcmp(base, ".") || !strcmp(base, "..")) {
         rc = mnn_fail(d, MNN_EINVAL, "%s: not a usable checkpoint name", dir);
@@ -333,7 +400,7 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
         goto out;
     snprintf(tmp, n, "%s/.tmp-%s", pdir, base);
     /* a leftover from a crashed writer is ours to remove */
-    if (remove_tree(tmp) < 0) {
+    if (mnn_remove_tree(tmp) < 0) {
         rc = mnn_fail(d, MNN_EIO, "%s: cannot remove a stale temporary directory: %s", tmp,
                       strerror(errno));
         goto out;
@@ -385,9 +452,9 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
             rc = mnn_fail(d, MNN_EEXIST, "%s: exists and is not a checkpoint; not replacing it", dir);
             goto fail;
         }
-        remove_tree(tmp);
-    } else if (rename(tmp, dir) != 0) {
-        rc = mnn_fail(d, MNN_EIO, "%s: %s", dir, strerror(errno));
+        mnn_remove_tree(tmp);
+    } else if ((rc = mnn_rename_noreplace(AT_FDCWD, tmp, AT_FDCWD, dir)) < 0) {
+        rc = mnn_fail(d, rc, "%s: %s", dir, rc == MNN_EEXIST ? "already exists" : strerror(errno));
         goto fail;
     }
     if (mnn_fsync_dir(pdir) < 0) {
@@ -399,7 +466,7 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
 fail:
     {
         int e = errno;
-        remove_tree(tmp);
+        mnn_remove_tree(tmp);
         errno = e;
     }
 out:
@@ -430,7 +497,7 @@ static int manifest_files(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *files,
         yaml_node_t *e = mnn_yaml_node(y, files->data.sequence.items.start[i]);
         yaml_node_t *nn = mnn_yaml_get(y, e, "name"), *nb = mnn_yaml_get(y, e, "bytes"),
                     *nh = mnn_yaml_get(y, e, "xxh3");
-        const char *name, *hash;
+        const char *name = "", *hash = "";
         mnn_manifest_file_t *f = &mf->files[i];
         if (!nn || !nb || !nh)
             return mnn_yaml_fail(y, e, d, MNN_EFORMAT, "a file entry needs name, bytes and xxh3");
@@ -453,12 +520,85 @@ static int manifest_files(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *files,
     return 0;
 }
 
+/* The seal: the last line holds the XXH3 of every byte before it, so that
+ * a manifest edited by hand, or damaged, is refused before it is read. */
+static int check_seal(const char *text, size_t len, const char *name, mnn_diag_t *d)
+{
+    const size_t n = sizeof MANIFEST_SEAL - 1;
+    if (len < SEAL_LINE || text[len - 1] != '\n' ||
+        (len > SEAL_LINE && text[len - SEAL_LINE - 1] != '\n') ||
+        memcmp(text + len - SEAL_LINE, MANIFEST_SEAL, n))
+        return mnn_fail(d, MNN_ECORRUPT,
+                        "%s: no '%s' line at its end: truncated, or written by an earlier "
+                        "mini-nn", name, MANIFEST_SEAL "HASH");
+    const char *hex = text + len - SEAL_LINE + n;
+    char want[17];
+    snprintf(want, sizeof want, "%016llx",
+             (unsigned long long)XXH3_64bits(text, len - SEAL_LINE));
+    if (strspn(hex, "0123456789abcdef") < 16 || memcmp(hex, want, 16))
+        return mnn_fail(d, MNN_ECORRUPT,
+                        "%s: hash does not match its contents (%.*s, the bytes before "
+                        "it hash to %s): edited or damaged", name, (int)(SEAL_LINE - 1),
+                        text + len - SEAL_LINE, want);
+    return 0;
+}
+
+/* The files of a mini-nn-checkpoint/1 and the sizes its spec allows: a
+ * hostile manifest cannot make a reader extract or hash more than the model
+ * it describes. */
+static int check_files(const mnn_manifest_t *mf, const char *name, mnn_diag_t *d)
+{
+    const mnn_spec_t *s = &mf->spec;
+    size_t np;
+    if (mnn_spec_params(s, &np) < 0)
+        return mnn_fail(d, MNN_EOVERFLOW, "%s: the model is too large", name);
+    const uint64_t L = s->nlayers + s->nexits;
+    const uint64_t nbuf = 1 + (s->opt.type == MNN_OPT_ADAM) + (s->opt.average > 0);
+    /* model: weights, biases and the normalization statistics (F64); the
+     * optimizer: each buffer, for each of them.  A header holds at most
+     * 256 bytes per tensor and 1 KiB of metadata. */
+    const uint64_t tm = 2 * L + 2, to = nbuf * 2 * L;
+    const uint64_t dm = 4 * (uint64_t)np + (s->normalize == MNN_NORM_RUNNING ? 16 * (uint64_t)s->input : 0);
+    const uint64_t dopt = 4 * (uint64_t)np * nbuf;
+    const struct {
+        const char *file;
+        uint64_t lo, hi;
+    } want[] = {
+        {"model.safetensors", 8 + dm, 8 + dm + 1024 + 256 * tm},
+        {"optimizer.safetensors", 8 + dopt, 8 + dopt + 1024 + 256 * to},
+        {"state.yaml", 1, STATE_MAX},
+    };
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
+        const mnn_manifest_file_t *f = mnn_manifest_find(mf, want[k].file);
+        if (!f)
+            return mnn_fail(d, MNN_EFORMAT, "%s: the manifest does not list %s", name,
+                            want[k].file);
+        if (f->bytes < want[k].lo || f->bytes > want[k].hi)
+            return mnn_fail(d, MNN_ECORRUPT,
+                            "%s: %s: %" PRIu64 " bytes, but its model spec allows %" PRIu64
+                            " to %" PRIu64, name, want[k].file, f->bytes, want[k].lo,
+                            want[k].hi);
+    }
+    if (mf->nfiles != sizeof want / sizeof want[0])
+        for (size_t i = 0; i < mf->nfiles; i++) {
+            size_t k = 0;
+            while (k < sizeof want / sizeof want[0] && strcmp(mf->files[i].name, want[k].file))
+                k++;
+            if (k == sizeof want / sizeof want[0])
+                return mnn_fail(d, MNN_EFORMAT, "%s: lists %s, not a file of a %s", name,
+                                mf->files[i].name, CKPT_FORMAT);
+        }
+    return 0;
+}
+
 int mnn_manifest_parse(mnn_manifest_t *mf, const char *text, size_t len,
                        const char *name, mnn_diag_t *d)
 {
     mnn_yaml_t y;
     int rc;
     memset(mf, 0, sizeof *mf);
+    if ((rc = check_seal(text, len, name, d)) < 0)
+        return rc;
     if ((rc = mnn_yaml_load(&y, text, len, name, d)) < 0)
         return rc;
     yaml_node_t *root = mnn_yaml_root(&y), *n;
@@ -473,13 +613,15 @@ int mnn_manifest_parse(mnn_manifest_t *mf, const char *text, size_t len,
         snprintf(mf->tool, sizeof mf->tool, "%s", str);
     if ((n = mnn_yaml_get(&y, root, "created")) && mnn_yaml_str(&y, n, "created", &str, NULL) == 0)
         snprintf(mf->created, sizeof mf->created, "%s", str);
-    if (!(n = mnn_yaml_get(&y, root, "step")) || (rc = mnn_yaml_u64(&y, n, "step", &mf->step, d)) < 0 ||
-        !(n = mnn_yaml_get(&y, root, "records_seen")) ||
-        (rc = mnn_yaml_u64(&y, n, "records_seen", &mf->records_seen, d)) < 0) {
-        if (rc == MNN_EFORMAT && n == NULL)
-            mnn_yaml_fail(&y, root, d, rc, "step and records_seen are required");
-        rc = MNN_EFORMAT;
-        goto fail;
+    const char *const counts[] = {"step", "records_seen"};
+    uint64_t *const dst[] = {&mf->step, &mf->records_seen};
+    for (int i = 0; i < 2; i++) {
+        if (!(n = mnn_yaml_get(&y, root, counts[i]))) {
+            rc = mnn_yaml_fail(&y, root, d, MNN_EFORMAT, "step and records_seen are required");
+            goto fail;
+        }
+        if ((rc = mnn_yaml_u64(&y, n, counts[i], dst[i], d)) < 0)
+            goto fail;
     }
     n = mnn_yaml_get(&y, root, "parent");
     if (n && n->type == YAML_SCALAR_NODE && n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE &&
@@ -500,6 +642,8 @@ int mnn_manifest_parse(mnn_manifest_t *mf, const char *text, size_t len,
     if ((rc = mnn_spec_from_node(&mf->spec, &y, n, d)) < 0)
         goto fail;
     mf->has_spec = 1;
+    if ((rc = check_files(mf, name, d)) < 0)
+        goto fail;
     mnn_yaml_free(&y);
     return 0;
 fail:
@@ -574,6 +718,41 @@ int mnn_manifest_load(mnn_manifest_t *mf, const char *dir, char **real, mnn_diag
     return rc;
 }
 
+/* Opens fp, a regular file (a link is not followed) of the size the
+ * manifest says, into *fd; 0 or an error with d filled. */
+static int open_listed(const char *fp, const mnn_manifest_file_t *f, int *fd, mnn_diag_t *d)
+{
+    struct stat sb;
+    if ((*fd = open(fp, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)) < 0) {
+        if (errno == ENOENT)
+            return mnn_fail(d, MNN_ECORRUPT, "%s: missing", fp);
+        if (errno == ELOOP)
+            return mnn_fail(d, MNN_ECORRUPT, "%s: not a regular file", fp);
+        return mnn_fail(d, MNN_EIO, "%s: %s", fp, strerror(errno));
+    }
+    int rc = 0;
+    if (fstat(*fd, &sb) != 0)
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", fp, strerror(errno));
+    else if (!S_ISREG(sb.st_mode))
+        rc = mnn_fail(d, MNN_ECORRUPT, "%s: not a regular file", fp);
+    else if ((uint64_t)sb.st_size != f->bytes)
+        rc = mnn_fail(d, MNN_ECORRUPT, "%s: size does not match the manifest (%lld bytes; the "
+                      "manifest says %" PRIu64 ")", fp, (long long)sb.st_size, f->bytes);
+    if (rc < 0) {
+        close(*fd);
+        *fd = -1;
+    }
+    return rc;
+}
+
+static int hash_mismatch(const char *fp, const mnn_manifest_file_t *f, const char *hex,
+                         mnn_diag_t *d)
+{
+    return mnn_fail(d, MNN_ECORRUPT,
+                    "%s: hash does not match the manifest (xxh3 %s; the manifest says %s)", fp,
+                    hex, f->xxh3);
+}
+
 int mnn_manifest_verify_dir(const mnn_manifest_t *mf, const char *dir, mnn_diag_t *d)
 {
     int rc = 0;
@@ -581,71 +760,88 @@ int mnn_manifest_verify_dir(const mnn_manifest_t *mf, const char *dir, mnn_diag_
         const mnn_manifest_file_t *f = &mf->files[i];
         char *fp = path_join(dir, f->name), hex[17];
         uint64_t got;
-        struct stat sb;
         if (!fp)
-            return MNN_ENOMEM;
-        if (lstat(fp, &sb) != 0 || !S_ISREG(sb.st_mode))
-            rc = mnn_fail(d, MNN_ECORRUPT, "%s: %s", fp,
-                          errno == ENOENT ? "missing" : "not a regular file");
-        else if (mnn_hash_file(fp, hex, &got) < 0)
+            return mnn_fail(d, MNN_ENOMEM, "out of memory");
+        int fd;
+        if ((rc = open_listed(fp, f, &fd, d)) < 0)
+            ;
+        else if (mnn_hash_fd(fd, hex, &got) < 0)
             rc = mnn_fail(d, MNN_EIO, "%s: %s", fp, strerror(errno));
-        else if (got != f->bytes || strcmp(hex, f->xxh3))
-            rc = mnn_fail(d, MNN_ECORRUPT, "%s: %s does not match the manifest "
-                                           "(%" PRIu64 " bytes, xxh3 %s; manifest says %" PRIu64 ", %s)",
-                          fp, got != f->bytes ? "size" : "hash", got, hex, f->bytes, f->xxh3);
+        else if (got != f->bytes)
+            rc = mnn_fail(d, MNN_ECORRUPT, "%s: size does not match the manifest (%" PRIu64
+                          " bytes read; the manifest says %" PRIu64 ")", fp, got, f->bytes);
+        else if (strcmp(hex, f->xxh3))
+            rc = hash_mismatch(fp, f, hex, d);
+        if (fd >= 0)
+            close(fd);
         free(fp);
     }
     return rc;
 }
 
-static int load_weights(mnn_model_t *m, const char *path, mnn_diag_t *d)
+/* Copies the (weight, bias) tensors of every layer and exit head, named
+ * PREFIX.weight[.SUFFIX] and PREFIX.bias[.SUFFIX], from f into buf. */
+static int get_params(const mnn_model_t *m, const mnn_st_file_t *f, const char *suffix,
+                      float *buf, mnn_diag_t *d)
 {
-    mnn_st_file_t *f;
-    int rc = mnn_st_open(&f, path, d);
-    if (rc < 0)
-        return rc;
+    int rc = 0;
     for (size_t i = 0; i < m->spec.nlayers + m->spec.nexits && rc == 0; i++) {
-        char name[48];
+        char name[64];
         const void *p;
         slot_t sl;
         param_slot(m, i, &sl);
-        snprintf(name, sizeof name, "%s.weight", sl.prefix);
+        snprintf(name, sizeof name, "%s.weight%s%s", sl.prefix, suffix ? "." : "",
+                 suffix ? suffix : "");
         if ((rc = mnn_st_get(f, name, 0, 2, sl.shape, &p, d)) < 0)
             break;
-        memcpy(m->params + sl.w_off, p, sl.shape[0] * sl.shape[1] * sizeof(float));
-        snprintf(name, sizeof name, "%s.bias", sl.prefix);
+        memcpy(buf + sl.w_off, p, sl.shape[0] * sl.shape[1] * sizeof(float));
+        snprintf(name, sizeof name, "%s.bias%s%s", sl.prefix, suffix ? "." : "",
+                 suffix ? suffix : "");
         if ((rc = mnn_st_get(f, name, 0, 1, sl.shape, &p, d)) < 0)
             break;
-        memcpy(m->params + sl.b_off, p, sl.shape[0] * sizeof(float));
+        memcpy(buf + sl.b_off, p, sl.shape[0] * sizeof(float));
     }
+    return rc;
+}
+
+/* A metadata value that must be a whole number. */
+static int meta_u64(const mnn_st_file_t *f, const char *path, const char *key, uint64_t *v,
+                    mnn_diag_t *d)
+{
+    const char *s = mnn_st_meta(f, key);
+    if (!s || mnn_parse_u64(s, v) < 0)
+        return mnn_fail(d, MNN_EFORMAT, "%s: %s metadata %s", path, key,
+                        s ? "is not a whole number" : "missing");
+    return 0;
+}
+
+static int load_weights(mnn_model_t *m, char *buf, size_t len, const char *path,
+                        mnn_diag_t *d)
+{
+    mnn_st_file_t *f;
+    int rc = mnn_st_parse(&f, buf, len, path, d);
+    if (rc < 0)
+        return rc;
+    rc = get_params(m, f, NULL, m->params, d);
     if (rc == 0 && m->norm_mean) {
         const void *p;
         size_t shape[1] = {m->spec.input};
-        const char *cnt = mnn_st_meta(f, "normalize_count");
-        uint64_t c = 0;
-        if (!cnt || mnn_parse_double(cnt, cnt + strlen(cnt), &(double){0}) < 0) {
-            rc = mnn_fail(d, MNN_EFORMAT, "%s: normalize_count metadata missing", path);
-        } else {
-            c = strtoull(cnt, NULL, 10);
-            if ((rc = mnn_st_get(f, "normalize.mean", 1, 1, shape, &p, d)) == 0) {
-                memcpy(m->norm_mean, p, shape[0] * sizeof(double));
-                if ((rc = mnn_st_get(f, "normalize.m2", 1, 1, shape, &p, d)) == 0)
-                    memcpy(m->norm_m2, p, shape[0] * sizeof(double));
-            }
-            m->norm_count = c;
+        if ((rc = meta_u64(f, path, "normalize_count", &m->norm_count, d)) == 0 &&
+            (rc = mnn_st_get(f, "normalize.mean", 1, 1, shape, &p, d)) == 0) {
+            memcpy(m->norm_mean, p, shape[0] * sizeof(double));
+            if ((rc = mnn_st_get(f, "normalize.m2", 1, 1, shape, &p, d)) == 0)
+                memcpy(m->norm_m2, p, shape[0] * sizeof(double));
         }
     }
-    for (size_t i = 0; rc == 0 && i < m->nparams; i++)
-        if (!isfinite(m->params[i]))
-            rc = mnn_fail(d, MNN_ECORRUPT, "%s: a weight is not finite", path);
     mnn_st_close(f);
     return rc;
 }
 
-static int load_optim(mnn_model_t *m, mnn_optim_t *o, const char *path, mnn_diag_t *d)
+static int load_optim(mnn_model_t *m, mnn_optim_t *o, char *buf, size_t len,
+                      const char *path, mnn_diag_t *d)
 {
     mnn_st_file_t *f;
-    int rc = mnn_st_open(&f, path, d);
+    int rc = mnn_st_parse(&f, buf, len, path, d);
     if (rc < 0)
         return rc;
     if ((rc = mnn_optim_init(o, &m->spec.opt, m->nparams)) < 0) {
@@ -659,39 +855,24 @@ static int load_optim(mnn_model_t *m, mnn_optim_t *o, const char *path, mnn_diag
     const char *suffix[3];
     float *bufs[3];
     size_t nb = optim_buffers(o, bufs, suffix, m->params);
-    for (size_t which = 0; which < nb && rc == 0; which++) {
-        float *buf = bufs[which];
-        for (size_t i = 0; i < m->spec.nlayers + m->spec.nexits && rc == 0; i++) {
-            char name[64];
-            const void *p;
-            slot_t sl;
-            param_slot(m, i, &sl);
-            snprintf(name, sizeof name, "%s.weight.%s", sl.prefix, suffix[which]);
-            if ((rc = mnn_st_get(f, name, 0, 2, sl.shape, &p, d)) < 0)
-                break;
-            memcpy(buf + sl.w_off, p, sl.shape[0] * sl.shape[1] * sizeof(float));
-            snprintf(name, sizeof name, "%s.bias.%s", sl.prefix, suffix[which]);
-            if ((rc = mnn_st_get(f, name, 0, 1, sl.shape, &p, d)) < 0)
-                break;
-            memcpy(buf + sl.b_off, p, sl.shape[0] * sizeof(float));
-        }
-    }
-    const char *step = mnn_st_meta(f, "step");
-    if (rc == 0 && !step)
-        rc = mnn_fail(d, MNN_EFORMAT, "%s: step metadata missing", path);
+    for (size_t which = 0; which < nb && rc == 0; which++)
+        rc = get_params(m, f, suffix[which], bufs[which], d);
     if (rc == 0)
-        o->step = strtoull(step, NULL, 10);
+        rc = meta_u64(f, path, "step", &o->step, d);
     if (rc < 0)
         mnn_optim_free(o);
     mnn_st_close(f);
     return rc;
 }
 
-static int load_state(mnn_train_state_t *st, const char *path, mnn_diag_t *d)
+int mnn_state_parse(mnn_train_state_t *st, const char *text, size_t len, const char *path,
+                    mnn_diag_t *d)
 {
     mnn_yaml_t y;
-    char *text = NULL;
-    int rc = mnn_yaml_load_file(&y, &text, path, d);
+    memset(st, 0, sizeof *st);
+    if (d)
+        d->msg[0] = 0;
+    int rc = mnn_yaml_load(&y, text, len, path, d);
     if (rc < 0)
         return rc;
     yaml_node_t *r = mnn_yaml_root(&y), *n;
@@ -710,19 +891,64 @@ static int load_state(mnn_train_state_t *st, const char *path, mnn_diag_t *d)
         if (mnn_yaml_u64(&y, mnn_yaml_node(&y, n->data.sequence.items.start[i]), "rng",
                          &st->rng.s[i], d) < 0)
             goto bad;
+    if (!(st->rng.s[0] | st->rng.s[1] | st->rng.s[2] | st->rng.s[3])) {
+        rc = mnn_yaml_fail(&y, n, d, MNN_EFORMAT, "rng: an all-zero generator state");
+        goto bad;
+    }
     n = mnn_yaml_get(&y, r, "progressive");
     yaml_node_t *ls = mnn_yaml_get(&y, n, "loss_sum"), *co = mnn_yaml_get(&y, n, "correct");
     if (!ls || !co || mnn_yaml_f64(&y, ls, "loss_sum", &st->loss_sum, d) < 0 ||
         mnn_yaml_u64(&y, co, "correct", &st->correct, d) < 0)
         goto bad;
+    uint64_t th;
+    if (!(n = mnn_yaml_get(&y, r, "threads")) || mnn_yaml_u64(&y, n, "threads", &th, d) < 0)
+        goto bad;
+    if (th < 1 || th > 1024) {
+        rc = mnn_yaml_fail(&y, n, d, MNN_EFORMAT, "threads: %" PRIu64 " is not in 1..1024", th);
+        goto bad;
+    }
+    st->threads = (uint32_t)th;
+    if (st->correct > st->records_seen || st->loss_sum < 0) {
+        rc = mnn_fail(d, MNN_EFORMAT, "%s: progressive counts out of range", path);
+        goto bad;
+    }
     rc = 0;
     goto out;
 bad:
-    if (!d || !d->msg[0] || !strstr(d->msg, path))
+    if (d && !d->msg[0])
         mnn_fail(d, rc, "%s: incomplete training state", path);
 out:
     mnn_yaml_free(&y);
-    free(text);
+    return rc;
+}
+
+/* Reads dir/f->name whole and checks it against the manifest: the bytes
+ * handed back are the bytes the hash covers, read once. */
+static int read_listed(const char *dir, const mnn_manifest_file_t *f, char **buf, size_t *len,
+                       char **path, mnn_diag_t *d)
+{
+    *buf = NULL;
+    if (!(*path = path_join(dir, f->name)))
+        return mnn_fail(d, MNN_ENOMEM, "out of memory");
+    int fd, rc = open_listed(*path, f, &fd, d);
+    if (rc < 0)
+        return rc;
+    rc = mnn_read_fd(fd, *path, f->bytes > SIZE_MAX - 1 ? SIZE_MAX - 1 : (size_t)f->bytes, buf,
+                         len, d);
+    close(fd);
+    if (rc == MNN_EOVERFLOW || (rc == 0 && *len != f->bytes))
+        rc = mnn_fail(d, MNN_ECORRUPT, "%s: size does not match the manifest (it changed while "
+                      "read; the manifest says %" PRIu64 ")", *path, f->bytes);
+    if (rc == 0) {
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)XXH3_64bits(*buf, *len));
+        if (strcmp(hex, f->xxh3))
+            rc = hash_mismatch(*path, f, hex, d);
+    }
+    if (rc < 0) {
+        free(*buf);
+        *buf = NULL;
+    }
     return rc;
 }
 
@@ -730,40 +956,71 @@ int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
                   mnn_train_state_t *st, mnn_diag_t *d)
 {
     mnn_manifest_t mf;
-    char *real = NULL, *fp = NULL;
-    int rc = mnn_manifest_load(&mf, dir, &real, d);
+    char *real = NULL, *buf = NULL, *path = NULL;
+    size_t len;
+    int rc = mnn_manifest_load(&mf, dir, &real, d), have_m = 0, have_o = 0;
     if (rc < 0)
         return rc;
-    if ((rc = mnn_manifest_verify_dir(&mf, real, d)) < 0)
-        goto out;
-    for (size_t i = 0; i < 3; i++)
-        if ((i == 0 || (i == 1 && o) || (i == 2 && st)) && !mnn_manifest_find(&mf, ckpt_files[i])) {
-            rc = mnn_fail(d, MNN_EFORMAT, "%s/manifest.yaml: the manifest does not list %s", real,
-                          ckpt_files[i]);
-            goto out;
-        }
     if ((rc = mnn_model_init(m, &mf.spec)) < 0) {
         rc = mnn_fail(d, rc, "%s: %s", real, mnn_strerror(rc));
         goto out;
     }
-    fp = path_join(real, ckpt_files[0]);
-    rc = fp ? load_weights(m, fp, d) : MNN_ENOMEM;
-    free(fp);
-    if (rc == 0 && o) {
-        fp = path_join(real, ckpt_files[1]);
-        rc = fp ? load_optim(m, o, fp, d) : MNN_ENOMEM;
-        free(fp);
-    }
-    if (rc == 0 && st) {
-        fp = path_join(real, ckpt_files[2]);
-        rc = fp ? load_state(st, fp, d) : MNN_ENOMEM;
-        free(fp);
-        if (rc < 0 && o)
-            mnn_optim_free(o);
-    }
+    have_m = 1;
+    /* every file read is checked against the manifest as it is read; the
+     * manifest lists all three (mnn_manifest_parse) */
+    if ((rc = read_listed(real, mnn_manifest_find(&mf, ckpt_files[0]), &buf, &len, &path, d)) < 0)
+        goto out;
+    rc = load_weights(m, buf, len, path, d);
+    buf = NULL; /* the parser owns it */
+    free(path);
+    path = NULL;
     if (rc < 0)
-        mnn_model_free(m);
+        goto out;
+    if (o) {
+        if ((rc = read_listed(real, mnn_manifest_find(&mf, ckpt_files[1]), &buf, &len, &path,
+                              d)) < 0)
+            goto out;
+        rc = load_optim(m, o, buf, len, path, d);
+        buf = NULL;
+        free(path);
+        path = NULL;
+        if (rc < 0)
+            goto out;
+        have_o = 1;
+        if (o->step != mf.step) {
+            rc = mnn_fail(d, MNN_ECORRUPT, "%s: the optimizer is at step %" PRIu64
+                          " but the manifest says %" PRIu64, real, o->step, mf.step);
+            goto out;
+        }
+    }
+    if (st) {
+        if ((rc = read_listed(real, mnn_manifest_find(&mf, ckpt_files[2]), &buf, &len, &path,
+                              d)) < 0 ||
+            (rc = mnn_state_parse(st, buf, len, path, d)) < 0)
+            goto out;
+        if (st->step != mf.step || st->records_seen != mf.records_seen) {
+            rc = mnn_fail(d, MNN_ECORRUPT, "%s: state.yaml (step %" PRIu64 ", records_seen %"
+                          PRIu64 ") and the manifest (step %" PRIu64 ", records_seen %" PRIu64
+                          ") disagree", real, st->step, st->records_seen, mf.step,
+                          mf.records_seen);
+            goto out;
+        }
+    }
+    /* no reader accepts a value that is not finite */
+    if ((rc = mnn_state_check(m, o, d)) < 0) {
+        char why[sizeof d->msg];
+        snprintf(why, sizeof why, "%s", d ? d->msg : "");
+        rc = mnn_fail(d, MNN_ECORRUPT, "%s: %s", real, why);
+    }
 out:
+    if (rc < 0) {
+        if (have_o)
+            mnn_optim_free(o);
+        if (have_m)
+            mnn_model_free(m);
+    }
+    free(buf);
+    free(path);
     mnn_manifest_free(&mf);
     free(real);
     return rc;
@@ -776,28 +1033,39 @@ void mnn_ckpt_step_name(char *buf, size_t size, uint64_t step)
     snprintf(buf, size, "step-%08" PRIu64, step);
 }
 
-int mnn_ckpt_root_open(const char *root, mnn_diag_t *d)
+int mnn_ckpt_root_open(const char *root, int *lock_fd, mnn_diag_t *d)
 {
+    *lock_fd = -1;
     if (mkdir(root, 0755) != 0 && errno != EEXIST)
         return mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
-    DIR *dp = opendir(root);
-    if (!dp)
-        return mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
-    struct dirent *de;
-    int rc = 0;
-    while ((de = readdir(dp)) && rc == 0) {
-        if (strncmp(de->d_name, ".tmp-", 5))
-            continue;
-        char *p = path_join(root, de->d_name);
-        struct stat sb;
-        if (!p)
-            rc = MNN_ENOMEM;
-        else if (lstat(p, &sb) == 0 && (S_ISDIR(sb.st_mode) ? remove_tree(p) : unlink(p)) != 0)
-            rc = mnn_fail(d, MNN_EIO, "%s: cannot remove this leftover of an interrupted "
-                                      "checkpoint: %s", p, strerror(errno));
-        free(p);
+    /* one writer per root: a second one would remove the first one's
+     * temporary directories, and both would write the same step-N */
+    int fd, rc = mnn_lock_dir(root, &fd, d);
+    if (rc == MNN_EBUSY)
+        return mnn_fail(d, rc, "%s: another process is writing checkpoints here (the root "
+                               "is locked); use another --ckpt-dir", root);
+    if (rc < 0)
+        return rc;
+    int dfd = dup(fd);
+    DIR *dp = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!dp) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
+        if (dfd >= 0)
+            close(dfd);
+        close(fd);
+        return rc;
     }
+    struct dirent *de;
+    while ((de = readdir(dp)) && rc == 0)
+        /* a crashed writer's leftovers: removed without following links */
+        if (!strncmp(de->d_name, ".tmp-", 5) && mnn_remove_at(fd, de->d_name) < 0)
+            rc = mnn_fail(d, MNN_EIO, "%s/%s: cannot remove this leftover of an interrupted "
+                                      "checkpoint: %s", root, de->d_name, strerror(errno));
     closedir(dp);
+    if (rc < 0)
+        close(fd);
+    else
+        *lock_fd = fd;
     return rc;
 }
 
@@ -846,28 +1114,39 @@ int mnn_ckpt_prune(const char *root, size_t keep, size_t *removed, mnn_diag_t *d
     *removed = 0;
     if (keep == 0)
         return 0;
-    char target[256] = "", *latest = path_join(root, "latest");
-    if (!latest)
-        return MNN_ENOMEM;
-    ssize_t n = readlink(latest, target, sizeof target - 1);
-    free(latest);
+    int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
+    char target[256] = "";
+    ssize_t n = readlinkat(fd, "latest", target, sizeof target - 1);
     if (n > 0)
         target[n] = 0;
-    DIR *dp = opendir(root);
-    if (!dp)
-        return mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
+    int dfd = dup(fd);
+    DIR *dp = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!dp) {
+        int rc = mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
+        if (dfd >= 0)
+            close(dfd);
+        close(fd);
+        return rc;
+    }
     uint64_t *steps = NULL, step;
     size_t count = 0, cap = 0;
     struct dirent *de;
+    struct stat sb;
     while ((de = readdir(dp))) {
-        if (parse_step_name(de->d_name, &step) < 0)
+        /* only the checkpoint directories written here: a link named
+         * step-N (to anywhere) is not one, and is left alone */
+        if (parse_step_name(de->d_name, &step) < 0 ||
+            fstatat(fd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(sb.st_mode))
             continue;
         if (count == cap) {
             uint64_t *ns = realloc(steps, (cap = cap ? 2 * cap : 64) * sizeof *ns);
             if (!ns) {
                 closedir(dp);
+                close(fd);
                 free(steps);
-                return MNN_ENOMEM;
+                return mnn_fail(d, MNN_ENOMEM, "out of memory");
             }
             steps = ns;
         }
@@ -877,25 +1156,20 @@ int mnn_ckpt_prune(const char *root, size_t keep, size_t *removed, mnn_diag_t *d
     qsort(steps, count, sizeof *steps, cmp_u64);
     int rc = 0;
     for (size_t i = 0; i + keep < count && rc == 0; i++) {
-        char name[32];
+        char name[32], doomed[48];
         mnn_ckpt_step_name(name, sizeof name, steps[i]);
         if (!strcmp(name, target))
             continue;
         /* renamed out of the way first: a crash halfway through the removal
          * leaves a .tmp- leftover, never a damaged step-N */
-        char doomed[48];
         snprintf(doomed, sizeof doomed, ".tmp-del-%s", name);
-        char *p = path_join(root, name), *q = path_join(root, doomed);
-        if (!p || !q)
-            rc = MNN_ENOMEM;
-        else if (rename(p, q) != 0 || remove_tree(q) < 0)
-            rc = mnn_fail(d, MNN_EIO, "%s: cannot remove: %s", p, strerror(errno));
+        if (renameat(fd, name, fd, doomed) != 0 || mnn_remove_at(fd, doomed) < 0)
+            rc = mnn_fail(d, MNN_EIO, "%s/%s: cannot remove: %s", root, name, strerror(errno));
         else
             ++*removed;
-        free(p);
-        free(q);
     }
     free(steps);
+    close(fd);
     return rc;
 }
 
@@ -988,7 +1262,7 @@ int mnn_ckpt_copy(const char *src, const char *dst, mnn_diag_t *d)
     if (!(tmp = malloc(n)))
         goto out;
     snprintf(tmp, n, "%s/.tmp-%s", pdir, base);
-    remove_tree(tmp);
+    mnn_remove_tree(tmp);
     if (mkdir(tmp, 0755) != 0) {
         rc = mnn_fail(d, MNN_EIO, "%s: %s", tmp, strerror(errno));
         goto out;
@@ -1003,12 +1277,12 @@ int mnn_ckpt_copy(const char *src, const char *dst, mnn_diag_t *d)
     }
     if (rc == 0 && mnn_fsync_dir(tmp) < 0)
         rc = mnn_fail(d, MNN_EIO, "%s: fsync: %s", tmp, strerror(errno));
-    if (rc == 0 && rename(tmp, dst) != 0)
-        rc = mnn_fail(d, MNN_EIO, "%s: %s", dst, strerror(errno));
+    if (rc == 0 && (rc = mnn_rename_noreplace(AT_FDCWD, tmp, AT_FDCWD, dst)) < 0)
+        rc = mnn_fail(d, rc, "%s: %s", dst, rc == MNN_EEXIST ? "already exists" : strerror(errno));
     if (rc == 0 && mnn_fsync_dir(pdir) < 0)
         rc = mnn_fail(d, MNN_EIO, "%s: fsync: %s", pdir, strerror(errno));
     if (rc < 0)
-        remove_tree(tmp);
+        mnn_remove_tree(tmp);
 out:
     mnn_manifest_free(&mf);
 out_nomf:

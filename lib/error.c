@@ -18,6 +18,8 @@ const char *mnn_strerror(int err)
     case MNN_EOF: return "end of input";
     case MNN_EEXIST: return "already exists";
     case MNN_ECANCELED: return "canceled";
+    case MNN_EBUSY: return "in use by another process";
+    case MNN_ELIMIT: return "beyond a limit";
     default: return "unknown error";
     }
 }

@@ -25,6 +25,9 @@ typedef struct {
 
 int mnn_yaml_load(mnn_yaml_t *y, const char *text, size_t len,
                   const char *name, mnn_diag_t *d);
+/* The same with a node budget of its own (mnn_yaml_load's is 131072). */
+int mnn_yaml_load_max(mnn_yaml_t *y, const char *text, size_t len,
+                      const char *name, size_t max_nodes, mnn_diag_t *d);
 int mnn_yaml_load_file(mnn_yaml_t *y, char **textp, const char *path,
                        mnn_diag_t *d);
 void mnn_yaml_free(mnn_yaml_t *y);
@@ -45,11 +48,6 @@ int mnn_yaml_expect(mnn_yaml_t *y, yaml_node_t *n, yaml_node_type_t t,
 /* Value of key in a mapping, or NULL. */
 yaml_node_t *mnn_yaml_get(mnn_yaml_t *y, yaml_node_t *map, const char *key);
 
-/* Reads a whole file (NUL-terminated) of at most max bytes. */
-int mnn_read_file(const char *path, size_t max, char **out, size_t *len,
-                  mnn_diag_t *d);
-/* fsync a directory by path. */
-int mnn_fsync_dir(const char *path);
 
 /* Builds a spec from a YAML mapping node (a spec file's root, or the `model`
  * of a manifest) and validates it, errors pointing into the document. */

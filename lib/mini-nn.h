@@ -29,7 +29,9 @@ enum {
     MNN_ESHAPE = -7,    /* shapes do not agree */
     MNN_EOF = -8,       /* end of input (not an error for readers) */
     MNN_EEXIST = -9,    /* target already exists */
-    MNN_ECANCELED = -10 /* stopped on request */
+    MNN_ECANCELED = -10,/* stopped on request */
+    MNN_EBUSY = -11,    /* locked by another process */
+    MNN_ELIMIT = -12    /* beyond a bound on size, depth or count */
 };
 
 const char *mnn_strerror(int err);
@@ -38,6 +40,45 @@ const char *mnn_strerror(int err);
 typedef struct {
     char msg[512];
 } mnn_diag_t;
+
+/* ---- the file system (fs.c) ----------------------------------------------
+ * One home for what every module and program does to files.  MNN_EIO comes
+ * with errno set. */
+
+/* All of buf to fd, over short writes and EINTR. */
+int mnn_write_all(int fd, const void *buf, size_t n);
+/* Reads fd to its end into *out (NUL-terminated, free it), at most max
+ * bytes: MNN_EOVERFLOW beyond.  `name` is used in messages. */
+int mnn_read_fd(int fd, const char *name, size_t max, char **out, size_t *len,
+                mnn_diag_t *d);
+/* A whole regular file of at most max bytes, its size checked before a
+ * byte is read. */
+int mnn_read_file(const char *path, size_t max, char **out, size_t *len,
+                  mnn_diag_t *d);
+int mnn_fsync_dir(const char *path);
+/* Removes dirfd/name (dirfd may be AT_FDCWD): a file or a link is
+ * unlinked (a link is never followed), a directory is emptied depth-first,
+ * at most 16 levels, and removed.  It never enters another file system.
+ * 0 also when nothing was there. */
+int mnn_remove_at(int dirfd, const char *name);
+int mnn_remove_tree(const char *path);
+/* Renames olddirfd/oldname to newdirfd/newname, never replacing anything:
+ * MNN_EEXIST if the new name is taken.  Race-free also where the file
+ * system lacks RENAME_NOREPLACE. */
+int mnn_rename_noreplace(int olddirfd, const char *oldname, int newdirfd,
+                         const char *newname);
+/* Takes an exclusive lock on directory dir for as long as *fd stays open:
+ * MNN_EBUSY at once if another process holds it. */
+int mnn_lock_dir(const char *dir, int *fd, mnn_diag_t *d);
+/* Writes path atomically: fn writes the contents into a new temporary file
+ * beside it (opened O_EXCL | O_NOFOLLOW), which is flushed, fsynced, renamed
+ * over path, and the directory fsynced; on any error the temporary file is
+ * removed and path is untouched.  fn returns 0 or a negative MNN_E* code.
+ * A path that exists and is not a regular file (a fifo, /dev/stdout) is
+ * written directly. */
+typedef int (*mnn_write_fn)(void *ctx, FILE *f);
+int mnn_write_atomic(const char *path, mnn_write_fn fn, void *ctx,
+                     mnn_diag_t *d);
 
 /* ---- sizes and tensors --------------------------------------------------- */
 
@@ -88,6 +129,8 @@ typedef enum {
 
 /* Threads the BLAS may use; MNN_EINVAL if this BLAS cannot be told. */
 int mnn_set_threads(size_t n);
+/* Threads the BLAS uses now (1 when it cannot say). */
+size_t mnn_get_threads(void);
 
 const char *mnn_act_name(mnn_act_t a);
 /* y = f(x), in place allowed. */
@@ -211,6 +254,10 @@ typedef struct {
 
 /* Early-exit heads a spec may have at most. */
 #define MNN_MAX_EXITS 16
+/* Dense layers, and parameters (weights and biases, exit heads included),
+ * a spec may have at most. */
+#define MNN_MAX_LAYERS 256
+#define MNN_MAX_PARAMS ((uint64_t)1 << 36)
 
 typedef struct {
     size_t input;       /* features per record, >= 1 */
@@ -242,6 +289,9 @@ int mnn_spec_load_file(mnn_spec_t *s, const char *path, mnn_diag_t *d);
 /* Load from a YAML text in memory; `name` is used in messages. */
 int mnn_spec_load_string(mnn_spec_t *s, const char *text, size_t len,
                          const char *name, mnn_diag_t *d);
+/* *n = the parameters of the model: every layer's and exit head's weights
+ * and biases.  MNN_EOVERFLOW if that does not fit. */
+int mnn_spec_params(const mnn_spec_t *s, size_t *n);
 /* Checks ranges and shapes after command-line overrides. */
 int mnn_spec_validate(const mnn_spec_t *s, mnn_diag_t *d);
 /* Writes the spec as a YAML block mapping, each line prefixed by `indent`
@@ -409,6 +459,8 @@ typedef struct {
     double loss_sum;       /* progressive loss so far */
     uint64_t correct;      /* progressive hits so far */
     mnn_rng_t rng;
+    uint32_t threads;      /* BLAS threads the training ran on (1..1024):
+                            * a resumption is bit-exact on as many */
 } mnn_train_state_t;
 
 /* Writes a checkpoint directory `dir` atomically: everything goes into a
@@ -420,16 +472,19 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
                    const mnn_train_state_t *st, const char *parent,
                    int64_t created, int replace, mnn_diag_t *d);
 /* Checkpoint roots: a directory of step-NNNNNNNN checkpoints and a `latest`
- * symbolic link to the newest.  mnn_ckpt_root_open creates root if needed
- * and removes the .tmp-* leftovers of a writer that crashed. */
-int mnn_ckpt_root_open(const char *root, mnn_diag_t *d);
+ * symbolic link to the newest.  mnn_ckpt_root_open creates root if needed,
+ * locks it for the caller, who writes there until it closes *lock_fd
+ * (MNN_EBUSY while another process holds it), and removes the .tmp-*
+ * leftovers of a writer that crashed (never following a link). */
+int mnn_ckpt_root_open(const char *root, int *lock_fd, mnn_diag_t *d);
 /* "step-%08llu" */
 void mnn_ckpt_step_name(char *buf, size_t size, uint64_t step);
 /* Points root/latest at name atomically (a new link renamed over it), then
  * fsyncs root. */
 int mnn_ckpt_set_latest(const char *root, const char *name, mnn_diag_t *d);
-/* Removes the oldest step-* checkpoints beyond the newest keep (0: keep all),
- * never the one latest points to.  *removed counts them. */
+/* Removes the oldest step-* checkpoint directories beyond the newest keep
+ * (0: keep all), never the one latest points to; anything else named step-N
+ * (a link) is neither counted nor touched.  *removed counts them. */
 int mnn_ckpt_prune(const char *root, size_t keep, size_t *removed, mnn_diag_t *d);
 
 /* Removes a checkpoint directory: its regular files, then itself. */
@@ -537,6 +592,11 @@ int mnn_st_write(FILE *f, const mnn_st_tensor_t *t, size_t n,
 typedef struct mnn_st_file mnn_st_file_t;
 /* Reads and validates a whole safetensors file in memory. */
 int mnn_st_open(mnn_st_file_t **out, const char *path, mnn_diag_t *d);
+/* Validates the safetensors bytes buf[0, len) (malloc'd: the file takes
+ * them over, and frees them also on error); `name` is used in messages.
+ * Headers over 16 MiB or of more than 65536 tensors: MNN_ELIMIT. */
+int mnn_st_parse(mnn_st_file_t **out, char *buf, size_t len, const char *name,
+                 mnn_diag_t *d);
 /* Finds a tensor; checks dtype and shape.  *data points into the file
  * buffer. Returns MNN_ESHAPE with a message on mismatch. */
 int mnn_st_get(const mnn_st_file_t *f, const char *name, int f64, size_t ndim,
@@ -545,8 +605,18 @@ int mnn_st_get(const mnn_st_file_t *f, const char *name, int f64, size_t ndim,
 const char *mnn_st_meta(const mnn_st_file_t *f, const char *key);
 void mnn_st_close(mnn_st_file_t *f);
 
-/* XXH3-64 of a whole file as 16 hex digits. */
+/* Checks every weight, optimizer moment and normalization statistic (o may
+ * be NULL): MNN_ECORRUPT naming the first that is not finite, or a second
+ * moment or variance that is negative. */
+int mnn_state_check(const mnn_model_t *m, const mnn_optim_t *o, mnn_diag_t *d);
+/* Parses state.yaml's text; `name` is used in messages. */
+int mnn_state_parse(mnn_train_state_t *st, const char *text, size_t len,
+                    const char *name, mnn_diag_t *d);
+
+/* XXH3-64 of a whole file, or of fd read from where it is to its end, as
+ * 16 hex digits; *bytes receives the length. */
 int mnn_hash_file(const char *path, char hex[17], uint64_t *bytes);
+int mnn_hash_fd(int fd, char hex[17], uint64_t *bytes);
 
 #ifdef __cplusplus
 }

@@ -89,6 +89,16 @@ int mnn_set_threads(size_t n)
 #endif
 }
 
+size_t mnn_get_threads(void)
+{
+#ifdef HAVE_OPENBLAS_GET_NUM_THREADS
+    int n = openblas_get_num_threads();
+    return n > 0 ? (size_t)n : 1;
+#else
+    return 1;
+#endif
+}
+
 const char *mnn_act_name(mnn_act_t a)
 {
     switch (a) {

@@ -90,8 +90,11 @@ int mnn_parse_double(const char *s, const char *end, double *out)
         int eneg = 0, e = 0, edig = 0;
         if (q < end && (*q == '-' || *q == '+'))
             eneg = *q++ == '-';
+        /* clamped far beyond what the digits before it can make up for (a
+         * line holds at most 2^31 of them, e stays below 2^31 too): the
+         * value then overflows or underflows, as it does unclamped */
         while (q < end && (unsigned)(*q - '0') < 10) {
-            if (e < 100000)
+            if (e < 100000000)
                 e = e * 10 + (*q - '0');
             edig++;
             q++;

@@ -14,7 +14,10 @@
 #error "libmini-nn stores tensors little-endian and supports little-endian hosts only"
 #endif
 
-#define ST_MAX_HEADER ((uint64_t)100 << 20) /* the safetensors limit */
+/* The safetensors format allows headers of 100 MB; the files this library
+ * reads have a few hundred bytes per tensor. */
+#define ST_MAX_HEADER ((uint64_t)16 << 20)
+#define ST_MAX_TENSORS 65536
 #define ST_MAX_DIM 8
 
 static int cmp_names(const void *a, const void *b)
@@ -128,6 +131,11 @@ static int cmp_begin(const void *a, const void *b)
          : x->end < y->end ? -1 : x->end > y->end;
 }
 
+static int cmp_entry_names(const void *a, const void *b)
+{
+    return strcmp(((const st_entry_t *)a)->name, ((const st_entry_t *)b)->name);
+}
+
 static int dtype_size(const char *s, int *f32, int *f64)
 {
     static const struct { const char *n; int sz; } t[] = {
@@ -195,8 +203,11 @@ static int parse_header(mnn_st_file_t *f, const char *hdr, size_t hlen, mnn_diag
     int rc;
     if (hlen == 0 || hdr[0] != '{')
         return mnn_fail(d, MNN_EFORMAT, "%s: the header is not a JSON object", f->path);
-    if (mnn_yaml_load(&y, hdr, hlen, f->path, &yd) < 0)
-        return mnn_fail(d, MNN_EFORMAT, "%s: bad JSON header: %s", f->path, yd.msg);
+    /* a tensor is at most 12 nodes: name, dtype, shape of up to 8, offsets */
+    if ((rc = mnn_yaml_load_max(&y, hdr, hlen, f->path, 16 * (size_t)ST_MAX_TENSORS + 1024,
+                                &yd)) < 0)
+        return mnn_fail(d, rc == MNN_ELIMIT ? rc : MNN_EFORMAT, "%s: bad JSON header: %s",
+                        f->path, yd.msg);
     yaml_node_t *root = mnn_yaml_root(&y);
     rc = MNN_EFORMAT;
     if (root->type != YAML_MAPPING_NODE) {
@@ -204,6 +215,11 @@ static int parse_header(mnn_st_file_t *f, const char *hdr, size_t hlen, mnn_diag
         goto out;
     }
     size_t np = (size_t)(root->data.mapping.pairs.top - root->data.mapping.pairs.start);
+    if (np > ST_MAX_TENSORS + 1) {
+        rc = mnn_fail(d, MNN_ELIMIT, "%s: %zu tensors, more than the %d this reader takes",
+                      f->path, np, ST_MAX_TENSORS);
+        goto out;
+    }
     f->e = calloc(np ? np : 1, sizeof *f->e);
     if (!f->e) {
         rc = mnn_fail(d, MNN_ENOMEM, "%s: out of memory", f->path);
@@ -222,6 +238,10 @@ static int parse_header(mnn_st_file_t *f, const char *hdr, size_t hlen, mnn_diag
                 goto out;
             }
             size_t nm = (size_t)(v->data.mapping.pairs.top - v->data.mapping.pairs.start);
+            if (f->meta) {
+                mnn_fail(d, rc, "%s: __metadata__ appears twice", f->path);
+                goto out;
+            }
             f->meta = calloc(2 * nm + 1, sizeof(char *));
             if (!f->meta) {
                 rc = mnn_fail(d, MNN_ENOMEM, "%s: out of memory", f->path);
@@ -243,11 +263,6 @@ static int parse_header(mnn_st_file_t *f, const char *hdr, size_t hlen, mnn_diag
             }
             continue;
         }
-        for (size_t i = 0; i < f->n; i++)
-            if (!strcmp(f->e[i].name, key)) {
-                mnn_fail(d, rc, "%s: tensor '%s' appears twice", f->path, key);
-                goto out;
-            }
         st_entry_t *e = &f->e[f->n++];
         if (!(e->name = strdup(key))) {
             rc = mnn_fail(d, MNN_ENOMEM, "%s: out of memory", f->path);
@@ -264,6 +279,20 @@ static int parse_header(mnn_st_file_t *f, const char *hdr, size_t hlen, mnn_diag
         rc = mnn_fail(d, MNN_ENOMEM, "%s: out of memory", f->path);
         goto out;
     }
+    if (f->n > ST_MAX_TENSORS) {
+        rc = mnn_fail(d, MNN_ELIMIT, "%s: %zu tensors, more than the %d this reader takes",
+                      f->path, f->n, ST_MAX_TENSORS);
+        free(s);
+        goto out;
+    }
+    /* by name, for mnn_st_get's binary search and to find duplicates */
+    qsort(f->e, f->n, sizeof *f->e, cmp_entry_names);
+    for (size_t i = 1; i < f->n; i++)
+        if (!strcmp(f->e[i - 1].name, f->e[i].name)) {
+            mnn_fail(d, rc, "%s: tensor '%s' appears twice", f->path, f->e[i].name);
+            free(s);
+            goto out;
+        }
     memcpy(s, f->e, f->n * sizeof *s);
     qsort(s, f->n, sizeof *s, cmp_begin);
     size_t at = 0;
@@ -289,28 +318,35 @@ out:
     return rc;
 }
 
-int mnn_st_open(mnn_st_file_t **out, const char *path, mnn_diag_t *d)
+int mnn_st_parse(mnn_st_file_t **out, char *buf, size_t len, const char *name, mnn_diag_t *d)
 {
     mnn_st_file_t *f = calloc(1, sizeof *f);
     int rc;
     *out = NULL;
-    if (!f || !(f->path = strdup(path))) {
+    if (!f || !(f->path = strdup(name))) {
         free(f);
-        return mnn_fail(d, MNN_ENOMEM, "%s: out of memory", path);
+        free(buf);
+        return mnn_fail(d, MNN_ENOMEM, "%s: out of memory", name);
     }
-    if ((rc = mnn_read_file(path, SIZE_MAX - 1, &f->buf, &f->len, d)) < 0)
-        goto fail;
+    f->buf = buf;
+    f->len = len;
     rc = MNN_EFORMAT;
     if (f->len < 8) {
-        mnn_fail(d, rc, "%s: truncated (%zu bytes, no header)", path, f->len);
+        mnn_fail(d, rc, "%s: truncated (%zu bytes, no header)", name, f->len);
         goto fail;
     }
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
         hlen = hlen << 8 | (unsigned char)f->buf[i];
-    if (hlen > ST_MAX_HEADER || hlen > f->len - 8) {
+    if (hlen > f->len - 8) {
         mnn_fail(d, rc, "%s: header claims %llu bytes but the file has %zu after the length",
-                 path, (unsigned long long)hlen, f->len - 8);
+                 name, (unsigned long long)hlen, f->len - 8);
+        goto fail;
+    }
+    if (hlen > ST_MAX_HEADER) {
+        rc = mnn_fail(d, MNN_ELIMIT, "%s: a header of %llu bytes, more than the %llu this "
+                      "reader takes", name, (unsigned long long)hlen,
+                      (unsigned long long)ST_MAX_HEADER);
         goto fail;
     }
     f->data = f->buf + 8 + hlen;
@@ -324,13 +360,21 @@ fail:
     return rc;
 }
 
+int mnn_st_open(mnn_st_file_t **out, const char *path, mnn_diag_t *d)
+{
+    char *buf;
+    size_t len;
+    *out = NULL;
+    int rc = mnn_read_file(path, SIZE_MAX - 1, &buf, &len, d);
+    return rc < 0 ? rc : mnn_st_parse(out, buf, len, path, d);
+}
+
 int mnn_st_get(const mnn_st_file_t *f, const char *name, int f64, size_t ndim,
                const size_t *shape, const void **data, mnn_diag_t *d)
 {
-    for (size_t i = 0; i < f->n; i++) {
-        const st_entry_t *e = &f->e[i];
-        if (strcmp(e->name, name))
-            continue;
+    st_entry_t key = {.name = (char *)name};
+    const st_entry_t *e = bsearch(&key, f->e, f->n, sizeof *f->e, cmp_entry_names);
+    if (e) {
         if (f64 ? !e->f64 : !e->f32)
             return mnn_fail(d, MNN_ESHAPE, "%s: tensor '%s' is not %s", f->path, name,
                             f64 ? "F64" : "F32");
@@ -377,11 +421,8 @@ void mnn_st_close(mnn_st_file_t *f)
     free(f);
 }
 
-int mnn_hash_file(const char *path, char hex[17], uint64_t *bytes)
+int mnn_hash_fd(int fd, char hex[17], uint64_t *bytes)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return MNN_EIO;
     XXH3_state_t *st = XXH3_createState();
     char *buf = malloc(1 << 20);
     int rc = MNN_ENOMEM;
@@ -410,8 +451,18 @@ out:
         free(buf);
         if (st)
             XXH3_freeState(st);
-        close(fd);
         errno = e;
     }
+    return rc;
+}
+
+int mnn_hash_file(const char *path, char hex[17], uint64_t *bytes)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return MNN_EIO;
+    int rc = mnn_hash_fd(fd, hex, bytes), e = errno;
+    close(fd);
+    errno = e;
     return rc;
 }

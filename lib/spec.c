@@ -57,6 +57,26 @@ int mnn_spec_copy(mnn_spec_t *dst, const mnn_spec_t *src)
     return 0;
 }
 
+int mnn_spec_params(const mnn_spec_t *s, size_t *out)
+{
+    size_t n = 0, fan = s->input;
+    *out = 0;
+    for (size_t i = 0; i < s->nlayers + s->nexits; i++) {
+        size_t units = i < s->nlayers ? s->layers[i].units : s->outputs, w;
+        if (i >= s->nlayers) {
+            if (!s->exits || s->exits[i - s->nlayers] >= s->nlayers)
+                return MNN_EINVAL;
+            fan = s->layers[s->exits[i - s->nlayers]].units;
+        }
+        if (mnn_size_mul(units, fan, &w) < 0 || w > SIZE_MAX - n || units > SIZE_MAX - n - w)
+            return MNN_EOVERFLOW;
+        n += w + units;
+        fan = units;
+    }
+    *out = n;
+    return 0;
+}
+
 /* Fields validation can point at; marks[] keeps where each was read. */
 enum { F_ROOT, F_INPUT, F_SCALE, F_OUTPUTS, F_LAYERS, F_EXITS, F_EXIT_W, F_TEMP,
        F_LR, F_MOMENTUM, F_WD, F_BETA1, F_BETA2, F_EPS, F_DECAY, F_AVG, F_BATCH,
@@ -82,6 +102,9 @@ static int validate(const mnn_spec_t *s, int *field, size_t *item, mnn_diag_t *d
         return BAD(F_OUTPUTS, "outputs must be 1: a record carries one target");
     if (s->nlayers < 1)
         return BAD(F_LAYERS, "layers: at least one layer is needed");
+    if (s->nlayers > MNN_MAX_LAYERS)
+        return BAD(F_LAYERS, "layers: %zu, more than the %d a model may have", s->nlayers,
+                   MNN_MAX_LAYERS);
     for (size_t i = 0; i < s->nlayers; i++)
         if (s->layers[i].units < 1 || s->layers[i].units > ((size_t)1 << 31))
             return BAD(F_LAYERS, "layer %zu: dense must be between 1 and 2^31", i);
@@ -132,6 +155,10 @@ static int validate(const mnn_spec_t *s, int *field, size_t *item, mnn_diag_t *d
         return BAD(F_AVG, "average must be in [0, 1) (0: off)");
     if (s->batch < 1 || s->batch > (1u << 20))
         return BAD(F_BATCH, "batch must be between 1 and 1048576");
+    size_t np;
+    if (mnn_spec_params(s, &np) < 0 || np > MNN_MAX_PARAMS)
+        return BAD(F_LAYERS, "the model has more than %llu parameters",
+                   (unsigned long long)MNN_MAX_PARAMS);
     return 0;
 #undef BAD_AT
 #undef BAD
@@ -183,7 +210,7 @@ static int get_float(reader_t *r, yaml_node_t *n, const char *what, float *out)
 static int get_enum(reader_t *r, yaml_node_t *n, const char *what,
                     const char *const *names, int *out)
 {
-    const char *s;
+    const char *s = "";
     int rc = mnn_yaml_str(r->y, n, what, &s, r->d);
     if (rc < 0)
         return rc;
@@ -356,6 +383,10 @@ static int root_pair(reader_t *r, void *ctx, const char *key, yaml_node_t *k,
         r->marks[F_LAYERS] = v;
         c->have_layers = 1;
         size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+        if (n > MNN_MAX_LAYERS)
+            return mnn_yaml_fail(r->y, v, r->d, MNN_EINVAL,
+                                 "layers: %zu, more than the %d a model may have", n,
+                                 MNN_MAX_LAYERS);
         free(s->layers);
         s->layers = calloc(n ? n : 1, sizeof *s->layers);
         if (!s->layers)

@@ -10,78 +10,91 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int mnn_read_file(const char *path, size_t max, char **out, size_t *len,
-                  mnn_diag_t *d)
+/* Bounds on every document read: libyaml's parse time grows with the
+ * square of the nesting, and its node table with the node count. */
+#define YAML_MAX_DEPTH 32
+#define YAML_MAX_NODES (1 << 17)
+
+static int parser_fail(yaml_parser_t *p, const char *name, mnn_diag_t *d)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        int e = errno;
-        close(fd);
-        return mnn_fail(d, MNN_EIO, "%s: %s", path,
-                        S_ISDIR(st.st_mode) ? "is a directory"
-                                            : e ? strerror(e) : "not a regular file");
-    }
-    if ((uint64_t)st.st_size > max) {
-        close(fd);
-        return mnn_fail(d, MNN_EOVERFLOW, "%s: %lld bytes, more than the %zu allowed",
-                        path, (long long)st.st_size, max);
-    }
-    size_t n = (size_t)st.st_size, got = 0;
-    char *buf = malloc(n + 1);
-    if (!buf) {
-        close(fd);
-        return mnn_fail(d, MNN_ENOMEM, "%s: out of memory", path);
-    }
-    while (got < n) {
-        ssize_t r = read(fd, buf + got, n - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            int e = r < 0 ? errno : 0;
-            free(buf);
-            close(fd);
-            return mnn_fail(d, MNN_EIO, "%s: %s", path, e ? strerror(e) : "file shrank while reading");
-        }
-        got += (size_t)r;
-    }
-    close(fd);
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return 0;
+    yaml_mark_t mk = p->problem_mark.line || p->problem_mark.column ? p->problem_mark
+                                                                    : p->context_mark;
+    return mnn_fail(d, MNN_EFORMAT, "%s:%zu:%zu: invalid YAML: %s%s%s", name, mk.line + 1,
+                    mk.column + 1, p->problem ? p->problem : "syntax error",
+                    p->context ? " " : "", p->context ? p->context : "");
 }
 
-int mnn_fsync_dir(const char *path)
+/* One pass over the events, before the document is built: the depth, the
+ * node count, one document, and no aliases (a few bytes of aliases can
+ * stand for a huge document to whoever walks it). */
+static int prescan(const char *text, size_t len, const char *name, size_t max_nodes,
+                   mnn_diag_t *d)
 {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return MNN_EIO;
-    int rc = fsync(fd);
-    int e = errno;
-    close(fd);
-    errno = e;
-    return rc < 0 ? MNN_EIO : 0;
+    yaml_parser_t p;
+    yaml_event_t ev;
+    if (!yaml_parser_initialize(&p))
+        return mnn_fail(d, MNN_ENOMEM, "%s: out of memory", name);
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+    int rc = 0, depth = 0, docs = 0, done = 0;
+    size_t nodes = 0;
+    while (!done && rc == 0) {
+        if (!yaml_parser_parse(&p, &ev)) {
+            rc = parser_fail(&p, name, d);
+            break;
+        }
+        const yaml_mark_t mk = ev.start_mark;
+        switch (ev.type) {
+        case YAML_SEQUENCE_START_EVENT:
+        case YAML_MAPPING_START_EVENT:
+            nodes++;
+            if (++depth > YAML_MAX_DEPTH)
+                rc = mnn_fail(d, MNN_ELIMIT, "%s:%zu:%zu: nested deeper than %d levels", name,
+                              mk.line + 1, mk.column + 1, YAML_MAX_DEPTH);
+            break;
+        case YAML_SEQUENCE_END_EVENT:
+        case YAML_MAPPING_END_EVENT: depth--; break;
+        case YAML_SCALAR_EVENT: nodes++; break;
+        case YAML_ALIAS_EVENT:
+            rc = mnn_fail(d, MNN_EFORMAT, "%s:%zu:%zu: aliases (*name) are not accepted", name,
+                          mk.line + 1, mk.column + 1);
+            break;
+        case YAML_DOCUMENT_START_EVENT:
+            if (++docs > 1)
+                rc = mnn_fail(d, MNN_EFORMAT, "%s:%zu:%zu: a second document ('---')", name,
+                              mk.line + 1, mk.column + 1);
+            break;
+        case YAML_STREAM_END_EVENT: done = 1; break;
+        default: break;
+        }
+        if (rc == 0 && nodes > max_nodes)
+            rc = mnn_fail(d, MNN_ELIMIT, "%s:%zu:%zu: more than %zu nodes", name, mk.line + 1,
+                          mk.column + 1, max_nodes);
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&p);
+    return rc;
 }
 
 int mnn_yaml_load(mnn_yaml_t *y, const char *text, size_t len,
                   const char *name, mnn_diag_t *d)
 {
+    return mnn_yaml_load_max(y, text, len, name, YAML_MAX_NODES, d);
+}
+
+int mnn_yaml_load_max(mnn_yaml_t *y, const char *text, size_t len,
+                      const char *name, size_t max_nodes, mnn_diag_t *d)
+{
     yaml_parser_t p;
     memset(y, 0, sizeof *y);
     y->name = name;
+    int rc = prescan(text, len, name, max_nodes, d);
+    if (rc < 0)
+        return rc;
     if (!yaml_parser_initialize(&p))
         return mnn_fail(d, MNN_ENOMEM, "%s: out of memory", name);
     yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
     if (!yaml_parser_load(&p, &y->doc)) {
-        yaml_mark_t mk = p.problem_mark.line || p.problem_mark.column
-                             ? p.problem_mark : p.context_mark;
-        int rc = mnn_fail(d, MNN_EFORMAT, "%s:%zu:%zu: invalid YAML: %s%s%s", name,
-                          mk.line + 1, mk.column + 1,
-                          p.problem ? p.problem : "syntax error",
-                          p.context ? " " : "", p.context ? p.context : "");
+        rc = parser_fail(&p, name, d);
         yaml_parser_delete(&p);
         return rc;
     }
@@ -98,7 +111,7 @@ int mnn_yaml_load_file(mnn_yaml_t *y, char **textp, const char *path,
                        mnn_diag_t *d)
 {
     size_t len;
-    int rc = mnn_read_file(path, (size_t)16 << 20, textp, &len, d);
+    int rc = mnn_read_file(path, (size_t)1 << 20, textp, &len, d);
     if (rc < 0)
         return rc;
     rc = mnn_yaml_load(y, *textp, len, path, d);
@@ -162,7 +175,7 @@ int mnn_yaml_str(mnn_yaml_t *y, yaml_node_t *n, const char *what,
 int mnn_yaml_u64(mnn_yaml_t *y, yaml_node_t *n, const char *what,
                  uint64_t *out, mnn_diag_t *d)
 {
-    const char *s;
+    const char *s = "";
     int rc = mnn_yaml_str(y, n, what, &s, d);
     if (rc < 0)
         return rc;
@@ -175,7 +188,7 @@ int mnn_yaml_u64(mnn_yaml_t *y, yaml_node_t *n, const char *what,
 int mnn_yaml_f64(mnn_yaml_t *y, yaml_node_t *n, const char *what,
                  double *out, mnn_diag_t *d)
 {
-    const char *s;
+    const char *s = "";
     int rc = mnn_yaml_str(y, n, what, &s, d);
     if (rc < 0)
         return rc;

@@ -12,16 +12,20 @@
 
 #include "mini-nn.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <float.h>
 #include <ftw.h>
+#include <malloc.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -2065,6 +2069,738 @@ static void test_linereader(void)
     free(data);
 }
 
+/* ---- the file system (fs.c) ------------------------------------------------- */
+
+static int exists(const char *path)
+{
+    struct stat sb;
+    return lstat(path, &sb) == 0;
+}
+
+static int is_regular(const char *path)
+{
+    struct stat sb;
+    return lstat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* 1 if path is a regular file (or what it links to) holding exactly text */
+static int file_is(const char *path, const char *text)
+{
+    size_t n = 0;
+    char *buf = slurp(path, &n);
+    int same = buf && n == strlen(text) && !memcmp(buf, text, n);
+    free(buf);
+    return same;
+}
+
+static int not_dots(const struct dirent *de)
+{
+    return strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+}
+
+/* The names in dir (without . and ..), sorted, joined by ' '; "?" if dir
+ * cannot be read. */
+static const char *dir_list(const char *dir, char *buf, size_t size)
+{
+    struct dirent **nl;
+    int n = scandir(dir, &nl, not_dots, alphasort);
+    snprintf(buf, size, "%s", n < 0 ? "?" : "");
+    for (int i = 0; i < n; i++) {
+        size_t at = strlen(buf);
+        snprintf(buf + at, size - at, "%s%s", i ? " " : "", nl[i]->d_name);
+        free(nl[i]);
+    }
+    if (n >= 0)
+        free(nl);
+    return buf;
+}
+
+/* Removes path and everything below it with nftw, for cleaning up. */
+static void rm_rf(const char *path)
+{
+    if (exists(path))
+        nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Runs fn(ctx) in a child process, which an alarm ends should it block:
+ * the child's exit status, or -1 when it did not exit (killed, or fork
+ * failed). */
+static int in_child(int (*fn)(void *), void *ctx)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        alarm(30); /* a guard against blocking, not a delay */
+        _exit(fn(ctx) & 0x7f);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static int child_read_fifo(void *ctx)
+{
+    char *out = (char *)1;
+    size_t len;
+    mnn_diag_t d = {""};
+    errno = EACCES; /* left over from an earlier call: not what the message is about */
+    int rc = mnn_read_file(ctx, 100, &out, &len, &d);
+    if (rc < 0 && out == NULL && contains(d.msg, ctx) && !contains(d.msg, strerror(EACCES)))
+        return 0;
+    diag("mnn_read_file of a fifo: rc %d, \"%s\"", rc, d.msg);
+    return 1;
+}
+
+static void test_fs_read(void)
+{
+    const size_t maxes[] = {0, 1, 100, 4095, 4096, 4097, 8191, 8192, 12289, 100000};
+    const size_t biggest = 100001;
+    char path[128];
+    unsigned char *data = malloc(biggest);
+    if (!data) {
+        check(0, "test_fs_read: out of memory");
+        return;
+    }
+    /* no zero byte: the terminating NUL is the one mnn_read_* adds */
+    for (size_t i = 0; i < biggest; i++)
+        data[i] = (unsigned char)(1 + (i * 31 + i / 251) % 255);
+    tpath(path, sizeof path, "read.bin");
+    fails_t fails[3] = {{0, 0}, {0, 0}, {0, 0}};
+    const char *how_name[3] = {"mnn_read_file", "mnn_read_fd of the file", "mnn_read_fd of a pipe"};
+    size_t cases = 0;
+    for (size_t k = 0; k < NELEM(maxes); k++)
+        for (int delta = -1; delta <= 1; delta++) {
+            const size_t max = maxes[k];
+            if (delta < 0 && max == 0)
+                continue;
+            const size_t n = delta < 0 ? max - 1 : max + (size_t)delta;
+            cases++;
+            if (write_bytes(path, data, n) < 0) {
+                fail_at(&fails[0], "write %zu bytes", n);
+                continue;
+            }
+            for (int how = 0; how < 3; how++) {
+                char *out = (char *)1;
+                size_t len = 12345;
+                mnn_diag_t d = {""};
+                int rc = MNN_EIO, fd;
+                pid_t pid = -1;
+                if (how == 0)
+                    rc = mnn_read_file(path, max, &out, &len, &d);
+                else if (how == 1 && (fd = open(path, O_RDONLY | O_CLOEXEC)) >= 0) {
+                    rc = mnn_read_fd(fd, "read.bin", max, &out, &len, &d);
+                    close(fd);
+                } else if (how == 2 && (fd = pipe_feed((const char *)data, n, &pid)) >= 0) {
+                    rc = mnn_read_fd(fd, "pipe", max, &out, &len, &d);
+                    close(fd); /* the writer may die of SIGPIPE: it was told to stop */
+                    waitpid(pid, NULL, 0);
+                }
+                if (n <= max) {
+                    if (rc != 0 || out == NULL || out == (char *)1 || len != n ||
+                        memcmp(out, data, n) || out[n] != 0)
+                        fail_at(&fails[how], "%s: %zu bytes, max %zu: rc %d, len %zu (\"%s\")",
+                                how_name[how], n, max, rc, len, d.msg);
+                } else if (rc != MNN_EOVERFLOW || out != NULL || !d.msg[0])
+                    fail_at(&fails[how], "%s: %zu bytes, max %zu: rc %d, out %p (\"%s\")",
+                            how_name[how], n, max, rc, (void *)out, d.msg);
+                if (rc == 0 && out != (char *)1)
+                    free(out);
+            }
+        }
+    for (int how = 0; how < 3; how++)
+        check(fails[how].bad == 0,
+              "%s: max-1 and max bytes read whole and NUL-terminated, max+1 MNN_EOVERFLOW and "
+              "no buffer (%zu sizes, max 0 to 100000)", how_name[how], cases);
+
+    /* SIZE_MAX: no cap at all */
+    {
+        char *out = NULL;
+        size_t len = 0;
+        mnn_diag_t d = {""};
+        write_bytes(path, data, 10);
+        int rc = mnn_read_file(path, SIZE_MAX, &out, &len, &d);
+        if (!check(rc == 0 && out && len == 10 && !memcmp(out, data, 10) && out[10] == 0,
+                   "mnn_read_file with max SIZE_MAX reads a 10-byte file"))
+            diag("rc %d, len %zu, \"%s\"", rc, len, d.msg);
+        if (rc == 0)
+            free(out);
+        pid_t pid;
+        int fd = pipe_feed((const char *)data, 5000, &pid);
+        out = NULL;
+        d.msg[0] = 0;
+        rc = fd >= 0 ? mnn_read_fd(fd, "pipe", SIZE_MAX, &out, &len, &d) : -1;
+        if (fd >= 0) {
+            close(fd);
+            waitpid(pid, NULL, 0);
+        }
+        if (!check(rc == 0 && out && len == 5000 && !memcmp(out, data, 5000),
+                   "mnn_read_fd with max SIZE_MAX reads 5000 bytes from a pipe"))
+            diag("rc %d, \"%s\"", rc, d.msg);
+        if (rc == 0)
+            free(out);
+    }
+    free(data);
+
+    /* what mnn_read_file refuses */
+    {
+        char *out = (char *)1;
+        size_t len;
+        mnn_diag_t d = {""};
+        errno = EACCES; /* left over from an earlier call, as it often is */
+        int rc = mnn_read_file(tmpdir, 1 << 20, &out, &len, &d);
+        check(rc == MNN_EIO && out == NULL && contains(d.msg, tmpdir) &&
+                  contains(d.msg, "directory") && !contains(d.msg, strerror(EACCES)),
+              "mnn_read_file refuses a directory, saying so, not with a stale errno (rc %d, \"%s\")", rc, d.msg);
+        if (rc == 0)
+            free(out);
+        char fifo[128];
+        tpath(fifo, sizeof fifo, "read.fifo");
+        if (mkfifo(fifo, 0600) == 0) {
+            check(in_child(child_read_fifo, fifo) == 0,
+                  "mnn_read_file refuses a fifo at once (no writer, nothing read), naming it, not with a "
+                  "stale errno");
+            unlink(fifo);
+        } else
+            check(0, "mkfifo %s", fifo);
+        char missing[128];
+        tpath(missing, sizeof missing, "no-such-file");
+        out = (char *)1;
+        rc = mnn_read_file(missing, 100, &out, &len, &d);
+        check(rc == MNN_EIO && out == NULL && contains(d.msg, missing),
+              "mnn_read_file of a missing file: MNN_EIO naming it (\"%s\")", d.msg);
+    }
+}
+
+static volatile sig_atomic_t usr1_seen;
+static int usr1_ack = -1;
+
+/* counts, and tells the process that sent it that it was handled */
+static void on_usr1(int sig)
+{
+    (void)sig;
+    usr1_seen++;
+    if (usr1_ack >= 0) {
+        const char c = 1;
+        ssize_t r = write(usr1_ack, &c, 1);
+        (void)r;
+    }
+}
+
+static void test_fs_write_all(void)
+{
+    const size_t n = (size_t)3 << 20;
+    unsigned char *data = malloc(n);
+    int fds[2], ack[2];
+    if (!data || pipe(fds) != 0 || pipe(ack) != 0) {
+        check(0, "test_fs_write_all: setup");
+        free(data);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        data[i] = (unsigned char)(i * 7 + (i >> 13));
+    /* Without SA_RESTART, a signal cuts a write short once it has moved
+     * bytes, and fails it with EINTR before.  The reader stops reading,
+     * so that the writer blocks on a full pipe, and sends two signals,
+     * each once the one before was handled: the first ends a write that
+     * filled the pipe, the second mostly lands on the write after it,
+     * which has moved nothing; then it reads 64 KiB, and so on. */
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;
+    sigaction(SIGUSR1, &sa, &old);
+    usr1_seen = 0;
+    usr1_ack = ack[1];
+    const pid_t parent = getpid();
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[1]);
+        close(ack[1]);
+        unsigned char buf[8192];
+        size_t got = 0;
+        int good = 1;
+        for (;;) {
+            for (int s = 0; s < 2; s++) {
+                char c;
+                kill(parent, SIGUSR1);
+                while (read(ack[0], &c, 1) < 0 && errno == EINTR)
+                    ;
+            }
+            size_t chunk = 0;
+            ssize_t r = 1;
+            while (chunk < ((size_t)64 << 10)) {
+                r = read(fds[0], buf, 1 + (got * 13) % sizeof buf);
+                if (r < 0 && errno == EINTR)
+                    continue;
+                if (r <= 0)
+                    break;
+                for (ssize_t i = 0; i < r; i++)
+                    if (got + (size_t)i >= n || buf[i] != data[got + (size_t)i])
+                        good = 0;
+                got += (size_t)r;
+                chunk += (size_t)r;
+            }
+            if (r <= 0)
+                break;
+        }
+        _exit(good && got == n ? 0 : 1);
+    }
+    close(fds[0]);
+    close(ack[0]);
+    int rc = pid > 0 ? mnn_write_all(fds[1], data, n) : MNN_EIO;
+    int e = errno;
+    close(fds[1]);
+    int status = -1;
+    while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    sigaction(SIGUSR1, &old, NULL);
+    usr1_ack = -1;
+    close(ack[1]);
+    if (!check(rc == 0 && pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+               "mnn_write_all: 3 MiB into a pipe, the writer interrupted by signals while it "
+               "blocks (short writes, EINTR): every byte arrives, in order (%d signals)",
+               (int)usr1_seen))
+        diag("rc %d (%s), reader status %d", rc, strerror(e), status);
+
+    int fd = open("/dev/full", O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        errno = 0;
+        rc = mnn_write_all(fd, data, 100);
+        e = errno;
+        close(fd);
+        check(rc == MNN_EIO && e == ENOSPC, "mnn_write_all to /dev/full: MNN_EIO, errno ENOSPC "
+                                            "(rc %d, %s)", rc, strerror(e));
+    } else
+        printf("ok %u - mnn_write_all to /dev/full # SKIP no /dev/full\n", ++n_tests);
+    if (pipe(fds) == 0) {
+        struct sigaction ign, oldp;
+        memset(&ign, 0, sizeof ign);
+        ign.sa_handler = SIG_IGN;
+        sigaction(SIGPIPE, &ign, &oldp);
+        close(fds[0]);
+        errno = 0;
+        rc = mnn_write_all(fds[1], data, 100);
+        e = errno;
+        close(fds[1]);
+        sigaction(SIGPIPE, &oldp, NULL);
+        check(rc == MNN_EIO && e == EPIPE,
+              "mnn_write_all into a pipe nobody reads: MNN_EIO, errno EPIPE (rc %d)", rc);
+    }
+    free(data);
+}
+
+/* out/{f1, f2, sub/f3}: what a link points to, which must survive */
+static void make_outside(const char *out)
+{
+    char p[256];
+    mkdir(out, 0755);
+    snprintf(p, sizeof p, "%s/f1", out);
+    write_bytes(p, "one", 3);
+    snprintf(p, sizeof p, "%s/f2", out);
+    write_bytes(p, "two", 3);
+    snprintf(p, sizeof p, "%s/sub", out);
+    mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/sub/f3", out);
+    write_bytes(p, "three", 5);
+}
+
+static int outside_intact(const char *out)
+{
+    char p[256], l[128];
+    snprintf(p, sizeof p, "%s/sub", out);
+    if (strcmp(dir_list(out, l, sizeof l), "f1 f2 sub") || strcmp(dir_list(p, l, sizeof l), "f3"))
+        return 0;
+    snprintf(p, sizeof p, "%s/f1", out);
+    int good = file_is(p, "one");
+    snprintf(p, sizeof p, "%s/f2", out);
+    good &= file_is(p, "two");
+    snprintf(p, sizeof p, "%s/sub/f3", out);
+    return good & file_is(p, "three");
+}
+
+/* base, base/d, base/d/d, ...: `levels` directories, each with a file f;
+ * deepest receives the last. */
+static int make_chain(const char *base, int levels, char *deepest, size_t size)
+{
+    char f[512];
+    snprintf(deepest, size, "%s", base);
+    for (int i = 0; i < levels; i++) {
+        if (i) {
+            size_t at = strlen(deepest);
+            snprintf(deepest + at, size - at, "/d");
+        }
+        snprintf(f, sizeof f, "%s/f", deepest);
+        if (mkdir(deepest, 0755) != 0 || write_bytes(f, "x", 1) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void test_fs_remove(void)
+{
+    char root[128], out[160], t[200], p[600], l[256];
+    tpath(root, sizeof root, "rm");
+    mkdir(root, 0755);
+    snprintf(out, sizeof out, "%s/out", root);
+    make_outside(out);
+
+    /* a nested tree of files, directories, a fifo, an empty directory */
+    snprintf(t, sizeof t, "%s/tree", root);
+    int setup = mkdir(t, 0755);
+    const char *dirs[] = {"a", "a/b", "a/b/c", "a/empty", "e"};
+    for (size_t i = 0; i < NELEM(dirs); i++) {
+        snprintf(p, sizeof p, "%s/%s", t, dirs[i]);
+        setup |= mkdir(p, 0755);
+        snprintf(p, sizeof p, "%s/%s.file", t, dirs[i]);
+        setup |= write_bytes(p, "data", 4);
+    }
+    snprintf(p, sizeof p, "%s/a/b/c/fifo", t);
+    setup |= mkfifo(p, 0600);
+    int rc = mnn_remove_tree(t);
+    check(setup == 0 && rc == 0 && !exists(t),
+          "mnn_remove_tree removes a nested tree of files, directories and a fifo (rc %d)", rc);
+
+    /* a tree holding links to the outside: links go, the outside stays */
+    setup = mkdir(t, 0755);
+    snprintf(p, sizeof p, "%s/sub", t);
+    setup |= mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/dirlink", t);
+    setup |= symlink(out, p);
+    snprintf(p, sizeof p, "%s/sub/rel-dirlink", t);
+    setup |= symlink("../../out", p);
+    snprintf(p, sizeof p, "%s/sub/filelink", t);
+    snprintf(l, sizeof l, "%s/f1", out);
+    setup |= symlink(l, p);
+    snprintf(p, sizeof p, "%s/dangling", t);
+    setup |= symlink("no/such/place", p);
+    rc = mnn_remove_tree(t);
+    check(setup == 0 && rc == 0 && !exists(t) && outside_intact(out),
+          "mnn_remove_tree of a tree with links to outside files and directories: the tree "
+          "goes, what the links name stays (rc %d)", rc);
+
+    /* the path itself a link to a directory */
+    snprintf(t, sizeof t, "%s/toplink", root);
+    setup = symlink(out, t);
+    rc = mnn_remove_tree(t);
+    check(setup == 0 && rc == 0 && !exists(t) && outside_intact(out),
+          "mnn_remove_tree of a link to a directory: only the link goes (rc %d)", rc);
+    snprintf(t, sizeof t, "%s/filelink", root);
+    snprintf(l, sizeof l, "%s/f2", out);
+    setup = symlink(l, t);
+    rc = mnn_remove_tree(t);
+    check(setup == 0 && rc == 0 && !exists(t) && outside_intact(out),
+          "mnn_remove_tree of a link to a file: only the link goes (rc %d)", rc);
+    snprintf(t, sizeof t, "%s/plain", root);
+    write_bytes(t, "x", 1);
+    rc = mnn_remove_tree(t);
+    check(rc == 0 && !exists(t), "mnn_remove_tree of a regular file unlinks it");
+
+    snprintf(t, sizeof t, "%s/absent", root);
+    check(mnn_remove_tree(t) == 0, "mnn_remove_tree of a missing path: 0");
+    snprintf(t, sizeof t, "%s/absent/below/it", root);
+    check(mnn_remove_tree(t) == 0, "mnn_remove_tree of a path below a missing directory: 0");
+
+    /* mnn_remove_at, relative to a directory descriptor */
+    int dfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    snprintf(t, sizeof t, "%s/at", root);
+    snprintf(p, sizeof p, "%s/at/x", root);
+    setup = mkdir(t, 0755) | mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/at/x/y", root);
+    setup |= write_bytes(p, "y", 1);
+    snprintf(p, sizeof p, "%s/at/x/link", root);
+    setup |= symlink(out, p);
+    snprintf(p, sizeof p, "%s/atlink", root);
+    setup |= symlink("out", p);
+    rc = dfd >= 0 ? mnn_remove_at(dfd, "at") : -1;
+    int rc2 = dfd >= 0 ? mnn_remove_at(dfd, "atlink") : -1;
+    int rc3 = dfd >= 0 ? mnn_remove_at(dfd, "never-was") : -1;
+    check(setup == 0 && rc == 0 && rc2 == 0 && rc3 == 0 && !exists(t) && !exists(p) &&
+              outside_intact(out),
+          "mnn_remove_at: a tree and a link to a directory go, the outside stays, a missing "
+          "name is 0 (rc %d, %d, %d)", rc, rc2, rc3);
+    if (dfd >= 0)
+        close(dfd);
+
+    /* depth: 16 levels are removed, 17 are refused and the deepest stays */
+    char deepest[512];
+    snprintf(t, sizeof t, "%s/deep16", root);
+    setup = make_chain(t, 16, deepest, sizeof deepest);
+    rc = mnn_remove_tree(t);
+    check(setup == 0 && rc == 0 && !exists(t),
+          "mnn_remove_tree removes a tree 16 directories deep (rc %d)", rc);
+    snprintf(t, sizeof t, "%s/deep17", root);
+    setup = make_chain(t, 17, deepest, sizeof deepest);
+    snprintf(p, sizeof p, "%s/f", deepest);
+    rc = mnn_remove_tree(t);
+    check(setup == 0 && rc == MNN_EIO && exists(t) && exists(deepest) && file_is(p, "x"),
+          "mnn_remove_tree of a tree 17 directories deep: MNN_EIO, and the 17th directory "
+          "with its file stays (rc %d)", rc);
+    rm_rf(t);
+    snprintf(t, sizeof t, "%s/deep100", root);
+    setup = make_chain(t, 100, deepest, sizeof deepest);
+    rc = mnn_remove_tree(t);
+    check(setup == 0 && rc == MNN_EIO && exists(deepest),
+          "mnn_remove_tree of a tree 100 directories deep: MNN_EIO (rc %d)", rc);
+    rm_rf(t);
+
+    /* a trailing slash resolves a link: still it must not be followed */
+    char out2[160];
+    snprintf(out2, sizeof out2, "%s/out2", root);
+    make_outside(out2);
+    snprintf(t, sizeof t, "%s/slashlink", root);
+    setup = symlink(out2, t);
+    size_t tl = strlen(t);
+    snprintf(t + tl, sizeof t - tl, "/");
+    rc = mnn_remove_tree(t);
+    if (!check(setup == 0 && outside_intact(out2),
+               "mnn_remove_tree(\"LINK/\"), a link to a directory with a trailing slash: what the "
+               "link names stays (rc %d)", rc))
+        diag("left in the directory the link names: \"%s\"", dir_list(out2, l, sizeof l));
+    rm_rf(root);
+}
+
+static void test_fs_rename(void)
+{
+    char dir[128], p[256], q[256], link[256], l[128];
+    tpath(dir, sizeof dir, "rn");
+    int setup = mkdir(dir, 0755);
+    snprintf(p, sizeof p, "%s/a", dir);
+    setup |= write_bytes(p, "A", 1);
+    snprintf(p, sizeof p, "%s/b", dir);
+    setup |= write_bytes(p, "B", 1);
+    snprintf(p, sizeof p, "%s/da", dir);
+    setup |= mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/da/inside", dir);
+    setup |= write_bytes(p, "I", 1);
+    snprintf(p, sizeof p, "%s/db", dir); /* empty: rename(2) would replace it */
+    setup |= mkdir(p, 0755);
+    snprintf(link, sizeof link, "%s/dl", dir);
+    setup |= symlink("nowhere", link);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (!check(setup == 0 && dfd >= 0, "mnn_rename_noreplace: setup"))
+        return;
+
+    int rc = mnn_rename_noreplace(dfd, "a", dfd, "a2");
+    snprintf(p, sizeof p, "%s/a", dir);
+    snprintf(q, sizeof q, "%s/a2", dir);
+    check(rc == 0 && !exists(p) && file_is(q, "A"), "mnn_rename_noreplace: a file onto a free "
+                                                      "name (rc %d)", rc);
+    rc = mnn_rename_noreplace(dfd, "da", dfd, "da2");
+    snprintf(p, sizeof p, "%s/da", dir);
+    snprintf(q, sizeof q, "%s/da2/inside", dir);
+    check(rc == 0 && !exists(p) && file_is(q, "I"),
+          "mnn_rename_noreplace: a directory onto a free name (rc %d)", rc);
+
+    static const struct {
+        const char *from, *to, *what;
+    } taken[] = {
+        {"a2", "b", "a file onto a file"},
+        {"a2", "db", "a file onto an empty directory"},
+        {"da2", "db", "a directory onto an empty directory"},
+        {"da2", "b", "a directory onto a file"},
+        {"a2", "dl", "a file onto a dangling link"},
+        {"da2", "dl", "a directory onto a dangling link"},
+    };
+    fails_t f = {0, 0};
+    for (size_t i = 0; i < NELEM(taken); i++) {
+        rc = mnn_rename_noreplace(dfd, taken[i].from, dfd, taken[i].to);
+        char target[64] = "";
+        ssize_t tn = readlink(link, target, sizeof target - 1);
+        if (tn > 0)
+            target[tn] = 0;
+        snprintf(p, sizeof p, "%s/a2", dir);
+        snprintf(q, sizeof q, "%s/b", dir);
+        int intact = file_is(p, "A") && file_is(q, "B") && !strcmp(target, "nowhere");
+        snprintf(p, sizeof p, "%s/da2", dir);
+        intact &= !strcmp(dir_list(p, l, sizeof l), "inside");
+        snprintf(p, sizeof p, "%s/db", dir);
+        intact &= !strcmp(dir_list(p, l, sizeof l), "");
+        if (rc != MNN_EEXIST || !intact)
+            fail_at(&f, "%s: rc %d, %s", taken[i].what, rc, intact ? "intact" : "changed");
+    }
+    check(f.bad == 0 && !strcmp(dir_list(dir, l, sizeof l), "a2 b da2 db dl"),
+          "mnn_rename_noreplace onto a file, a directory or a dangling link: MNN_EEXIST, "
+          "both untouched (%zu cases)", NELEM(taken));
+    /* across directories, and with AT_FDCWD */
+    snprintf(p, sizeof p, "%s/da2/inside", dir);
+    snprintf(q, sizeof q, "%s/moved", dir);
+    rc = mnn_rename_noreplace(AT_FDCWD, p, dfd, "moved");
+    check(rc == 0 && file_is(q, "I") && !exists(p),
+          "mnn_rename_noreplace from AT_FDCWD and a path to a directory descriptor (rc %d)", rc);
+    close(dfd);
+    rm_rf(dir);
+}
+
+static int child_lock(void *ctx)
+{
+    int fd = 12345;
+    mnn_diag_t d = {""};
+    int rc = mnn_lock_dir(ctx, &fd, &d);
+    if (rc == 0)
+        return fd >= 0 ? 0 : 3;
+    if (rc == MNN_EBUSY && fd == -1 && contains(d.msg, ctx))
+        return 1;
+    diag("child: mnn_lock_dir rc %d, fd %d, \"%s\"", rc, fd, d.msg);
+    return 2;
+}
+
+static void test_fs_lock(void)
+{
+    char dir[128], missing[160];
+    mnn_diag_t d = {""};
+    tpath(dir, sizeof dir, "lockme");
+    mkdir(dir, 0755);
+    int fd = -1;
+    int rc = mnn_lock_dir(dir, &fd, &d);
+    if (!check(rc == 0 && fd >= 0, "mnn_lock_dir takes the lock (rc %d)", rc)) {
+        diag("%s", d.msg);
+        return;
+    }
+    int child = in_child(child_lock, dir);
+    check(child == 1, "mnn_lock_dir from another process while it is held: MNN_EBUSY at once, "
+                      "naming the directory (child %d)", child);
+    close(fd);
+    child = in_child(child_lock, dir);
+    check(child == 0, "mnn_lock_dir from another process once the holder closed its fd: 0 "
+                      "(child %d)", child);
+    rc = mnn_lock_dir(dir, &fd, &d);
+    check(rc == 0 && fd >= 0, "mnn_lock_dir again in this process (rc %d)", rc);
+    if (rc == 0)
+        close(fd);
+    snprintf(missing, sizeof missing, "%s/absent", dir);
+    fd = 12345;
+    d.msg[0] = 0;
+    rc = mnn_lock_dir(missing, &fd, &d);
+    check(rc == MNN_EIO && fd == -1 && contains(d.msg, missing),
+          "mnn_lock_dir of a missing directory: MNN_EIO, fd -1 (\"%s\")", d.msg);
+    rmdir(dir);
+}
+
+typedef struct {
+    const char *text;
+    int rc;
+} wctx_t;
+
+static int put_text(void *ctx, FILE *f)
+{
+    const wctx_t *w = ctx;
+    fputs(w->text, f);
+    return w->rc;
+}
+
+static void test_fs_atomic(void)
+{
+    char dir[128], f[200], p[256], outside[160], l[256];
+    mnn_diag_t d = {""};
+    tpath(dir, sizeof dir, "at");
+    mkdir(dir, 0755);
+    snprintf(f, sizeof f, "%s/f", dir);
+    wctx_t w = {"hello\n", 0};
+    int rc = mnn_write_atomic(f, put_text, &w, &d);
+    check(rc == 0 && file_is(f, "hello\n") && !strcmp(dir_list(dir, l, sizeof l), "f"),
+          "mnn_write_atomic writes a new file, nothing else is left (rc %d, dir: %s)", rc, l);
+    w.text = "world\n";
+    rc = mnn_write_atomic(f, put_text, &w, &d);
+    check(rc == 0 && file_is(f, "world\n"), "mnn_write_atomic replaces a file (rc %d)", rc);
+    w = (wctx_t){"half a line", MNN_ECANCELED};
+    d.msg[0] = 0;
+    rc = mnn_write_atomic(f, put_text, &w, &d);
+    check(rc == MNN_ECANCELED && file_is(f, "world\n") && !strcmp(dir_list(dir, l, sizeof l), "f") &&
+              contains(d.msg, f),
+          "mnn_write_atomic: a callback error is returned, the old file is untouched, no "
+          "temporary is left (rc %d, dir: %s, \"%s\")", rc, l, d.msg);
+    char big[8192];
+    memset(big, 'z', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    w = (wctx_t){big, MNN_EINVAL};
+    rc = mnn_write_atomic(f, put_text, &w, &d);
+    check(rc == MNN_EINVAL && file_is(f, "world\n") && !strcmp(dir_list(dir, l, sizeof l), "f"),
+          "mnn_write_atomic: a callback that fails after 8 KiB leaves no temporary (rc %d, "
+          "dir: %s)", rc, l);
+
+    /* a link planted at the target: replaced, never written through */
+    tpath(outside, sizeof outside, "at-outside.txt");
+    write_bytes(outside, "outside\n", 8);
+    snprintf(p, sizeof p, "%s/lnk", dir);
+    int setup = symlink(outside, p);
+    w = (wctx_t){"new\n", 0};
+    rc = mnn_write_atomic(p, put_text, &w, &d);
+    check(setup == 0 && rc == 0 && is_regular(p) && file_is(p, "new\n") &&
+              file_is(outside, "outside\n"),
+          "mnn_write_atomic over a link to a file: a regular file replaces the link, its old "
+          "target is untouched (rc %d)", rc);
+    char never[160];
+    tpath(never, sizeof never, "at-never.txt");
+    snprintf(p, sizeof p, "%s/dangling", dir);
+    setup = symlink(never, p);
+    rc = mnn_write_atomic(p, put_text, &w, &d);
+    check(setup == 0 && rc == 0 && is_regular(p) && file_is(p, "new\n") && !exists(never),
+          "mnn_write_atomic over a dangling link: a regular file replaces it, nothing is "
+          "created where it pointed (rc %d)", rc);
+
+    w = (wctx_t){"into the void\n", 0};
+    rc = mnn_write_atomic("/dev/null", put_text, &w, &d);
+    struct stat sb;
+    check(rc == 0 && stat("/dev/null", &sb) == 0 && S_ISCHR(sb.st_mode),
+          "mnn_write_atomic to /dev/null (not a regular file) writes it directly (rc %d)", rc);
+    w.rc = MNN_ECANCELED;
+    rc = mnn_write_atomic("/dev/null", put_text, &w, &d);
+    check(rc == MNN_ECANCELED, "mnn_write_atomic to /dev/null returns a callback error (rc %d)",
+          rc);
+
+    w.rc = 0;
+    d.msg[0] = 0;
+    rc = mnn_write_atomic("/dev/full", put_text, &w, &d);
+    check(rc == MNN_EIO && contains(d.msg, "/dev/full"),
+          "mnn_write_atomic to /dev/full: MNN_EIO naming it (rc %d, \"%s\")", rc, d.msg);
+
+    w = (wctx_t){"x\n", 0};
+    snprintf(p, sizeof p, "%s/no-such-dir/file", dir);
+    d.msg[0] = 0;
+    rc = mnn_write_atomic(p, put_text, &w, &d);
+    check(rc < 0 && contains(d.msg, p) && !strcmp(dir_list(dir, l, sizeof l), "dangling f lnk"),
+          "mnn_write_atomic into a missing directory: an error naming the path (rc %d, \"%s\")",
+          rc, d.msg);
+    snprintf(p, sizeof p, "%s/f/below-a-file", dir);
+    d.msg[0] = 0;
+    rc = mnn_write_atomic(p, put_text, &w, &d);
+    check(rc < 0 && contains(d.msg, p) && file_is(f, "world\n"),
+          "mnn_write_atomic below a regular file: an error naming the path (rc %d, \"%s\")", rc,
+          d.msg);
+    d.msg[0] = 0;
+    rc = mnn_write_atomic(dir, put_text, &w, &d);
+    check(rc < 0 && contains(d.msg, dir) && !strcmp(dir_list(dir, l, sizeof l), "dangling f lnk"),
+          "mnn_write_atomic of a directory: an error, the directory untouched (rc %d, \"%s\")",
+          rc, d.msg);
+
+    /* a bare name: the temporary goes into the current directory */
+    int cwd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (cwd >= 0 && chdir(dir) == 0) {
+        w = (wctx_t){"here\n", 0};
+        rc = mnn_write_atomic("bare.txt", put_text, &w, &d);
+        int ok = rc == 0 && file_is("bare.txt", "here\n");
+        w.rc = MNN_ECANCELED;
+        int rc2 = mnn_write_atomic("bare.txt", put_text, &w, &d);
+        ok &= rc2 == MNN_ECANCELED && file_is("bare.txt", "here\n");
+        if (fchdir(cwd) != 0)
+            diag("fchdir back: %s", strerror(errno));
+        check(ok && !strcmp(dir_list(dir, l, sizeof l), "bare.txt dangling f lnk"),
+              "mnn_write_atomic of a bare name in the current directory (rc %d, %d, dir: %s)",
+              rc, rc2, l);
+    } else
+        check(0, "chdir %s", dir);
+    if (cwd >= 0)
+        close(cwd);
+    unlink(outside);
+    rm_rf(dir);
+}
+
 /* ---- spec --------------------------------------------------------------- */
 
 static int spec_equal(const mnn_spec_t *a, const mnn_spec_t *b)
@@ -2348,6 +3084,363 @@ static void test_spec(void)
     test_spec_exits();
 }
 
+/* YAML bounds (yamlutil.c), through mnn_spec_load_string */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* prefix, open n times, close n times, suffix: malloc'd */
+static char *nest_text(const char *prefix, const char *open, const char *close, size_t n,
+                       const char *suffix)
+{
+    size_t lo = strlen(open), lc = strlen(close), lp = strlen(prefix);
+    char *s = malloc(lp + n * (lo + lc) + strlen(suffix) + 1);
+    if (!s)
+        return NULL;
+    char *p = s;
+    memcpy(p, prefix, lp);
+    p += lp;
+    for (size_t i = 0; i < n; i++, p += lo)
+        memcpy(p, open, lo);
+    for (size_t i = 0; i < n; i++, p += lc)
+        memcpy(p, close, lc);
+    strcpy(p, suffix);
+    return s;
+}
+
+static void test_yaml_limits(void)
+{
+    mnn_spec_t s;
+    mnn_diag_t d;
+    /* the boundary: 32 levels are read (and refused for what they are), 33
+     * are too deep, and the message points at the 33rd */
+    char *t32 = nest_text("input: ", "[", "]", 31, "\nclasses: 2\nlayers: [{dense: 2}]\n");
+    char *t33 = nest_text("input: ", "[", "]", 32, "\nclasses: 2\nlayers: [{dense: 2}]\n");
+    char *s32 = nest_text("", "[", "]", 32, "\n");
+    char *s33 = nest_text("", "[", "]", 33, "\n");
+    if (t32 && t33 && s32 && s33) {
+        int rc = load_str(&s, t32, &d);
+        check(rc < 0 && rc != MNN_ELIMIT && !contains(d.msg, "deeper"),
+              "a mapping holding 31 nested lists (32 levels) is read: refused as a spec, not "
+              "for its depth (rc %d, \"%s\")", rc, d.msg);
+        if (rc == 0)
+            mnn_spec_free(&s);
+        rc = load_str(&s, t33, &d);
+        check(rc == MNN_ELIMIT && !strncmp(d.msg, "spec.yaml:1:39: ", 16) &&
+                  contains(d.msg, "deeper than 32"),
+              "33 levels (a mapping holding 32 nested lists): MNN_ELIMIT at the 33rd (rc %d, "
+              "\"%s\")", rc, d.msg);
+        if (rc == 0)
+            mnn_spec_free(&s);
+        rc = load_str(&s, s32, &d);
+        check(rc < 0 && rc != MNN_ELIMIT, "32 nested lists: not refused for depth (rc %d, \"%s\")",
+              rc, d.msg);
+        if (rc == 0)
+            mnn_spec_free(&s);
+        rc = load_str(&s, s33, &d);
+        check(rc == MNN_ELIMIT && !strncmp(d.msg, "spec.yaml:1:33: ", 16),
+              "33 nested lists: MNN_ELIMIT at 1:33 (rc %d, \"%s\")", rc, d.msg);
+        if (rc == 0)
+            mnn_spec_free(&s);
+    } else
+        check(0, "test_yaml_limits: out of memory");
+    free(t32);
+    free(t33);
+    free(s32);
+    free(s33);
+
+    /* very deep: refused fast, whatever the kind of nesting */
+    static const struct {
+        const char *what, *prefix, *open, *close, *suffix;
+        size_t n;
+    } deep[] = {
+        {"10000 nested flow lists", "", "[", "]", "\n", 10000},
+        {"10000 nested flow mappings", "", "{a: ", "}", "\n", 10000},
+        {"10000 nested block lists on one line", "", "- ", "", "x\n", 10000},
+        {"10000 unclosed flow lists", "", "[", "", "", 10000},
+        {"a key whose value is 10000 nested lists", "input: ", "[", "]", "\n", 10000},
+        {"1000000 unclosed flow lists", "", "[", "", "", 1000000},
+    };
+    fails_t f = {0, 0};
+    double worst = 0;
+    for (size_t i = 0; i < NELEM(deep); i++) {
+        char *text = nest_text(deep[i].prefix, deep[i].open, deep[i].close, deep[i].n,
+                               deep[i].suffix);
+        if (!text) {
+            fail_at(&f, "%s: out of memory", deep[i].what);
+            continue;
+        }
+        d.msg[0] = 0;
+        double t0 = now_s();
+        int rc = mnn_spec_load_string(&s, text, strlen(text), "spec.yaml", &d);
+        double dt = now_s() - t0;
+        worst = fmax(worst, dt);
+        if (rc != MNN_ELIMIT || strncmp(d.msg, "spec.yaml:1:", 12) ||
+            !contains(d.msg, "deeper than 32") || dt >= 1.0)
+            fail_at(&f, "%s: rc %d in %.3f s, \"%s\"", deep[i].what, rc, dt, d.msg);
+        if (rc == 0)
+            mnn_spec_free(&s);
+        free(text);
+    }
+    check(f.bad == 0, "deep nesting (flow and block, closed and not, up to 1000000 levels): "
+                      "MNN_ELIMIT naming 1:COLUMN, each under 1 s (slowest %.3f s)", worst);
+
+    /* aliases, second documents */
+    int rc = load_str(&s, "input: &n 4\nclasses: *n\nlayers: [{dense: 2}]\n", &d);
+    check(rc < 0 && !strncmp(d.msg, "spec.yaml:2:10: ", 16) && contains(d.msg, "alias"),
+          "an alias (*n) is refused, naming 2:10 and aliases (rc %d, \"%s\")", rc, d.msg);
+    if (rc == 0)
+        mnn_spec_free(&s);
+    rc = load_str(&s, "input: 4\nclasses: 2\nlayers: [{dense: 2}]\nx: &a [1]\ny: *a\n", &d);
+    check(rc < 0 && contains(d.msg, "spec.yaml:5:4:") && contains(d.msg, "alias"),
+          "an alias of a list is refused before the spec is read (rc %d, \"%s\")", rc, d.msg);
+    if (rc == 0)
+        mnn_spec_free(&s);
+    rc = load_str(&s, "input: 4\nclasses: 2\nlayers: [{dense: 2}]\n---\ninput: 5\n", &d);
+    check(rc < 0 && !strncmp(d.msg, "spec.yaml:4:1: ", 15) && contains(d.msg, "second document"),
+          "a second document ('---') is refused (rc %d, \"%s\")", rc, d.msg);
+    if (rc == 0)
+        mnn_spec_free(&s);
+    rc = load_str(&s, "input: 4\nclasses: 2\nlayers: [{dense: 2}]\n...\n---\n", &d);
+    check(rc < 0 && contains(d.msg, "second document"),
+          "an empty second document is refused (rc %d, \"%s\")", rc, d.msg);
+    if (rc == 0)
+        mnn_spec_free(&s);
+    rc = load_str(&s, "---\ninput: 4\nclasses: 2\nlayers: [{dense: 2}]\n...\n", &d);
+    if (check(rc == 0, "one document with '---' and '...' markers loads (rc %d, \"%s\")", rc,
+              d.msg))
+        mnn_spec_free(&s);
+
+    /* nodes: the mapping, the key, the list and its entries */
+    const size_t max_nodes = (size_t)1 << 17;
+    for (int over = 0; over <= 1; over++) {
+        size_t entries = max_nodes - 3 + (size_t)over;
+        char *text = malloc(8 + 3 * entries);
+        if (!text) {
+            check(0, "test_yaml_limits: out of memory");
+            break;
+        }
+        char *p = text;
+        p += sprintf(p, "x: [");
+        for (size_t i = 0; i < entries; i++)
+            p += sprintf(p, i ? ",0" : "0");
+        strcpy(p, "]\n");
+        d.msg[0] = 0;
+        rc = mnn_spec_load_string(&s, text, strlen(text), "spec.yaml", &d);
+        if (over)
+            check(rc == MNN_ELIMIT && !strncmp(d.msg, "spec.yaml:1:", 12) &&
+                      contains(d.msg, "131072 nodes"),
+                  "131073 YAML nodes: MNN_ELIMIT (rc %d, \"%s\")", rc, d.msg);
+        else
+            check(rc < 0 && rc != MNN_ELIMIT && contains(d.msg, "unknown key 'x'"),
+                  "131072 YAML nodes are read (and refused for the unknown key) (rc %d, \"%s\")",
+                  rc, d.msg);
+        if (rc == 0)
+            mnn_spec_free(&s);
+        free(text);
+    }
+
+    /* mnn_spec_load_file: at most 1 MiB */
+    char path[128];
+    tpath(path, sizeof path, "big-spec.yaml");
+    const char *spec = "input: 2\nclasses: 2\nlayers: [{dense: 2}]\n";
+    const size_t mib = (size_t)1 << 20;
+    char *text = malloc(mib + 2);
+    if (text) {
+        for (int over = 0; over <= 1; over++) {
+            size_t n = mib + (size_t)over, at = strlen(spec);
+            memcpy(text, spec, at);
+            while (at < n) {
+                /* comment lines of up to 1000 bytes */
+                size_t line = n - at < 1000 ? n - at : 1000;
+                text[at] = '#';
+                memset(text + at + 1, 'c', line - 1);
+                text[at + line - 1] = '\n';
+                if (line == 1)
+                    text[at] = '\n';
+                at += line;
+            }
+            write_bytes(path, text, n);
+            d.msg[0] = 0;
+            rc = mnn_spec_load_file(&s, path, &d);
+            if (over)
+                check(rc == MNN_EOVERFLOW && contains(d.msg, path),
+                      "mnn_spec_load_file refuses a file of 1 MiB + 1 byte: MNN_EOVERFLOW (rc %d, "
+                      "\"%s\")", rc, d.msg);
+            else
+                check(rc == 0 && s.input == 2, "mnn_spec_load_file reads a spec of exactly 1 MiB "
+                                               "(rc %d, \"%s\")", rc, d.msg);
+            if (rc == 0)
+                mnn_spec_free(&s);
+        }
+        free(text);
+        unlink(path);
+    } else
+        check(0, "test_yaml_limits: out of memory");
+}
+
+/* mnn_spec_params; MNN_MAX_LAYERS and MNN_MAX_PARAMS */
+static void test_spec_limits(void)
+{
+    mnn_spec_t s;
+    mnn_diag_t d;
+    size_t n = 12345;
+    int rc = load_str(&s, "input: 3\nclasses: 2\nlayers: [{dense: 5}, {dense: 4}, {dense: 2}]\n"
+                          "exits: [0, 1]\n", &d);
+    if (check(rc == 0, "a spec with two exit heads loads (rc %d)", rc)) {
+        /* layers: 5*3+5, 4*5+4, 2*4+2; heads: 2*5+2 after layer 0, 2*4+2 after layer 1 */
+        rc = mnn_spec_params(&s, &n);
+        mnn_model_t m;
+        int mrc = mnn_model_init(&m, &s);
+        check(rc == 0 && n == 20 + 24 + 10 + 12 + 10 && mrc == 0 && m.nparams == n,
+              "mnn_spec_params: 76 for 3-5-4-2 with heads after layers 0 and 1, as "
+              "mnn_model_init allocates (got %zu, model %zu)", n, mrc == 0 ? m.nparams : 0);
+        if (mrc == 0)
+            mnn_model_free(&m);
+        s.nexits = 0;
+        rc = mnn_spec_params(&s, &n);
+        check(rc == 0 && n == 54, "mnn_spec_params without the heads: 54 (got %zu)", n);
+        s.nexits = 2;
+        mnn_spec_free(&s);
+    }
+
+    /* overflow, by hand (mnn_spec_params does not validate) */
+    {
+        mnn_layer_spec_t big[4];
+        size_t ex[1] = {0};
+        mnn_spec_t h;
+        mnn_spec_defaults(&h);
+        h.layers = big;
+        h.nlayers = 2;
+        h.input = (size_t)1 << 40;
+        big[0] = (mnn_layer_spec_t){(size_t)1 << 30, MNN_ACT_RELU};
+        big[1] = (mnn_layer_spec_t){2, MNN_ACT_NONE};
+        h.outputs = 2;
+        n = 12345;
+        rc = mnn_spec_params(&h, &n);
+        check(rc == MNN_EOVERFLOW, "mnn_spec_params: 2^40 inputs times 2^30 units is "
+                                   "MNN_EOVERFLOW (rc %d)", rc);
+        /* each product fits, their sum does not */
+        h.input = (size_t)1 << 32;
+        big[0].units = (size_t)1 << 31;
+        big[1].units = (size_t)1 << 32;
+        h.outputs = big[1].units;
+        rc = mnn_spec_params(&h, &n);
+        check(rc == MNN_EOVERFLOW, "mnn_spec_params: 2^63 + 2^63 weights is MNN_EOVERFLOW "
+                                   "(rc %d)", rc);
+        /* the layers fit, an exit head does not */
+        h.input = 1;
+        big[0].units = (size_t)1 << 33;
+        big[1].units = 2;
+        big[2] = (mnn_layer_spec_t){(size_t)1 << 31, MNN_ACT_NONE};
+        h.nlayers = 3;
+        h.outputs = big[2].units;
+        rc = mnn_spec_params(&h, &n);
+        int rc_noexit = rc;
+        h.exits = ex;
+        h.nexits = 1;
+        rc = mnn_spec_params(&h, &n);
+        check(rc_noexit == 0 && rc == MNN_EOVERFLOW,
+              "mnn_spec_params: an exit head of 2^31 outputs after 2^33 units is MNN_EOVERFLOW "
+              "(rc %d; without it %d)", rc, rc_noexit);
+        /* and validation refuses what does not fit, in the ranges it allows */
+        h.exits = NULL;
+        h.nexits = 0;
+        h.input = (size_t)1 << 31;
+        big[3] = (mnn_layer_spec_t){(size_t)1 << 31, MNN_ACT_NONE};
+        big[0].units = big[1].units = big[2].units = (size_t)1 << 31;
+        h.nlayers = 4;
+        h.outputs = big[3].units;
+        d.msg[0] = 0;
+        rc = mnn_spec_validate(&h, &d);
+        check(rc == MNN_EINVAL && contains(d.msg, "parameters"),
+              "mnn_spec_validate: 4 layers of 2^31 units on 2^31 inputs (2^64 weights) is "
+              "refused (rc %d, \"%s\")", rc, d.msg);
+    }
+
+    /* MNN_MAX_PARAMS = 2^36: 32 classes on 2^31-1 inputs have exactly that */
+    rc = load_str(&s, "input: 2147483647\nclasses: 32\nlayers: [{dense: 32}]\n", &d);
+    if (check(rc == 0 && mnn_spec_params(&s, &n) == 0 && n == MNN_MAX_PARAMS,
+              "a spec of exactly MNN_MAX_PARAMS (2^36) parameters loads (rc %d, \"%s\")", rc, d.msg))
+        mnn_spec_free(&s);
+    rc = load_str(&s, "input: 2147483648\nclasses: 32\nlayers: [{dense: 32}]\n", &d);
+    check(rc == MNN_EINVAL && !strncmp(d.msg, "spec.yaml:", 10) &&
+              contains(d.msg, "more than 68719476736 parameters"),
+          "a spec of 2^36 + 32 parameters is refused (rc %d, \"%s\")", rc, d.msg);
+    if (rc == 0)
+        mnn_spec_free(&s);
+    /* 2^36 - 30 without the head, 2^36 + 36 with it */
+    rc = load_str(&s, "input: 2147483644\nclasses: 2\nlayers: [{dense: 32}, {dense: 2}]\n", &d);
+    if (check(rc == 0, "2^36 - 30 parameters load (rc %d, \"%s\")", rc, d.msg))
+        mnn_spec_free(&s);
+    rc = load_str(&s, "input: 2147483644\nclasses: 2\nlayers: [{dense: 32}, {dense: 2}]\n"
+                      "exits: [0]\n", &d);
+    check(rc == MNN_EINVAL && contains(d.msg, "parameters"),
+          "... and an exit head that brings them to 2^36 + 36 is refused: heads count (rc %d, "
+          "\"%s\")", rc, d.msg);
+    if (rc == 0)
+        mnn_spec_free(&s);
+
+    /* MNN_MAX_LAYERS */
+    for (size_t layers = MNN_MAX_LAYERS; layers <= MNN_MAX_LAYERS + 1; layers++) {
+        char *text = malloc(64 + 12 * layers), *p = text;
+        if (!text)
+            break;
+        p += sprintf(p, "input: 2\nclasses: 2\nlayers: [");
+        for (size_t i = 0; i < layers; i++)
+            p += sprintf(p, "%s{dense: 2}", i ? ", " : "");
+        strcpy(p, "]\n");
+        rc = load_str(&s, text, &d);
+        if (layers == MNN_MAX_LAYERS) {
+            if (check(rc == 0 && s.nlayers == layers, "a spec of %zu layers loads (rc %d, \"%s\")",
+                      layers, rc, d.msg))
+                mnn_spec_free(&s);
+        } else {
+            check(rc == MNN_EINVAL && !strncmp(d.msg, "spec.yaml:3:9: ", 15) &&
+                      contains(d.msg, "257") && contains(d.msg, "256"),
+                  "a spec of %zu layers is refused (rc %d, \"%s\")", layers, rc, d.msg);
+            if (rc == 0)
+                mnn_spec_free(&s);
+        }
+        free(text);
+    }
+    {
+        mnn_layer_spec_t *ls = calloc(MNN_MAX_LAYERS + 1, sizeof *ls);
+        if (ls) {
+            mnn_spec_t h;
+            mnn_spec_defaults(&h);
+            for (size_t i = 0; i <= MNN_MAX_LAYERS; i++)
+                ls[i] = (mnn_layer_spec_t){2, MNN_ACT_RELU};
+            h.input = 2;
+            h.outputs = 2;
+            h.layers = ls;
+            h.nlayers = MNN_MAX_LAYERS;
+            rc = mnn_spec_validate(&h, &d);
+            h.nlayers = MNN_MAX_LAYERS + 1;
+            d.msg[0] = 0;
+            int rc2 = mnn_spec_validate(&h, &d);
+            check(rc == 0 && rc2 == MNN_EINVAL && contains(d.msg, "layers"),
+                  "mnn_spec_validate: %d layers pass, %d are refused (rc %d, %d, \"%s\")",
+                  MNN_MAX_LAYERS, MNN_MAX_LAYERS + 1, rc, rc2, d.msg);
+            h.nlayers = 1;
+            h.input = 2147483647;
+            h.outputs = ls[0].units = 32;
+            rc = mnn_spec_validate(&h, &d);
+            h.input = 2147483648u;
+            d.msg[0] = 0;
+            rc2 = mnn_spec_validate(&h, &d);
+            check(rc == 0 && rc2 == MNN_EINVAL && contains(d.msg, "parameters"),
+                  "mnn_spec_validate: 2^36 parameters pass, 2^36 + 32 are refused (rc %d, %d, "
+                  "\"%s\")", rc, rc2, d.msg);
+            free(ls);
+        }
+    }
+}
+
 /* ---- safetensors ------------------------------------------------------- */
 
 /* Writes a safetensors file by hand: length, header, data_len bytes. */
@@ -2554,13 +3647,279 @@ static void test_safetensors(void)
            8, MNN_EFORMAT, "twice");
 }
 
+/* A malloc'd safetensors image: the length, hdr, then data_len bytes i%251. */
+static char *st_image(const char *hdr, size_t data_len, size_t *len)
+{
+    size_t n = strlen(hdr);
+    char *buf = malloc(8 + n + data_len + 1);
+    if (!buf)
+        return NULL;
+    for (int i = 0; i < 8; i++)
+        buf[i] = (char)(unsigned char)((uint64_t)n >> (8 * i));
+    memcpy(buf + 8, hdr, n);
+    for (size_t i = 0; i < data_len; i++)
+        buf[8 + n + i] = (char)(i % 251);
+    *len = 8 + n + data_len;
+    return buf;
+}
+
+/* mnn_st_parse of hdr (and data_len bytes): its rc, message in d */
+static int st_parse_hdr(const char *hdr, size_t data_len, mnn_diag_t *d, mnn_st_file_t **out)
+{
+    size_t len;
+    char *buf = st_image(hdr, data_len, &len);
+    mnn_st_file_t *f = NULL;
+    if (!buf)
+        return MNN_ENOMEM;
+    d->msg[0] = 0;
+    int rc = mnn_st_parse(&f, buf, len, "x.safetensors", d); /* buf is f's now */
+    if (out)
+        *out = f;
+    else
+        mnn_st_close(f);
+    return rc;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+
+static void test_st_limits(void)
+{
+    mnn_diag_t d;
+    mnn_st_file_t *f;
+    /* ownership: every path frees the buffer exactly once (a double free
+     * aborts; a leak shows in the heap here, and to LeakSanitizer) */
+    {
+        const char *one = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+        const size_t big = 64 << 10;
+        struct mallinfo2 before = mallinfo2();
+        int rcs[6] = {0};
+        for (int rep = 0; rep < 32; rep++)
+            for (int kind = 0; kind < 6; kind++) {
+                char *buf = malloc(big);
+                if (!buf)
+                    continue;
+                memset(buf, ' ', big);
+                size_t len = big;
+                uint64_t hlen = big - 8 - 8; /* the header, 8 data bytes */
+                if (kind == 0)
+                    len = 5; /* shorter than the length field */
+                else if (kind == 1)
+                    hlen = big; /* past the end */
+                else if (kind == 2)
+                    memcpy(buf + 8, "{\"a\": [", 7); /* not JSON */
+                else if (kind == 3)
+                    memcpy(buf + 8, "[1]", 3); /* not an object */
+                if (kind >= 4)
+                    memcpy(buf + 8, one, strlen(one));
+                if (kind == 5)
+                    hlen = big - 8 - 4; /* data short of the tensor */
+                for (int i = 0; i < 8; i++)
+                    buf[i] = (char)(unsigned char)(hlen >> (8 * i));
+                f = NULL;
+                rcs[kind] = mnn_st_parse(&f, buf, len, "own.safetensors", NULL);
+                mnn_st_close(f);
+            }
+        struct mallinfo2 after = mallinfo2();
+        size_t grew = after.uordblks > before.uordblks ? after.uordblks - before.uordblks : 0;
+        check(rcs[0] < 0 && rcs[1] < 0 && rcs[2] < 0 && rcs[3] < 0 && rcs[4] == 0 && rcs[5] < 0,
+              "mnn_st_parse: short, too long a header, bad JSON, not an object, good, data "
+              "short: rc %d %d %d %d %d %d", rcs[0], rcs[1], rcs[2], rcs[3], rcs[4], rcs[5]);
+#ifdef UNDER_ASAN
+        printf("ok %u - mnn_st_parse frees the buffer it takes over # SKIP under ASan, which "
+               "reports leaks itself\n", ++n_tests);
+        (void)grew;
+#else
+        check(grew < ((size_t)1 << 20),
+              "mnn_st_parse frees the buffer it takes over, on success and on every error "
+              "(heap grew by %zu bytes over 192 buffers of 64 KiB)", grew);
+#endif
+        f = (mnn_st_file_t *)1;
+        int rc = mnn_st_parse(&f, NULL, 0, "empty.safetensors", &d);
+        check(rc < 0 && f == NULL, "mnn_st_parse of no bytes (a NULL buffer): an error, *out "
+                                   "NULL (rc %d)", rc);
+    }
+
+    /* a header over 16 MiB: refused before it is parsed */
+    {
+        const size_t lim = (size_t)16 << 20;
+        size_t len = 8 + lim + 1;
+        char *buf = malloc(len);
+        if (buf) {
+            memset(buf, ' ', len);
+            for (int i = 0; i < 8; i++)
+                buf[i] = (char)(unsigned char)((uint64_t)(lim + 1) >> (8 * i));
+            memcpy(buf + 8, "{}", 2);
+            f = NULL;
+            double t0 = now_s();
+            int rc = mnn_st_parse(&f, buf, len, "huge.safetensors", &d);
+            double dt = now_s() - t0;
+            check(rc == MNN_ELIMIT && f == NULL && contains(d.msg, "huge.safetensors"),
+                  "mnn_st_parse: a header of 16 MiB + 1 byte is MNN_ELIMIT (rc %d, %.3f s, \"%s\")",
+                  rc, dt, d.msg);
+            mnn_st_close(f);
+        }
+        len = 8 + lim;
+        buf = malloc(len);
+        if (buf) {
+            memset(buf, ' ', len);
+            for (int i = 0; i < 8; i++)
+                buf[i] = (char)(unsigned char)((uint64_t)lim >> (8 * i));
+            memcpy(buf + 8, "{\"__metadata__\":{\"k\":\"v\"}}", 26);
+            f = NULL;
+            int rc = mnn_st_parse(&f, buf, len, "16mib.safetensors", &d);
+            const char *v = rc == 0 ? mnn_st_meta(f, "k") : NULL;
+            check(rc == 0 && v && !strcmp(v, "v"),
+                  "mnn_st_parse: a header of exactly 16 MiB is read (rc %d, \"%s\")", rc,
+                  rc ? d.msg : "");
+            mnn_st_close(f);
+        }
+    }
+
+    /* the tensor count: 65536 at most */
+    for (int over = 0; over <= 1; over++) {
+        const size_t nt = 65536 + (size_t)over;
+        char *hdr = malloc(64 * nt + 64), *p = hdr;
+        if (!hdr)
+            break;
+        /* 65536 with __metadata__ (which is no tensor); 65537 without */
+        p += sprintf(p, over ? "{" : "{\"__metadata__\":{\"k\":\"v\"},");
+        for (size_t i = 0; i < nt; i++)
+            p += sprintf(p, "%s\"t%zu\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}",
+                         i ? "," : "", i);
+        strcpy(p, "}");
+        int rc = st_parse_hdr(hdr, 0, &d, NULL);
+        if (over)
+            check(rc == MNN_ELIMIT && contains(d.msg, "65536"),
+                  "mnn_st_parse: 65537 tensors are MNN_ELIMIT (rc %d, \"%s\")", rc, d.msg);
+        else
+            check(rc == 0, "mnn_st_parse: 65536 tensors (and __metadata__) are read (rc %d, "
+                           "\"%s\")", rc, d.msg);
+        free(hdr);
+    }
+
+    /* many tensors: mnn_st_get finds each (a binary search over the names) */
+    {
+        const size_t nt = 5000;
+        char *hdr = malloc(96 * nt + 64), *p = hdr;
+        size_t *where = malloc(nt * sizeof *where);
+        if (!hdr || !where) {
+            free(hdr);
+            free(where);
+            check(0, "test_st_limits: out of memory");
+            return;
+        }
+        /* tensor i holds 1 + i%7 floats, all of value i; names in an order
+         * that is neither numeric nor sorted; data in yet another order */
+        size_t total = 0;
+        for (size_t k = 0; k < nt; k++) {
+            size_t i = (k * 2999) % nt; /* the k-th tensor in the data */
+            where[i] = total;
+            total += 4 * (1 + i % 7);
+        }
+        float *data = malloc(total);
+        p += sprintf(p, "{");
+        for (size_t j = 0; j < nt; j++) {
+            size_t i = (j * 1237 + 11) % nt; /* the j-th in the header */
+            p += sprintf(p, "%s\"w.%zu\":{\"dtype\":\"F32\",\"shape\":[%zu],"
+                            "\"data_offsets\":[%zu,%zu]}", j ? "," : "", i, 1 + i % 7,
+                         where[i], where[i] + 4 * (1 + i % 7));
+            for (size_t e = 0; data && e < 1 + i % 7; e++)
+                data[where[i] / 4 + e] = (float)i;
+        }
+        p += sprintf(p, ",\"__metadata__\":{\"format\":\"pt\"}}");
+        size_t hl = strlen(hdr), len = 8 + hl + total;
+        char *buf = data ? malloc(len) : NULL;
+        if (buf) {
+            for (int i = 0; i < 8; i++)
+                buf[i] = (char)(unsigned char)((uint64_t)hl >> (8 * i));
+            memcpy(buf + 8, hdr, hl);
+            memcpy(buf + 8 + hl, data, total);
+            f = NULL;
+            d.msg[0] = 0;
+            int rc = mnn_st_parse(&f, buf, len, "many.safetensors", &d);
+            if (check(rc == 0, "mnn_st_parse: 5000 tensors (rc %d, \"%s\")", rc, d.msg)) {
+                fails_t ff = {0, 0};
+                for (size_t i = 0; i < nt; i++) {
+                    char name[32];
+                    const void *ptr = NULL;
+                    snprintf(name, sizeof name, "w.%zu", i);
+                    rc = mnn_st_get(f, name, 0, 1, (size_t[1]){1 + i % 7}, &ptr, &d);
+                    const float *v = ptr;
+                    if (rc != 0 || !v || v[0] != (float)i || v[i % 7] != (float)i)
+                        fail_at(&ff, "%s: rc %d, \"%s\"", name, rc, d.msg);
+                    else if (mnn_st_get(f, name, 0, 1, (size_t[1]){2 + i % 7}, &ptr, NULL) !=
+                             MNN_ESHAPE)
+                        fail_at(&ff, "%s: a wrong shape is not MNN_ESHAPE", name);
+                }
+                check(ff.bad == 0, "mnn_st_get finds each of 5000 tensors, with its shape and "
+                                   "data");
+                static const char *const absent[] = {"w.", "w.5000", "w.-1", "w.0 ", "w",
+                                                     "", "w.49999", "x.1", "v.1", "w.1000a"};
+                ff = (fails_t){0, 0};
+                for (size_t k = 0; k < NELEM(absent); k++) {
+                    const void *ptr;
+                    d.msg[0] = 0;
+                    rc = mnn_st_get(f, absent[k], 0, 1, (size_t[1]){1}, &ptr, &d);
+                    if (rc != MNN_ESHAPE || !contains(d.msg, "missing"))
+                        fail_at(&ff, "'%s': rc %d, \"%s\"", absent[k], rc, d.msg);
+                }
+                check(ff.bad == 0, "mnn_st_get: names between, before and after the 5000 are "
+                                   "missing (%zu names)", NELEM(absent));
+                const char *m = mnn_st_meta(f, "format");
+                check(m && !strcmp(m, "pt"), "__metadata__ after 5000 tensors is read");
+            }
+            mnn_st_close(f);
+        } else
+            check(0, "test_st_limits: out of memory");
+        free(data);
+
+        /* the same names with one repeated far from the first */
+        p = hdr;
+        p += sprintf(p, "{");
+        for (size_t i = 0; i < nt; i++)
+            p += sprintf(p, "%s\"w.%zu\":{\"dtype\":\"F32\",\"shape\":[1],"
+                            "\"data_offsets\":[%zu,%zu]}", i ? "," : "",
+                         i == nt - 1 ? (size_t)17 : i, 4 * i, 4 * i + 4);
+        strcpy(p, "}");
+        int rc = st_parse_hdr(hdr, 4 * nt, &d, NULL);
+        check(rc == MNN_EFORMAT && contains(d.msg, "'w.17' appears twice"),
+              "mnn_st_parse: a name given twice among 5000, far apart, is refused (rc %d, \"%s\")",
+              rc, d.msg);
+        free(hdr);
+        free(where);
+    }
+
+    /* __metadata__ twice */
+    int rc = st_parse_hdr("{\"__metadata__\":{\"a\":\"1\"},\"t\":{\"dtype\":\"F32\",\"shape\":[1],"
+                          "\"data_offsets\":[0,4]},\"__metadata__\":{\"b\":\"2\"}}", 4, &d, NULL);
+    check(rc == MNN_EFORMAT && contains(d.msg, "__metadata__ appears twice"),
+          "mnn_st_parse: __metadata__ twice is refused (rc %d, \"%s\")", rc, d.msg);
+    rc = st_parse_hdr("{\"__metadata__\":{},\"__metadata__\":{\"b\":\"2\"}}", 0, &d, NULL);
+    check(rc == MNN_EFORMAT && contains(d.msg, "__metadata__ appears twice"),
+          "mnn_st_parse: __metadata__ twice, the first empty, is refused (rc %d, \"%s\")", rc,
+          d.msg);
+    rc = st_parse_hdr("{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                      "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},"
+                      "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
+                      12, &d, NULL);
+    check(rc == MNN_EFORMAT && contains(d.msg, "'b' appears twice"),
+          "mnn_st_parse: a duplicate name with another between them is refused (rc %d, \"%s\")",
+          rc, d.msg);
+}
+
 /* ---- checkpoints ------------------------------------------------------- */
 
 static int same_state(const mnn_train_state_t *a, const mnn_train_state_t *b)
 {
     return a->step == b->step && a->records_seen == b->records_seen &&
            !memcmp(&a->loss_sum, &b->loss_sum, sizeof a->loss_sum) && a->correct == b->correct &&
-           !memcmp(a->rng.s, b->rng.s, sizeof a->rng.s);
+           !memcmp(a->rng.s, b->rng.s, sizeof a->rng.s) && a->threads == b->threads;
 }
 
 /* Trains a small model a few steps; fills m, o and st. */
@@ -2601,6 +3960,7 @@ static int make_trained(mnn_model_t *m, mnn_optim_t *o, mnn_train_state_t *st,
         return -1;
     }
     memset(st, 0, sizeof *st);
+    st->threads = 3; /* as recorded, whatever this machine has */
     mnn_rng_seed(&st->rng, s.seed);
     mnn_model_init_weights(m, &st->rng);
     float x[4 * 6], y[4];
@@ -2906,6 +4266,760 @@ static void test_ckpt(void)
         mnn_optim_free(&o);
         mnn_model_free(&m);
     }
+}
+
+/* ---- checkpoints: finite values, tampering, roots ------------------------- */
+
+/* Expects mnn_state_check to fail naming want (NULL: to pass). */
+static void state_bad(fails_t *f, const char *what, const mnn_model_t *m, const mnn_optim_t *o,
+                      const char *want)
+{
+    mnn_diag_t d = {""};
+    int rc = mnn_state_check(m, o, &d);
+    if (want ? rc != MNN_ECORRUPT || !contains(d.msg, want) : rc != 0)
+        fail_at(f, "%s: rc %d, \"%s\"%s%s", what, rc, d.msg, want ? ", want " : "",
+                want ? want : "");
+}
+
+static void test_state_check(void)
+{
+    mnn_model_t m;
+    mnn_optim_t o;
+    mnn_train_state_t st;
+    if (!check(make_trained(&m, &o, &st, MNN_OPT_ADAM, MNN_NORM_RUNNING, 1) == 0 && o.m2 &&
+                   o.avg && m.norm_mean,
+               "mnn_state_check: an adam model with exit heads, averaging and normalization"))
+        return;
+    mnn_diag_t d = {""};
+    int rc = mnn_state_check(&m, &o, &d);
+    check(rc == 0 && mnn_state_check(&m, NULL, &d) == 0, "mnn_state_check of a trained state: 0 "
+                                                         "(rc %d, \"%s\")", rc, d.msg);
+    const float fnan = NAN, finf = INFINITY;
+    const struct {
+        int buf; /* 0 params, 1 exp_avg, 2 exp_avg_sq, 3 average */
+        size_t at;
+        float v;
+        const char *want;
+    } cases[] = {
+        {0, m.w_off[0] + 23, fnan, "layers.0.weight[23] is not finite (nan)"},
+        {0, m.w_off[0], fnan, "layers.0.weight[0] is not finite (nan)"},
+        {0, m.w_off[1] + 7, finf, "layers.1.weight[7] is not finite (inf)"},
+        {0, m.b_off[1], fnan, "layers.1.bias[0] is not finite (nan)"},
+        {0, m.b_off[2] + 2, -finf, "layers.2.bias[2] is not finite (-inf)"},
+        {0, m.ew_off[0] + 14, fnan, "exits.0.weight[14] is not finite (nan)"},
+        {0, m.ew_off[1] + 5, finf, "exits.1.weight[5] is not finite (inf)"},
+        {0, m.nparams - 1, fnan, "exits.1.bias[2] is not finite (nan)"},
+        {1, m.b_off[0] + 2, fnan, "layers.0.bias.exp_avg[2] is not finite (nan)"},
+        {1, m.ew_off[0] + 1, -finf, "exits.0.weight.exp_avg[1] is not finite (-inf)"},
+        {2, m.b_off[0] + 2, -1, "layers.0.bias.exp_avg_sq[2] is negative (-1)"},
+        {2, m.w_off[2], fnan, "layers.2.weight.exp_avg_sq[0] is not finite (nan)"},
+        {2, m.eb_off[0], -1e-30f, "exits.0.bias.exp_avg_sq[0] is negative (-1e-30)"},
+        {2, m.w_off[1] + 3, finf, "layers.1.weight.exp_avg_sq[3] is not finite (inf)"},
+        {3, m.w_off[1] + 3, fnan, "layers.1.weight"},
+        {3, m.eb_off[1], -finf, "exits.1.bias"},
+    };
+    fails_t f = {0, 0};
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        float *buf = cases[i].buf == 0 ? m.params : cases[i].buf == 1 ? o.m1
+                   : cases[i].buf == 2 ? o.m2 : o.avg;
+        const float keep = buf[cases[i].at];
+        buf[cases[i].at] = cases[i].v;
+        state_bad(&f, cases[i].want, &m, &o, cases[i].want);
+        if (cases[i].buf == 3) {
+            d.msg[0] = 0;
+            mnn_state_check(&m, &o, &d);
+            if (!contains(d.msg, "average") || !contains(d.msg, "is not finite"))
+                fail_at(&f, "the average: \"%s\" does not say average, not finite", d.msg);
+        }
+        if (cases[i].buf > 0)
+            state_bad(&f, "the optimizer not given", &m, NULL, NULL);
+        buf[cases[i].at] = keep;
+    }
+    check(f.bad == 0, "mnn_state_check: NaN, +Inf, -Inf in weights, exp_avg, exp_avg_sq and "
+                      "the average, a negative exp_avg_sq: MNN_ECORRUPT naming the tensor and "
+                      "index (%zu cases)", NELEM(cases));
+
+    f = (fails_t){0, 0};
+    const size_t last = m.spec.input - 1;
+    const struct {
+        int m2;
+        size_t at;
+        double v;
+        const char *want;
+    } norm[] = {
+        {1, 2, NAN, "normalize.m2[2] is not finite"},
+        {1, last, -0.5, "normalize.m2[5] is negative"},
+        {1, 0, -INFINITY, "normalize.m2[0] is not finite"},
+        {0, 1, NAN, "normalize.mean[1] is not finite"},
+        {0, last, INFINITY, "normalize.mean[5] is not finite"},
+    };
+    for (size_t i = 0; i < NELEM(norm); i++) {
+        double *buf = norm[i].m2 ? m.norm_m2 : m.norm_mean;
+        const double keep = buf[norm[i].at];
+        buf[norm[i].at] = norm[i].v;
+        state_bad(&f, norm[i].want, &m, &o, norm[i].want);
+        state_bad(&f, norm[i].want, &m, NULL, norm[i].want);
+        buf[norm[i].at] = keep;
+    }
+    check(f.bad == 0, "mnn_state_check: a NaN or negative normalize m2, a NaN or Inf mean: "
+                      "MNN_ECORRUPT naming it (%zu cases)", NELEM(norm));
+
+    /* what is allowed: any finite weight or moment, a negative exp_avg, -0 */
+    f = (fails_t){0, 0};
+    const float keep0 = m.params[0], keep1 = m.params[1], keep2 = m.params[2];
+    const float km1 = o.m1[4], km2 = o.m2[4];
+    const double kmean = m.norm_mean[0], km2n = m.norm_m2[0];
+    m.params[0] = FLT_MAX;
+    m.params[1] = -FLT_MAX;
+    m.params[2] = 1e-45f; /* subnormal */
+    o.m1[4] = -3;
+    o.m2[4] = -0.0f;
+    m.norm_mean[0] = -1e300;
+    m.norm_m2[0] = 0;
+    state_bad(&f, "extreme finite values, a negative exp_avg, an exp_avg_sq of -0", &m, &o, NULL);
+    /* the first bad value in the order of the parameters is the one named */
+    m.params[m.w_off[2]] = fnan;
+    m.params[m.w_off[0] + 3] = finf;
+    state_bad(&f, "two bad weights", &m, &o, "layers.0.weight[3] is not finite (inf)");
+    m.params[m.w_off[2]] = 0;
+    m.params[m.w_off[0] + 3] = 0;
+    m.params[0] = keep0;
+    m.params[1] = keep1;
+    m.params[2] = keep2;
+    o.m1[4] = km1;
+    o.m2[4] = km2;
+    m.norm_mean[0] = kmean;
+    m.norm_m2[0] = km2n;
+    check(f.bad == 0, "mnn_state_check accepts extreme finite values, a negative exp_avg and "
+                      "-0; of two bad weights it names the first");
+    mnn_optim_free(&o);
+    mnn_model_free(&m);
+
+    /* a model of more than one 4096-value block */
+    mnn_spec_t s;
+    mnn_layer_spec_t layers[] = {{64, MNN_ACT_RELU}, {3, MNN_ACT_NONE}};
+    mnn_spec_defaults(&s);
+    s.input = 100;
+    s.outputs = 3;
+    s.layers = layers;
+    s.nlayers = 2;
+    s.opt.type = MNN_OPT_ADAM;
+    if (!check(mnn_model_init(&m, &s) == 0, "mnn_state_check: a model of 6659 parameters"))
+        return;
+    if (mnn_optim_init(&o, &m.spec.opt, m.nparams) < 0) {
+        mnn_model_free(&m);
+        check(0, "mnn_optim_init");
+        return;
+    }
+    const size_t at[] = {0, 1, 4094, 4095, 4096, 4097, 5000, 6399, 6400, 6463, 6464, 6655, 6658};
+    f = (fails_t){0, 0};
+    for (size_t i = 0; i < NELEM(at); i++)
+        for (int which = 0; which < 2; which++) {
+            const size_t k = at[i];
+            char want[96];
+            size_t layer = k < m.b_off[0] + 64 ? 0 : 1;
+            int w = k < m.b_off[layer];
+            snprintf(want, sizeof want, "layers.%zu.%s%s[%zu] is %s", layer, w ? "weight" : "bias",
+                     which ? ".exp_avg_sq" : "", k - (w ? m.w_off[layer] : m.b_off[layer]),
+                     which ? "negative (-2)" : "not finite (nan)");
+            float *buf = which ? o.m2 : m.params;
+            buf[k] = which ? -2.0f : fnan;
+            state_bad(&f, want, &m, &o, want);
+            buf[k] = 0;
+        }
+    check(f.bad == 0, "mnn_state_check over 6659 parameters: a bad value at any place, at "
+                      "and around the 4096 block edges, is found and named (%zu places)",
+          NELEM(at));
+    mnn_optim_free(&o);
+    mnn_model_free(&m);
+}
+
+/* "" if no entry of dir starts with .tmp-, else the listing */
+static const char *tmp_left(const char *dir, char *buf, size_t size)
+{
+    dir_list(dir, buf, size);
+    return contains(buf, ".tmp-") || !strcmp(buf, "?") ? buf : "";
+}
+
+static void test_ckpt_write_refuses(void)
+{
+    mnn_model_t m, m2;
+    mnn_optim_t o;
+    mnn_train_state_t st, st2;
+    char root[128], dir[200], l[1024];
+    if (!check(make_trained(&m, &o, &st, MNN_OPT_ADAM, MNN_NORM_RUNNING, 1) == 0,
+               "mnn_ckpt_write refusals: a model"))
+        return;
+    tpath(root, sizeof root, "refuse");
+    mkdir(root, 0755);
+    snprintf(dir, sizeof dir, "%s/step-00000005", root);
+    const struct {
+        int buf; /* 0 params, 1 exp_avg, 2 exp_avg_sq, 3 average, 4 norm m2, 5 norm mean */
+        size_t at;
+        float v;
+        const char *want;
+    } cases[] = {
+        {0, m.w_off[1] + 2, NAN, "layers.1.weight[2]"},
+        {0, m.nparams - 1, INFINITY, "exits.1.bias[2]"},
+        {1, 3, -INFINITY, "layers.0.weight.exp_avg[3]"},
+        {2, m.b_off[2], -1, "layers.2.bias.exp_avg_sq[0] is negative"},
+        {3, 0, NAN, "average"},
+        {4, 1, -1, "normalize.m2[1]"},
+        {5, 2, NAN, "normalize.mean[2]"},
+    };
+    fails_t f = {0, 0};
+    for (size_t i = 0; i < NELEM(cases); i++) {
+        float *buf = cases[i].buf == 0 ? m.params : cases[i].buf == 1 ? o.m1
+                   : cases[i].buf == 2 ? o.m2 : cases[i].buf == 3 ? o.avg : NULL;
+        double *dbuf = cases[i].buf == 4 ? m.norm_m2 : m.norm_mean;
+        const float keep = buf ? buf[cases[i].at] : 0;
+        const double dkeep = buf ? 0 : dbuf[cases[i].at];
+        if (buf)
+            buf[cases[i].at] = cases[i].v;
+        else
+            dbuf[cases[i].at] = cases[i].v;
+        mnn_diag_t d = {""};
+        int rc = mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000000, 0, &d);
+        if (rc != MNN_EINVAL || !contains(d.msg, cases[i].want) || !contains(d.msg, dir) ||
+            exists(dir) || tmp_left(root, l, sizeof l)[0])
+            fail_at(&f, "%s: rc %d, \"%s\", %s, left: %s", cases[i].want, rc, d.msg,
+                    exists(dir) ? "written" : "not written", tmp_left(root, l, sizeof l));
+        if (buf)
+            buf[cases[i].at] = keep;
+        else
+            dbuf[cases[i].at] = dkeep;
+    }
+    check(f.bad == 0, "mnn_ckpt_write of a state with a value that is not finite (or a "
+                      "negative second moment or variance): MNN_EINVAL naming it, nothing "
+                      "written, no .tmp-* left (%zu cases)", NELEM(cases));
+
+    const uint32_t bad_threads[] = {0, 1025, UINT32_MAX};
+    f = (fails_t){0, 0};
+    for (size_t i = 0; i < NELEM(bad_threads); i++) {
+        mnn_diag_t d = {""};
+        st.threads = bad_threads[i];
+        int rc = mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000000, 0, &d);
+        if (rc != MNN_EINVAL || exists(dir) || tmp_left(root, l, sizeof l)[0])
+            fail_at(&f, "threads %u: rc %d, \"%s\", %s, left: %s", bad_threads[i], rc, d.msg,
+                    exists(dir) ? "written" : "not written", tmp_left(root, l, sizeof l));
+    }
+    check(f.bad == 0, "mnn_ckpt_write refuses threads 0, 1025 and 2^32-1: MNN_EINVAL, nothing "
+                      "written, no .tmp-* left");
+    /* with replace, a refused write leaves the checkpoint there as it was */
+    {
+        mnn_diag_t d = {""};
+        st.threads = 2;
+        int rc = mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000000, 0, &d);
+        st.threads = 0;
+        int rc1 = mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000001, 1, &d);
+        st.threads = 2;
+        const float keep = m.params[3];
+        m.params[3] = NAN;
+        int rc2 = mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000002, 1, &d);
+        m.params[3] = keep;
+        memset(&m2, 0, sizeof m2);
+        int lrc = mnn_ckpt_load(dir, &m2, NULL, &st2, &d);
+        if (check(rc == 0 && rc1 == MNN_EINVAL && rc2 == MNN_EINVAL && lrc == 0 &&
+                      st2.threads == 2 && !tmp_left(root, l, sizeof l)[0],
+                  "mnn_ckpt_write with replace, of threads 0 and of a NaN: MNN_EINVAL, the "
+                  "checkpoint there still loads, no .tmp-* left (rc %d, %d, %d, %d)", rc, rc1,
+                  rc2, lrc))
+            mnn_model_free(&m2);
+        mnn_remove_tree(dir);
+    }
+    const uint32_t good_threads[] = {1, 1024};
+    for (size_t i = 0; i < NELEM(good_threads); i++) {
+        mnn_diag_t d = {""};
+        st.threads = good_threads[i];
+        snprintf(dir, sizeof dir, "%s/threads-%u", root, good_threads[i]);
+        int rc = mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000000, 0, &d);
+        memset(&m2, 0, sizeof m2);
+        memset(&st2, 0, sizeof st2);
+        int lrc = rc == 0 ? mnn_ckpt_load(dir, &m2, NULL, &st2, &d) : -1;
+        if (check(rc == 0 && lrc == 0 && st2.threads == good_threads[i],
+                  "mnn_ckpt_write and mnn_ckpt_load with threads %u (rc %d, %d, \"%s\")",
+                  good_threads[i], rc, lrc, d.msg))
+            mnn_model_free(&m2);
+    }
+    mnn_optim_free(&o);
+    mnn_model_free(&m);
+    rm_rf(root);
+}
+
+/* The XXH3-64 of p[0, n) as 16 hex digits, by way of mnn_hash_file. */
+static int hash_bytes(const char *p, size_t n, char hex[17])
+{
+    char tmp[128];
+    uint64_t got = 0;
+    tpath(tmp, sizeof tmp, "hash-me.tmp");
+    int rc = write_bytes(tmp, p, n) == 0 ? mnn_hash_file(tmp, hex, &got) : -1;
+    unlink(tmp);
+    return rc == 0 && got == n ? 0 : -1;
+}
+
+/* Replaces the line of path that starts with prefix by repl (which
+ * brings its own '\n', or is "" to delete it): 0, or -1 if there is none. */
+static int edit_line(const char *path, const char *prefix, const char *repl)
+{
+    size_t n = 0;
+    char *buf = slurp(path, &n), *at = NULL;
+    if (buf && !strncmp(buf, prefix, strlen(prefix)))
+        at = buf;
+    for (char *p = buf; !at && p && (p = strchr(p, '\n')); p++)
+        if (!strncmp(p + 1, prefix, strlen(prefix)))
+            at = p + 1;
+    if (!at) {
+        free(buf);
+        return -1;
+    }
+    char *end = strchr(at, '\n');
+    end = end ? end + 1 : buf + n;
+    size_t pre = (size_t)(at - buf), post = n - (size_t)(end - buf), lr = strlen(repl);
+    char *out = malloc(pre + lr + post + 1);
+    int rc = -1;
+    if (out) {
+        memcpy(out, buf, pre);
+        memcpy(out + pre, repl, lr);
+        memcpy(out + pre + lr, end, post);
+        rc = write_bytes(path, out, pre + lr + post);
+    }
+    free(out);
+    free(buf);
+    return rc;
+}
+
+/* Rewrites manifest.yaml's last line, 'manifest_xxh3: HEX', from the bytes
+ * before it (appending one if there is none). */
+static int reseal(const char *dir)
+{
+    char mp[300], hex[17];
+    size_t n = 0;
+    snprintf(mp, sizeof mp, "%s/manifest.yaml", dir);
+    char *buf = slurp(mp, &n);
+    if (!buf)
+        return -1;
+    char *seal = strstr(buf, "\nmanifest_xxh3: ");
+    size_t keep = seal ? (size_t)(seal + 1 - buf) : n;
+    int rc = -1;
+    char *out = malloc(keep + 40);
+    if (out && hash_bytes(buf, keep, hex) == 0) {
+        memcpy(out, buf, keep);
+        int k = snprintf(out + keep, 40, "manifest_xxh3: %s\n", hex);
+        rc = write_bytes(mp, out, keep + (size_t)k);
+    }
+    free(out);
+    free(buf);
+    return rc;
+}
+
+/* Sets the manifest's entry for name (bytes: given, or the file's size when
+ * NULL; xxh3: the file's), then reseals. */
+static int set_entry(const char *dir, const char *name, const char *bytes)
+{
+    char fp[300], mp[300], prefix[96], line[160], hex[17];
+    uint64_t got;
+    snprintf(fp, sizeof fp, "%s/%s", dir, name);
+    snprintf(mp, sizeof mp, "%s/manifest.yaml", dir);
+    if (mnn_hash_file(fp, hex, &got) < 0)
+        return -1;
+    snprintf(prefix, sizeof prefix, "  - {name: %s,", name);
+    if (bytes)
+        snprintf(line, sizeof line, "  - {name: %s, bytes: %s, xxh3: %s}\n", name, bytes, hex);
+    else
+        snprintf(line, sizeof line, "  - {name: %s, bytes: %llu, xxh3: %s}\n", name,
+                 (unsigned long long)got, hex);
+    return edit_line(mp, prefix, line) == 0 ? reseal(dir) : -1;
+}
+
+static int load_ckpt(const char *dir, mnn_diag_t *d)
+{
+    mnn_model_t m;
+    mnn_optim_t o;
+    mnn_train_state_t st;
+    memset(&m, 0, sizeof m);
+    d->msg[0] = 0;
+    int rc = mnn_ckpt_load(dir, &m, &o, &st, d);
+    if (rc == 0) {
+        mnn_optim_free(&o);
+        mnn_model_free(&m);
+    }
+    return rc;
+}
+
+static void test_ckpt_tamper(void)
+{
+    mnn_model_t m;
+    mnn_optim_t o;
+    mnn_train_state_t st;
+    char root[128], dir[200], fp[300], mp[300];
+    mnn_diag_t d = {""};
+    if (!check(make_trained(&m, &o, &st, MNN_OPT_SGD, MNN_NORM_NONE, 0) == 0 && st.step == 5 &&
+                   st.records_seen == 20 && m.spec.nlayers == 3,
+               "tampered checkpoints: a model at step 5, 20 records seen"))
+        return;
+    tpath(root, sizeof root, "tamper");
+    mkdir(root, 0755);
+    int n = 0;
+#define FRESH()                                                                              \
+    (snprintf(dir, sizeof dir, "%s/ck%d", root, n++),                                        \
+     snprintf(fp, sizeof fp, "%s/state.yaml", dir),                                          \
+     snprintf(mp, sizeof mp, "%s/manifest.yaml", dir),                                       \
+     mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000000, 0, &d))
+    /* the helpers themselves: rehashing and resealing what did not change,
+     * or changed harmlessly, loads */
+    int rc = FRESH(), e = 0;
+    e |= set_entry(dir, "state.yaml", NULL);
+    e |= edit_line(fp, "# ", "# edited by hand, harmlessly\n");
+    e |= set_entry(dir, "state.yaml", NULL);
+    e |= edit_line(mp, "tool: ", "tool: somebody else\n");
+    e |= reseal(dir);
+    int lrc = load_ckpt(dir, &d);
+    if (!check(rc == 0 && e == 0 && lrc == 0,
+               "a checkpoint with state.yaml's comment and the manifest's tool edited, rehashed "
+               "and resealed, loads (rc %d, %d, \"%s\")", rc, lrc, d.msg))
+        goto out;
+
+    rc = FRESH();
+    e = edit_line(fp, "step: ", "step: 6\n") | set_entry(dir, "state.yaml", NULL);
+    lrc = load_ckpt(dir, &d);
+    check(rc == 0 && e == 0 && lrc == MNN_ECORRUPT && contains(d.msg, "disagree"),
+          "state.yaml's step edited (and rehashed): MNN_ECORRUPT, state and manifest disagree "
+          "(rc %d, \"%s\")", lrc, d.msg);
+    rc = FRESH();
+    e = edit_line(fp, "records_seen: ", "records_seen: 24\n") | set_entry(dir, "state.yaml", NULL);
+    lrc = load_ckpt(dir, &d);
+    check(rc == 0 && e == 0 && lrc == MNN_ECORRUPT && contains(d.msg, "disagree"),
+          "state.yaml's records_seen edited (and rehashed): MNN_ECORRUPT (rc %d, \"%s\")", lrc,
+          d.msg);
+    rc = FRESH();
+    e = edit_line(fp, "step: ", "step: 6\n");
+    lrc = load_ckpt(dir, &d);
+    check(rc == 0 && e == 0 && lrc == MNN_ECORRUPT && contains(d.msg, "state.yaml") &&
+              contains(d.msg, "hash does not match the manifest"),
+          "state.yaml's step edited, not rehashed: MNN_ECORRUPT, its hash (rc %d, \"%s\")", lrc,
+          d.msg);
+
+    rc = FRESH();
+    e = edit_line(mp, "records_seen: ", "records_seen: 21\n");
+    lrc = load_ckpt(dir, &d);
+    check(rc == 0 && e == 0 && lrc == MNN_ECORRUPT && contains(d.msg, "manifest.yaml") &&
+              contains(d.msg, "hash does not match its contents"),
+          "the manifest edited without resealing: MNN_ECORRUPT (rc %d, \"%s\")", lrc, d.msg);
+    e = reseal(dir);
+    lrc = load_ckpt(dir, &d);
+    check(e == 0 && lrc == MNN_ECORRUPT && contains(d.msg, "disagree"),
+          "... and resealed: the state disagrees with it (rc %d, \"%s\")", lrc, d.msg);
+    rc = FRESH();
+    e = edit_line(mp, "manifest_xxh3: ", "");
+    lrc = load_ckpt(dir, &d);
+    check(rc == 0 && e == 0 && lrc == MNN_ECORRUPT && contains(d.msg, "no 'manifest_xxh3: "),
+          "the manifest's seal line removed: MNN_ECORRUPT (rc %d, \"%s\")", lrc, d.msg);
+    rc = FRESH();
+    e = edit_line(mp, "manifest_xxh3: ", "manifest_xxh3: 0123456789abcdef\n");
+    lrc = load_ckpt(dir, &d);
+    check(rc == 0 && e == 0 && lrc == MNN_ECORRUPT &&
+              contains(d.msg, "hash does not match its contents"),
+          "a wrong seal: MNN_ECORRUPT (rc %d, \"%s\")", lrc, d.msg);
+
+    /* sizes the spec does not allow, with the manifest resealed */
+    static const struct {
+        const char *file, *bytes;
+    } sizes[] = {
+        {"model.safetensors", "1"},
+        {"model.safetensors", "1000000000000"},
+        {"optimizer.safetensors", "8"},
+        {"optimizer.safetensors", "18446744073709551615"},
+        {"state.yaml", "0"},
+        {"state.yaml", "65537"},
+    };
+    fails_t f = {0, 0};
+    for (size_t i = 0; i < NELEM(sizes); i++) {
+        rc = FRESH();
+        e = set_entry(dir, sizes[i].file, sizes[i].bytes);
+        lrc = load_ckpt(dir, &d);
+        if (rc || e || lrc != MNN_ECORRUPT || !contains(d.msg, sizes[i].file) ||
+            !contains(d.msg, "bytes, but its model spec allows"))
+            fail_at(&f, "%s listed with %s bytes: rc %d, \"%s\"", sizes[i].file, sizes[i].bytes,
+                    lrc, d.msg);
+    }
+    check(f.bad == 0, "a manifest listing a size the model spec does not allow (too small, too "
+                      "large, for each file): MNN_ECORRUPT (%zu cases)", NELEM(sizes));
+
+    /* an extra file, listed with its true size and hash */
+    rc = FRESH();
+    snprintf(fp, sizeof fp, "%s/extra.bin", dir);
+    e = write_bytes(fp, "abc", 3);
+    char hex[17] = "";
+    uint64_t got;
+    e |= mnn_hash_file(fp, hex, &got);
+    char line[128];
+    snprintf(line, sizeof line, "files:\n  - {name: extra.bin, bytes: 3, xxh3: %s}\n", hex);
+    e |= edit_line(mp, "files:", line) | reseal(dir);
+    lrc = load_ckpt(dir, &d);
+    check(rc == 0 && e == 0 && lrc == MNN_EFORMAT && contains(d.msg, "lists extra.bin"),
+          "a manifest listing an unknown extra file: MNN_EFORMAT (rc %d, \"%s\")", lrc, d.msg);
+
+    /* state.yaml's content, rehashed */
+    static const struct {
+        const char *prefix, *repl, *want, *what;
+    } states[] = {
+        {"threads: ", "", "state.yaml", "the threads line missing"},
+        {"threads: ", "threads: 0\n", "threads", "threads: 0"},
+        {"threads: ", "threads: 1025\n", "threads", "threads: 1025"},
+        {"threads: ", "threads: -1\n", "threads", "threads: -1"},
+        {"rng: ", "rng: [0, 0, 0, 0]\n", "all-zero", "an all-zero rng"},
+        {"rng: ", "rng: [1, 2, 3]\n", "state.yaml", "an rng of 3 words"},
+        {"progressive: ", "progressive: {loss_sum: -1, correct: 3}\n", "state.yaml",
+         "a negative loss_sum"},
+        {"progressive: ", "progressive: {loss_sum: 1, correct: 21}\n", "state.yaml",
+         "more correct than seen"},
+    };
+    f = (fails_t){0, 0};
+    for (size_t i = 0; i < NELEM(states); i++) {
+        rc = FRESH();
+        e = edit_line(fp, states[i].prefix, states[i].repl) | set_entry(dir, "state.yaml", NULL);
+        lrc = load_ckpt(dir, &d);
+        if (rc || e || lrc >= 0 || !contains(d.msg, "state.yaml") || !contains(d.msg, states[i].want))
+            fail_at(&f, "%s: rc %d, \"%s\"", states[i].what, lrc, d.msg);
+    }
+    check(f.bad == 0, "state.yaml (rehashed) without threads, threads 0, 1025 or -1, an all-zero "
+                      "or short rng, bad progressive counts: refused (%zu cases)", NELEM(states));
+    rc = FRESH();
+    e = edit_line(fp, "threads: ", "threads: 1024\n") | set_entry(dir, "state.yaml", NULL);
+    lrc = load_ckpt(dir, &d);
+    check(rc == 0 && e == 0 && lrc == 0, "state.yaml with threads: 1024 (rehashed) loads (rc %d, "
+                                         "\"%s\")", lrc, d.msg);
+
+    /* a NaN written into the weights and the momentum, rehashed: the loader's
+     * own check */
+    static const struct {
+        const char *file, *want;
+    } nans[] = {
+        {"model.safetensors", "layers.2.weight[11] is not finite"},
+        {"optimizer.safetensors", "layers.2.weight.momentum_buffer[11] is not finite"},
+    };
+    for (size_t i = 0; i < NELEM(nans); i++) {
+        rc = FRESH();
+        snprintf(fp, sizeof fp, "%s/%s", dir, nans[i].file);
+        size_t len = 0;
+        char *buf = slurp(fp, &len);
+        e = -1;
+        if (buf && len > 4) {
+            /* the last tensor in name order is the last in the file */
+            const float v = NAN;
+            memcpy(buf + len - 4, &v, 4);
+            e = write_bytes(fp, buf, len) | set_entry(dir, nans[i].file, NULL);
+        }
+        free(buf);
+        lrc = load_ckpt(dir, &d);
+        check(rc == 0 && e == 0 && lrc == MNN_ECORRUPT && contains(d.msg, nans[i].want),
+              "a NaN in %s (rehashed): mnn_ckpt_load says MNN_ECORRUPT, naming it (rc %d, "
+              "\"%s\")", nans[i].file, lrc, d.msg);
+    }
+#undef FRESH
+out:
+    mnn_optim_free(&o);
+    mnn_model_free(&m);
+    rm_rf(root);
+}
+
+static void test_state_parse(void)
+{
+    const char *good = "# comment\nstep: 5\nrecords_seen: 20\n"
+                       "rng: [1, 18446744073709551615, 0, 4]\n"
+                       "progressive: {loss_sum: 12.5, correct: 7}\nthreads: 2\n";
+    mnn_train_state_t st;
+    mnn_diag_t d = {""};
+    int rc = mnn_state_parse(&st, good, strlen(good), "state.yaml", &d);
+    check(rc == 0 && st.step == 5 && st.records_seen == 20 && st.rng.s[0] == 1 &&
+              st.rng.s[1] == UINT64_MAX && st.rng.s[2] == 0 && st.rng.s[3] == 4 &&
+              st.loss_sum == 12.5 && st.correct == 7 && st.threads == 2,
+          "mnn_state_parse: every field (rc %d, \"%s\")", rc, d.msg);
+    static const struct {
+        const char *text, *want;
+    } bad[] = {
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, 3, 4]\nprogressive: {loss_sum: 1, correct: 7}\n",
+         "state.yaml"},
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, 3, 4]\nprogressive: {loss_sum: 1, correct: 7}\n"
+         "threads: 0\n", "state.yaml:5:10: threads: 0 is not in 1..1024"},
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, 3, 4]\nprogressive: {loss_sum: 1, correct: 7}\n"
+         "threads: 1025\n", "threads: 1025 is not in 1..1024"},
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, 3, 4]\nprogressive: {loss_sum: 1, correct: 7}\n"
+         "threads: 18446744073709551616\n", "state.yaml:5:10:"},
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, 3, 4]\nprogressive: {loss_sum: 1, correct: 7}\n"
+         "threads: two\n", "state.yaml:5:10:"},
+        {"step: 5\nrecords_seen: 20\nrng: [0, 0, 0, 0]\nprogressive: {loss_sum: 1, correct: 7}\n"
+         "threads: 1\n", "state.yaml:3:6: rng: an all-zero generator state"},
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, 3]\nprogressive: {loss_sum: 1, correct: 7}\n"
+         "threads: 1\n", "state.yaml"},
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, 3, 4, 5]\nprogressive: {loss_sum: 1, correct: 7}\n"
+         "threads: 1\n", "state.yaml"},
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, x, 4]\nprogressive: {loss_sum: 1, correct: 7}\n"
+         "threads: 1\n", "state.yaml:3:13:"},
+        {"records_seen: 20\nrng: [1, 2, 3, 4]\nprogressive: {loss_sum: 1, correct: 7}\n"
+         "threads: 1\n", "state.yaml"},
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, 3, 4]\nthreads: 1\n", "state.yaml"},
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, 3, 4]\nprogressive: {loss_sum: 1, correct: 21}\n"
+         "threads: 1\n", "progressive counts out of range"},
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, 3, 4]\nprogressive: {loss_sum: -1, correct: 7}\n"
+         "threads: 1\n", "progressive counts out of range"},
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, 3, 4]\nprogressive: {loss_sum: .nan, correct: 7}\n"
+         "threads: 1\n", "state.yaml:4:25:"},
+        {"step: 5\nrecords_seen: 20\nrng: [1, 2, 3, 4]\nprogressive: {loss_sum: .inf, correct: 7}\n"
+         "threads: 1\n", "state.yaml:4:25:"},
+        {"[1, 2]\n", "state.yaml"},
+        {"", "state.yaml"},
+        {"step: &s 5\nrecords_seen: *s\n", "alias"},
+    };
+    fails_t f = {0, 0};
+    for (size_t i = 0; i < NELEM(bad); i++) {
+        d.msg[0] = 0;
+        rc = mnn_state_parse(&st, bad[i].text, strlen(bad[i].text), "state.yaml", &d);
+        if (rc != MNN_EFORMAT || !contains(d.msg, bad[i].want))
+            fail_at(&f, "text %zu: rc %d, \"%s\", want \"%s\"", i, rc, d.msg, bad[i].want);
+    }
+    check(f.bad == 0, "mnn_state_parse refuses: no threads, threads 0, 1025, 2^64, 'two', an "
+                      "all-zero, short, long or bad rng, no step, no progressive, more correct "
+                      "than seen, a negative, NaN or Inf loss_sum, a list, nothing, an alias: "
+                      "MNN_EFORMAT naming the place (%zu texts)", NELEM(bad));
+    const char *edge = "step: 0\nrecords_seen: 0\nrng: [0, 0, 0, 1]\n"
+                       "progressive: {loss_sum: 0, correct: 0}\nthreads: 1024\n";
+    rc = mnn_state_parse(&st, edge, strlen(edge), "state.yaml", &d);
+    check(rc == 0 && st.threads == 1024 && st.rng.s[3] == 1 && st.step == 0,
+          "mnn_state_parse: step 0, one non-zero rng word, threads 1024 (rc %d, \"%s\")", rc,
+          d.msg);
+}
+
+static int child_root_open(void *ctx)
+{
+    int fd = 12345;
+    mnn_diag_t d = {""};
+    int rc = mnn_ckpt_root_open(ctx, &fd, &d);
+    if (rc == 0) {
+        close(fd);
+        return 0;
+    }
+    if (rc == MNN_EBUSY && fd == -1 && contains(d.msg, ctx))
+        return 1;
+    diag("child: mnn_ckpt_root_open rc %d, fd %d, \"%s\"", rc, fd, d.msg);
+    return 2;
+}
+
+static void test_ckpt_root(void)
+{
+    char root[128], out[160], p[256], l[512];
+    mnn_diag_t d = {""};
+    tpath(root, sizeof root, "root");
+    tpath(out, sizeof out, "root-outside");
+    make_outside(out);
+    int fd = -1;
+    int rc = mnn_ckpt_root_open(root, &fd, &d);
+    struct stat sb;
+    if (!check(rc == 0 && fd >= 0 && stat(root, &sb) == 0 && S_ISDIR(sb.st_mode),
+               "mnn_ckpt_root_open creates a missing root and locks it (rc %d, \"%s\")", rc, d.msg))
+        return;
+    int child = in_child(child_root_open, root);
+    check(child == 1, "mnn_ckpt_root_open from another process while it is open: MNN_EBUSY "
+                      "(child %d)", child);
+    close(fd);
+    child = in_child(child_root_open, root);
+    check(child == 0, "mnn_ckpt_root_open from another process once it was closed: 0 (child %d)",
+          child);
+
+    /* a crashed writer's leftovers, and links among them */
+    int setup = 0;
+    snprintf(p, sizeof p, "%s/.tmp-step-00000009", root);
+    setup |= mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/.tmp-step-00000009/model.safetensors", root);
+    setup |= write_bytes(p, "partial", 7);
+    snprintf(p, sizeof p, "%s/.tmp-step-00000009/sub", root);
+    setup |= mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/.tmp-step-00000009/sub/link", root);
+    setup |= symlink(out, p);
+    snprintf(p, sizeof p, "%s/.tmp-latest.123", root);
+    setup |= symlink("step-00000009", p);
+    snprintf(p, sizeof p, "%s/.tmp-dirlink", root);
+    setup |= symlink(out, p);
+    snprintf(p, sizeof p, "%s/.tmp-filelink", root);
+    snprintf(l, sizeof l, "%s/f1", out);
+    setup |= symlink(l, p);
+    snprintf(p, sizeof p, "%s/.tmp-file", root);
+    setup |= write_bytes(p, "x", 1);
+    snprintf(p, sizeof p, "%s/step-00000001", root);
+    setup |= mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/step-00000001/keep", root);
+    setup |= write_bytes(p, "keep", 4);
+    snprintf(p, sizeof p, "%s/.tmpnot", root);
+    setup |= write_bytes(p, "x", 1);
+    rc = mnn_ckpt_root_open(root, &fd, &d);
+    snprintf(p, sizeof p, "%s/step-00000001/keep", root);
+    check(setup == 0 && rc == 0 && !strcmp(dir_list(root, l, sizeof l), ".tmpnot step-00000001") &&
+              file_is(p, "keep") && outside_intact(out),
+          "mnn_ckpt_root_open removes .tmp-* leftovers (a tree, files, links to a directory "
+          "and a file) without following links, and nothing else (rc %d, left: %s)", rc, l);
+    if (rc == 0)
+        close(fd);
+    rm_rf(root);
+    rm_rf(out);
+}
+
+static void test_ckpt_prune(void)
+{
+    char root[128], out[160], p[256], l[512];
+    mnn_diag_t d = {""};
+    tpath(root, sizeof root, "prune");
+    tpath(out, sizeof out, "prune-outside");
+    make_outside(out);
+    int setup = mkdir(root, 0755);
+    for (int s = 2; s <= 7; s++) {
+        snprintf(p, sizeof p, "%s/step-%08d", root, s);
+        setup |= mkdir(p, 0755);
+        snprintf(p, sizeof p, "%s/step-%08d/model.safetensors", root, s);
+        setup |= write_bytes(p, "m", 1);
+    }
+    /* a link named like the oldest checkpoint, to a directory full of files */
+    snprintf(p, sizeof p, "%s/step-00000001", root);
+    setup |= symlink(out, p);
+    setup |= mnn_ckpt_set_latest(root, "step-00000003", &d);
+    size_t removed = 99;
+    int rc = mnn_ckpt_prune(root, 0, &removed, &d);
+    check(setup == 0 && rc == 0 && removed == 0 &&
+              !strcmp(dir_list(root, l, sizeof l), "latest step-00000001 step-00000002 "
+                      "step-00000003 step-00000004 step-00000005 step-00000006 step-00000007"),
+          "mnn_ckpt_prune keep 0: nothing is removed (rc %d, %s)", rc, l);
+    rc = mnn_ckpt_prune(root, 2, &removed, &d);
+    check(rc == 0 && removed == 3 &&
+              !strcmp(dir_list(root, l, sizeof l), "latest step-00000001 step-00000003 "
+                                                   "step-00000006 step-00000007") &&
+              outside_intact(out),
+          "mnn_ckpt_prune keep 2: the newest 2 stay, and the one latest names, and the link "
+          "step-00000001 (not counted, not followed) (rc %d, removed %zu, left: %s)", rc, removed,
+          l);
+    rc = mnn_ckpt_prune(root, 2, &removed, &d);
+    check(rc == 0 && removed == 0, "mnn_ckpt_prune keep 2 again: nothing more (removed %zu)",
+          removed);
+    rc = mnn_ckpt_prune(root, 1, &removed, &d);
+    char target[64] = "";
+    snprintf(p, sizeof p, "%s/latest", root);
+    ssize_t tn = readlink(p, target, sizeof target - 1);
+    if (tn > 0)
+        target[tn] = 0;
+    check(rc == 0 && removed == 1 &&
+              !strcmp(dir_list(root, l, sizeof l), "latest step-00000001 step-00000003 "
+                                                   "step-00000007") &&
+              !strcmp(target, "step-00000003") && outside_intact(out),
+          "mnn_ckpt_prune keep 1: the newest and latest's stay (rc %d, removed %zu, left: %s)", rc,
+          removed, l);
+    /* latest among the newest: it counts as one of them */
+    int lrc = mnn_ckpt_set_latest(root, "step-00000007", &d);
+    rc = mnn_ckpt_prune(root, 1, &removed, &d);
+    check(lrc == 0 && rc == 0 && removed == 1 &&
+              !strcmp(dir_list(root, l, sizeof l), "latest step-00000001 step-00000007") &&
+              outside_intact(out),
+          "mnn_ckpt_prune keep 1 with latest the newest: exactly 1 stays (rc %d, removed %zu, "
+          "left: %s)", rc, removed, l);
+    rm_rf(root);
+    rm_rf(out);
 }
 
 /* ---- samples of a stream ------------------------------------------------- */
@@ -3490,9 +5604,24 @@ int main(void)
     test_parse_exact();
     test_records();
     test_linereader();
+    test_fs_read();
+    test_fs_write_all();
+    test_fs_remove();
+    test_fs_rename();
+    test_fs_lock();
+    test_fs_atomic();
     test_spec();
+    test_yaml_limits();
+    test_spec_limits();
     test_safetensors();
+    test_st_limits();
     test_ckpt();
+    test_state_check();
+    test_ckpt_write_refuses();
+    test_ckpt_tamper();
+    test_state_parse();
+    test_ckpt_root();
+    test_ckpt_prune();
     test_reservoir();
     test_topk();
     test_wres();

@@ -1,0 +1,338 @@
+/* fs.c - the file-system operations every module and program shares: whole
+ * writes and capped whole reads, fsync of a directory, removal of a tree that
+ * never follows a link, rename without replace, a directory lock, and an
+ * atomic file write (temp file, fsync, rename, fsync of the directory, as
+ * Redis's rdbSave, with one error path that cleans up). */
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int mnn_write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return MNN_EIO;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int mnn_read_fd(int fd, const char *name, size_t max, char **out, size_t *len, mnn_diag_t *d)
+{
+    size_t cap = 0, got = 0;
+    char *buf = NULL;
+    *out = NULL;
+    for (;;) {
+        if (got == cap) {
+            /* one byte beyond max tells a file of max bytes from a longer one */
+            size_t nc = cap ? (cap > SIZE_MAX / 4 ? SIZE_MAX / 2 : 2 * cap) : 4096;
+            if (max < SIZE_MAX / 2 && nc > max + 1)
+                nc = max + 1;
+            if (nc <= got) {
+                free(buf);
+                return mnn_fail(d, MNN_EOVERFLOW, "%s: more than the %zu bytes allowed", name,
+                                max);
+            }
+            char *nb = realloc(buf, nc + 1);
+            if (!nb) {
+                free(buf);
+                return mnn_fail(d, MNN_ENOMEM, "%s: out of memory", name);
+            }
+            buf = nb;
+            cap = nc;
+        }
+        ssize_t r = read(fd, buf + got, cap - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            free(buf);
+            errno = e;
+            return mnn_fail(d, MNN_EIO, "%s: %s", name, strerror(e));
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+        if (got > max) {
+            free(buf);
+            return mnn_fail(d, MNN_EOVERFLOW, "%s: more than the %zu bytes allowed", name, max);
+        }
+    }
+    buf[got] = 0;
+    *out = buf;
+    *len = got;
+    return 0;
+}
+
+int mnn_read_file(const char *path, size_t max, char **out, size_t *len, mnn_diag_t *d)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    *out = NULL;
+    if (fd < 0)
+        return mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+        return mnn_fail(d, MNN_EIO, "%s: %s", path,
+                        S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
+    }
+    /* the size first: a file that claims more is refused before a byte is
+     * read; the read itself is capped too, should the file grow meanwhile */
+    if ((uint64_t)st.st_size > max) {
+        close(fd);
+        return mnn_fail(d, MNN_EOVERFLOW, "%s: %lld bytes, more than the %zu allowed", path,
+                        (long long)st.st_size, max);
+    }
+    int rc = mnn_read_fd(fd, path, max, out, len, d);
+    close(fd);
+    return rc;
+}
+
+int mnn_fsync_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return MNN_EIO;
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc < 0 ? MNN_EIO : 0;
+}
+
+/* ---- removal -------------------------------------------------------------- */
+
+/* Directories nested deeper than this are not ours: removal refuses them. */
+#define TREE_DEPTH 16
+
+static int remove_in(int dirfd, const char *name, dev_t dev, int depth)
+{
+    struct stat sb;
+    if (fstatat(dirfd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0)
+        return errno == ENOENT ? 0 : MNN_EIO;
+    if (!S_ISDIR(sb.st_mode))
+        /* a file, a link (the link itself, never what it names), a fifo */
+        return unlinkat(dirfd, name, 0) == 0 || errno == ENOENT ? 0 : MNN_EIO;
+    if (depth >= TREE_DEPTH || (depth > 0 && sb.st_dev != dev)) {
+        /* too deep, or a mount point: not something we wrote */
+        errno = depth >= TREE_DEPTH ? ELOOP : EXDEV;
+        return MNN_EIO;
+    }
+    /* O_NOFOLLOW: if name became a link since fstatat, this fails rather
+     * than enter what it points to */
+    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : MNN_EIO;
+    struct stat again;
+    if (fstat(fd, &again) != 0 || again.st_dev != sb.st_dev || again.st_ino != sb.st_ino) {
+        close(fd);
+        errno = EAGAIN;
+        return MNN_EIO;
+    }
+    DIR *dp = fdopendir(fd);
+    if (!dp) {
+        close(fd);
+        return MNN_EIO;
+    }
+    int rc = 0, e = 0;
+    struct dirent *de;
+    while ((de = readdir(dp))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (remove_in(fd, de->d_name, sb.st_dev, depth + 1) < 0 && !e) {
+            rc = MNN_EIO;
+            e = errno;
+        }
+    }
+    closedir(dp);
+    if (unlinkat(dirfd, name, AT_REMOVEDIR) != 0 && errno != ENOENT && !e) {
+        rc = MNN_EIO;
+        e = errno;
+    }
+    errno = e;
+    return rc;
+}
+
+int mnn_remove_at(int dirfd, const char *path)
+{
+    /* "link/" would name what the link points to: the name is taken
+     * without its trailing slashes ("/" itself is never removed) */
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    if (n == 1 && path[0] == '/') {
+        errno = EBUSY;
+        return MNN_EIO;
+    }
+    char *name = strndup(path, n);
+    if (!name)
+        return MNN_ENOMEM;
+    int rc = remove_in(dirfd, name, 0, 0), e = errno;
+    free(name);
+    errno = e;
+    return rc;
+}
+
+int mnn_remove_tree(const char *path) { return mnn_remove_at(AT_FDCWD, path); }
+
+/* ---- rename without replace ---------------------------------------------- */
+
+int mnn_rename_noreplace(int olddirfd, const char *oldname, int newdirfd, const char *newname)
+{
+    if (renameat2(olddirfd, oldname, newdirfd, newname, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno == EEXIST)
+        return MNN_EEXIST;
+    if (errno != EINVAL && errno != ENOSYS)
+        return MNN_EIO;
+    /* a file system without RENAME_NOREPLACE */
+    struct stat sb;
+    if (fstatat(olddirfd, oldname, &sb, AT_SYMLINK_NOFOLLOW) != 0)
+        return MNN_EIO;
+    if (!S_ISDIR(sb.st_mode)) {
+        /* link() never replaces */
+        if (linkat(olddirfd, oldname, newdirfd, newname, 0) != 0)
+            return errno == EEXIST ? MNN_EEXIST : MNN_EIO;
+        unlinkat(olddirfd, oldname, 0);
+        return 0;
+    }
+    /* a directory: claim the name with mkdir (atomic), then rename over the
+     * empty directory just made; whatever another process puts into it
+     * meanwhile makes the rename fail (ENOTEMPTY) instead of being lost */
+    if (mkdirat(newdirfd, newname, 0700) != 0)
+        return errno == EEXIST ? MNN_EEXIST : MNN_EIO;
+    if (renameat(olddirfd, oldname, newdirfd, newname) != 0) {
+        int e = errno;
+        unlinkat(newdirfd, newname, AT_REMOVEDIR);
+        errno = e;
+        return e == ENOTEMPTY || e == EEXIST ? MNN_EEXIST : MNN_EIO;
+    }
+    return 0;
+}
+
+/* ---- locks ------------------------------------------------------------------ */
+
+int mnn_lock_dir(const char *dir, int *fdp, mnn_diag_t *d)
+{
+    *fdp = -1;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return mnn_fail(d, MNN_EIO, "%s: %s", dir, strerror(errno));
+    while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EINTR)
+            continue;
+        int e = errno;
+        close(fd);
+        errno = e;
+        if (e == EWOULDBLOCK)
+            return mnn_fail(d, MNN_EBUSY, "%s: in use by another process (it holds the "
+                                          "directory's lock)", dir);
+        return mnn_fail(d, MNN_EIO, "%s: cannot lock: %s", dir, strerror(e));
+    }
+    *fdp = fd;
+    return 0;
+}
+
+/* ---- atomic writes ------------------------------------------------------------ */
+
+int mnn_write_atomic(const char *path, mnn_write_fn fn, void *ctx, mnn_diag_t *d)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        /* /dev/stdout, a fifo: nothing to replace, written as it is */
+        if (S_ISDIR(sb.st_mode))
+            return mnn_fail(d, MNN_EIO, "%s: is a directory", path);
+        FILE *f = fopen(path, "we");
+        if (!f)
+            return mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
+        int rc = fn(ctx, f);
+        int e = errno;
+        if (rc == 0 && (ferror(f) || fflush(f) != 0))
+            rc = MNN_EIO, e = errno ? errno : EIO;
+        if (fclose(f) != 0 && rc == 0)
+            rc = MNN_EIO, e = errno;
+        if (rc < 0)
+            return mnn_fail(d, rc, "%s: %s", path, rc == MNN_EIO ? strerror(e) : mnn_strerror(rc));
+        return 0;
+    }
+    const char *slash = strrchr(path, '/');
+    size_t dlen = slash ? (size_t)(slash - path) : 0;
+    size_t n = strlen(path) + 64;
+    char *tmp = malloc(n), *dir = malloc(dlen + 2);
+    int rc = MNN_ENOMEM, e = 0, fd = -1;
+    FILE *f = NULL;
+    if (!tmp || !dir)
+        goto out;
+    if (slash) {
+        memcpy(dir, path, dlen ? dlen : 1); /* "/x": the root */
+        dir[dlen ? dlen : 1] = 0;
+    } else
+        strcpy(dir, ".");
+    static unsigned long seq;
+    snprintf(tmp, n, "%.*s%s.%s.tmp-%ld-%lu", (int)dlen, path, slash ? "/" : "",
+             slash ? slash + 1 : path, (long)getpid(), __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED));
+    /* O_EXCL | O_NOFOLLOW: never through a link someone left there */
+    if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644)) < 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
+        goto out; /* not ours to remove */
+    }
+    if (!(f = fdopen(fd, "w"))) {
+        e = errno;
+        close(fd);
+        rc = mnn_fail(d, MNN_ENOMEM, "%s: %s", tmp, strerror(e));
+        goto fail;
+    }
+    if ((rc = fn(ctx, f)) < 0) {
+        e = errno;
+        goto fail_msg;
+    }
+    rc = MNN_EIO;
+    if (ferror(f) || fflush(f) != 0 || fsync(fd) != 0) {
+        e = errno ? errno : EIO;
+        goto fail_msg;
+    }
+    int c = fclose(f);
+    f = NULL;
+    if (c != 0 || rename(tmp, path) != 0) {
+        e = errno;
+        goto fail_msg;
+    }
+    /* the rename is durable once the directory is */
+    if (mnn_fsync_dir(dir) < 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: fsync: %s", dir, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+    goto out;
+fail_msg:
+    rc = mnn_fail(d, rc, "%s: %s", path, rc == MNN_EIO ? strerror(e) : mnn_strerror(rc));
+fail:
+    if (f)
+        fclose(f);
+    unlink(tmp);
+    errno = e;
+out:
+    free(tmp);
+    free(dir);
+    return rc;
+}
