@@ -381,10 +381,10 @@ bad_sparse() {
 }
 
 @test "sgd-train -o in a read-only directory: exit 1, nothing left" {
-    [[ $(id -u) != 0 ]] || skip "root ignores directory permissions"
     mkdir ro
     chmod a-w ro
-    run -1 --separate-stderr sgd-train -q -m spec.yaml -o ro/ck <train.csv
+    # as an unprivileged user: root ignores directory permissions
+    run -1 --separate-stderr unprivileged sgd-train -q -m spec.yaml -o ro/ck <train.csv
     chmod u+w ro
     assert_regex "$stderr" '^sgd-train: ro/'
     run -0 ls -A ro
@@ -424,9 +424,46 @@ bad_sparse() {
 
 @test "a changed state.yaml or optimizer.safetensors is caught by the manifest" {
     cp -r "$CK" ck
-    sed -i 's/^step: .*/step: 1/' ck/state.yaml
+    # the same size: only the hash can tell
+    sed -i 's/^step: 150$/step: 151/' ck/state.yaml
+    run -1 --separate-stderr sgd-train -q --resume ck -o out <train.csv
+    assert_regex "$stderr" '^sgd-train: ck/state\.yaml: hash does not match the manifest \(xxh3 [0-9a-f]{16}; the manifest says [0-9a-f]{16}\)$'
+    cp "$CK/state.yaml" ck/state.yaml
+    printf 'x' | dd of=ck/optimizer.safetensors bs=1 seek=200 conv=notrunc status=none
+    run -1 --separate-stderr sgd-train -q --resume ck -o out <train.csv
+    assert_regex "$stderr" '^sgd-train: ck/optimizer\.safetensors: hash does not match the manifest'
+    [[ ! -e out ]]
+}
+
+@test "a state.yaml and a manifest that disagree (both sealed and hashed): refused" {
+    cp -r "$CK" ck
+    sed -i 's/^records_seen: 600$/records_seen: 599/' ck/state.yaml
+    rehash ck state.yaml
+    run -1 --separate-stderr sgd-train -q --resume ck -o out <train.csv
+    assert_regex "$stderr" '^sgd-train: ck: state\.yaml \(step 150, records_seen 599\) and the manifest \(step 150, records_seen 600\) disagree$'
+}
+
+@test "an edited manifest.yaml is refused for its hash, whatever the edit" {
+    cp -r "$CK" ck
+    # a change that keeps it valid YAML and a valid spec: only the seal tells
+    sed -i 's/^  seed: 1$/  seed: 2/' ck/manifest.yaml
+    run -1 cmp -s "$CK/manifest.yaml" ck/manifest.yaml
     run -1 --separate-stderr infer -m ck <test.csv
-    assert_regex "$stderr" '^infer: ck/state\.yaml: (size|hash) does not match the manifest'
+    assert_regex "$stderr" '^infer: ck/manifest\.yaml: hash does not match its contents'
+    # the seal line itself removed, or moved
+    cp "$CK/manifest.yaml" ck/manifest.yaml
+    sed -i '$d' ck/manifest.yaml
+    run -1 --separate-stderr infer -m ck <test.csv
+    assert_regex "$stderr" "^infer: ck/manifest\\.yaml: no 'manifest_xxh3: HASH' line at its end"
+    cp "$CK/manifest.yaml" ck/manifest.yaml
+    echo 'step: 3' >>ck/manifest.yaml
+    run -1 --separate-stderr infer -m ck <test.csv
+    assert_regex "$stderr" "^infer: ck/manifest\\.yaml: no 'manifest_xxh3: HASH' line at its end"
+    # and once resealed the same edit goes through
+    cp "$CK/manifest.yaml" ck/manifest.yaml
+    sed -i 's/^  seed: 1$/  seed: 2/' ck/manifest.yaml
+    reseal ck/manifest.yaml
+    run -0 infer -m ck <test.csv
 }
 
 @test "a truncated model.safetensors: exit 1, size mismatch" {
@@ -446,13 +483,16 @@ bad_sparse() {
 @test "a missing file that the manifest lists (optimizer.safetensors): exit 1" {
     cp -r "$CK" ck
     rm ck/optimizer.safetensors
-    run -1 --separate-stderr infer -m ck <test.csv
-    assert_regex "$stderr" '^infer: ck/optimizer\.safetensors: missing'
+    run -1 --separate-stderr sgd-train -q --resume ck -o out <train.csv
+    assert_regex "$stderr" '^sgd-train: ck/optimizer\.safetensors: missing'
+    run -1 --separate-stderr ckpt-pack --verify ck
+    assert_regex "$stderr" '^ckpt-pack: ck/optimizer\.safetensors: missing'
 }
 
 @test "a manifest that does not list model.safetensors: exit 1" {
     cp -r "$CK" ck
     sed -i '/name: model.safetensors/d' ck/manifest.yaml
+    reseal ck/manifest.yaml
     run -1 --separate-stderr infer -m ck <test.csv
     assert_regex "$stderr" '^infer: ck/manifest\.yaml: the manifest does not list model\.safetensors'
 }
@@ -460,6 +500,7 @@ bad_sparse() {
 @test "a manifest without its files list: exit 1" {
     cp -r "$CK" ck
     sed -i '/^files:/,$d' ck/manifest.yaml
+    reseal ck/manifest.yaml
     run -1 --separate-stderr infer -m ck <test.csv
     assert_regex "$stderr" '^infer: ck/manifest\.yaml:[0-9]+:[0-9]+: the files list is missing'
 }
@@ -467,10 +508,12 @@ bad_sparse() {
 @test "a manifest with a foreign format or broken YAML: exit 1" {
     cp -r "$CK" ck
     sed -i 's/^format: .*/format: something-else/' ck/manifest.yaml
+    reseal ck/manifest.yaml
     run -1 --separate-stderr infer -m ck <test.csv
     assert_regex "$stderr" '^infer: ck/manifest\.yaml: not a mini-nn-checkpoint/1 manifest'
     cp "$CK/manifest.yaml" ck/manifest.yaml
     echo 'extra: [' >>ck/manifest.yaml
+    reseal ck/manifest.yaml
     run -1 --separate-stderr infer -m ck <test.csv
     assert_regex "$stderr" '^infer: ck/manifest\.yaml:[0-9]+:[0-9]+: invalid YAML'
 }
@@ -478,13 +521,14 @@ bad_sparse() {
 @test "a manifest file entry that escapes the directory is refused" {
     cp -r "$CK" ck
     sed -i 's/name: state.yaml/name: ..\/..\/state.yaml/' ck/manifest.yaml
+    reseal ck/manifest.yaml
     run -1 --separate-stderr infer -m ck <test.csv
     assert_regex "$stderr" "^infer: ck/manifest\\.yaml:[0-9]+:[0-9]+: file name '\\.\\./\\.\\./state\\.yaml' is not a plain name"
 }
 
 @test "the XXH3 helper agrees with the manifest (so the tests below reach the parser)" {
     local h
-    h=$(xxh3 "$CK/model.safetensors") || skip "no way to compute XXH3 here (xxhsum or cc + libxxhash)"
+    h=$(xxh3 "$CK/model.safetensors") || fail "cannot compute XXH3 (cc and libxxhash-dev are needed)"
     run -0 grep -F "{name: model.safetensors, bytes: $(stat -c %s "$CK/model.safetensors"), xxh3: $h}" "$CK/manifest.yaml"
 }
 
@@ -509,13 +553,18 @@ bad_sparse() {
     assert_regex "$stderr" '^infer: ck/model\.safetensors: header claims 18446744073709551615 bytes'
 }
 
-@test "safetensors file shorter than its length prefix: exit 1" {
+@test "a file smaller or larger than its model spec allows (manifest rewritten): refused from the manifest" {
     cp -r "$CK" ck
     truncate -s 5 ck/model.safetensors
     rehash ck model.safetensors
     run -1 --separate-stderr infer -m ck <test.csv
     refute_regex "$stderr" 'does not match the manifest'
-    assert_regex "$stderr" '^infer: ck/model\.safetensors: truncated \(5 bytes'
+    assert_regex "$stderr" '^infer: ck/manifest\.yaml: model\.safetensors: 5 bytes, but its model spec allows [0-9]+ to [0-9]+$'
+    # a manifest that claims 10 GB, the file untouched: refused before a read
+    cp "$CK/model.safetensors" "$CK/manifest.yaml" ck/
+    manifest_set ck/manifest.yaml optimizer.safetensors 10000000000 0123456789abcdef
+    run -1 --separate-stderr infer -m ck <test.csv
+    assert_regex "$stderr" '^infer: ck/manifest\.yaml: optimizer\.safetensors: 10000000000 bytes, but its model spec allows [0-9]+ to [0-9]+$'
 }
 
 @test "safetensors truncated in its data (manifest rewritten): exit 1" {
@@ -527,12 +576,18 @@ bad_sparse() {
     assert_regex "$stderr" "^infer: ck/model\\.safetensors: tensor '[^']+': data_offsets outside the [0-9]+ data bytes"
 }
 
-@test "safetensors truncated in its header (manifest rewritten): exit 1" {
+@test "safetensors header that claims more than the file holds (manifest rewritten): exit 1" {
     cp -r "$CK" ck
-    truncate -s 40 ck/model.safetensors
+    local size
+    size=$(stat -c %s ck/model.safetensors)
+    # a header length one byte longer than the file after it; the size as it was
+    perl -e 'open(F, "+<", $ARGV[0]) or die; print F pack("Q<", $ARGV[1] - 7); close(F)' \
+        ck/model.safetensors "$size" 
+    assert_equal "$(stat -c %s ck/model.safetensors)" "$size"
     rehash ck model.safetensors
     run -1 --separate-stderr infer -m ck <test.csv
-    assert_regex "$stderr" '^infer: ck/model\.safetensors: header claims [0-9]+ bytes but the file has 32 after the length'
+    refute_regex "$stderr" 'does not match the manifest'
+    assert_regex "$stderr" '^infer: ck/model\.safetensors: header claims [0-9]+ bytes but the file has [0-9]+ after the length'
 }
 
 @test "safetensors with trailing bytes (manifest rewritten): exit 1" {
@@ -589,12 +644,52 @@ bad_sparse() {
     printf '\x00\x00\xc0\x7f' | dd of=ck/model.safetensors bs=1 seek=$((size - 4)) conv=notrunc status=none
     rehash ck model.safetensors
     run -1 --separate-stderr infer -m ck <test.csv
-    assert_regex "$stderr" '^infer: ck/model\.safetensors: a weight is not finite'
+    # the last float of the file is the last of layers.1.weight [3,8]
+    assert_regex "$stderr" "^infer: ck: layers\\.1\\.weight\\[23\\] is not finite \\(nan\\)$"
+}
+
+# put_last FILE HEXBYTES: overwrite the last bytes of FILE (as many as given)
+put_last() {
+    local size n=$((${#2} / 4))
+    size=$(stat -c %s "$1")
+    printf "$2" | dd of="$1" bs=1 seek=$((size - n)) conv=notrunc status=none
+}
+
+@test "non-finite or negative optimizer state, non-finite normalization (files rehashed): refused" {
+    cp -r "$CK" ck
+    # the last float of optimizer.safetensors: the momentum of layers.1.weight [3,8]
+    put_last ck/optimizer.safetensors '\x00\x00\xc0\x7f'
+    rehash ck optimizer.safetensors
+    run -1 --separate-stderr sgd-train -q --resume ck -o out <train.csv
+    assert_equal "$stderr" "sgd-train: ck: layers.1.weight.momentum_buffer[23] is not finite (nan)"
+    [[ ! -e out ]]
+    # +Inf
+    put_last ck/optimizer.safetensors '\x00\x00\x80\x7f'
+    rehash ck optimizer.safetensors
+    run -1 --separate-stderr sgd-train -q --resume ck -o out <train.csv
+    assert_equal "$stderr" "sgd-train: ck: layers.1.weight.momentum_buffer[23] is not finite (inf)"
+    # Adam's second moment below 0 (its sqrt would be NaN)
+    mk_spec adam.yaml
+    sed -i 's/^optimizer: .*/optimizer: {type: adam, lr: 0.01}/' adam.yaml
+    sgd-train -q -m adam.yaml -o ad <train.csv >/dev/null
+    put_last ad/optimizer.safetensors '\x00\x00\x80\xbf' # -1.0
+    rehash ad optimizer.safetensors
+    run -1 --separate-stderr sgd-train -q --resume ad -o out <train.csv
+    assert_equal "$stderr" "sgd-train: ad: layers.1.weight.exp_avg_sq[23] is negative (-1)"
+    # the running normalization's mean (F64, the last tensor of model.safetensors)
+    mk_spec norm.yaml 'normalize: running'
+    sgd-train -q -m norm.yaml -o nm <train.csv >/dev/null
+    put_last nm/model.safetensors '\x00\x00\x00\x00\x00\x00\xf8\x7f'
+    rehash nm model.safetensors
+    run -1 --separate-stderr infer -m nm <test.csv
+    assert_equal "$stderr" "infer: nm: normalize.mean[3] is not finite"
+    assert_output ""
 }
 
 @test "a manifest whose model spec does not fit the weights: exit 1, both shapes named" {
     cp -r "$CK" ck
     sed -i 's/^  input: 4$/  input: 5/' ck/manifest.yaml
+    reseal ck/manifest.yaml
     run -1 --separate-stderr infer -m ck <test.csv
     assert_regex "$stderr" "^infer: ck/model\\.safetensors: tensor 'layers\\.0\\.weight' has shape"
     # the message must show how the shapes differ: [8,4] stored, [8,5] needed

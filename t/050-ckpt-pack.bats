@@ -94,13 +94,18 @@ EOF
 }
 
 need_hostile() {
-    [[ -d $H ]] || skip "python3 or zstd is not installed: no hostile archives"
+    need python3 python3
+    need zstd zstd
+    [[ -d $H ]] || fail "setup_file could not craft the hostile archives"
 }
 
 # snapshot: every path under the test's directory, with its type and size
 snapshot() {
+    # the size of a file, not of a directory (on tmpfs it counts entries,
+    # bats' own among them)
     (cd "$BATS_TEST_TMPDIR" &&
-        find . -name 'separate-stderr-*' -prune -o -printf '%p %y %s\n' | LC_ALL=C sort)
+        find . -name 'separate-stderr-*' -prune -o -type d -printf '%p d\n' -o -printf '%p %y %s\n' |
+        LC_ALL=C sort)
 }
 
 # refused ARCHIVE REGEX: --extract box/tgt and --verify both exit 1 with a
@@ -162,7 +167,7 @@ flip_bit() {
         grep -qE -- "Fl -${opt#--}([^a-z-]|\$)" "$page" || missing+=("$opt")
     done
     ((${#missing[@]} == 0)) || fail "man/ckpt-pack.1 does not document: ${missing[*]}"
-    [[ $MANDOC != no ]] || skip "mandoc is not installed"
+    [[ $MANDOC != no ]] || fail "mandoc is not installed (Debian package mandoc)"
     run -0 bash -c "'$MANDOC' -Tlint -Wstyle '$page' 2>&1 | grep -v 'referenced manual not found' || true"
     assert_output ""
 }
@@ -194,7 +199,8 @@ flip_bit() {
     assert_output "$expected"
     grep -qx 'created: 2023-11-14T22:13:20Z' "$CK/manifest.yaml" ||
         fail "the fixture's created time is not SOURCE_DATE_EPOCH"
-    zstd -dc "$A" >ck.tar 2>/dev/null || skip "zstd(1) is not installed"
+    need zstd zstd
+    zstd -dc "$A" >ck.tar
     run -0 tar --numeric-owner --full-time -tvf ck.tar
     assert_line --index 0 --regexp '^drwxr-xr-x 0/0 +0 2023-11-14 22:13:20 ck/$'
     assert_line --index 1 --regexp '^-rw-r--r-- 0/0 +[0-9]+ 2023-11-14 22:13:20 ck/manifest.yaml$'
@@ -244,7 +250,7 @@ flip_bit() {
 }
 
 @test "refuses to write an archive to a terminal, or to read one from it" {
-    command -v script >/dev/null || skip "script(1) is not installed"
+    need script bsdutils
     run -1 script -qec "ckpt-pack '$CK'" /dev/null
     assert_output --partial "ckpt-pack: refusing to write an archive to a terminal"
     run -1 script -qec "ckpt-pack --verify -" /dev/null
@@ -341,7 +347,8 @@ flip_bit() {
 }
 
 @test "not an archive: a plain tar, a directory, text, empty input" {
-    zstd -dc "$A" >plain.tar 2>/dev/null || skip "zstd(1) is not installed"
+    need zstd zstd
+    zstd -dc "$A" >plain.tar
     run -1 --separate-stderr ckpt-pack --verify plain.tar
     assert_regex "$stderr" '^ckpt-pack: plain.tar: not zstd-compressed'
     run -1 --separate-stderr ckpt-pack --extract box/tgt "$CK"

@@ -12,7 +12,7 @@ setup() {
 # ckpt_verify DIR: DIR (or DIR/latest) is a whole checkpoint: every file
 # matches its manifest and the model loads.
 ckpt_verify() {
-    infer -m "$1" </dev/null
+    ckpt-pack -q --verify "$1" && infer -m "$1" </dev/null
 }
 
 # straight_and_split OPTIONS K: the model of a straight run over train.csv
@@ -61,23 +61,81 @@ in_order() {
 }
 
 @test "each checkpoint names the one before it as its parent" {
-    # slow input: the writer keeps up, nothing is skipped
-    (for i in 1 2 3; do sed -n "$((i * 40 - 39)),$((i * 40))p" train.csv; sleep 0.3; done) |
-        sgd-train -q -m spec.yaml --ckpt-dir ck --ckpt-every 10 >paths
+    # the writer keeps up, nothing is skipped
+    stepwise 15 --ckpt-dir ck
     run -0 cat paths
-    assert_output $'ck/step-00000010\nck/step-00000020\nck/step-00000030'
+    assert_output "$(for i in $(seq 10 10 150); do printf 'ck/step-%08d\n' "$i"; done)"
+    run -0 grep -x 'parent: null' ck/step-00000010/manifest.yaml
     run -0 grep -x 'parent: "step-00000020"' ck/step-00000030/manifest.yaml
-    run -0 grep -x 'parent: "step-00000010"' ck/step-00000020/manifest.yaml
+    run -0 grep -x 'parent: "step-00000140"' ck/step-00000150/manifest.yaml
 }
 
-@test "--keep N keeps the newest N and never the one latest names goes" {
-    run -0 sgd-train -q -m spec.yaml --ckpt-dir ck --ckpt-every 10 --keep 2 <train.csv
-    run -0 ls ck
-    assert_line latest
-    assert_line step-00000150
-    assert [ "$(ls -d ck/step-* | wc -l)" -le 2 ]
+@test "--keep N keeps exactly the newest N" {
+    stepwise 15 --ckpt-dir ck --keep 2
     run -0 ls -A ck
-    refute_output --partial .tmp-
+    assert_output $'latest\nstep-00000140\nstep-00000150'
+    stepwise 15 --ckpt-dir ck3 --keep 3
+    run -0 ls -A ck3
+    assert_output $'latest\nstep-00000130\nstep-00000140\nstep-00000150'
+}
+
+@test "--keep never removes the checkpoint latest names, newest or not" {
+    stepwise 15 --ckpt-dir ck
+    # going on from an old one (a rollback): its successor is latest, and
+    # older than the newest
+    head -n 4 train.csv | sgd-train -q --resume ck/step-00000020 --ckpt-dir ck --keep 1 >/dev/null
+    run -0 ls -A ck
+    assert_output $'latest\nstep-00000021\nstep-00000150'
+    assert_equal "$(readlink ck/latest)" step-00000021
+}
+
+@test "two writers on one --ckpt-dir: the second refuses at its start; every checkpoint printed verifies" {
+    mkfifo in
+    sgd-train -q -m spec.yaml --ckpt-dir ck --ckpt-every 10 <in >paths &
+    local pid=$! p
+    exec 7>in
+    head -n 200 train.csv >&7
+    # a checkpoint printed: the first writer holds the root
+    wait_for_match paths 'ck/step-' 600 || { kill -9 "$pid"; fail "no checkpoint from the first writer"; }
+    run -1 --separate-stderr sgd-train -q -m spec.yaml --ckpt-dir ck <train.csv
+    assert_output ""
+    assert_equal "$stderr" "sgd-train: ck: another process is writing checkpoints here (the root is locked); use another --ckpt-dir"
+    run -1 --separate-stderr ckpt-resume -q ck --ckpt-dir ck <train.csv
+    assert_regex "$stderr" 'ck: another process is writing checkpoints here \(the root is locked\)'
+    # --ckpt-local is a root too
+    run -1 --separate-stderr sgd-train -q -m spec.yaml --ckpt-dir other --ckpt-local ck <train.csv
+    assert_regex "$stderr" '^sgd-train: ck: another process is writing checkpoints here'
+    tail -n +201 train.csv >&7
+    exec 7>&-
+    wait "$pid" || fail "the first writer failed"
+    assert_equal "$(tail -n 1 paths)" ck/step-00000150
+    for p in $(cat paths); do ckpt_verify "$p" || fail "$p does not verify"; done
+    # the lock goes with its writer
+    head -n 4 train.csv | sgd-train -q --resume ck --ckpt-dir ck >/dev/null ||
+        fail "the root is still locked"
+}
+
+@test "retention and clean-up never follow a link out of the checkpoint root" {
+    mkdir -p outside/sub
+    echo precious >outside/file
+    echo precious >outside/sub/file
+    mkdir ck
+    # a link named like a checkpoint, and leftovers that are links
+    ln -s "$PWD/outside" ck/step-00000001
+    ln -s "$PWD/outside" ck/.tmp-step-00000020
+    ln -s "$PWD/outside" ck/.tmp-del-step-00000010
+    # a leftover directory that holds a link out
+    mkdir ck/.tmp-step-00000030
+    ln -s "$PWD/outside/file" ck/.tmp-step-00000030/model.safetensors
+    ln -s "$PWD/outside" ck/.tmp-step-00000030/sub
+    stepwise 15 --ckpt-dir ck --keep 1
+    run -0 find outside -type f
+    assert_output $'outside/file\noutside/sub/file'
+    assert_equal "$(cat outside/file outside/sub/file)" $'precious\nprecious'
+    # the link is neither a checkpoint counted by --keep nor removed by it
+    [[ -L ck/step-00000001 ]] || fail "ck/step-00000001 was removed"
+    run -0 ls -A ck
+    assert_output $'latest\nstep-00000001\nstep-00000150'
 }
 
 @test "--out and --ckpt-dir together write both" {
@@ -114,16 +172,20 @@ in_order() {
         local pid=$! rc=0
         exec 7>in
         head -n 301 train.csv >&7
-        wait_for_match paths . 1 || true # nothing yet: no checkpoint before the signal
-        sleep 0.3
+        # the handler is set; then the signal comes at whatever step the
+        # training has reached (all 300 records on an idle machine)
+        wait_caught "$pid" 15 || { kill -9 "$pid"; fail "no SIGTERM handler"; }
         kill -TERM "$pid"
         wait_gone "$pid" || { kill -9 "$pid"; fail "still running after SIGTERM"; }
         wait "$pid" || rc=$?
         exec 7>&-
-        assert_equal "$rc" 0
+        assert_equal "$rc" 3 # stopped before the end of its input
+        # one checkpoint, the signal's, of every step completed
+        local seen
+        seen=$(field ck/latest/state.yaml records_seen)
+        ((seen % 4 == 0 && seen <= 300)) || fail "records_seen $seen"
         run -0 cat paths
-        assert_output "ck/step-00000075"
-        assert_equal "$(field ck/latest/state.yaml records_seen)" 300
+        assert_output "$(printf 'ck/step-%08d' $((seen / 4)))"
         run -0 sgd-train -q --resume ck --skip-seen -o resumed <train.csv
         run -0 cmp straight/model.safetensors resumed/model.safetensors
         rm -rf straight ck resumed in paths
@@ -132,19 +194,21 @@ in_order() {
 
 @test "SIGUSR1 takes a checkpoint now, even while waiting for input, and training goes on" {
     mkfifo in
-    sgd-train -q -m spec.yaml --ckpt-dir ck <in >paths 2>err &
+    sgd-train -m spec.yaml --ckpt-dir ck <in >paths 2>err &
     local pid=$! rc=0
     exec 7>in
-    head -n 100 train.csv >&7
-    sleep 0.5
+    head -n 128 train.csv >&7
+    # the progress table's row for 128 records: all learned, and the signal
+    # handlers (set before the table's header) are in place
+    wait_for_match err '^ +128 ' 600 || { kill -9 "$pid"; fail "no progress: $(cat err)"; }
     kill -USR1 "$pid"
-    wait_for_match paths 'step-00000025' || { kill -9 "$pid"; fail "no checkpoint on SIGUSR1"; }
-    tail -n +101 train.csv >&7
+    wait_for_match paths 'step-00000032' 600 || { kill -9 "$pid"; fail "no checkpoint on SIGUSR1"; }
+    tail -n +129 train.csv >&7
     exec 7>&-
     wait "$pid" || rc=$?
     assert_equal "$rc" 0
     run -0 cat paths
-    assert_output $'ck/step-00000025\nck/step-00000150'
+    assert_output $'ck/step-00000032\nck/step-00000150'
 }
 
 @test "--ckpt-local: written to the fast level first, copied to --ckpt-dir" {
@@ -170,9 +234,33 @@ in_order() {
 
 @test "a checkpoint that cannot be persisted is a clear error; the final one fails the run" {
     mkdir ro && chmod 555 ro
-    if touch ro/x 2>/dev/null; then skip "running as root: permissions are not enforced"; fi
-    run -1 sgd-train -q -m spec.yaml --ckpt-dir ro/ck <train.csv
-    assert_output --partial "ro/ck"
+    # as an unprivileged user: root ignores the permissions
+    run -1 --separate-stderr unprivileged sgd-train -q -m spec.yaml --ckpt-dir ro/ck <train.csv
+    assert_regex "$stderr" '^sgd-train: ro/ck: Permission denied$'
+    mkdir -p rw/ck && chmod 777 rw/ck
+    run -0 unprivileged sgd-train -q -m spec.yaml --ckpt-dir rw/ck --ckpt-every 50 <train.csv
+    chmod 555 rw/ck
+    run -1 --separate-stderr unprivileged sgd-train -q --resume rw/ck --ckpt-dir rw/ck <train.csv
+    assert_regex "$stderr" 'checkpoint step-00000300 failed: rw/ck/\.tmp-step-00000300: Permission denied'
+    assert_regex "$stderr" 'the final checkpoint could not be written'
+}
+
+@test "a training that diverges: exit 1 naming the step, its last good checkpoint kept, no model published" {
+    sed 's/lr: 0.1,/lr: 1e30,/' spec.yaml >wild.yaml
+    run -1 --separate-stderr sgd-train -q -m wild.yaml --ckpt-dir ck --ckpt-every 1 -o out <train.csv
+    local last=${stderr##*$'\n'}
+    assert_regex "$last" '^sgd-train: training diverged at step [0-9]+ \([0-9]+ records\): the loss is not finite; no model written; the last good checkpoint is ck/step-[0-9]{8}$'
+    [[ ! -e out ]] || fail "a model was published"
+    assert_equal "ck/$(readlink ck/latest)" "${last##* }"
+    # every checkpoint printed verifies and holds finite values: none other
+    # was written
+    local p
+    ((${#lines[@]} >= 1)) || fail "no checkpoint before the divergence"
+    for p in "${lines[@]}"; do ckpt_verify "$p" || fail "$p does not verify"; done
+    run -0 ls -A ck
+    refute_output --partial .tmp-
+    run -0 infer -m ck <test.csv
+    assert_equal "${#lines[@]}" 150
 }
 
 @test "--resume from an archive-less corrupt checkpoint: exit 1, nothing written" {
@@ -192,30 +280,46 @@ in_order() {
     run -2 sgd-train -m spec.yaml --ckpt-dir ck2 --ckpt-interval 0 <train.csv
 }
 
-@test "kill -9 at 50 random moments around checkpoints: latest always verifies and resumes" {
-    mk_data 40000 3 >long.csv # about 0.15 s of training with checkpoints
+@test "kill -9 at 50 moments, each relative to the k-th checkpoint printed: all verify, latest resumes bit-exactly" {
+    mk_data 4000 3 >long.csv
     { cat long.csv; mk_data 40 5; } >longer.csv
-    local i ok=0 seen=0
+    sgd-train -q -m spec.yaml -o straight <longer.csv >/dev/null
+    local i j k pid line last d step
     RANDOM=42
     for i in $(seq 1 50); do
-        sgd-train -q -m spec.yaml --ckpt-dir ck --ckpt-every 3 --keep 3 <long.csv >/dev/null 2>&1 &
-        local pid=$!
-        sleep "0.0$((RANDOM % 10))$((RANDOM % 10))"
-        kill -9 "$pid" 2>/dev/null || true
+        rm -rf ck resumed in.fifo out.fifo
+        mkfifo in.fifo out.fifo
+        sgd-train -q -m spec.yaml --ckpt-dir ck --ckpt-every 3 --keep 3 <in.fifo >out.fifo 2>/dev/null &
+        pid=$!
+        exec 7>in.fifo 8<out.fifo
+        # 12 records (3 steps, one checkpoint) at a time, the next once the
+        # checkpoint of the one before is printed; after the k-th (k = 0: at
+        # once) one chunk more, and the kill while it is learned and written
+        k=$((RANDOM % 21)) last=
+        for ((j = 0; j <= k; j++)); do
+            sed -n "$((j * 12 + 1)),$((j * 12 + 12))p" long.csv >&7
+            ((j < k)) || break
+            read -r -t 120 line <&8 || { kill -9 "$pid"; fail "iteration $i: no checkpoint for chunk $j"; }
+            last=$line
+        done
+        sleep "0.00$((RANDOM % 10))"
+        kill -9 "$pid"
         wait "$pid" 2>/dev/null || true
-        if [[ -L ck/latest ]]; then
-            seen=$((seen + 1))
-            run -0 ckpt_verify ck
-            run -0 sgd-train -q --resume ck --skip-seen -o "resumed" <longer.csv
-            rm -rf resumed
-        fi
+        exec 7>&- 8<&-
         # never a half-written checkpoint under a final name
         for d in ck/step-*; do
             [[ -e $d ]] || continue
-            run -0 ckpt_verify "$d"
+            ckpt_verify "$d" || fail "iteration $i: $d does not verify"
         done
-        ok=$((ok + 1))
+        [[ -n $last ]] || continue
+        # latest is there, at the k-th checkpoint or a later one
+        [[ -L ck/latest ]] || fail "iteration $i: no ck/latest after $k checkpoints"
+        step=$(field ck/latest/state.yaml step)
+        ((10#$step >= 10#${last#ck/step-})) || fail "iteration $i: latest at step $step, before $last"
+        # and it goes on to the bytes of a training that never stopped
+        sgd-train -q --resume ck --skip-seen -o resumed <longer.csv >/dev/null ||
+            fail "iteration $i: the resume failed"
+        cmp -s straight/model.safetensors resumed/model.safetensors ||
+            fail "iteration $i: resumed from step $step, not the weights of a run that never stopped"
     done
-    assert_equal "$ok" 50
-    assert [ "$seen" -ge 25 ]
 }

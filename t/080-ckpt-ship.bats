@@ -76,10 +76,10 @@ teardown() {
 
 # ---- helpers ------------------------------------------------------------------
 
-# need_sshd: skip without an sshd; fail if there is one that did not start.
+# need_sshd: fail without an sshd, or if the one there did not start.
 # Sets RSH (the -e command) and RP (the --receive-path).
 need_sshd() {
-    [[ -x $SSHD ]] || skip "$SSHD is not installed (Debian's openssh-server; ./quickstart check installs it)"
+    [[ -x $SSHD ]] || fail "$SSHD is not installed (Debian's openssh-server; ./quickstart check installs it)"
     [[ -s $SSH_DIR/port ]] ||
         fail "sshd-loopback could not start sshd: $(cat "$BATS_FILE_TMPDIR/sshd-start.err" 2>/dev/null)"
     RSH="ssh -F $(printf %q "$SSH_DIR/ssh_config")"
@@ -381,7 +381,8 @@ odd_name() {
     run -1 --separate-stderr ckpt-ship "$F/spec.yaml" dst
     assert_equal "$output" ""
     assert_regex "$stderr" "spec.yaml"
-    zstd -dc "$A10" >plain.tar 2>/dev/null || skip "zstd(1) is not installed"
+    need zstd zstd
+    zstd -dc "$A10" >plain.tar
     run -1 --separate-stderr ckpt-ship plain.tar dst
     assert_regex "$stderr" "plain.tar"
     cp -r "$C10" bad
@@ -437,7 +438,7 @@ odd_name() {
 @test "--receive speaks protocol 1: greeting, HAVE, OK; a wrong hash or name is refused" {
     local size hash
     size=$(stat -c %s "$A10")
-    hash=$(xxh3 "$A10") || skip "no way to compute XXH3 here (xxhsum or cc + libxxhash)"
+    hash=$(xxh3 "$A10") || fail "cannot compute XXH3 (cc and libxxhash-dev are needed)"
     mkdir dst
     run -0 --separate-stderr bash -c "{ printf 'OFFER %s %s %s\n' $size $hash x%20y.tar.zst
         printf 'DATA %s\n' $size; cat '$A10'; printf 'END %s %s\nBYE\n' $size $hash; } |
@@ -566,6 +567,63 @@ odd_name() {
     t1=$(date +%s%N)
     [[ -n $stderr ]] || fail "no message"
     (((t1 - t0) / 1000000 < 10000)) || fail "--timeout 1 gave up after $(((t1 - t0) / 1000000)) ms"
+}
+
+@test "a receiver that only says WAIT, or trickles its answer, holds the sender at most --timeout" {
+    # it greets, reads the offer, then says 'WAIT' with no progress, forever
+    cat >waiter <<'EOF'
+#!/bin/sh
+echo 'ckpt-ship 1 ready'
+read -r offer
+while :; do echo 'WAIT 7'; sleep 0.2; done
+EOF
+    # it greets, then answers the offer one byte at a time
+    cat >trickler <<'EOF'
+#!/bin/sh
+echo 'ckpt-ship 1 ready'
+read -r offer
+for c in H A V E ' ' 0; do printf %s "$c"; sleep 0.5; done
+echo
+cat >/dev/null
+EOF
+    chmod +x waiter trickler
+    run -1 --separate-stderr timeout 60 ckpt-ship --retries 0 --timeout 1 -e ./waiter "$A10" host:dst
+    assert_output ""
+    assert_regex "$stderr" 'step-00000010\.tar\.zst: the receiver made no progress within --timeout$'
+    run -1 --separate-stderr timeout 60 ckpt-ship --retries 0 --timeout 1 -e ./trickler "$A10" host:dst
+    assert_output ""
+    assert_regex "$stderr" 'step-00000010\.tar\.zst: no answer within --timeout$'
+}
+
+@test "--receive waits for the next offer at most --timeout; NOOP keeps a quiet sender's connection" {
+    local size hash
+    size=$(stat -c %s "$A10")
+    hash=$(xxh3 "$A10")
+    mkfifo in
+    exec 7<>in
+    { printf 'OFFER %s %s %s\n' "$size" "$hash" step-00000010.tar.zst
+        printf 'DATA %s\n' "$size"; cat "$A10"; printf 'END %s %s\n' "$size" "$hash"; } >&7
+    # then the sender says nothing more, and does not hang up (fd 7 stays open)
+    run -1 --separate-stderr timeout 60 ckpt-ship -v --receive --timeout 1 dst <in
+    exec 7>&-
+    assert_output $'ckpt-ship 1 ready\nHAVE 0\nOK step-00000010.tar.zst'
+    assert_regex "$stderr" 'dst: no word from the sender within --timeout; closing$'
+    cmp "$A10" dst/step-00000010.tar.zst
+    # a sender that sends NOOP between offers is waited for
+    run -0 --separate-stderr timeout 60 bash -c "{ for i in 1 2 3 4 5 6; do echo NOOP; sleep 0.4; done
+        echo BYE; } | ckpt-ship --receive --timeout 1 dst2"
+    assert_output 'ckpt-ship 1 ready'
+}
+
+@test "--files-from: a path slow to come keeps its connection (NOOP), one connection for all" {
+    run -0 --separate-stderr timeout 60 bash -c "{ echo '$C10'; sleep 2.5; echo '$C20'; } |
+        ckpt-ship -v --timeout 1 --files-from=- dst"
+    assert_output $'dst/step-00000010.tar.zst\ndst/step-00000020.tar.zst'
+    assert_equal "$(grep -c 'connecting' <<<"$stderr")" 1
+    cmp "$A20" dst/step-00000020.tar.zst
+    # a last path without its newline is shipped too
+    run -0 --separate-stderr bash -c "printf %s '$C30' | ckpt-ship --files-from=- dst"
+    assert_output dst/step-00000030.tar.zst
 }
 
 # ---- through sshd --------------------------------------------------------------------------
@@ -816,7 +874,7 @@ EOF
     wait "$BG_PID" || rc=$?
     BG_PID=
     exec 7>&-
-    assert_equal "$rc" 0
+    assert_equal "$rc" 3 # stopped before the end of its input
     local ckpt seen
     ckpt=$(cat paths)
     [[ $ckpt =~ ^ck/step-000000[0-9][0-9]$ ]] || fail "no checkpoint on SIGTERM: $ckpt"
@@ -828,7 +886,7 @@ EOF
     assert_equal "$(readlink "$r/latest")" "${ckpt#ck/}.tar.zst"
     # and go on there, from the whole input again
     mkdir "$there"
-    run -0 --separate-stderr ckpt-resume -q --threads 1 -w "$there" "$r/latest" \
+    run -0 --separate-stderr ckpt-resume -q -w "$there" "$r/latest" \
         -q --ckpt-dir "$there" --skip-seen <"$F/train.csv"
     assert_output "$there/step-00000150"
     local f

@@ -60,9 +60,10 @@ while IFS= read -r l; do
     case $l in '#'*) echo "$l" ;; *) echo 0,0.9 ;; esac
 done
 EOF
-    # r-exit N: answers N records, then exits
+    # r-exit N [LOG]: answers N records, then exits; a line in LOG each start
     cat >r-exit.sh <<'EOF'
 n=0
+[ -z "$2" ] || echo start >>"$2"
 while IFS= read -r l; do
     case $l in
     '#'*) echo "$l" ;;
@@ -122,11 +123,51 @@ while IFS= read -r l; do
     esac
 done
 EOF
+    # r-late.py GO: passes its first line (infer's probe) back at once, reads
+    # every record as it comes (each one logged to GO.log), but answers
+    # ('LABEL,0.99', markers passed back) only once the file GO exists
+    cat >r-late.py <<'EOF'
+import os, select, sys
+go, fd = sys.argv[1], sys.stdin.fileno()
+log, out = open(go + '.log', 'a'), sys.stdout
+buf, pending, first = b'', [], True
+while True:
+    if select.select([fd], [], [], 0.05)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf += chunk
+        while b'\n' in buf:
+            line, buf = buf.split(b'\n', 1)
+            s = line.decode()
+            if first:
+                out.write(s + '\n')
+                out.flush()
+                first = False
+            elif s.startswith('#'):
+                pending.append(s)
+            else:
+                log.write(s + '\n')
+                log.flush()
+                pending.append(s.split(',')[0] + ',0.99')
+    if pending and os.path.exists(go):
+        out.write(''.join(p + '\n' for p in pending))
+        out.flush()
+        pending = []
+EOF
     # r-const ANSWER: ANSWER for every record
     cat >r-const.sh <<'EOF'
 while IFS= read -r l; do
     case $l in '#'*) echo "$l" ;; *) echo "$1" ;; esac
 done
+EOF
+    # r-up CMD: passes infer's first line (its probe marker) back, as a
+    # co-process that is up does, then runs CMD (sh -c) in its place
+    cat >r-up.sh <<'EOF'
+[ -z "$2" ] || echo start >>"$2"
+IFS= read -r l
+printf '%s\n' "$l"
+exec sh -c "$1"
 EOF
 }
 
@@ -204,6 +245,25 @@ check_lines() {
     ' "$plain" "$rf" "$out"
 }
 
+# halves FILE WHEN [N]: FILE on stdout, its first N lines (default half of
+# them), then the rest once the shell command WHEN succeeds (tried every
+# 0.05 s, for at most 60 s): the second half comes when the co-process has
+# got somewhere, on an idle or a loaded machine alike.  (infer reads whole
+# batches: a first part that is not a multiple of --batch waits for more.)
+halves() {
+    local n i=1200
+    n=${3:-$(($(wc -l <"$1") / 2))}
+    head -n "$n" "$1"
+    until eval "$2"; do
+        ((i-- > 0)) || { echo "halves: '$2' never came true" >&2; break; }
+        sleep 0.05
+    done
+    tail -n +$((n + 1)) "$1"
+}
+
+# lines_in FILE: its lines, 0 when it is not there
+lines_in() { if [[ -e $1 ]]; then wc -l <"$1"; else echo 0; fi; }
+
 # slowly FILE: FILE on stdout, its first half, a pause of ${PAUSE:-0.5} s,
 # then the rest (so that infer is still reading while its co-process is
 # restarted; with a small --batch, or the first half waits in a batch)
@@ -216,7 +276,7 @@ slowly() {
 }
 
 need_python() {
-    command -v python3 >/dev/null 2>&1 || skip "python3 is not installed (needed to read the JSON)"
+    need python3 python3
 }
 
 # json FILE EXPR: python3 prints EXPR of the JSON in FILE (bound to j)
@@ -345,7 +405,7 @@ no_process() {
     awk -F, -v OFS=, '{ $1 = $1 == 0 ? 0 : 1 } 1' test.csv >btest.csv
     sgd-train -q -m bin.yaml -o BIN <bclean.csv >/dev/null || fail "sgd-train failed"
     infer -m BIN <btest.csv >direct.txt
-    grep -qx '0,1' direct.txt || skip "the fixture never prints '0,1'"
+    grep -qx '0,1' direct.txt || fail "the fixture never prints '0,1': the test would not test it"
     run -0 --separate-stderr timeout 30 infer -m BIN --forward "infer -m BIN" --threshold 1.01 <btest.csv
     run -0 diff direct.txt <(printf '%s\n' "${lines[@]}" | cut -d, -f1,2)
     # and the same from a script, for '0,1' and '0,0.9995' (which sum to 1
@@ -370,14 +430,16 @@ no_process() {
 }
 
 @test "a co-process that exits while the input goes on is restarted, with a line on stderr" {
+    # the second half once the co-process has been started again
     run -0 --separate-stderr timeout 30 infer -m "$A" --batch 10 \
-        --forward "$(rsh exit 3)" --threshold 0.7 --eval --stats-json s.json < <(slowly test.csv)
+        --forward "$(rsh exit 3 "$PWD/starts")" --threshold 0.7 --eval --stats-json s.json \
+        < <(halves test.csv '(($(lines_in starts) >= 2))')
     printf '%s\n' "${lines[@]}" >out.txt
     run -0 check_lines out.txt "$F/A.out" =0,0.9
     # it answers 3 records, then exits; restarted, it answers again
     (($(tier_count out.txt remote) > 3)) || fail "no answer after a restart"
     (($(tier_count out.txt fallback:unreachable) >= 1)) || fail "no record fell back"
-    assert_regex "$stderr" "infer: forward: 'sh '[^']*/r-exit\\.sh' '3'' (exited with status 0|was stopped) \\(its output ended\\); restarting in 0\\.1 s"
+    assert_regex "$stderr" "infer: forward: 'sh '[^']*/r-exit\\.sh' '3' '[^']*/starts'' (exited with status 0|was stopped) \\(its output ended\\); restarting in 0\\.1 s"
     need_python
     run -0 json s.json 'j["restarts"]'
     ((output >= 1)) || fail "restarts: $output"
@@ -386,7 +448,7 @@ no_process() {
 @test "a co-process that hangs: fallback:timeout after --deadline, infer ends at once, nothing left behind" {
     local t0
     t0=$(date +%s.%N)
-    run -0 --separate-stderr timeout 30 infer -m "$A" --forward "sleep 60.$U | sleep 61.$U" \
+    run -0 --separate-stderr timeout 30 infer -m "$A" --forward "$(rsh up "sleep 60.$U | sleep 61.$U")" \
         --threshold 0.7 --deadline 200 <test.csv 3>&-
     local dt
     dt=$(elapsed_since "$t0")
@@ -403,7 +465,7 @@ no_process() {
 @test "a co-process that ignores SIGTERM is killed all the same" {
     local t0 dt
     t0=$(date +%s.%N)
-    run -0 --separate-stderr timeout 30 infer -m "$A" --forward "trap '' TERM; sleep 60.$U" \
+    run -0 --separate-stderr timeout 30 infer -m "$A" --forward "$(rsh up "trap '' TERM; sleep 60.$U")" \
         --threshold 0.7 --deadline 200 <test.csv 3>&-
     dt=$(elapsed_since "$t0")
     printf '%s\n' "${lines[@]}" >out.txt
@@ -416,16 +478,55 @@ no_process() {
 @test "a co-process silent for max(10 x deadline, 2 s) with records in flight is killed and restarted" {
     local t0
     t0=$(date +%s.%N)
-    run -0 --separate-stderr timeout 30 infer -m "$A" --batch 10 --forward "sleep 60.$U" --threshold 0.7 \
-        --deadline 100 --eval --stats-json s.json < <(PAUSE=2.6 slowly test.csv) 3>&-
+    # the second half once it has been killed and started again
+    run -0 --separate-stderr timeout 30 infer -m "$A" --batch 10 \
+        --forward "$(rsh up "sleep 60.$U" "$PWD/starts")" --threshold 0.7 --deadline 100 --eval \
+        --stats-json s.json < <(halves test.csv '(($(lines_in starts) >= 2))') 3>&-
     printf '%s\n' "${lines[@]}" >out.txt
     run -0 check_lines out.txt "$F/A.out"
     assert_equal "$(tier_count out.txt remote)" 0
-    assert_regex "$stderr" "infer: forward: 'sleep 60\\.$U' was stopped \\(no answer for 2\\.0 s\\); restarting in 0\\.1 s"
+    [[ $stderr == *"infer: forward: '$(rsh up "sleep 60.$U" "$PWD/starts")' was stopped (no answer for 2.0 s); restarting in 0.1 s"* ]] ||
+        fail "no restart reported: $stderr"
     no_process "sleep 60\\.$U\$"
     need_python
     run -0 json s.json 'j["restarts"]'
     assert_equal "$output" 1
+}
+
+@test "a co-process slow to come up: its records wait for it; deadlines start at its first line" {
+    # 1 s to start (ssh connecting, a model loading), then answers at once:
+    # with --deadline 200 every forwarded record still gets its remote answer
+    run -0 --separate-stderr timeout 30 infer -m "$A" --forward "sleep 1; infer -m '$B'" \
+        --threshold 0.7 --deadline 200 <test.csv
+    printf '%s\n' "${lines[@]}" >out.txt
+    run -0 check_lines out.txt "$F/A.out" "$F/B.out"
+    assert_equal "$(tier_count out.txt remote)" "$(below "$F/A.out" 0.7)"
+    assert_equal "$stderr" ""
+}
+
+@test "a co-process that never comes up: unreachable after --start-timeout, and stderr says why and how many" {
+    run -0 --separate-stderr timeout 30 infer -m "$A" --forward "sleep 60.$U" --threshold 0.7 \
+        --deadline 100 --start-timeout 0.5 <test.csv 3>&-
+    printf '%s\n' "${lines[@]}" >out.txt
+    run -0 check_lines out.txt "$F/A.out"
+    local n
+    n=$(below "$F/A.out" 0.7)
+    assert_equal "$(tier_count out.txt fallback:unreachable)" "$n"
+    assert_regex "$stderr" "infer: forward: 'sleep 60\\.$U' was stopped \\(no first answer within --start-timeout 0\\.5 s\\)"
+    assert_regex "$stderr" "infer: forward: $n of $n forwarded records fell back to the local answer \\(0 timed out, $n unreachable, 0 shed, 0 bad answers\\)"
+    no_process "sleep 60\\.$U\$"
+    run -2 --separate-stderr infer -m "$A" --start-timeout 1 <test.csv
+    assert_regex "$stderr" 'needs --forward CMD'
+    run -2 --separate-stderr infer -m "$A" --forward cat --start-timeout 0 <test.csv
+    assert_regex "$stderr" "--start-timeout: '0' is not a number of seconds"
+}
+
+@test "a run where most forwarded records time out says so on stderr" {
+    run -0 --separate-stderr timeout 30 infer -m "$A" --forward "$(rsh slow 0.3)" --threshold 0.7 \
+        --deadline 50 <test.csv
+    printf '%s\n' "${lines[@]}" >out.txt
+    run -0 check_lines out.txt "$F/A.out"
+    assert_regex "$stderr" "infer: forward: [0-9]+ of $(below "$F/A.out" 0.7) forwarded records fell back to the local answer \\([0-9]+ timed out, 0 unreachable, [0-9]+ shed, 0 bad answers\\); a longer --deadline or a larger --window may help"
 }
 
 @test "a co-process answering garbage: fallback:bad-answer and one warning" {
@@ -476,16 +577,18 @@ no_process() {
 }
 
 @test "a co-process that cannot be started: fallback:unreachable, restarts on stderr, exit 0" {
-    run -0 --separate-stderr timeout 30 infer -m "$A" --batch 10 --forward /nonexistent/x \
-        --threshold 0.7 --eval --stats-json s.json < <(slowly test.csv)
+    # the second half once it has failed to start three times
+    local cmd="echo >>'$PWD/starts'; exec /nonexistent/x"
+    run -0 --separate-stderr timeout 30 infer -m "$A" --batch 10 --forward "$cmd" \
+        --threshold 0.7 --eval --stats-json s.json < <(halves test.csv '(($(lines_in starts) >= 3))')
     printf '%s\n' "${lines[@]}" >out.txt
     run -0 check_lines out.txt "$F/A.out"
     assert_equal "$(tier_count out.txt fallback:unreachable)" "$(below "$F/A.out" 0.7)"
-    assert_regex "$stderr" "infer: forward: '/nonexistent/x' exited with status 127 \\(its output ended\\); restarting in 0\\.1 s"
-    # the backoff doubles: 0.1, 0.2, 0.4 s ... within the pause of 0.5 s
-    run -0 grep -c "restarting in" <<<"$stderr"
-    ((output >= 2 && output <= 5)) || fail "$output restarts in 0.5 s"
-    assert_regex "$stderr" "restarting in 0\\.2 s"
+    [[ $stderr == *"infer: forward: '$cmd' exited with status 127 (its output ended); restarting in 0.1 s"* ]] ||
+        fail "no restart reported: $stderr"
+    # the backoff doubles at each failure in a row: 0.1, 0.2, 0.4 s ...
+    run -0 bash -c "grep -o 'restarting in [0-9.]* s' <<<\"\$1\" | head -n 3 | cut -d' ' -f3 | paste -sd' '" _ "$stderr"
+    assert_output '0.1 0.2 0.4'
     need_python
     run -0 json s.json 'j["restarts"] >= 1 and j["tiers"]["fallback:unreachable"]["records"]'
     assert_equal "$output" "$(below "$F/A.out" 0.7)"
@@ -517,7 +620,7 @@ no_process() {
     # --window 4, a co-process that never answers, --deadline 100: the first
     # 4 forwarded records time out, and every later one is shed, even after
     # a pause longer than the deadline (shorter than the 2 s restart)
-    run -0 --separate-stderr timeout 30 infer -m "$A" --batch 10 --window 4 --forward "sleep 60.$U" \
+    run -0 --separate-stderr timeout 30 infer -m "$A" --batch 10 --window 4 --forward "$(rsh up "sleep 60.$U")" \
         --threshold 0.7 --deadline 100 < <(PAUSE=0.5 slowly test.csv) 3>&-
     printf '%s\n' "${lines[@]}" >out.txt
     run -0 check_lines out.txt "$F/A.out"
@@ -539,11 +642,15 @@ no_process() {
 }
 
 @test "late answers are discarded and do not shift the answers after them" {
-    # the co-process answers each record with its label, the first one
-    # 0.5 s late: the first half of the input times out (--deadline 200),
-    # the second half, 0.7 s later, gets the right answers
-    run -0 --separate-stderr timeout 30 infer -m "$A" --batch 10 --deadline 200 --forward "$(rsh label 0.5)" \
-        --threshold 0.7 < <(PAUSE=0.7 slowly test.csv)
+    # the co-process answers each record with its label, but only once the
+    # file go exists: made when every record of the first half has reached
+    # it and has waited longer than --deadline 200, so that they all time
+    # out; the second half gets the right answers
+    local first
+    first=$(head -n 70 "$F/A.out" | below /dev/stdin 0.7)
+    run -0 --separate-stderr timeout 30 infer -m "$A" --batch 10 --deadline 200 \
+        --forward "python3 '$F/r-late.py' '$PWD/go'" --threshold 0.7 \
+        < <(halves test.csv "((\$(lines_in go.log) >= $first)) && sleep 0.4 && touch go" 70)
     printf '%s\n' "${lines[@]}" >out.txt
     run -0 check_lines out.txt "$F/A.out"
     local r t
@@ -557,13 +664,12 @@ no_process() {
 
 @test "a reader that goes away: infer ends quietly, and its co-process with it" {
     mk_noisy_data 30000 3 >big.csv
-    run -0 bash -c 'infer -m "$1" --forward "sleep 60.$2" --threshold 0.7 --deadline 200 <big.csv 2>err.txt 3>&- |
-        head -n1; s=("${PIPESTATUS[@]}"); echo "status ${s[0]}"' _ "$A" "$U"
+    run -0 bash -c 'infer -m "$1" --forward "$3" --threshold 0.7 --deadline 200 <big.csv 2>err.txt 3>&- |
+        head -n1; s=("${PIPESTATUS[@]}"); echo "status ${s[0]}"' _ "$A" "$U" "$(rsh up "sleep 60.$U")"
     assert_regex "${lines[0]}" '^[0-2],[0-9.e-]+,(local|fallback:timeout)$'
     assert_regex "${lines[1]}" '^status (0|141)$'
     run -0 cat err.txt
     assert_output ""
-    sleep 0.5
     no_process "sleep 60\\.$U\$"
 }
 
@@ -577,7 +683,6 @@ no_process() {
         kill -"$sig" "$INF_PID"
         wait "$INF_PID" || true
         INF_PID=
-        sleep 0.5
         no_process "sleep 60\\.$U\$"
     done
 }

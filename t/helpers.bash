@@ -124,6 +124,32 @@ train_ckpt() {
         fail "sgd-train failed to make the fixture checkpoint $dir"
 }
 
+# stepwise N OPTION...: sgd-train -m spec.yaml OPTION... --ckpt-every 10 over
+# the first N x 40 records of train.csv, fed 40 records (10 steps) at a time,
+# each chunk only once the checkpoint of the one before is printed: no
+# checkpoint is skipped for a busy writer, on an idle or a loaded machine.
+# The paths printed go to the file paths.
+stepwise() {
+    local n=$1 pid i line
+    shift
+    rm -f in.fifo out.fifo paths
+    mkfifo in.fifo out.fifo
+    sgd-train -q -m spec.yaml --ckpt-every 10 "$@" <in.fifo >out.fifo &
+    pid=$!
+    exec 7>in.fifo 8<out.fifo
+    for ((i = 1; i <= n; i++)); do
+        sed -n "$((i * 40 - 39)),$((i * 40))p" train.csv >&7
+        read -r -t 60 line <&8 || { kill -9 "$pid"; fail "no checkpoint after chunk $i"; }
+        echo "$line" >>paths
+    done
+    exec 7>&-
+    # nothing more to learn: the final checkpoint is the last chunk's
+    while read -r -t 60 line <&8; do echo "$line" >>paths; done
+    exec 8<&-
+    wait "$pid" || fail "sgd-train failed"
+    rm -f in.fifo out.fifo
+}
+
 # ---- small utilities ----------------------------------------------------------
 
 # field FILE KEY: the value of a top-level 'KEY: value' line
@@ -137,6 +163,20 @@ wait_for_match() {
     local f=$1 re=$2 n=${3:-100}
     while ((n-- > 0)); do
         grep -Eq -- "$re" "$f" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# wait_caught PID SIGNUM [TENTHS]: wait until process PID catches signal
+# SIGNUM (its bit in SigCgt of /proc/PID/status; default at most 30 s), so
+# that the signal cannot kill it before its handler is set
+wait_caught() {
+    local n=${3:-300} mask
+    while ((n-- > 0)); do
+        mask=$(sed -n 's/^SigCgt:[[:space:]]*//p' "/proc/$1/status" 2>/dev/null) || return 1
+        [[ -n $mask ]] || return 1
+        (((0x$mask >> ($2 - 1)) & 1)) && return 0
         sleep 0.1
     done
     return 1
@@ -200,17 +240,53 @@ EOF
     "$helper" "$1"
 }
 
-# manifest_set FILE NAME BYTES HASH: rewrite the manifest entry of NAME.
+# reseal MANIFEST: make the last line of an edited manifest.yaml
+# ('manifest_xxh3: HASH', the hash of every byte before it) match again, so
+# that a test reaches what lies behind the seal.
+reseal() {
+    local body=$BATS_TEST_TMPDIR/.reseal.$$ h
+    grep -v '^manifest_xxh3: ' "$1" >"$body" || true
+    h=$(xxh3 "$body") || fail "cannot compute XXH3 (cc and libxxhash-dev are needed)"
+    { cat "$body" && echo "manifest_xxh3: $h"; } >"$1"
+    rm -f "$body"
+}
+
+# manifest_set FILE NAME BYTES HASH: rewrite the manifest entry of NAME (and
+# reseal the manifest).
 manifest_set() {
     sed -i -E "s/^(  - \{name: $2, bytes: )[0-9]+(, xxh3: )[0-9a-f]+\}/\1$3\2$4}/" "$1"
+    reseal "$1"
 }
 
 # rehash CKPT NAME: make the manifest entry of CKPT/NAME match the file as it
 # is now (so that a test reaches the parser behind the hash check).
 rehash() {
     local h
-    h=$(xxh3 "$1/$2") || skip "no way to compute XXH3 here (xxhsum or cc + libxxhash)"
+    h=$(xxh3 "$1/$2") || fail "cannot compute XXH3 (cc and libxxhash-dev are needed)"
     manifest_set "$1/manifest.yaml" "$2" "$(stat -c %s "$1/$2")" "$h"
+}
+
+# unprivileged CMD...: CMD as the user nobody when the suite runs as root
+# (root ignores file permissions), else as it is.  The directories above
+# the current one are made traversable for it.
+unprivileged() {
+    if [[ $(id -u) != 0 ]]; then
+        "$@"
+        return
+    fi
+    local d=$PWD
+    while [[ $d != / ]]; do
+        chmod o+x "$d" || return
+        d=$(dirname "$d")
+    done
+    setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$@"
+}
+
+# need CMD PACKAGE: fail (not skip) when a tool the test needs is missing:
+# a test skipped on a fresh machine is a promise nobody checks.
+need() {
+    command -v "$1" >/dev/null 2>&1 ||
+        fail "$1 is not installed (Debian package $2; ./quickstart check installs it)"
 }
 
 # ---- infer tiers (t/100-infer-tiers.bats) ------------------------------------
