@@ -387,7 +387,10 @@ int parse_state(buffer_t *b, const char *data, size_t size, const char *path, in
         buf_init(b, pl, cap, 1);
     }
     if (b->policy == P_CLASS) {
-        if (keyline(&p, end, "classes %zu", 1, &ncl) < 0 || ncl > MAX_CLASS) {
+        /* a "class J N" line for each, at least 10 bytes: a count the
+         * file cannot hold is refused before anything is allocated for it */
+        if (keyline(&p, end, "classes %zu", 1, &ncl) < 0 || ncl > MAX_CLASS ||
+            ncl > (size_t)(end - p) / 10) {
             fail = "a malformed class count";
             goto bad;
         }
@@ -423,7 +426,8 @@ int parse_state(buffer_t *b, const char *data, size_t size, const char *path, in
             fail = "a record longer than the 64 MiB a line may have";
             goto bad;
         }
-        badrec_t strict = {.name = path, .skip = 1};
+        /* counted, not reported: the whole file is refused below */
+        badrec_t strict = {.name = path, .skip = 1, .quiet = 1};
         if (read_label(&strict, r, len, 0, &label) < 0 ||
             (b->policy == P_CLASS && (label != floor(label) || label < 0 || label >= (double)ncl))) {
             fail = "a record without a valid label";

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -381,9 +382,9 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
         goto out;
     /* no reader accepts a value that is not finite: none is written */
     if ((rc = mnn_state_check(m, o, d)) < 0) {
-        char why[sizeof d->msg];
-        snprintf(why, sizeof why, "%s", d ? d->msg : "");
-        rc = mnn_fail(d, MNN_EINVAL, "%s: not written: %s", dir, why);
+        char what[PATH_MAX + 16];
+        snprintf(what, sizeof what, "%s: not written", dir);
+        rc = mnn_fail_prefix(d, MNN_EINVAL, what);
         goto out;
     }
     const char *pdir = dirname(dcopy), *base = basename(bcopy);
@@ -1007,11 +1008,8 @@ int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
         }
     }
     /* no reader accepts a value that is not finite */
-    if ((rc = mnn_state_check(m, o, d)) < 0) {
-        char why[sizeof d->msg];
-        snprintf(why, sizeof why, "%s", d ? d->msg : "");
-        rc = mnn_fail(d, MNN_ECORRUPT, "%s: %s", real, why);
-    }
+    if ((rc = mnn_state_check(m, o, d)) < 0)
+        rc = mnn_fail_prefix(d, MNN_ECORRUPT, real);
 out:
     if (rc < 0) {
         if (have_o)

@@ -34,3 +34,12 @@ int mnn_fail(mnn_diag_t *d, int err, const char *fmt, ...)
     }
     return err;
 }
+
+int mnn_fail_prefix(mnn_diag_t *d, int err, const char *prefix)
+{
+    if (!d)
+        return err;
+    char was[sizeof d->msg];
+    snprintf(was, sizeof was, "%s", d->msg);
+    return mnn_fail(d, err, "%s: %s", prefix, was);
+}

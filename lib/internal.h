@@ -15,6 +15,8 @@
 
 /* Fills d (if any) and returns err. */
 int mnn_fail(mnn_diag_t *d, int err, const char *fmt, ...) MNN_PRINTF(3, 4);
+/* Puts "prefix: " before the message d holds (if any); returns err. */
+int mnn_fail_prefix(mnn_diag_t *d, int err, const char *prefix);
 
 /* ---- YAML document walking (yamlutil.c) ---- */
 typedef struct {

@@ -59,7 +59,8 @@ int mnn_parse_double(const char *s, const char *end, double *out)
              (rest == 8 && !strncasecmp(p, "infinity", 8)))
         return MNN_EINVAL;
     uint64_t mant = 0;
-    int digits = 0, exp10 = 0, any = 0;
+    int digits = 0, any = 0;
+    int64_t exp10 = 0; /* from the digits: up to their count either way */
     while (p < end && (unsigned)(*p - '0') < 10) {
         if (digits < 19) {
             mant = mant * 10 + (uint64_t)(*p - '0');
@@ -87,14 +88,15 @@ int mnn_parse_double(const char *s, const char *end, double *out)
         return MNN_EFORMAT;
     if (p < end && (*p == 'e' || *p == 'E')) {
         const char *q = p + 1;
-        int eneg = 0, e = 0, edig = 0;
+        int eneg = 0, edig = 0;
+        int64_t e = 0;
         if (q < end && (*q == '-' || *q == '+'))
             eneg = *q++ == '-';
-        /* clamped far beyond what the digits before it can make up for (a
-         * line holds at most 2^31 of them, e stays below 2^31 too): the
-         * value then overflows or underflows, as it does unclamped */
+        /* clamped at 10^17, beyond anything the digits before it can make
+         * up for (no string holds 10^17 of them): the value then overflows
+         * or underflows, as it would unclamped */
         while (q < end && (unsigned)(*q - '0') < 10) {
-            if (e < 100000000)
+            if (e < (int64_t)100000000000000000)
                 e = e * 10 + (*q - '0');
             edig++;
             q++;

@@ -137,6 +137,19 @@ bad_sparse() {
     run -0 infer -m "$CK" <tiny.csv
 }
 
+@test "a huge exponent after many zeros is still huge (found by fuzz-records)" {
+    # 0.(99990 zeros)1e1000000 is 1e900009: not finite, not 1e9
+    local z
+    z=$(printf '%099990d' 0)
+    for p in sgd-train infer; do
+        bad_record "$p" "2,-1,0.${z}1e1000000,2,0.5\n"
+        assert_regex "$stderr" "^$p: stdin:3: field 3: '0\\.0+.*' is not finite"
+    done
+    # and the same digits with a small exponent are a small number
+    printf '0,2,-1,-1,0.%s1e99990\n' "$z" >small.csv
+    run -0 infer -m "$CK" <small.csv
+}
+
 @test "empty input to sgd-train: exit 1, no checkpoint" {
     run -1 --separate-stderr sgd-train -q -m spec.yaml -o out </dev/null
     assert_regex "$stderr" '^sgd-train: stdin: no records to learn from'
@@ -503,6 +516,17 @@ bad_sparse() {
     reseal ck/manifest.yaml
     run -1 --separate-stderr infer -m ck <test.csv
     assert_regex "$stderr" '^infer: ck/manifest\.yaml:[0-9]+:[0-9]+: the files list is missing'
+}
+
+@test "a manifest without step or records_seen: refused, saying which (found by fuzz-manifest)" {
+    local k
+    for k in step records_seen; do
+        cp -r "$CK" "ck-$k"
+        sed -i "/^$k: /d" "ck-$k/manifest.yaml"
+        reseal "ck-$k/manifest.yaml"
+        run -1 --separate-stderr infer -m "ck-$k" <test.csv
+        assert_regex "$stderr" "^infer: ck-$k/manifest\\.yaml:[0-9]+:[0-9]+: step and records_seen are required$"
+    done
 }
 
 @test "a manifest with a foreign format or broken YAML: exit 1" {

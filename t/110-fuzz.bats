@@ -22,7 +22,7 @@ build_log() {
 
 # fuzz_smoke NAME: the regression inputs, then a short run on the seeds
 fuzz_smoke() {
-    local name=$1 h=$MNN_FUZZ/fuzz-$1 f
+    local name=$1 h=$MNN_FUZZ/fuzz-$1
     [[ -x $h ]] || fail "$h is not built; $(build_log)"
     [[ -d $MNN_FUZZ/gen-seeds/$name ]] ||
         fail "no seeds in $MNN_FUZZ/gen-seeds/$name (t/fuzz/mkseeds); $(build_log)"
