@@ -266,20 +266,16 @@ rehash() {
     manifest_set "$1/manifest.yaml" "$2" "$(stat -c %s "$1/$2")" "$h"
 }
 
-# unprivileged CMD...: CMD as the user nobody when the suite runs as root
-# (root ignores file permissions), else as it is.  The directories above
-# the current one are made traversable for it.
+# unprivileged CMD...: CMD without the capabilities by which root ignores
+# file permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: dropped from the
+# bounding set, for CMD and its children) when the suite runs as root, else
+# as it is: a permission test means the same for root and for a user.
 unprivileged() {
     if [[ $(id -u) != 0 ]]; then
         "$@"
         return
     fi
-    local d=$PWD
-    while [[ $d != / ]]; do
-        chmod o+x "$d" || return
-        d=$(dirname "$d")
-    done
-    setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$@"
+    setpriv --bounding-set -dac_override,-dac_read_search -- "$@"
 }
 
 # need CMD PACKAGE: fail (not skip) when a tool the test needs is missing:
