@@ -45,6 +45,7 @@ static noreturn void help(void)
         "      --state FILE       load the buffer from FILE if it exists; save it there\n"
         "                         atomically at the end of the input, on SIGTERM or\n"
         "                         SIGINT (then exit 0) and every --save-every records\n"
+        "                         (one process at a time: FILE.lock is its lock)\n"
         "      --save-every N     also save after every N records\n"
         "      --fresh            start with an empty buffer, even if FILE exists (it\n"
         "                         is replaced at the next save)\n"
@@ -67,6 +68,15 @@ static noreturn void help(void)
 }
 
 static volatile sig_atomic_t stop_sig; /* SIGTERM or SIGINT came */
+
+/* the --state file's lock, held from the start to the exit */
+static const char *lock_path;
+static int lock_fd = -1;
+static void unlock_state(void)
+{
+    mnn_unlock_file(lock_path, lock_fd);
+    lock_fd = -1;
+}
 
 int main(int argc, char **argv)
 {
@@ -130,6 +140,22 @@ int main(int argc, char **argv)
     static const int stops[] = {SIGTERM, SIGINT};
     const int stop_fd = signals_to_pipe(stops, 2, &stop_sig);
     const int fd = open_input(argc - optind, argv + optind, &bad);
+
+    /* one process at a time on a state file: a second one would replace
+     * what the first saves (a fifo or /dev/stdout is nobody's to lock);
+     * the lock file goes at any exit but a fatal signal's */
+    struct stat sb;
+    if (state && (stat(state, &sb) != 0 || S_ISREG(sb.st_mode))) {
+        mnn_diag_t d = {""};
+        lock_path = state;
+        int rc = mnn_lock_file(state, &lock_fd, &d);
+        if (rc == MNN_EBUSY)
+            die(EXIT_RUNTIME, "--state %s: another process is using it (it holds %s.lock)", state,
+                state);
+        if (rc < 0)
+            die(EXIT_RUNTIME, "--state: %s", d.msg);
+        atexit(unlock_state);
+    }
 
     buffer_t b;
     buf_init(&b, policy, cap, seed);

@@ -232,12 +232,10 @@ int mnn_rename_noreplace(int olddirfd, const char *oldname, int newdirfd, const 
 
 /* ---- locks ------------------------------------------------------------------ */
 
-int mnn_lock_dir(const char *dir, int *fdp, mnn_diag_t *d)
+/* lock_fd: an exclusive lock on fd (named name, the thing it guards being
+ * what), at once or MNN_EBUSY; fd is closed on failure */
+static int lock_fd(int fd, const char *name, const char *what, int *fdp, mnn_diag_t *d)
 {
-    *fdp = -1;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return mnn_fail(d, MNN_EIO, "%s: %s", dir, strerror(errno));
     while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         if (errno == EINTR)
             continue;
@@ -245,12 +243,69 @@ int mnn_lock_dir(const char *dir, int *fdp, mnn_diag_t *d)
         close(fd);
         errno = e;
         if (e == EWOULDBLOCK)
-            return mnn_fail(d, MNN_EBUSY, "%s: in use by another process (it holds the "
-                                          "directory's lock)", dir);
-        return mnn_fail(d, MNN_EIO, "%s: cannot lock: %s", dir, strerror(e));
+            return mnn_fail(d, MNN_EBUSY, "%s: in use by another process (it holds %s)", name,
+                            what);
+        return mnn_fail(d, MNN_EIO, "%s: cannot lock: %s", name, strerror(e));
     }
     *fdp = fd;
     return 0;
+}
+
+int mnn_lock_dir(const char *dir, int *fdp, mnn_diag_t *d)
+{
+    *fdp = -1;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return mnn_fail(d, MNN_EIO, "%s: %s", dir, strerror(errno));
+    return lock_fd(fd, dir, "the directory's lock", fdp, d);
+}
+
+static int lock_name(char *buf, size_t n, const char *path)
+{
+    return snprintf(buf, n, "%s.lock", path) < (int)n ? 0 : -1;
+}
+
+int mnn_lock_file(const char *path, int *fdp, mnn_diag_t *d)
+{
+    *fdp = -1;
+    char lock[4096], what[4200];
+    if (lock_name(lock, sizeof lock, path) < 0)
+        return mnn_fail(d, MNN_EINVAL, "%s: name too long", path);
+    snprintf(what, sizeof what, "the lock on %s", lock);
+    /* The holder removes the lock file before it lets go (mnn_unlock_file):
+     * a lock taken on a file no longer at that name is not the lock, and
+     * the name is opened again.  Each round follows a holder that came and
+     * went between our open and our flock; a bound all the same. */
+    for (int round = 0; round < 1000; round++) {
+        /* never through a link, never anything but a plain file */
+        int fd = open(lock, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0666);
+        if (fd < 0)
+            return mnn_fail(d, MNN_EIO, "%s: %s", lock,
+                            errno == ELOOP ? "is a symbolic link, refused" : strerror(errno));
+        struct stat sb, now;
+        if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+            close(fd);
+            return mnn_fail(d, MNN_EIO, "%s: not a plain file, refused", lock);
+        }
+        int rc = lock_fd(fd, path, what, fdp, d);
+        if (rc < 0)
+            return rc;
+        if (lstat(lock, &now) == 0 && now.st_dev == sb.st_dev && now.st_ino == sb.st_ino)
+            return 0;
+        close(fd);
+        *fdp = -1;
+    }
+    return mnn_fail(d, MNN_EBUSY, "%s: %s keeps changing hands", path, lock);
+}
+
+void mnn_unlock_file(const char *path, int fd)
+{
+    char lock[4096];
+    if (fd < 0)
+        return;
+    if (lock_name(lock, sizeof lock, path) == 0)
+        unlink(lock); /* while it is held: see mnn_lock_file */
+    close(fd);
 }
 
 /* ---- atomic writes ------------------------------------------------------------ */

@@ -70,6 +70,14 @@ int mnn_rename_noreplace(int olddirfd, const char *oldname, int newdirfd,
 /* Takes an exclusive lock on directory dir for as long as *fd stays open:
  * MNN_EBUSY at once if another process holds it. */
 int mnn_lock_dir(const char *dir, int *fd, mnn_diag_t *d);
+/* The same for a file that is replaced by renames (so its own inode cannot
+ * hold a lock): the lock is on path.lock, created if need be (0666 less the
+ * umask), never opened through a link, and removed by mnn_unlock_file (a
+ * holder that dies leaves it; the next one takes it over). */
+int mnn_lock_file(const char *path, int *fd, mnn_diag_t *d);
+/* Removes path.lock and closes fd, the lock mnn_lock_file took (nothing
+ * when fd < 0). */
+void mnn_unlock_file(const char *path, int fd);
 /* Writes path atomically: fn writes the contents into a new temporary file
  * beside it (opened O_EXCL | O_NOFOLLOW), which is flushed, fsynced, renamed
  * over path, and the directory fsynced; on any error the temporary file is

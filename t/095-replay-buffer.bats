@@ -491,6 +491,46 @@ good_state() {
     run -0 replay-buffer --policy recent --state s </dev/null
 }
 
+@test "two processes on one --state: the second refuses at its start, the first's state stays whole" {
+    recs 100 >in.csv
+    mkfifo in
+    replay-buffer --state s --save-every 10 -c 10 <in >out 2>err &
+    local pid=$! rc=0
+    exec 7>in
+    head -n 20 in.csv >&7
+    # a state saved: the first process holds the lock, taken before it loads
+    wait_for_match s '^seen 20$' 300 || { kill -9 "$pid"; fail "no state saved after 20 records"; }
+    local before
+    before=$(cat s)
+    run -1 --separate-stderr replay-buffer --state s <in.csv
+    assert_output ""
+    assert_equal "$stderr" "replay-buffer: --state s: another process is using it (it holds s.lock)"
+    # --fresh would replace the state: refused the same way
+    run -1 --separate-stderr replay-buffer --state s --fresh <in.csv
+    assert_regex "$stderr" '^replay-buffer: --state s: another process is using it'
+    assert_equal "$(cat s)" "$before"
+    tail -n +21 in.csv >&7
+    exec 7>&-
+    wait "$pid" || rc=$?
+    assert_equal "$rc" 0
+    assert_equal "$(state_key s seen)" 100
+    run -0 check_replay in.csv out
+    # the lock goes with its holder
+    recs 5 | replay-buffer -q --state s >/dev/null || fail "the state is still locked"
+    assert_equal "$(state_key s seen)" 105
+}
+
+@test "--state's lock file is never opened through a link" {
+    recs 10 >in.csv
+    echo precious >outside
+    ln -s outside s.lock
+    run -1 --separate-stderr replay-buffer --state s <in.csv
+    assert_output ""
+    assert_equal "$stderr" "replay-buffer: --state: s.lock: is a symbolic link, refused"
+    assert_equal "$(cat outside)" precious
+    [[ ! -e s ]] || fail "a state was written"
+}
+
 @test "a directory as the state file: exit 1, named, not a regular file" {
     recs 10 >in.csv
     mkdir s

@@ -18,6 +18,7 @@
 #include <float.h>
 #include <ftw.h>
 #include <malloc.h>
+#include <sched.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -26,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -2680,6 +2682,130 @@ static void test_fs_lock(void)
     check(rc == MNN_EIO && fd == -1 && contains(d.msg, missing),
           "mnn_lock_dir of a missing directory: MNN_EIO, fd -1 (\"%s\")", d.msg);
     rmdir(dir);
+}
+
+static int child_lock_file(void *ctx)
+{
+    int fd = 12345;
+    mnn_diag_t d = {""};
+    int rc = mnn_lock_file(ctx, &fd, &d);
+    if (rc == 0) {
+        mnn_unlock_file(ctx, fd);
+        return fd >= 0 ? 0 : 3;
+    }
+    if (rc == MNN_EBUSY && fd == -1 && contains(d.msg, ctx) && contains(d.msg, ".lock"))
+        return 1;
+    diag("child: mnn_lock_file rc %d, fd %d, \"%s\"", rc, fd, d.msg);
+    return 2;
+}
+
+/* contend: take and give back the lock `rounds` times, counting in the
+ * shared holders[0] how many hold it at once; 0, or 1 if two ever did */
+static int contend(const char *path, volatile int *holders, int rounds)
+{
+    long spins = 0;
+    for (int i = 0; i < rounds;) {
+        int fd;
+        mnn_diag_t d = {""};
+        int rc = mnn_lock_file(path, &fd, &d);
+        if (rc == MNN_EBUSY) {
+            if (++spins > 100000000L) /* a bound, not a time */
+                return 2;
+            continue;
+        }
+        if (rc < 0) {
+            diag("contend: rc %d \"%s\"", rc, d.msg);
+            return 3;
+        }
+        int now = __atomic_add_fetch(holders, 1, __ATOMIC_SEQ_CST);
+        sched_yield(); /* a chance for another holder to show */
+        int later = __atomic_load_n(holders, __ATOMIC_SEQ_CST);
+        __atomic_sub_fetch(holders, 1, __ATOMIC_SEQ_CST);
+        mnn_unlock_file(path, fd);
+        if (now != 1 || later != 1)
+            return 1;
+        i++;
+    }
+    return 0;
+}
+
+static void test_fs_lock_file(void)
+{
+    char dir[128], path[160], lock[170], p[200];
+    mnn_diag_t d = {""};
+    tpath(dir, sizeof dir, "lockfile");
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/s", dir);
+    snprintf(lock, sizeof lock, "%s.lock", path);
+    int fd = -1;
+    int rc = mnn_lock_file(path, &fd, &d);
+    if (!check(rc == 0 && fd >= 0 && exists(lock) && !exists(path),
+               "mnn_lock_file takes the lock on path.lock, and leaves path alone (rc %d)", rc)) {
+        diag("%s", d.msg);
+        rm_rf(dir);
+        return;
+    }
+    int child = in_child(child_lock_file, path);
+    check(child == 1, "mnn_lock_file from another process while it is held: MNN_EBUSY at once, "
+                      "naming the file and its lock (child %d)", child);
+    mnn_unlock_file(path, fd);
+    check(!exists(lock), "mnn_unlock_file removes path.lock");
+    child = in_child(child_lock_file, path);
+    check(child == 0 && !exists(lock), "mnn_lock_file from another process once it was given "
+                                       "back: 0, and its own lock file gone again (child %d)",
+          child);
+    /* a lock file left by a holder that died: taken over */
+    close(open(lock, O_WRONLY | O_CREAT, 0644));
+    rc = mnn_lock_file(path, &fd, &d);
+    check(rc == 0, "a lock file nobody holds (its holder died) is taken over (rc %d)", rc);
+    if (rc == 0)
+        mnn_unlock_file(path, fd);
+    /* never through a link, never anything but a plain file */
+    static const char *const odd[] = {"link", "dir", "fifo"};
+    fails_t f = {0, 0};
+    for (size_t i = 0; i < NELEM(odd); i++) {
+        snprintf(p, sizeof p, "%s/outside", dir);
+        close(open(p, O_WRONLY | O_CREAT, 0644));
+        int made = i == 0 ? symlink(p, lock) : i == 1 ? mkdir(lock, 0755) : mkfifo(lock, 0644);
+        fd = 12345;
+        d.msg[0] = 0;
+        rc = made == 0 ? mnn_lock_file(path, &fd, &d) : 99;
+        struct stat sb;
+        int intact = lstat(p, &sb) == 0 && sb.st_size == 0 && lstat(lock, &sb) == 0;
+        if (rc != MNN_EIO || fd != -1 || !contains(d.msg, lock) || !intact)
+            fail_at(&f, "%s: rc %d, fd %d, \"%s\"", odd[i], rc, fd, d.msg);
+        if (i == 1)
+            rmdir(lock);
+        else
+            unlink(lock);
+    }
+    check(f.bad == 0, "a link, a directory or a fifo at path.lock: MNN_EIO naming it, left as "
+                      "it is, nothing written through it (%zu cases)", NELEM(odd));
+    /* four processes taking and giving back the lock: never two at once, so
+     * a lock taken on a file its holder removed is never trusted */
+    volatile int *holders =
+        mmap(NULL, sizeof(int), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (!check(holders != MAP_FAILED, "mmap a shared counter"))
+        return;
+    *holders = 0;
+    enum { KIDS = 4, ROUNDS = 500 };
+    pid_t kids[KIDS];
+    fflush(stdout);
+    for (int i = 0; i < KIDS; i++)
+        if ((kids[i] = fork()) == 0) {
+            alarm(120); /* a guard against a hang, not a delay */
+            _exit(contend(path, holders, ROUNDS));
+        }
+    int bad = 0, st;
+    for (int i = 0; i < KIDS; i++) {
+        if (kids[i] < 0 || waitpid(kids[i], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st))
+            bad++;
+    }
+    check(bad == 0 && !exists(lock), "%d processes x %d rounds of mnn_lock_file / "
+                                     "mnn_unlock_file: never two holders at once, no lock file "
+                                     "left (%d failed)", KIDS, ROUNDS, bad);
+    munmap((void *)holders, sizeof(int));
+    rm_rf(dir);
 }
 
 typedef struct {
@@ -5614,6 +5740,7 @@ int main(void)
     test_fs_remove();
     test_fs_rename();
     test_fs_lock();
+    test_fs_lock_file();
     test_fs_atomic();
     test_spec();
     test_yaml_limits();
