@@ -609,9 +609,11 @@ EOF
     assert_output $'ckpt-ship 1 ready\nHAVE 0\nOK step-00000010.tar.zst'
     assert_regex "$stderr" 'dst: no word from the sender within --timeout; closing$'
     cmp "$A10" dst/step-00000010.tar.zst
-    # a sender that sends NOOP between offers is waited for
-    run -0 --separate-stderr timeout 60 bash -c "{ for i in 1 2 3 4 5 6; do echo NOOP; sleep 0.4; done
-        echo BYE; } | ckpt-ship --receive --timeout 1 dst2"
+    # a sender that sends NOOP between offers is waited for: 3 s of NOOPs,
+    # 0.3 s apart, against a --timeout of 2 s (1.7 s of slack for a loaded
+    # machine at each one)
+    run -0 --separate-stderr timeout 60 bash -c "{ for i in 1 2 3 4 5 6 7 8 9 10; do echo NOOP; sleep 0.3; done
+        echo BYE; } | ckpt-ship --receive --timeout 2 dst2"
     assert_output 'ckpt-ship 1 ready'
 }
 

@@ -365,9 +365,18 @@ no_process() {
 }
 
 @test "a co-process that does not pass '#!flush' back: its answers count, and it gets no more markers" {
-    run -0 --separate-stderr timeout 30 infer -m "$A" --batch 10 \
-        --forward "tee -a seen.log | $(rsh noecho)" --threshold 0.7 < <(slowly test.csv)
-    printf '%s\n' "${lines[@]}" >out.txt
+    # the second half once infer wrote out the first (its '#!flush' line
+    # came out after the first half's answers): by then it has learned
+    # from the co-process's first line that markers do not come back
+    (($(head -n 75 "$F/A.out" | below /dev/stdin 0.7) > 0)) || fail "no record of the first half is forwarded"
+    { head -n 75 test.csv; echo '#!flush'; tail -n +76 test.csv; } >flushed.csv
+    local rc=0
+    timeout 30 infer -m "$A" --batch 10 --forward "tee -a seen.log | $(rsh noecho)" \
+        --threshold 0.7 < <(halves flushed.csv 'grep -qx "#!flush" out.all' 76) >out.all 2>err ||
+        rc=$?
+    assert_equal "$rc" 0
+    grep -v '^#' out.all >out.txt
+    assert_equal "$(grep -c '^#' out.all)" 1
     run -0 check_lines out.txt "$F/A.out" =0,0.9
     assert_equal "$(tier_count out.txt remote)" "$(below "$F/A.out" 0.7)"
     # after the pause (half the records), no marker is sent any more
