@@ -626,11 +626,13 @@ no_process() {
 }
 
 @test "records that timed out hold their place in the window until the co-process answers or restarts" {
-    # --window 4, a co-process that never answers, --deadline 100: the first
-    # 4 forwarded records time out, and every later one is shed, even after
-    # a pause longer than the deadline (shorter than the 2 s restart)
-    run -0 --separate-stderr timeout 30 infer -m "$A" --batch 10 --window 4 --forward "$(rsh up "sleep 60.$U")" \
-        --threshold 0.7 --deadline 100 < <(PAUSE=0.5 slowly test.csv) 3>&-
+    # --window 4, a co-process that never answers, --deadline 1000: the
+    # first 4 forwarded records time out, and every later one is shed, even
+    # after a pause longer than the deadline (the whole run, about 3 s, well
+    # inside the 10 s of silence that restart a co-process, even on a loaded
+    # machine)
+    run -0 --separate-stderr timeout 60 infer -m "$A" --batch 10 --window 4 --forward "$(rsh up "sleep 60.$U")" \
+        --threshold 0.7 --deadline 1000 < <(PAUSE=1.5 slowly test.csv) 3>&-
     printf '%s\n' "${lines[@]}" >out.txt
     run -0 check_lines out.txt "$F/A.out"
     assert_equal "$(tier_count out.txt fallback:timeout)" 4
