@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -411,6 +412,21 @@ static int receive_one(receiver_t *r, char *line)
     if (!ok) {
         say(out, "ERR %s/%s: %s", r->dir, part, strerror(errno));
         goto stop;
+    }
+    /* room for what is still to come, before a byte of it is taken (a
+     * stream of unknown size is bounded by the disk as it comes) */
+    struct statvfs vs;
+    if (known && fstatvfs(fd, &vs) == 0 &&
+        size - off > (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize) {
+        const uint64_t room = (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize;
+        if (off == 0)
+            unlinkat(r->dfd, part, 0); /* nothing received to keep */
+        close(fd);
+        XXH3_freeState(st);
+        return say(out, "REFUSE %s: %" PRIu64 " bytes to receive, %" PRIu64 " free in %s",
+                   printable(name[0] ? name : part), size - off, room, r->dir) < 0
+                   ? -1
+                   : 0;
     }
     if (say(out, "HAVE %" PRIu64, off) < 0)
         goto stop;

@@ -472,6 +472,31 @@ odd_name() {
     [[ ! -e up.tar.zst && ! -e dst/up.tar.zst && ! -e /abs.tar.zst ]] || fail "a name escaped DIR"
 }
 
+@test "--receive refuses an offer larger than the room left in DIR, before a byte is sent" {
+    # 2^62 bytes: more than any file system has free
+    local huge=4611686018427387904
+    mkdir dst
+    run -0 --separate-stderr bash -c "printf 'OFFER %s %s %s\nBYE\n' $huge 0123456789abcdef big.tar.zst |
+        ckpt-ship --receive dst"
+    assert_line --index 0 'ckpt-ship 1 ready'
+    assert_line --index 1 --regexp "^REFUSE big\.tar\.zst: $huge bytes to receive, [0-9]+ free in dst\$"
+    assert_equal "${#lines[@]}" 2
+    run -0 ls -A dst
+    assert_output ""
+    # the session goes on: the next offer, of a size that fits, is taken
+    local size hash
+    size=$(stat -c %s "$A10")
+    hash=$(xxh3 "$A10")
+    run -0 --separate-stderr bash -c "{ printf 'OFFER %s %s %s\n' $huge 0123456789abcdef big.tar.zst
+        printf 'OFFER %s %s %s\n' $size $hash a.tar.zst
+        printf 'DATA %s\n' $size; cat '$A10'; printf 'END %s %s\nBYE\n' $size $hash; } |
+        ckpt-ship --receive dst"
+    assert_line --index 1 --regexp '^REFUSE big\.tar\.zst: '
+    assert_line --index 2 'HAVE 0'
+    assert_line --index 3 'OK a.tar.zst'
+    cmp "$A10" dst/a.tar.zst
+}
+
 # ---- remote command lines (a stand-in for ssh) --------------------------------------------
 
 @test "remote: the host is one word, the remote command quoted words; odd DIR and --name land exactly" {
