@@ -416,9 +416,8 @@ static int receive_one(receiver_t *r, char *line)
     /* room for what is still to come, before a byte of it is taken (a
      * stream of unknown size is bounded by the disk as it comes) */
     struct statvfs vs;
-    if (known && fstatvfs(fd, &vs) == 0 &&
-        size - off > (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize) {
-        const uint64_t room = (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize;
+    const uint64_t room = fstatvfs(fd, &vs) == 0 ? (uint64_t)vs.f_bavail * vs.f_frsize : UINT64_MAX;
+    if (known && size - off > room) {
         if (off == 0)
             unlinkat(r->dfd, part, 0); /* nothing received to keep */
         close(fd);
