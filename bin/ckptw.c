@@ -97,6 +97,50 @@ static int publish(ckptw_t *w, const char *root, const char *name, mnn_diag_t *d
     return rc;
 }
 
+/* The checkpoint directory dir exists already (an earlier attempt of this
+ * training wrote it, or another training did): 0 when it is a checkpoint
+ * whose files verify and hold the snapshot's bytes, else an error.  The
+ * snapshot is written beside it under a .tmp- name to be compared, then
+ * removed (a crash leaves it to the next start's clean-up). */
+static int same_checkpoint(ckptw_t *w, const char *root, const char *name, const char *dir,
+                           mnn_diag_t *d)
+{
+    struct stat sb;
+    if (lstat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        snprintf(d->msg, sizeof d->msg, "%.400s exists and is not a checkpoint directory; not "
+                 "replacing it", dir);
+        return MNN_EEXIST;
+    }
+    char again[PATH_MAX];
+    if (snprintf(again, sizeof again, "%s/.tmp-again-%s", root, name) >= PATH_MAX) {
+        snprintf(d->msg, sizeof d->msg, "%s: path too long", root);
+        return MNN_EINVAL;
+    }
+    mnn_manifest_t ours = {0}, theirs = {0};
+    int rc = mnn_remove_tree(again) < 0 ? MNN_EIO : 0;
+    if (rc < 0)
+        snprintf(d->msg, sizeof d->msg, "%.400s: %s", again, strerror(errno));
+    if (rc == 0 && (rc = persist(w, again, d)) == 0 &&
+        (rc = mnn_manifest_load(&ours, again, NULL, d)) == 0 &&
+        (rc = mnn_manifest_load(&theirs, dir, NULL, d)) == 0 &&
+        (rc = mnn_manifest_verify_dir(&theirs, dir, d)) == 0) {
+        int same = ours.nfiles == theirs.nfiles;
+        for (size_t i = 0; same && i < ours.nfiles; i++) {
+            const mnn_manifest_file_t *f = mnn_manifest_find(&theirs, ours.files[i].name);
+            same = f && f->bytes == ours.files[i].bytes && !strcmp(f->xxh3, ours.files[i].xxh3);
+        }
+        if (!same) {
+            snprintf(d->msg, sizeof d->msg, "%.400s exists and holds another training's state; not "
+                     "replacing it", dir);
+            rc = MNN_EEXIST;
+        }
+    }
+    mnn_remove_tree(again);
+    mnn_manifest_free(&ours);
+    mnn_manifest_free(&theirs);
+    return rc;
+}
+
 /* Touches every page of a buffer that calloc() left unmapped. */
 static void prefault(void *p, size_t bytes)
 {
@@ -142,9 +186,10 @@ static void *writer(void *arg)
         int rc = step_path(durable, w->o.root, name, &d) < 0 ||
                          step_path(fast, first, name, &d) < 0
                      ? MNN_EINVAL : 0;
-        if (rc == 0 && lstat(durable, &sb) == 0) {
-            /* this step is already a checkpoint here (the one training was
-             * resumed from): never overwritten, and nothing new to say */
+        const int exists = rc == 0 && lstat(durable, &sb) == 0;
+        if (exists && step == w->o.first_step && !w->o.fresh) {
+            /* the checkpoint training was resumed from: never overwritten,
+             * and nothing new to say */
             pthread_mutex_lock(&w->mu);
             w->writing = 0;
             w->ok_step = step;
@@ -152,12 +197,20 @@ static void *writer(void *arg)
             pthread_cond_broadcast(&w->cv);
             continue;
         }
-        if (rc == 0)
-            rc = persist(w, fast, &d);
-        if (rc == 0 && w->o.verbose)
-            note_write("wrote", fast, mono_now() - t0);
-        if (rc == 0)
-            rc = publish(w, first, name, &d);
+        if (exists) {
+            /* written before (a resumed training that replays its input
+             * reaches the steps it had reached), or by another training */
+            rc = same_checkpoint(w, w->o.root, name, durable, &d);
+            if (rc == 0)
+                rc = publish(w, w->o.root, name, &d);
+        } else {
+            if (rc == 0)
+                rc = persist(w, fast, &d);
+            if (rc == 0 && w->o.verbose)
+                note_write("wrote", fast, mono_now() - t0);
+            if (rc == 0)
+                rc = publish(w, first, name, &d);
+        }
 
         /* the snapshot is on disk: training may take the next one */
         pthread_mutex_lock(&w->mu);
@@ -165,7 +218,7 @@ static void *writer(void *arg)
         pthread_cond_broadcast(&w->cv);
         pthread_mutex_unlock(&w->mu);
 
-        if (rc == 0 && w->o.local) {
+        if (rc == 0 && w->o.local && !exists) {
             t0 = mono_now();
             rc = mnn_ckpt_copy(fast, durable, &d);
             if (rc == 0 && w->o.verbose)
@@ -189,6 +242,23 @@ static void *writer(void *arg)
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
+}
+
+/* A fresh training's root: its step numbers would meet another
+ * training's checkpoints there, and latest would go back and forth. */
+static int holds_none(const char *root, const char *opt, mnn_diag_t *d)
+{
+    uint64_t newest;
+    int rc = mnn_ckpt_root_newest(root, &newest, d);
+    if (rc > 0) {
+        char name[32];
+        mnn_ckpt_step_name(name, sizeof name, newest);
+        snprintf(d->msg, sizeof d->msg, "%s %s: holds the checkpoints of a training already (the "
+                 "newest: %s); go on from them with --resume %s, or remove them, or use another "
+                 "%s", opt, root, name, root, opt);
+        rc = MNN_EEXIST;
+    }
+    return rc;
 }
 
 static void close_locks(ckptw_t *w)
@@ -216,9 +286,10 @@ ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
         w->created = (int64_t)v;
     w->lock_root = w->lock_local = -1;
     if (mnn_ckpt_root_open(o->root, &w->lock_root, d) < 0 ||
-        (o->local && mnn_ckpt_root_open(o->local, &w->lock_local, d) < 0)) {
-        if (w->lock_root >= 0)
-            close(w->lock_root);
+        (o->local && mnn_ckpt_root_open(o->local, &w->lock_local, d) < 0) ||
+        (o->fresh && (holds_none(o->root, "--ckpt-dir", d) < 0 ||
+                      (o->local && holds_none(o->local, "--ckpt-local", d) < 0)))) {
+        close_locks(w);
         free(w);
         return NULL;
     }

@@ -20,10 +20,16 @@ typedef struct {
     size_t keep;       /* checkpoints kept in each root; 0: all */
     int quiet;         /* no notes on stderr (errors still) */
     int verbose;       /* time each snapshot and each write on stderr */
+    int fresh;         /* a training from scratch: the roots must hold no
+                        * checkpoint yet (another training's) */
+    uint64_t first_step; /* the step it starts from (the resumed one's) */
 } ckptw_opts_t;
 
 /* Opens the roots (removing crash leftovers) and starts the writer for a
- * model and optimizer of this shape.  NULL with d filled on failure. */
+ * model and optimizer of this shape.  NULL with d filled on failure,
+ * among them a fresh training on a root that holds checkpoints.  A step
+ * whose checkpoint exists already is not written again: it is published
+ * when it holds the same bytes, and fails when it holds others. */
 ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
                      const mnn_optim_t *opt, mnn_diag_t *d);
 /* Takes a snapshot and hands it to the writer.  If the writer is busy:

@@ -43,7 +43,8 @@ static noreturn void help(void)
         "                         input (the resumed training replays its input)\n"
         "      --workdir DIR      where --resume unpacks an archive (default: TMPDIR)\n"
         "      --ckpt-dir DIR     write checkpoints DIR/step-N, DIR/latest: periodic,\n"
-        "                         on SIGUSR1, on SIGTERM/SIGINT and at the end\n"
+        "                         on SIGUSR1, on SIGTERM/SIGINT and at the end; a\n"
+        "                         training from scratch wants a DIR with none yet\n"
         "      --ckpt-every N     a checkpoint every N steps\n"
         "      --ckpt-interval S  a checkpoint every S seconds\n"
         "      --ckpt-local DIR   write each checkpoint to DIR first (fast storage),\n"
@@ -424,6 +425,8 @@ int main(int argc, char **argv)
         mnn_model_init_weights(&model, &st.rng);
     }
     ckptw_t *writer = NULL;
+    co.fresh = !resume;
+    co.first_step = opt.step;
     if (co.root && !(writer = ckptw_start(&co, &model, &opt, &d)))
         die(EXIT_RUNTIME, "%s", d.msg);
     /* lineage: each checkpoint names the one before it */

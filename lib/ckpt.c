@@ -1107,6 +1107,64 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The step numbers of root's checkpoint directories (open as fd), sorted:
+ * only the names written here, and only directories: a link named step-N
+ * (to anywhere) is not one.  *steps is to be freed. */
+static int list_steps(int fd, const char *root, uint64_t **steps, size_t *count, mnn_diag_t *d)
+{
+    *steps = NULL;
+    *count = 0;
+    int dfd = dup(fd);
+    DIR *dp = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!dp) {
+        int rc = mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
+        if (dfd >= 0)
+            close(dfd);
+        return rc;
+    }
+    uint64_t step;
+    size_t cap = 0;
+    struct dirent *de;
+    struct stat sb;
+    while ((de = readdir(dp))) {
+        if (parse_step_name(de->d_name, &step) < 0 ||
+            fstatat(fd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(sb.st_mode))
+            continue;
+        if (*count == cap) {
+            uint64_t *ns = realloc(*steps, (cap = cap ? 2 * cap : 64) * sizeof *ns);
+            if (!ns) {
+                closedir(dp);
+                free(*steps);
+                *steps = NULL;
+                return mnn_fail(d, MNN_ENOMEM, "out of memory");
+            }
+            *steps = ns;
+        }
+        (*steps)[(*count)++] = step;
+    }
+    closedir(dp);
+    if (*count > 1)
+        qsort(*steps, *count, sizeof **steps, cmp_u64);
+    return 0;
+}
+
+int mnn_ckpt_root_newest(const char *root, uint64_t *step, mnn_diag_t *d)
+{
+    int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
+    uint64_t *steps;
+    size_t count;
+    int rc = list_steps(fd, root, &steps, &count, d);
+    close(fd);
+    if (rc == 0 && count > 0) {
+        *step = steps[count - 1];
+        rc = 1;
+    }
+    free(steps);
+    return rc;
+}
+
 int mnn_ckpt_prune(const char *root, size_t keep, size_t *removed, mnn_diag_t *d)
 {
     *removed = 0;
@@ -1119,40 +1177,9 @@ int mnn_ckpt_prune(const char *root, size_t keep, size_t *removed, mnn_diag_t *d
     ssize_t n = readlinkat(fd, "latest", target, sizeof target - 1);
     if (n > 0)
         target[n] = 0;
-    int dfd = dup(fd);
-    DIR *dp = dfd >= 0 ? fdopendir(dfd) : NULL;
-    if (!dp) {
-        int rc = mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
-        if (dfd >= 0)
-            close(dfd);
-        close(fd);
-        return rc;
-    }
-    uint64_t *steps = NULL, step;
-    size_t count = 0, cap = 0;
-    struct dirent *de;
-    struct stat sb;
-    while ((de = readdir(dp))) {
-        /* only the checkpoint directories written here: a link named
-         * step-N (to anywhere) is not one, and is left alone */
-        if (parse_step_name(de->d_name, &step) < 0 ||
-            fstatat(fd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(sb.st_mode))
-            continue;
-        if (count == cap) {
-            uint64_t *ns = realloc(steps, (cap = cap ? 2 * cap : 64) * sizeof *ns);
-            if (!ns) {
-                closedir(dp);
-                close(fd);
-                free(steps);
-                return mnn_fail(d, MNN_ENOMEM, "out of memory");
-            }
-            steps = ns;
-        }
-        steps[count++] = step;
-    }
-    closedir(dp);
-    qsort(steps, count, sizeof *steps, cmp_u64);
-    int rc = 0;
+    uint64_t *steps;
+    size_t count;
+    int rc = list_steps(fd, root, &steps, &count, d);
     for (size_t i = 0; i + keep < count && rc == 0; i++) {
         char name[32], doomed[48];
         mnn_ckpt_step_name(name, sizeof name, steps[i]);

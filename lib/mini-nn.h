@@ -495,6 +495,11 @@ int mnn_ckpt_set_latest(const char *root, const char *name, mnn_diag_t *d);
  * (a link) is neither counted nor touched.  *removed counts them. */
 int mnn_ckpt_prune(const char *root, size_t keep, size_t *removed, mnn_diag_t *d);
 
+/* The newest checkpoint in root: 1 with *step its number, 0 when root
+ * holds none (or does not exist), or a negative error.  As for
+ * mnn_ckpt_prune, only the step-N directories written here count. */
+int mnn_ckpt_root_newest(const char *root, uint64_t *step, mnn_diag_t *d);
+
 /* Removes a checkpoint directory: its regular files, then itself. */
 int mnn_ckpt_remove(const char *dir);
 

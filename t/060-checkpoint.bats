@@ -115,6 +115,54 @@ in_order() {
         fail "the root is still locked"
 }
 
+@test "a training from scratch refuses a root that holds checkpoints; nothing there changes" {
+    stepwise 5 --ckpt-dir ck
+    local before
+    before=$(find ck -printf '%P %y %s %T@ %l\n' | sort)
+    run -1 --separate-stderr sgd-train -q -m spec.yaml --ckpt-dir ck <train.csv
+    assert_output ""
+    assert_equal "$stderr" "sgd-train: --ckpt-dir ck: holds the checkpoints of a training already (the newest: step-00000050); go on from them with --resume ck, or remove them, or use another --ckpt-dir"
+    run -1 --separate-stderr sgd-train -q -m spec.yaml --ckpt-dir other --ckpt-local ck <train.csv
+    assert_regex "$stderr" '^sgd-train: --ckpt-local ck: holds the checkpoints of a training already \(the newest: step-00000050\)'
+    assert_equal "$(find ck -printf '%P %y %s %T@ %l\n' | sort)" "$before"
+    # links and leftovers are not checkpoints: such a root is taken
+    mkdir ck2
+    ln -s "$PWD/ck/step-00000050" ck2/step-00000050
+    mkdir ck2/.tmp-step-00000010
+    run -0 sgd-train -q -m spec.yaml --ckpt-dir ck2 <train.csv
+    assert_output ck2/step-00000150
+}
+
+@test "a resumed training replaces no checkpoint: one with its bytes is published, another fails" {
+    stepwise 5 --ckpt-dir ck
+    cp -a ck/step-00000050 saved50
+    # killed after step-00000050 was renamed into place, before latest
+    # followed: a replay of the same input reaches it with the same bytes
+    ln -sfn step-00000030 ck/latest
+    run -0 --separate-stderr sgd-train -q --resume ck --ckpt-dir ck --skip-seen < <(head -n 200 train.csv)
+    assert_output ck/step-00000050
+    assert_equal "$(readlink ck/latest)" step-00000050
+    run -0 ls -A ck
+    assert_output "$(printf 'latest\n'; for i in 10 20 30 40 50; do printf 'step-%08d\n' "$i"; done)"
+    run -0 diff -r saved50 ck/step-00000050
+    # other records from step 30: step 50 would hold another state
+    run -1 --separate-stderr sgd-train -q --resume ck/step-00000030 --ckpt-dir ck < <(tail -n 80 train.csv)
+    assert_output ""
+    assert_equal "${stderr_lines[0]}" "sgd-train: checkpoint step-00000050 failed: ck/step-00000050 exists and holds another training's state; not replacing it"
+    assert_regex "$stderr" $'\nsgd-train: the final checkpoint could not be written$'
+    run -0 diff -r saved50 ck/step-00000050
+    assert_equal "$(readlink ck/latest)" step-00000050
+    # a link in its place, to the same bytes: not a checkpoint directory
+    mv ck/step-00000050 outside50
+    ln -s "$PWD/outside50" ck/step-00000050
+    run -1 --separate-stderr sgd-train -q --resume ck/step-00000030 --ckpt-dir ck --skip-seen < <(head -n 200 train.csv)
+    assert_regex "$stderr" "^sgd-train: checkpoint step-00000050 failed: ck/step-00000050 exists and is not a checkpoint directory; not replacing it"
+    [[ -L ck/step-00000050 ]] || fail "the link was replaced"
+    run -0 diff -r saved50 outside50
+    run -0 ls -A ck
+    assert_output "$(printf 'latest\n'; for i in 10 20 30 40 50; do printf 'step-%08d\n' "$i"; done)"
+}
+
 @test "retention and clean-up never follow a link out of the checkpoint root" {
     mkdir -p outside/sub
     echo precious >outside/file

@@ -5112,8 +5112,25 @@ static void test_ckpt_prune(void)
     snprintf(p, sizeof p, "%s/step-00000001", root);
     setup |= symlink(out, p);
     setup |= mnn_ckpt_set_latest(root, "step-00000003", &d);
+    /* the newest: the highest step-N directory, whatever latest says; a
+     * link named step-99999999 does not count */
+    uint64_t newest = 0;
+    snprintf(p, sizeof p, "%s/step-99999999", root);
+    setup |= symlink(out, p);
+    int rc = mnn_ckpt_root_newest(root, &newest, &d);
+    setup |= unlink(p);
+    check(setup == 0 && rc == 1 && newest == 7,
+          "mnn_ckpt_root_newest: 1, step 7, not the link step-99999999 (rc %d, %llu, \"%s\")",
+          rc, (unsigned long long)newest, d.msg);
+    snprintf(p, sizeof p, "%s/none", root);
+    rc = mnn_ckpt_root_newest(p, &newest, &d);
+    check(rc == 0, "mnn_ckpt_root_newest of a root that does not exist: 0 (rc %d)", rc);
+    setup = mkdir(p, 0755);
+    rc = mnn_ckpt_root_newest(p, &newest, &d);
+    setup |= rmdir(p);
+    check(setup == 0 && rc == 0, "mnn_ckpt_root_newest of an empty root: 0 (rc %d)", rc);
     size_t removed = 99;
-    int rc = mnn_ckpt_prune(root, 0, &removed, &d);
+    rc = mnn_ckpt_prune(root, 0, &removed, &d);
     check(setup == 0 && rc == 0 && removed == 0 &&
               !strcmp(dir_list(root, l, sizeof l), "latest step-00000001 step-00000002 "
                       "step-00000003 step-00000004 step-00000005 step-00000006 step-00000007"),
