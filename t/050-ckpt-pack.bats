@@ -474,11 +474,8 @@ flip_bit() {
         ((n-- > 0)) || fail "ckpt-pack did not stop on SIGTERM"
         sleep 0.1
     done
-    local st=0
-    wait "$BG_PID" || st=$?
-    BG_PID=
     exec {hold}>&-
-    assert_equal "$st" 143 # died of SIGTERM
+    bg_exit 143 # died of SIGTERM
     run -0 find box/tgt -mindepth 1
     assert_output ""
 }

@@ -280,10 +280,7 @@ odd_name() {
     echo "$C20" >&7
     wait_for_match out 'step-00000020\.tar\.zst$' || fail "the second was not shipped: $(cat err)"
     exec 7>&-
-    local rc=0
-    wait "$BG_PID" || rc=$?
-    BG_PID=
-    assert_equal "$rc" 0
+    bg_exit 0
     run -0 cat out
     assert_output $'dst3/step-00000010.tar.zst\ndst3/step-00000020.tar.zst'
 }
@@ -497,6 +494,51 @@ odd_name() {
     cmp "$A10" dst/a.tar.zst
 }
 
+@test "--receive never replaces a file that takes the name while the bytes come (other bytes: REFUSE)" {
+    # the name is free at OFFER (HAVE 0); another writer takes it before the
+    # data has come: the verified bytes must not be renamed over its file
+    local size hash
+    size=$(stat -c %s "$A10")
+    hash=$(xxh3 "$A10")
+    mkdir dst
+    mkfifo in
+    exec 7<>in
+    ckpt-ship -v --receive --timeout 30 dst <in >out 2>err &
+    BG_PID=$!
+    printf 'OFFER %s %s %s\n' "$size" "$hash" c.tar.zst >&7
+    wait_for_match out '^HAVE 0$' || fail "no HAVE: $(cat out err)"
+    printf 'another writer\n' >dst/c.tar.zst
+    { printf 'DATA %s\n' "$size"; cat "$A10"; printf 'END %s %s\n' "$size" "$hash"; } >&7
+    wait_for_match out '^(REFUSE|ERR|OK) ' || fail "no answer to the data: $(cat out err)"
+    # the same bytes under the name: that is success, and the file stays
+    printf 'OFFER %s %s %s\n' "$size" "$hash" d.tar.zst >&7
+    local n=100
+    while (($(grep -c '^HAVE 0$' out) < 2)); do
+        ((n-- > 0)) || fail "no second HAVE: $(cat out err)"
+        sleep 0.1
+    done
+    cp "$A10" dst/d.tar.zst
+    local ino
+    ino=$(stat -c %i dst/d.tar.zst)
+    { printf 'DATA %s\n' "$size"; cat "$A10"; printf 'END %s %s\nBYE\n' "$size" "$hash"; } >&7
+    wait_gone "$BG_PID" 300 || fail "the receiver did not end at BYE: $(cat out err)"
+    exec 7>&-
+    wait "$BG_PID" || fail "exit $? (0 expected): $(cat err)"
+    BG_PID=
+    run -0 cat out
+    assert_output "ckpt-ship 1 ready
+HAVE 0
+REFUSE dst/c.tar.zst exists with other contents; not overwritten
+HAVE 0
+OK d.tar.zst"
+    [[ $(cat dst/c.tar.zst) == 'another writer' ]] || fail "the other writer's file was replaced"
+    [[ $(stat -c %i dst/d.tar.zst) == "$ino" ]] || fail "a file with the same bytes was replaced"
+    cmp "$A10" dst/d.tar.zst
+    run -0 grep -F 'dst/d.tar.zst: already there' err
+    run -0 parts dst
+    assert_output ""
+}
+
 # ---- remote command lines (a stand-in for ssh) --------------------------------------------
 
 @test "remote: the host is one word, the remote command quoted words; odd DIR and --name land exactly" {
@@ -602,13 +644,16 @@ echo 'ckpt-ship 1 ready'
 read -r offer
 while :; do echo 'WAIT 7'; sleep 0.2; done
 EOF
-    # it greets, then answers the offer one byte at a time
+    # it greets, then answers the offer one byte at a time; a sender that
+    # took the answer (a new --timeout for each byte) would send DATA next,
+    # which it keeps
     cat >trickler <<'EOF'
 #!/bin/sh
 echo 'ckpt-ship 1 ready'
 read -r offer
 for c in H A V E ' ' 0; do printf %s "$c"; sleep 0.5; done
 echo
+read -r next && printf '%s\n' "$next" >next
 cat >/dev/null
 EOF
     chmod +x waiter trickler
@@ -618,6 +663,26 @@ EOF
     run -1 --separate-stderr timeout 60 ckpt-ship --retries 0 --timeout 1 -e ./trickler "$A10" host:dst
     assert_output ""
     assert_regex "$stderr" 'step-00000010\.tar\.zst: no answer within --timeout$'
+    [[ ! -s next ]] || fail "the sender waited out the trickle and went on: $(cat next)"
+    # the receiver's side: an offer that trickles in, a byte each 0.4 s, once
+    # the receiver has greeted: it closes --timeout after its greeting
+    mkfifo in
+    exec 7<>in
+    ckpt-ship -v --receive --timeout 1 dst <in >out 2>err &
+    BG_PID=$!
+    wait_for_match out '^ckpt-ship 1 ready$' || fail "no greeting: $(cat err)"
+    local c
+    for c in O F F E R ' ' 1 2; do
+        printf %s "$c" >&7
+        sleep 0.4
+    done
+    echo >&7
+    exec 7>&-
+    bg_exit 1
+    run -0 cat out
+    assert_output 'ckpt-ship 1 ready'
+    run -0 cat err
+    assert_output --regexp 'dst: no word from the sender within --timeout; closing$'
 }
 
 @test "--receive waits for the next offer at most --timeout; NOOP keeps a quiet sender's connection" {
@@ -729,10 +794,7 @@ EOF
     done
     assert_regex "$part" '^\.ckpt-ship-[0-9a-f]{16}\.part$'
     kill -9 "$(cat rsh.pid)"
-    local rc=0
-    wait "$BG_PID" || rc=$?
-    BG_PID=
-    assert_equal "$rc" 1
+    bg_exit 1
     run -0 cat out
     assert_output ""
     [[ -s err ]] || fail "no message on a killed connection"
@@ -897,11 +959,8 @@ EOF
     wait_for_match err '^ +256 ' || fail "sgd-train did not train: $(cat err)"
     kill -TERM "$BG_PID"
     wait_gone "$BG_PID" || fail "sgd-train still running after SIGTERM"
-    local rc=0
-    wait "$BG_PID" || rc=$?
-    BG_PID=
     exec 7>&-
-    assert_equal "$rc" 3 # stopped before the end of its input
+    bg_exit 3 # stopped before the end of its input
     local ckpt seen
     ckpt=$(cat paths)
     [[ $ckpt =~ ^ck/step-000000[0-9][0-9]$ ]] || fail "no checkpoint on SIGTERM: $ckpt"

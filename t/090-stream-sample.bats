@@ -451,10 +451,7 @@ wait_usr1_caught() {
     printf '1,1\n#!ckpt 1\n2,2\n' >&7
     wait_for_match out '^#!ckpt 1$' 300 || fail "the '#' line is held back while the input is open"
     exec 7>&-
-    local rc=0
-    wait "$BG_PID" || rc=$?
-    BG_PID=
-    assert_equal "$rc" 0
+    bg_exit 0
     run -0 cat out
     assert_output "$(printf '#!ckpt 1\n1,1\n2,2')"
 }
@@ -510,10 +507,7 @@ wait_usr1_caught() {
     kill -0 "$BG_PID" || fail "stream-sample ended on SIGUSR1"
     sed -n 5,6p r.csv >&7
     exec 7>&-
-    local rc=0
-    wait "$BG_PID" || rc=$?
-    BG_PID=
-    assert_equal "$rc" 0
+    bg_exit 0
     run -0 grep '^#' out
     assert_output "$(printf '%s\n' '# stream-sample: 3 of 4 records' '# stream-sample: 3 of 4 records' \
         '# stream-sample: 3 of 6 records')"
@@ -536,10 +530,7 @@ wait_usr1_caught() {
     kill -0 "$BG_PID" || fail "stream-sample ended on SIGUSR1"
     tail -n +6 r.csv >&7
     exec 7>&-
-    local rc=0
-    wait "$BG_PID" || rc=$?
-    BG_PID=
-    assert_equal "$rc" 0
+    bg_exit 0
     # the first emission came before the end of the input: whatever it had
     # read of the first 5 records (2 per class at most)
     run -0 grep '^#' out

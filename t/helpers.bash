@@ -198,6 +198,19 @@ wait_gone() {
     done
 }
 
+# bg_exit STATUS [TENTHS]: wait until the test's background process $BG_PID
+# has exited (default at most 30 s), forget it, and check its exit status
+bg_exit() {
+    local n=${2:-300} rc=0
+    while kill -0 "$BG_PID" 2>/dev/null && [[ $(ps -o stat= -p "$BG_PID") != Z* ]]; do
+        ((n-- > 0)) || fail "pid $BG_PID is still running"
+        sleep 0.1
+    done
+    wait "$BG_PID" || rc=$?
+    BG_PID=
+    assert_equal "$rc" "$1"
+}
+
 # xxh3 FILE: the XXH3-64 of FILE in 16 hex digits, as the manifest writes it.
 # Uses xxhsum -H3 when installed, else compiles a tiny helper against
 # libxxhash (a build dependency of mini-nn).  Returns 1 when neither works.
