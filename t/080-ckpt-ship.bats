@@ -521,10 +521,8 @@ odd_name() {
     local ino
     ino=$(stat -c %i dst/d.tar.zst)
     { printf 'DATA %s\n' "$size"; cat "$A10"; printf 'END %s %s\nBYE\n' "$size" "$hash"; } >&7
-    wait_gone "$BG_PID" 300 || fail "the receiver did not end at BYE: $(cat out err)"
     exec 7>&-
-    wait "$BG_PID" || fail "exit $? (0 expected): $(cat err)"
-    BG_PID=
+    bg_exit 0
     run -0 cat out
     assert_output "ckpt-ship 1 ready
 HAVE 0

@@ -189,10 +189,11 @@ to_full() {
 }
 
 # wait_gone PID [TENTHS]: wait until process PID has exited (default at
-# most 10 s); returns 1 if it is still there.
+# most 10 s; a zombie not yet reaped has exited); returns 1 if it is still
+# there.
 wait_gone() {
     local n=${2:-100}
-    while kill -0 "$1" 2>/dev/null; do
+    while kill -0 "$1" 2>/dev/null && [[ $(ps -o stat= -p "$1") != Z* ]]; do
         ((n-- > 0)) || return 1
         sleep 0.1
     done
@@ -201,11 +202,8 @@ wait_gone() {
 # bg_exit STATUS [TENTHS]: wait until the test's background process $BG_PID
 # has exited (default at most 30 s), forget it, and check its exit status
 bg_exit() {
-    local n=${2:-300} rc=0
-    while kill -0 "$BG_PID" 2>/dev/null && [[ $(ps -o stat= -p "$BG_PID") != Z* ]]; do
-        ((n-- > 0)) || fail "pid $BG_PID is still running"
-        sleep 0.1
-    done
+    local rc=0
+    wait_gone "$BG_PID" "${2:-300}" || fail "pid $BG_PID is still running"
     wait "$BG_PID" || rc=$?
     BG_PID=
     assert_equal "$rc" "$1"
