@@ -257,27 +257,11 @@ static void report(const char *name, const char *real, const mnn_manifest_t *mf,
 
 static void do_verify(const char *arg, int quiet, int verbose)
 {
-    mnn_diag_t d;
-    mnn_manifest_t mf;
-    struct stat sb;
-    if (strcmp(arg, "-") && stat(arg, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-        char *real;
-        if (mnn_manifest_load(&mf, arg, &real, &d) < 0)
-            die(EXIT_RUNTIME, "%s", d.msg);
-        if (mnn_manifest_verify_dir(&mf, real, &d) < 0)
-            die(EXIT_RUNTIME, "%s", d.msg);
-        if (!quiet)
-            report(arg, real, &mf, verbose);
-        free(real);
-    } else {
-        const char *name;
-        int fd = open_input(arg, &name, "--verify");
-        if (mnn_ckpt_unpack(fd, name, NULL, NULL, &mf, &d) < 0)
-            die(EXIT_RUNTIME, "%s", d.msg);
-        if (!quiet)
-            report(name, NULL, &mf, verbose);
-    }
-    mnn_manifest_free(&mf);
+    mnn_ckpt_t *ck = cli_ckpt_open(arg, NULL, MNN_OPEN_VERIFY | MNN_OPEN_NO_EXTRACT);
+    if (!quiet)
+        report(ck->archive && !strcmp(ck->src, "-") ? "stdin" : ck->src, ck->dir, &ck->mf,
+               verbose);
+    cli_ckpt_close(ck);
     out_close();
 }
 
@@ -367,14 +351,18 @@ int main(int argc, char **argv)
     case M_LIST: do_list(arg); break;
     case M_VERIFY: do_verify(arg, quiet, verbose); break;
     case M_EXTRACT: do_extract(xdir, arg, verbose); break;
-    default:
+    default: {
+        /* a directory, a root, or an archive (repacked, at another level) */
+        mnn_ckpt_t *ck = cli_ckpt_open(arg, NULL, 0);
         if (verbose)
             warnx_("packing %s (zstd level %d, %s)", arg, po.level ? po.level : 3,
                    po.threads ? "worker threads" : "one thread");
         if (!output || !strcmp(output, "-"))
-            pack_stdout(arg, &po);
+            pack_stdout(ck->dir, &po);
         else
-            pack_file(arg, output, &po);
+            pack_file(ck->dir, output, &po);
+        cli_ckpt_close(ck);
+    }
     }
     return EXIT_OK;
 }

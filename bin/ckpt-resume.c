@@ -220,44 +220,31 @@ int main(int argc, char **argv)
     }
     if (optind >= argc)
         usage_error("a checkpoint is required (a directory, an archive, or -)");
-    char src[PATH_MAX];
-    const char *ckpt = ckpt_source(argv[optind++], src, sizeof src);
+    const char *ckpt = argv[optind++];
     if (do_inspect && optind < argc)
         usage_error("--inspect takes no sgd-train options");
+    if (!strcmp(ckpt, "-") && !do_inspect)
+        usage_error("-: stdin carries the records to train on; give the archive as a "
+                    "file, or use --inspect");
 
+    /* an archive is unpacked into the work directory and kept (sgd-train
+     * resumes from it); a directory's files are hashed once the spec is
+     * known to fit, or at once for --inspect */
+    mnn_ckpt_t *ck = cli_ckpt_open(ckpt, workdir, do_inspect ? MNN_OPEN_VERIFY | MNN_OPEN_NO_EXTRACT
+                                                              : MNN_OPEN_KEEP);
     mnn_diag_t d;
-    mnn_manifest_t mf;
-    char *dir = NULL; /* the checkpoint directory to train from */
-    int is_dir = strcmp(ckpt, "-") != 0 && !mnn_ckpt_is_archive(ckpt);
-    if (is_dir) {
-        /* the files are hashed below, once the spec is known to fit */
-        if (mnn_manifest_load(&mf, ckpt, &dir, &d) < 0 ||
-            (do_inspect && mnn_manifest_verify_dir(&mf, dir, &d) < 0))
-            die(EXIT_RUNTIME, "%s", d.msg);
-    } else {
-        int fd = strcmp(ckpt, "-") ? open(ckpt, O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
-        if (fd < 0)
-            die(EXIT_RUNTIME, "%s: %s", ckpt, strerror(errno));
-        if (fd == STDIN_FILENO && !do_inspect)
-            usage_error("-: stdin carries the records to train on; give the archive as a "
-                        "file, or use --inspect");
-        if (mnn_ckpt_unpack(fd, strcmp(ckpt, "-") ? ckpt : "stdin", do_inspect ? NULL : workdir,
-                            do_inspect ? NULL : &dir, &mf, &d) < 0)
-            die(EXIT_RUNTIME, "%s", d.msg);
-        if (fd != STDIN_FILENO)
-            close(fd);
-        if (!do_inspect && !quiet)
-            warnx_("%s: unpacked into %s", ckpt, dir);
-    }
+    const mnn_manifest_t *mf = &ck->mf;
+    char *dir = ck->dir;
+    if (ck->archive && !do_inspect && !quiet)
+        warnx_("%s: unpacked into %s", ck->src, dir);
     if (do_inspect) {
-        inspect(ckpt, &mf, dir);
-        mnn_manifest_free(&mf);
-        free(dir);
+        inspect(ck->src, mf, dir);
+        cli_ckpt_close(ck);
         return EXIT_OK;
     }
 
     /* adapt to this machine */
-    const mnn_spec_t *s = &mf.spec;
+    const mnn_spec_t *s = &mf->spec;
     size_t use_batch = batch ? batch : s->batch;
     uint64_t need = memory_needed(s, count_params(s), use_batch), have = memory_available();
     if (need > have)
@@ -265,7 +252,7 @@ int main(int argc, char **argv)
             "%s: the model (%zu parameters) and its training buffers need about %" PRIu64
             " MiB, but only %" PRIu64 " MiB are available here",
             ckpt, count_params(s), need >> 20, have >> 20);
-    if (is_dir && mnn_manifest_verify_dir(&mf, dir, &d) < 0)
+    if (mnn_ckpt_verify(ck, &d) < 0)
         die(EXIT_RUNTIME, "%s", d.msg);
     char lr[64] = "", bs[32] = "", th[32];
     if (batch && batch != s->batch) {
@@ -309,11 +296,10 @@ int main(int argc, char **argv)
             fprintf(f, i || !dry ? " %s" : "%s", av[i]);
         fputc('\n', f);
     }
-    mnn_manifest_free(&mf);
     if (dry) {
         out_close();
         free(av);
-        free(dir);
+        cli_ckpt_close(ck);
         return EXIT_OK;
     }
     fflush(stdout);

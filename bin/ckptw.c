@@ -34,7 +34,6 @@ struct ckptw {
     uint64_t ok_step;          /* newest checkpoint persisted */
     int any_ok;
     int failures;
-    int64_t created;           /* SOURCE_DATE_EPOCH, or -1: the clock */
     int lock_root, lock_local; /* the roots' locks, held until finish */
     pthread_t thread;
     pthread_mutex_t mu;
@@ -83,7 +82,7 @@ static int step_path(char out[PATH_MAX], const char *root, const char *name, mnn
 /* Writes the snapshot as the checkpoint directory dir. */
 static int persist(ckptw_t *w, const char *dir, mnn_diag_t *d)
 {
-    int64_t created = w->created >= 0 ? w->created : (int64_t)time(NULL);
+    int64_t created = cli_created(); /* checked at start: it does not die here */
     return mnn_ckpt_write(dir, &w->snap_m, &w->snap_o, &w->snap_st,
                           w->parent[0] ? w->parent : NULL, created, 0, d);
 }
@@ -279,11 +278,7 @@ ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
         return NULL;
     }
     w->o = *o;
-    w->created = -1;
-    const char *sde = getenv("SOURCE_DATE_EPOCH");
-    uint64_t v;
-    if (sde && *sde && mnn_parse_u64(sde, &v) == 0 && v <= INT64_MAX)
-        w->created = (int64_t)v;
+    (void)cli_created(); /* a bad SOURCE_DATE_EPOCH stops the program here */
     w->lock_root = w->lock_local = -1;
     if (mnn_ckpt_root_open(o->root, &w->lock_root, d) < 0 ||
         (o->local && mnn_ckpt_root_open(o->local, &w->lock_local, d) < 0) ||

@@ -96,16 +96,59 @@ int opt_on_error(const char *s)
     usage_error("--on-error: '%s' is not one of fail, skip", s);
 }
 
-const char *ckpt_source(const char *arg, char *buf, size_t size)
+/* The checkpoints cli_ckpt_open opened and not yet closed, closed at exit
+ * so that an archive's temporary directory goes with the program. */
+static mnn_ckpt_t *open_ckpts[8];
+
+static void close_ckpts(void)
 {
-    struct stat sb;
-    if (!strcmp(arg, "-") || stat(arg, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return arg;
-    if ((size_t)snprintf(buf, size, "%s/manifest.yaml", arg) >= size || access(buf, F_OK) == 0)
-        return arg;
-    if ((size_t)snprintf(buf, size, "%s/latest", arg) >= size || !mnn_ckpt_is_archive(buf))
-        return arg;
-    return buf;
+    for (size_t i = 0; i < sizeof open_ckpts / sizeof *open_ckpts; i++)
+        if (open_ckpts[i]) {
+            mnn_ckpt_close(open_ckpts[i]);
+            free(open_ckpts[i]);
+            open_ckpts[i] = NULL;
+        }
+}
+
+mnn_ckpt_t *cli_ckpt_open(const char *arg, const char *workdir, unsigned flags)
+{
+    static int registered;
+    size_t slot = 0, n = sizeof open_ckpts / sizeof *open_ckpts;
+    while (slot < n && open_ckpts[slot])
+        slot++;
+    if (slot == n)
+        die(EXIT_RUNTIME, "%s: too many checkpoints open", arg);
+    mnn_ckpt_t *ck = malloc(sizeof *ck);
+    if (!ck)
+        die(EXIT_RUNTIME, "out of memory");
+    if (!registered && atexit(close_ckpts) == 0)
+        registered = 1;
+    mnn_diag_t d;
+    if (mnn_ckpt_open(ck, arg, workdir, flags, &d) < 0) {
+        free(ck);
+        die(EXIT_RUNTIME, "%s", d.msg);
+    }
+    return open_ckpts[slot] = ck;
+}
+
+void cli_ckpt_close(mnn_ckpt_t *ck)
+{
+    for (size_t i = 0; i < sizeof open_ckpts / sizeof *open_ckpts; i++)
+        if (open_ckpts[i] == ck)
+            open_ckpts[i] = NULL;
+    mnn_ckpt_close(ck);
+    free(ck);
+}
+
+int64_t cli_created(void)
+{
+    const char *sde = getenv("SOURCE_DATE_EPOCH");
+    uint64_t v;
+    if (!sde || !*sde)
+        return (int64_t)time(NULL);
+    if (mnn_parse_u64(sde, &v) < 0 || v > INT64_MAX)
+        die(EXIT_USAGE, "SOURCE_DATE_EPOCH: '%s' is not a number of seconds", sde);
+    return (int64_t)v;
 }
 
 double mono_now(void)

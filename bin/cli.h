@@ -38,11 +38,17 @@ float opt_float(const char *opt, const char *s);
 /* --on-error=fail|skip: returns 1 for skip */
 int opt_on_error(const char *s);
 
-/* A checkpoint argument as the programs read it: a directory with no
- * manifest whose `latest` link names an archive (a directory that
- * ckpt-ship receives into) means that archive, spelled into buf; anything
- * else is returned as it is. */
-const char *ckpt_source(const char *arg, char *buf, size_t size);
+/* A checkpoint argument opened with mnn_ckpt_open (a directory, a root with
+ * `latest`, an archive, "-", a directory ckpt-ship received into); dies
+ * with the library's message when it cannot be.  An archive's temporary
+ * directory is removed by cli_ckpt_close or at exit. */
+mnn_ckpt_t *cli_ckpt_open(const char *arg, const char *workdir, unsigned flags);
+void cli_ckpt_close(mnn_ckpt_t *ck);
+
+/* The time a checkpoint records as its creation: SOURCE_DATE_EPOCH when
+ * set (the reproducible-builds convention), else now.  A value that is not
+ * a number of seconds is a usage error: call it once at start. */
+int64_t cli_created(void);
 
 /* Seconds on the monotonic clock. */
 double mono_now(void);

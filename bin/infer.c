@@ -41,8 +41,9 @@ static noreturn void help(void)
         "predicted value for a regression model.  '#' lines are copied through.\n"
         "\n"
         "Models:\n"
-        "  -m, --model CKPT       checkpoint directory (or a directory with a 'latest'\n"
-        "                         link), as sgd-train writes; several make an ensemble\n"
+        "  -m, --model CKPT       checkpoint: a directory (or a root with 'latest'), an\n"
+        "                         archive (.tar.zst), or a directory ckpt-ship received\n"
+        "                         into; several make an ensemble\n"
         "      --weights W,W,...  ensemble weights (default equal)\n"
         "      --anytime          ask the ensemble's members in order and stop once\n"
         "                         the running average is confident (--exit-threshold)\n"
@@ -136,10 +137,14 @@ static int models_load(models_t *ms, const float *w, size_t batch, char *err, si
     for (size_t j = 0; j < n; j++)
         sum += w ? w[j] : 1;
     for (size_t j = 0; j < n; j++) {
-        char src[PATH_MAX];
         mnn_diag_t d;
-        if (mnn_ckpt_load(ckpt_source(ms->path[j], src, sizeof src), &ms->m[j], NULL, NULL,
-                          &d) < 0) {
+        mnn_ckpt_t ck;
+        int rc = mnn_ckpt_open(&ck, ms->path[j], NULL, 0, &d);
+        if (rc == 0) {
+            rc = mnn_ckpt_load(ck.dir, &ms->m[j], NULL, NULL, &d);
+            mnn_ckpt_close(&ck);
+        }
+        if (rc < 0) {
             snprintf(err, esize, "%s", d.msg);
             ms->n = j;
             models_free(ms);
@@ -788,14 +793,20 @@ static void collect_logits(void *ctx, const feed_batch_t *b)
 static void calibrate(const char *src_arg, const char *outdir, size_t batch, int skip,
                       int quiet)
 {
-    char src[PATH_MAX];
-    const char *ckpt = ckpt_source(src_arg, src, sizeof src);
+    const int64_t created = cli_created();
+    mnn_ckpt_t *ck = cli_ckpt_open(src_arg, NULL, 0);
     mnn_model_t m;
     mnn_optim_t o;
     mnn_train_state_t st;
     mnn_diag_t d;
-    if (mnn_ckpt_load(ckpt, &m, &o, &st, &d) < 0)
+    if (mnn_ckpt_load(ck->dir, &m, &o, &st, &d) < 0)
         die(EXIT_RUNTIME, "%s", d.msg);
+    /* the parent: the checkpoint directory, or the archive it came from */
+    char parent[PATH_MAX];
+    const char *from = ck->archive ? ck->src : ck->dir;
+    if (!realpath(from, parent))
+        snprintf(parent, sizeof parent, "%s", from);
+    cli_ckpt_close(ck);
     const size_t C = m.spec.input, K = m.spec.outputs;
     if (m.spec.loss != MNN_LOSS_XENT)
         die(EXIT_USAGE, "--calibrate: %s is a regression model; a temperature needs classes",
@@ -818,10 +829,7 @@ static void calibrate(const char *src_arg, const char *outdir, size_t batch, int
     double nll0 = temp_nll(z, y, N, K, 1 / T0, &g, &h) / (double)N;
     double nll1 = temp_nll(z, y, N, K, 1 / T, &g, &h) / (double)N;
     m.spec.temperature = (float)T;
-    char parent[PATH_MAX];
-    if (!realpath(ckpt, parent))
-        snprintf(parent, sizeof parent, "%s", ckpt);
-    if (mnn_ckpt_write(outdir, &m, &o, &st, parent, (int64_t)time(NULL), 0, &d) < 0)
+    if (mnn_ckpt_write(outdir, &m, &o, &st, parent, created, 0, &d) < 0)
         die(EXIT_RUNTIME, "%s", d.msg);
     if (!quiet)
         warnx_("calibrate: %zu records, temperature %.6g (was %.6g): NLL %.6f -> %.6f, "
@@ -1044,6 +1052,10 @@ int main(int argc, char **argv)
         usage_error("unexpected argument '%s' (records are read from stdin)", argv[optind]);
     if (!ms.n)
         usage_error("a checkpoint is required (-m CKPT)");
+    for (size_t j = 0; j < ms.n; j++)
+        if (!strcmp(ms.path[j], "-"))
+            usage_error("-m -: stdin carries the records; give the checkpoint as a file or a "
+                        "directory");
     if (do_eval && no_label)
         usage_error("--eval needs labels; it cannot be used with --no-label");
     if ((stats_json || coverage) && !do_eval)

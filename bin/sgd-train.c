@@ -100,16 +100,13 @@ static void check_out(const char *out, int force)
             out);
 }
 
-/* An archive given to --resume is unpacked into a temporary directory that
- * goes away at exit. */
-static char *unpack_dir, *unpacked;
-
 /* How a checkpoint's manifest names the one it was resumed from: its
  * directory name when it is a sibling in the same checkpoint root (or came
  * out of an archive), else its absolute path.  ck and ck/latest are resolved
  * to the step-N they stand for. */
-static void lineage_name(const char *dir, const char *root, char *out, size_t size)
+static void lineage_name(const mnn_ckpt_t *ck, const char *root, char *out, size_t size)
 {
+    const char *dir = ck->dir;
     char real[PATH_MAX], probe[PATH_MAX + 32], rroot[PATH_MAX];
     if (!realpath(dir, real)) {
         snprintf(out, size, "%s", dir);
@@ -124,7 +121,7 @@ static void lineage_name(const char *dir, const char *root, char *out, size_t si
         }
     }
     char *slash = strrchr(real, '/');
-    int sibling = unpacked != NULL;
+    int sibling = ck->archive;
     if (!sibling && root && slash && realpath(root, rroot)) {
         *slash = 0;
         sibling = !strcmp(real, rroot);
@@ -145,54 +142,6 @@ static void take_checkpoint(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t 
         mnn_ckpt_step_name(parent, size, st->step);
 }
 
-
-static void cleanup_workdir(void)
-{
-    if (unpacked)
-        mnn_ckpt_remove(unpacked);
-    if (unpack_dir)
-        rmdir(unpack_dir);
-    free(unpacked);
-    free(unpack_dir);
-    unpacked = unpack_dir = NULL;
-}
-
-/* The checkpoint directory to resume from: ckpt itself, or the archive
- * ckpt unpacked (and verified) under workdir. */
-static char *open_checkpoint(const char *ckpt, const char *workdir)
-{
-    if (!mnn_ckpt_is_archive(ckpt)) {
-        char *dir = strdup(ckpt);
-        if (!dir)
-            die(EXIT_RUNTIME, "out of memory");
-        return dir;
-    }
-    const char *base = workdir ? workdir : getenv("TMPDIR");
-    if (!base || !*base)
-        base = "/tmp";
-    size_t n = strlen(base) + sizeof "/sgd-train.XXXXXX";
-    if (!(unpack_dir = malloc(n)))
-        die(EXIT_RUNTIME, "out of memory");
-    snprintf(unpack_dir, n, "%s/sgd-train.XXXXXX", base);
-    if (!mkdtemp(unpack_dir)) {
-        int e = errno;
-        free(unpack_dir);
-        unpack_dir = NULL;
-        die(EXIT_RUNTIME, "%s: cannot make a directory to unpack into: %s", base, strerror(e));
-    }
-    atexit(cleanup_workdir);
-    int fd = open(ckpt, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        die(EXIT_RUNTIME, "%s: %s", ckpt, strerror(errno));
-    mnn_diag_t d;
-    if (mnn_ckpt_unpack(fd, ckpt, unpack_dir, &unpacked, NULL, &d) < 0)
-        die(EXIT_RUNTIME, "%s", d.msg);
-    close(fd);
-    char *dir = strdup(unpacked);
-    if (!dir)
-        die(EXIT_RUNTIME, "out of memory");
-    return dir;
-}
 
 /* A training that diverged: the checkpoints already offered are written (they
  * hold finite values: the writer refuses any other), the model is not, and
@@ -351,11 +300,13 @@ int main(int argc, char **argv)
     mnn_model_t model;
     mnn_optim_t opt;
     mnn_train_state_t st = {0};
-    char *resumed = NULL; /* the checkpoint directory resumed from */
+    mnn_ckpt_t *resumed = NULL; /* the checkpoint resumed from */
     if (resume) {
-        char src[PATH_MAX];
-        resumed = open_checkpoint(ckpt_source(resume, src, sizeof src), workdir);
-        if (mnn_ckpt_load(resumed, &model, &opt, &st, &d) < 0)
+        if (!strcmp(resume, "-"))
+            usage_error("--resume -: stdin carries the records to train on; give the "
+                        "checkpoint as a file or a directory");
+        resumed = cli_ckpt_open(resume, workdir, 0);
+        if (mnn_ckpt_load(resumed->dir, &model, &opt, &st, &d) < 0)
             die(EXIT_RUNTIME, "%s", d.msg);
         if (mnn_spec_copy(&spec, &model.spec) < 0)
             die(EXIT_RUNTIME, "out of memory");
@@ -389,15 +340,8 @@ int main(int argc, char **argv)
     if (out)
         check_out(out, force);
     /* SOURCE_DATE_EPOCH fixes the manifest's time: the whole checkpoint is
-     * then reproducible */
-    int64_t created = 0;
-    const char *sde = getenv("SOURCE_DATE_EPOCH");
-    if (sde && *sde) {
-        uint64_t v;
-        if (mnn_parse_u64(sde, &v) < 0 || v > INT64_MAX)
-            die(EXIT_USAGE, "SOURCE_DATE_EPOCH: '%s' is not a number of seconds", sde);
-        created = (int64_t)v;
-    }
+     * then reproducible (checked here, read again when it is written) */
+    (void)cli_created();
     /* the BLAS threads: those the checkpoint was trained on, which keeps
      * a resumption bit-exact, unless --threads says otherwise */
     if (resume && !threads)
@@ -547,8 +491,6 @@ int main(int argc, char **argv)
     /* the last update may have been the one that diverged */
     if (mnn_state_check(&model, &opt, &d) < 0)
         diverged(writer, co.root, opt.step, st.records_seen, d.msg);
-    if (!sde || !*sde)
-        created = (int64_t)time(NULL);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     if (writer) {
@@ -560,18 +502,19 @@ int main(int argc, char **argv)
         char from[PATH_MAX] = "";
         if (resumed)
             lineage_name(resumed, NULL, from, sizeof from);
-        if (mnn_ckpt_write(out, &model, &opt, &st, from[0] ? from : NULL, created, force, &d) < 0)
+        if (mnn_ckpt_write(out, &model, &opt, &st, from[0] ? from : NULL, cli_created(), force,
+                           &d) < 0)
             die(EXIT_RUNTIME, "%s", d.msg);
         printf("%s\n", out);
     }
     out_close();
-    cleanup_workdir();
+    if (resumed)
+        cli_ckpt_close(resumed);
     if (verbose)
         report_peak_rss();
     mnn_optim_free(&opt);
     mnn_model_free(&model);
     mnn_spec_free(&spec);
-    free(resumed);
     /* a cron job tells a training stopped part-way from one that learned
      * all its input */
     return stopped_early ? EXIT_STOPPED : EXIT_OK;

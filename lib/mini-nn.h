@@ -546,6 +546,48 @@ int mnn_manifest_verify_dir(const mnn_manifest_t *mf, const char *dir,
                             mnn_diag_t *d);
 void mnn_manifest_free(mnn_manifest_t *mf);
 
+/* ---- opening a checkpoint (ckpt-open.c) ----------------------------------- */
+
+/* A checkpoint as a program was given it, opened by mnn_ckpt_open. */
+typedef struct {
+    char *src;          /* what was opened: the argument, "-" (stdin), or the
+                         * archive that a received-into directory's latest
+                         * names */
+    char *dir;          /* the checkpoint directory (NULL for an archive
+                         * opened with MNN_OPEN_NO_EXTRACT) */
+    char *tmp;          /* the directory an archive was unpacked into,
+                         * removed by mnn_ckpt_close; NULL when none */
+    int archive;        /* 1 when src is an archive */
+    int verified;       /* every file was checked against the manifest */
+    int have_mf;        /* mf is valid */
+    mnn_manifest_t mf;  /* the manifest (its seal checked) */
+} mnn_ckpt_t;
+
+enum {
+    MNN_OPEN_VERIFY = 1,     /* hash every file of a directory now (an
+                              * archive's are checked as it is unpacked) */
+    MNN_OPEN_KEEP = 2,       /* unpack an archive into workdir itself (default
+                              * "."), as workdir/NAME, kept after close */
+    MNN_OPEN_NO_EXTRACT = 4  /* an archive is read and checked, not unpacked:
+                              * dir is NULL */
+};
+
+/* Opens the checkpoint src names: a checkpoint directory, a root whose
+ * `latest` link names one, a .tar.zst archive ("-": stdin) or a directory
+ * without a manifest whose `latest` names an archive (what ckpt-ship
+ * --receive writes).  An archive is unpacked into a new temporary directory
+ * under workdir (NULL: $TMPDIR, else /tmp), removed by mnn_ckpt_close, with
+ * every file checked against the manifest; a directory's manifest is read
+ * and, with MNN_OPEN_VERIFY, every file hashed.  On success ck->dir is a
+ * checkpoint directory; on failure ck is empty (mnn_ckpt_close is harmless)
+ * and d says why, naming src. */
+int mnn_ckpt_open(mnn_ckpt_t *ck, const char *src, const char *workdir, unsigned flags,
+                  mnn_diag_t *d);
+/* Hashes every file of ck->dir against the manifest, unless already done. */
+int mnn_ckpt_verify(mnn_ckpt_t *ck, mnn_diag_t *d);
+/* Frees ck and removes the temporary directory it unpacked into. */
+void mnn_ckpt_close(mnn_ckpt_t *ck);
+
 /* ---- archives (archive.c): a checkpoint as one .tar.zst ------------------ */
 
 typedef struct {

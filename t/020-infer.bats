@@ -331,6 +331,39 @@ proba_ok() {
     assert_output ""
 }
 
+@test "an archive, and a directory ckpt-ship received into, predict as the directory does" {
+    infer -m "$CK" <test.csv >direct.txt
+    ckpt-pack -o ck.tar.zst "$CK"
+    run -0 --separate-stderr infer -m ck.tar.zst <test.csv
+    assert_output "$(cat direct.txt)"
+    mkdir recv
+    cp ck.tar.zst recv/step-00000150.tar.zst
+    ln -s step-00000150.tar.zst recv/latest
+    run -0 --separate-stderr infer -m recv <test.csv
+    assert_output "$(cat direct.txt)"
+    # an ensemble of the two forms is the model twice: the same answers
+    run -0 --separate-stderr infer -m ck.tar.zst -m "$CK" <test.csv
+    assert_output "$(cat direct.txt)"
+    # nothing unpacked is left behind (TMPDIR is where the archive went)
+    mkdir tmp
+    TMPDIR=$PWD/tmp infer -m ck.tar.zst <test.csv >/dev/null
+    assert_equal "$(ls -A tmp)" ""
+}
+
+@test "a damaged archive, a file that is not a checkpoint, -m -: exit 1 or 2 naming it" {
+    ckpt-pack -o ck.tar.zst "$CK"
+    head -c 600 ck.tar.zst >cut.tar.zst
+    mkdir tmp
+    TMPDIR=$PWD/tmp run -1 --separate-stderr infer -m cut.tar.zst <test.csv
+    assert_regex "$stderr" '^infer: cut\.tar\.zst'
+    assert_output ""
+    assert_equal "$(ls -A tmp)" ""
+    run -1 --separate-stderr infer -m test.csv <test.csv
+    assert_regex "$stderr" '^infer: test\.csv: not a checkpoint'
+    run -2 --separate-stderr infer -m - <test.csv
+    assert_regex "$stderr" 'stdin carries the records'
+}
+
 @test "output to /dev/full: exit 1 with a write error message" {
     run -1 --separate-stderr to_full infer -m "$CK" <test.csv
     assert_regex "$stderr" '^infer: .*write error.*(No space left on device)'

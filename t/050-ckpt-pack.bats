@@ -226,6 +226,24 @@ flip_bit() {
     assert_line --index 0 "$(printf 'd\t0\tstep-00000150/')"
 }
 
+@test "an archive, and a directory ckpt-ship received into, pack again to the same bytes" {
+    run -0 --separate-stderr ckpt-pack "$A"
+    ckpt-pack "$A" >again.tar.zst
+    cmp again.tar.zst "$A"
+    mkdir recv
+    cp "$A" recv/step-00000150.tar.zst
+    ln -s step-00000150.tar.zst recv/latest
+    ckpt-pack recv >recv.tar.zst
+    cmp recv.tar.zst "$A"
+    run -0 --separate-stderr ckpt-pack --verify recv
+    assert_equal "$stderr" "ckpt-pack: recv/latest: ok"
+    # a damaged one is refused, nothing written
+    head -c 500 "$A" >cut.tar.zst
+    run -1 --separate-stderr ckpt-pack -o out.tar.zst cut.tar.zst
+    assert_regex "$stderr" '^ckpt-pack: cut\.tar\.zst'
+    [[ ! -e out.tar.zst ]] || fail "out.tar.zst was written"
+}
+
 @test "-o FILE: the same bytes as stdout, no temporary file left, replaces FILE" {
     echo old >out.tar.zst
     run -0 --separate-stderr ckpt-pack -o out.tar.zst "$CK"

@@ -326,6 +326,9 @@ in_order() {
     run -2 sgd-train -m spec.yaml --ckpt-every 5 <train.csv
     run -2 sgd-train --resume ck --optimizer adam <train.csv
     run -2 sgd-train -m spec.yaml --ckpt-dir ck2 --ckpt-interval 0 <train.csv
+    # stdin is the records, not the checkpoint
+    run -2 --separate-stderr sgd-train --resume - <train.csv
+    assert_regex "$stderr" 'stdin carries the records'
 }
 
 @test "kill -9 at 50 moments, each relative to the k-th checkpoint printed: all verify, latest resumes bit-exactly" {

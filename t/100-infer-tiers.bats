@@ -1108,6 +1108,23 @@ within() {
     run -0 near "$T2" "$T1" 0.01
 }
 
+@test "--calibrate: SOURCE_DATE_EPOCH fixes the manifest's time; an archive is calibrated as its directory" {
+    SOURCE_DATE_EPOCH=1767225600 infer -m "$O" --calibrate -o cal1 <"$F/ocal.csv" >/dev/null 2>&1 ||
+        fail "--calibrate failed"
+    run -0 grep -x 'created: 2026-01-01T00:00:00Z' cal1/manifest.yaml
+    ckpt-pack -o o.tar.zst "$O"
+    SOURCE_DATE_EPOCH=1767225600 infer -m o.tar.zst --calibrate -o cal2 <"$F/ocal.csv" >/dev/null 2>&1 ||
+        fail "--calibrate of the archive failed"
+    # the same checkpoint but for the parent, which names the archive
+    run -0 grep -x "parent: \"$PWD/o.tar.zst\"" cal2/manifest.yaml
+    for f in model.safetensors optimizer.safetensors state.yaml; do
+        cmp cal1/$f cal2/$f || fail "$f differs"
+    done
+    run -2 --separate-stderr env SOURCE_DATE_EPOCH=soon infer -m "$O" --calibrate -o cal3 <"$F/ocal.csv"
+    assert_regex "$stderr" "SOURCE_DATE_EPOCH: 'soon' is not a number of seconds"
+    [[ ! -e cal3 ]] || fail "cal3 was written"
+}
+
 @test "--calibrate -o an existing directory or file: exit 1, nothing touched" {
     mkdir there
     echo keep >there/file

@@ -5727,6 +5727,147 @@ static void test_decay(void)
 
 /* ---- main ---------------------------------------------------------------- */
 
+/* entries in dir other than . and .. */
+static int count_entries(const char *dir)
+{
+    DIR *dp = opendir(dir);
+    int n = 0;
+    if (!dp)
+        return -1;
+    for (struct dirent *de; (de = readdir(dp));)
+        n += strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+    closedir(dp);
+    return n;
+}
+
+/* mnn_ckpt_open: every form a checkpoint argument takes ends as a directory */
+static void test_ckpt_open(void)
+{
+    char root[128], dir[200], link[200], arc[240], recv[128], rlink[240], work[128], fp[300];
+    mnn_model_t m;
+    mnn_optim_t o;
+    mnn_train_state_t st;
+    mnn_diag_t d = {""};
+    mnn_ckpt_t ck;
+    tpath(root, sizeof root, "open");
+    tpath(work, sizeof work, "open-work");
+    tpath(recv, sizeof recv, "open-recv");
+    snprintf(dir, sizeof dir, "%s/step-00000009", root);
+    snprintf(link, sizeof link, "%s/latest", root);
+    snprintf(arc, sizeof arc, "%s/step-00000009.tar.zst", recv);
+    snprintf(rlink, sizeof rlink, "%s/latest", recv);
+    if (mkdir(root, 0755) != 0 || mkdir(work, 0755) != 0 || mkdir(recv, 0755) != 0 ||
+        make_trained(&m, &o, &st, MNN_OPT_SGD, MNN_NORM_NONE, 0) != 0) {
+        check(0, "mnn_ckpt_open: set-up");
+        return;
+    }
+    st.step = 9;
+    int rc = mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000000, 0, &d);
+    mnn_optim_free(&o);
+    mnn_model_free(&m);
+    int fd = open(arc, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    mnn_pack_opts_t po = {0, 0};
+    if (rc < 0 || fd < 0 || mnn_ckpt_pack(dir, fd, &po, &d) < 0 || close(fd) != 0 ||
+        symlink("step-00000009", link) != 0 || symlink("step-00000009.tar.zst", rlink) != 0) {
+        check(0, "mnn_ckpt_open: set-up: %s", d.msg);
+        return;
+    }
+
+    /* a directory: its manifest read, the files not hashed unless asked */
+    rc = mnn_ckpt_open(&ck, dir, work, 0, &d);
+    check(rc == 0 && !strcmp(ck.dir, dir) && !ck.archive && !ck.tmp && !ck.verified &&
+              ck.mf.step == 9 && !strcmp(ck.src, dir),
+          "mnn_ckpt_open of a directory gives it back, manifest read (rc %d)", rc);
+    check(rc == 0 && mnn_ckpt_verify(&ck, &d) == 0 && ck.verified,
+          "mnn_ckpt_verify hashes a directory's files");
+    mnn_ckpt_close(&ck);
+    check(ck.dir == NULL && ck.src == NULL, "mnn_ckpt_close empties it");
+    mnn_ckpt_close(&ck); /* twice: harmless */
+
+    /* a root: its latest */
+    rc = mnn_ckpt_open(&ck, root, work, MNN_OPEN_VERIFY, &d);
+    check(rc == 0 && !strcmp(ck.dir, link) && ck.verified && ck.mf.step == 9,
+          "mnn_ckpt_open of a root follows latest and verifies (rc %d: %s)", rc, d.msg);
+    mnn_ckpt_close(&ck);
+
+    /* an archive: unpacked under workdir, checked, removed at close */
+    rc = mnn_ckpt_open(&ck, arc, work, 0, &d);
+    int ok = rc == 0 && ck.archive && ck.verified && ck.tmp && ck.dir &&
+             !strncmp(ck.tmp, work, strlen(work)) && !strncmp(ck.dir, ck.tmp, strlen(ck.tmp)) &&
+             ck.mf.step == 9 && !strcmp(ck.src, arc);
+    if (ok) {
+        snprintf(fp, sizeof fp, "%s/model.safetensors", ck.dir);
+        ok = access(fp, F_OK) == 0;
+    }
+    check(ok, "mnn_ckpt_open of an archive unpacks it under workdir (rc %d: %s)", rc, d.msg);
+    mnn_model_t m2;
+    memset(&m2, 0, sizeof m2);
+    if (check(rc == 0 && mnn_ckpt_load(ck.dir, &m2, NULL, NULL, &d) == 0,
+              "the unpacked archive loads: %s", d.msg))
+        mnn_model_free(&m2);
+    mnn_ckpt_close(&ck);
+    check(count_entries(work) == 0, "mnn_ckpt_close removes the unpacked archive (%d left)",
+          count_entries(work));
+
+    /* a directory ckpt-ship received into: the archive its latest names */
+    rc = mnn_ckpt_open(&ck, recv, work, 0, &d);
+    check(rc == 0 && ck.archive && !strcmp(ck.src, rlink) && ck.dir && ck.mf.step == 9,
+          "mnn_ckpt_open of a received-into directory opens the archive latest names (rc %d: "
+          "%s)", rc, d.msg);
+    mnn_ckpt_close(&ck);
+    check(count_entries(work) == 0, "and removes it at close");
+
+    /* checked, not extracted */
+    rc = mnn_ckpt_open(&ck, arc, work, MNN_OPEN_NO_EXTRACT, &d);
+    check(rc == 0 && !ck.dir && ck.verified && count_entries(work) == 0,
+          "MNN_OPEN_NO_EXTRACT reads and checks an archive, unpacks nothing (rc %d)", rc);
+    mnn_ckpt_close(&ck);
+
+    /* kept: workdir/NAME */
+    rc = mnn_ckpt_open(&ck, arc, work, MNN_OPEN_KEEP, &d);
+    snprintf(fp, sizeof fp, "%s/step-00000009", work);
+    check(rc == 0 && ck.dir && !strcmp(ck.dir, fp) && !ck.tmp,
+          "MNN_OPEN_KEEP unpacks into workdir/NAME (rc %d: %s)", rc, d.msg);
+    mnn_ckpt_close(&ck);
+    snprintf(fp, sizeof fp, "%s/step-00000009/manifest.yaml", work);
+    check(access(fp, F_OK) == 0, "and keeps it after close");
+    snprintf(fp, sizeof fp, "%s/step-00000009", work);
+    mnn_remove_tree(fp);
+
+    /* what is not a checkpoint, named in the message */
+    snprintf(fp, sizeof fp, "%s/open-not.txt", tmpdir);
+    write_bytes(fp, "hello\n", 6);
+    rc = mnn_ckpt_open(&ck, fp, work, 0, &d);
+    check(rc == MNN_EFORMAT && contains(d.msg, fp) && contains(d.msg, "not a checkpoint") &&
+              !ck.dir && !ck.src,
+          "a plain file is not a checkpoint (rc %d: %s)", rc, d.msg);
+    snprintf(fp, sizeof fp, "%s/open-none", tmpdir);
+    rc = mnn_ckpt_open(&ck, fp, work, 0, &d);
+    check(rc == MNN_EIO && contains(d.msg, fp), "a missing path (rc %d: %s)", rc, d.msg);
+    rc = mnn_ckpt_open(&ck, tmpdir, work, 0, &d);
+    check(rc < 0 && contains(d.msg, "no manifest.yaml, no latest"),
+          "a directory that holds no checkpoint (rc %d: %s)", rc, d.msg);
+
+    /* damage: a file of the directory, and the archive */
+    snprintf(fp, sizeof fp, "%s/state.yaml", dir);
+    FILE *f = fopen(fp, "r+");
+    if (f) {
+        fputc('X', f); /* the same size, another hash */
+        fclose(f);
+    }
+    rc = mnn_ckpt_open(&ck, dir, work, MNN_OPEN_VERIFY, &d);
+    check(rc == MNN_ECORRUPT && contains(d.msg, "state.yaml") && !ck.dir,
+          "MNN_OPEN_VERIFY refuses a damaged file (rc %d: %s)", rc, d.msg);
+    struct stat sb;
+    if (stat(arc, &sb) == 0 && truncate(arc, sb.st_size / 2) == 0) {
+        rc = mnn_ckpt_open(&ck, arc, work, 0, &d);
+        check(rc < 0 && contains(d.msg, arc) && count_entries(work) == 0,
+              "a truncated archive is refused, nothing left in workdir (rc %d: %s; %d left)",
+              rc, d.msg, count_entries(work));
+    } else
+        check(0, "truncate %s", arc);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -5771,6 +5912,7 @@ int main(void)
     test_state_parse();
     test_ckpt_root();
     test_ckpt_prune();
+    test_ckpt_open();
     test_reservoir();
     test_topk();
     test_wres();
