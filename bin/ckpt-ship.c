@@ -39,7 +39,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 
 static noreturn void help(void)
@@ -470,20 +469,20 @@ static int source_open(source_t *s, const char *arg, char *why, size_t wsize)
         double t0 = mono_now();
         if (pack_start(&p, s->real, &fd, why, wsize) < 0)
             return -1;
-        XXH3_state_t *st = XXH3_createState();
+        mnn_hash_t *st = mnn_hash_new();
         char *buf = malloc(CHUNK);
         ssize_t k = -1;
         if (st && buf) {
-            XXH3_64bits_reset(st);
+            mnn_hash_reset(st);
             while ((k = read_some(fd, buf, CHUNK)) > 0) {
-                XXH3_64bits_update(st, buf, (size_t)k);
+                mnn_hash_update(st, buf, (size_t)k);
                 s->size += (uint64_t)k;
             }
-            hex64(s->hex, XXH3_64bits_digest(st));
+            mnn_hash_hex(mnn_hash_digest(st), s->hex);
         }
         int e = errno;
         free(buf);
-        XXH3_freeState(st);
+        mnn_hash_free(st);
         if (pack_finish(&p, fd, why, wsize) < 0)
             return -1;
         if (k < 0) {
@@ -660,10 +659,10 @@ static int ship_one(conn_t *c, source_t *s, const dest_t *d, char *why, size_t w
 
     enum { HDR = 32 };
     char *buf = malloc(HDR + CHUNK);
-    XXH3_state_t *st = XXH3_createState();
+    mnn_hash_t *st = mnn_hash_new();
     if (!buf || !st) {
         free(buf);
-        XXH3_freeState(st);
+        mnn_hash_free(st);
         if (s->kind == SRC_DIR)
             pack_finish(&p, fd, why, wsize);
         else if (s->kind == SRC_FILE)
@@ -671,7 +670,7 @@ static int ship_one(conn_t *c, source_t *s, const dest_t *d, char *why, size_t w
         setmsg(why, wsize, "out of memory");
         return SHIP_FATAL;
     }
-    XXH3_64bits_reset(st);
+    mnn_hash_reset(st);
     progress_t pr = {s, off, 0, mono_now(), 0};
     uint64_t skip = s->kind == SRC_DIR ? off : 0, total = off;
     size_t chunk = CHUNK;
@@ -764,7 +763,7 @@ static int ship_one(conn_t *c, source_t *s, const dest_t *d, char *why, size_t w
             continue;
         }
         if (!s->known)
-            XXH3_64bits_update(st, buf + HDR, (size_t)k);
+            mnn_hash_update(st, buf + HDR, (size_t)k);
         char h[HDR];
         int hl = snprintf(h, sizeof h, "DATA %zd\n", k);
         memcpy(buf + HDR - hl, h, (size_t)hl);
@@ -790,8 +789,8 @@ static int ship_one(conn_t *c, source_t *s, const dest_t *d, char *why, size_t w
         close(fd);
     free(buf);
     char hex[17];
-    hex64(hex, XXH3_64bits_digest(st));
-    XXH3_freeState(st);
+    mnn_hash_hex(mnn_hash_digest(st), hex);
+    mnn_hash_free(st);
     if (rc != SHIP_OK)
         return rc;
     if (s->known && total != s->size) {

@@ -123,6 +123,8 @@ mnn_ckpt_t *cli_ckpt_open(const char *arg, const char *workdir, unsigned flags)
         die(EXIT_RUNTIME, "out of memory");
     if (!registered && atexit(close_ckpts) == 0)
         registered = 1;
+    if (!strcmp(arg, "-") && isatty(STDIN_FILENO))
+        die(EXIT_RUNTIME, "refusing to read an archive from a terminal");
     mnn_diag_t d;
     if (mnn_ckpt_open(ck, arg, workdir, flags, &d) < 0) {
         free(ck);

@@ -15,7 +15,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 const char *const policy_names[] = {"reservoir", "class-balanced", "recent"};
 
@@ -227,16 +226,16 @@ void buf_offer(buffer_t *b, const char *line, size_t len, int32_t y)
 static int write_state(void *ctx, FILE *f)
 {
     const buffer_t *b = ctx;
-    XXH3_state_t *h = XXH3_createState();
+    mnn_hash_t *h = mnn_hash_new();
     if (!h)
         return MNN_ENOMEM;
-    XXH3_64bits_reset(h);
+    mnn_hash_reset(h);
     char line[256];
     int n;
 #define EMIT(...)                                        \
     do {                                                 \
         n = snprintf(line, sizeof line, __VA_ARGS__);    \
-        XXH3_64bits_update(h, line, (size_t)n);          \
+        mnn_hash_update(h, line, (size_t)n);          \
         fwrite(line, 1, (size_t)n, f);                   \
     } while (0)
     EMIT("%s\n", STATE_MAGIC);
@@ -255,12 +254,12 @@ static int write_state(void *ctx, FILE *f)
     /* recent: oldest first, so that a load keeps the order */
     for (size_t k = 0; k < b->n; k++) {
         const line_copy_t *r = &b->rec[b->policy == P_RECENT ? (b->head + k) % b->n : k];
-        XXH3_64bits_update(h, r->text, r->len);
+        mnn_hash_update(h, r->text, r->len);
         fwrite(r->text, 1, r->len, f);
     }
 #undef EMIT
-    fprintf(f, "end %016" PRIx64 "\n", (uint64_t)XXH3_64bits_digest(h));
-    XXH3_freeState(h);
+    fprintf(f, "end %016" PRIx64 "\n", mnn_hash_digest(h));
+    mnn_hash_free(h);
     return ferror(f) ? MNN_EIO : 0;
 }
 
@@ -349,7 +348,7 @@ int parse_state(buffer_t *b, const char *data, size_t size, const char *path, in
         goto bad;
     }
     char have[17];
-    snprintf(have, sizeof have, "%016" PRIx64, (uint64_t)XXH3_64bits(data, (size_t)(tail - data)));
+    mnn_hash_hex(mnn_hash64(data, (size_t)(tail - data)), have);
     if (strcmp(have, hex)) {
         fail = "its hash does not match its contents: damaged";
         goto bad;

@@ -25,7 +25,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 
 ship_opts_t opt = {.level = 3, .retries = 3, .timeout = 60};
@@ -46,7 +45,6 @@ void setmsg(char *why, size_t wsize, const char *fmt, ...)
     va_end(ap);
 }
 
-void hex64(char out[17], uint64_t h) { snprintf(out, 17, "%016" PRIx64, h); }
 
 /* ---- names ------------------------------------------------------------------
  * A checkpoint's file name travels %XX-encoded, so that any byte (a space, a

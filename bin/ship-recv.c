@@ -28,7 +28,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 
 static int out = STDOUT_FILENO; /* where the answers go */
@@ -90,7 +89,7 @@ static void keepalive(void)
 }
 
 /* XXH3 of fd's first n bytes into st (which the caller has reset). */
-static int hash_prefix(int fd, uint64_t n, XXH3_state_t *st)
+static int hash_prefix(int fd, uint64_t n, mnn_hash_t *st)
 {
     char *buf = malloc(CHUNK);
     uint64_t off = 0;
@@ -109,7 +108,7 @@ static int hash_prefix(int fd, uint64_t n, XXH3_state_t *st)
                 errno = EIO;
             return -1;
         }
-        XXH3_64bits_update(st, buf, (size_t)k);
+        mnn_hash_update(st, buf, (size_t)k);
         off += (uint64_t)k;
         work_done += (uint64_t)k;
     }
@@ -124,15 +123,15 @@ static int hash_at(int dfd, const char *name, char hex[17], uint64_t *bytes)
     int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
         return -1;
-    XXH3_state_t *st = XXH3_createState();
+    mnn_hash_t *st = mnn_hash_new();
     int rc = !st || fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) ? -1 : 0;
     if (rc == 0) {
-        XXH3_64bits_reset(st);
+        mnn_hash_reset(st);
         rc = hash_prefix(fd, (uint64_t)sb.st_size, st);
         *bytes = (uint64_t)sb.st_size;
-        hex64(hex, XXH3_64bits_digest(st));
+        mnn_hash_hex(mnn_hash_digest(st), hex);
     }
-    XXH3_freeState(st);
+    mnn_hash_free(st);
     close(fd);
     return rc;
 }
@@ -357,20 +356,20 @@ static int receive_one(receiver_t *r, char *line)
      * resumes it */
     char part[64];
     {
-        XXH3_state_t *st = XXH3_createState();
+        mnn_hash_t *st = mnn_hash_new();
         if (!st)
             return say(out, "ERR out of memory"), -1;
-        XXH3_64bits_reset(st);
-        XXH3_64bits_update(st, enc, strlen(enc) + 1);
-        XXH3_64bits_update(st, sz, strlen(sz) + 1);
-        XXH3_64bits_update(st, hx, strlen(hx) + 1);
+        mnn_hash_reset(st);
+        mnn_hash_update(st, enc, strlen(enc) + 1);
+        mnn_hash_update(st, sz, strlen(sz) + 1);
+        mnn_hash_update(st, hx, strlen(hx) + 1);
         if (!known) { /* a stream is never resumed: a name of its own */
             long id[2] = {(long)getpid(), (long)time(NULL)};
-            XXH3_64bits_update(st, id, sizeof id);
+            mnn_hash_update(st, id, sizeof id);
         }
         char h[17];
-        hex64(h, XXH3_64bits_digest(st));
-        XXH3_freeState(st);
+        mnn_hash_hex(mnn_hash_digest(st), h);
+        mnn_hash_free(st);
         snprintf(part, sizeof part, PART_PREFIX "%s.part", h);
     }
     int fd = openat(r->dfd, part, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
@@ -401,12 +400,12 @@ static int receive_one(receiver_t *r, char *line)
     uint64_t off = 0;
     if (fstat(fd, &sb) == 0 && known && (uint64_t)sb.st_size <= size)
         off = (uint64_t)sb.st_size;
-    XXH3_state_t *st = XXH3_createState();
+    mnn_hash_t *st = mnn_hash_new();
     int ok = st != NULL;
     if (ok) {
-        XXH3_64bits_reset(st);
+        mnn_hash_reset(st);
         if (off && hash_prefix(fd, off, st) < 0)
-            off = 0, XXH3_64bits_reset(st);
+            off = 0, mnn_hash_reset(st);
         ok = ftruncate(fd, (off_t)off) == 0 && lseek(fd, (off_t)off, SEEK_SET) == (off_t)off;
     }
     if (!ok) {
@@ -421,7 +420,7 @@ static int receive_one(receiver_t *r, char *line)
         if (off == 0)
             unlinkat(r->dfd, part, 0); /* nothing received to keep */
         close(fd);
-        XXH3_freeState(st);
+        mnn_hash_free(st);
         return say(out, "REFUSE %s: %" PRIu64 " bytes to receive, %" PRIu64 " free in %s",
                    printable(name[0] ? name : part), size - off, room, r->dir) < 0
                    ? -1
@@ -446,7 +445,7 @@ static int receive_one(receiver_t *r, char *line)
                 ssize_t t = input_take(&r->in, (size_t)n, &p, opt.timeout);
                 if (t <= 0)
                     goto broken;
-                XXH3_64bits_update(st, p, (size_t)t);
+                mnn_hash_update(st, p, (size_t)t);
                 if (write_all(fd, p, (size_t)t, 0) < 0) {
                     say(out, "ERR cannot write %s/%s: %s", r->dir, part,
                         strerror(errno));
@@ -484,13 +483,13 @@ static int receive_one(receiver_t *r, char *line)
 
     /* verify against what the sender declared */
     char hex[17];
-    hex64(hex, XXH3_64bits_digest(st));
+    mnn_hash_hex(mnn_hash_digest(st), hex);
     uint64_t endsize;
     if (mnn_parse_u64(endsz, &endsize) < 0 || endsize != got || strcmp(endhx, hex) ||
         (known && (size != got || strcmp(hx, hex)))) {
         unlinkat(r->dfd, part, 0); /* damaged: the next attempt starts over */
         close(fd);
-        XXH3_freeState(st);
+        mnn_hash_free(st);
         return say(out,
                    "ERR %s: %" PRIu64 " bytes with XXH3 %s received, %s bytes with XXH3 %s sent:"
                    " damaged in transit; nothing published",
@@ -499,7 +498,7 @@ static int receive_one(receiver_t *r, char *line)
     if (fstat(fd, &sb) < 0 || (uint64_t)sb.st_size != got) {
         unlinkat(r->dfd, part, 0);
         close(fd);
-        XXH3_freeState(st);
+        mnn_hash_free(st);
         return say(out, "ERR %s/%s holds %lld bytes, not the %" PRIu64 " received",
                    r->dir, part, (long long)sb.st_size, got);
     }
@@ -510,24 +509,24 @@ static int receive_one(receiver_t *r, char *line)
     if (!known && verify_archive(fd, why, sizeof why) < 0) {
         unlinkat(r->dfd, part, 0);
         close(fd);
-        XXH3_freeState(st);
+        mnn_hash_free(st);
         return say(out, "REFUSE %s", why);
     }
     if (!name[0] && name_from_archive(fd, name, sizeof name, why, sizeof why) < 0) {
         unlinkat(r->dfd, part, 0);
         close(fd);
-        XXH3_freeState(st);
+        mnn_hash_free(st);
         return say(out, "REFUSE %s", why);
     }
     /* one receiver at a time publishes in DIR */
     if (lock_dir(r, why, sizeof why) < 0) {
         close(fd);
-        XXH3_freeState(st);
+        mnn_hash_free(st);
         return say(out, "ERR %s", why), -1;
     }
     int pub = publish(r, part, name, hex, got, why, sizeof why);
     close(fd); /* the partial file's lock goes with it */
-    XXH3_freeState(st);
+    mnn_hash_free(st);
     if (pub < 0) {
         flock(r->dfd, LOCK_UN);
         return say(out, "%s %s", pub == -2 ? "REFUSE" : "ERR", why);
@@ -553,13 +552,13 @@ broken:
     if (!known)
         unlinkat(r->dfd, part, 0);
     close(fd);
-    XXH3_freeState(st);
+    mnn_hash_free(st);
     return -1;
 stop:
     if (!known)
         unlinkat(r->dfd, part, 0);
     close(fd);
-    XXH3_freeState(st);
+    mnn_hash_free(st);
     return -1;
 }
 

@@ -32,7 +32,6 @@ extern ship_opts_t opt;
 void sleep_s(double s);
 /* A message into why (cut to fit). */
 void setmsg(char *why, size_t wsize, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-void hex64(char out[17], uint64_t h);
 
 /* Names on the wire: see ship-proto.c. */
 int name_ok(const char *s);

@@ -34,7 +34,6 @@
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #define MANIFEST "manifest.yaml"
 #define MANIFEST_MAX ((size_t)1 << 20) /* as mnn_manifest_load reads it */
@@ -53,9 +52,9 @@ static int plain_name(const char *s, size_t n)
            !memchr(s, '\0', n);
 }
 
-static void hash_hex(XXH3_state_t *xs, char hex[17])
+static void hash_hex(mnn_hash_t *xs, char hex[17])
 {
-    snprintf(hex, 17, "%016llx", (unsigned long long)XXH3_64bits_digest(xs));
+    mnn_hash_hex(mnn_hash_digest(xs), hex);
 }
 
 /* The manifest's created time, YYYY-MM-DDTHH:MM:SSZ, as seconds since the
@@ -191,7 +190,7 @@ static int read_at(int dfd, const char *dir, const char *name, size_t max, char 
  * XXH3 against the manifest on the way: the data is read once. */
 static int pack_file(struct archive *a, const wr_t *w, struct archive_entry *e, int dfd,
                      const char *dir, const mnn_manifest_file_t *f, const char *apath,
-                     int64_t mtime, XXH3_state_t *xs, unsigned char *buf, mnn_diag_t *d)
+                     int64_t mtime, mnn_hash_t *xs, unsigned char *buf, mnn_diag_t *d)
 {
     int fd = openat(dfd, f->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), rc = 0;
     struct stat sb;
@@ -208,7 +207,7 @@ static int pack_file(struct archive *a, const wr_t *w, struct archive_entry *e, 
         close(fd);
         return wr_fail(a, w, d);
     }
-    XXH3_64bits_reset(xs);
+    mnn_hash_reset(xs);
     uint64_t got = 0;
     for (;;) {
         ssize_t r = read(fd, buf, DATA_BLOCK);
@@ -226,7 +225,7 @@ static int pack_file(struct archive *a, const wr_t *w, struct archive_entry *e, 
                           f->name, f->bytes);
             break;
         }
-        XXH3_64bits_update(xs, buf, (size_t)r);
+        mnn_hash_update(xs, buf, (size_t)r);
         if (put_data(a, buf, (size_t)r) < 0) {
             rc = wr_fail(a, w, d);
             break;
@@ -262,7 +261,7 @@ int mnn_ckpt_pack(const char *dir, int fd, const mnn_pack_opts_t *o, mnn_diag_t 
     const mnn_manifest_file_t **order = NULL;
     struct archive *a = NULL;
     struct archive_entry *e = NULL;
-    XXH3_state_t *xs = NULL;
+    mnn_hash_t *xs = NULL;
     unsigned char *buf = NULL;
     wr_t w = {.fd = fd};
     int dfd = -1, rc;
@@ -340,7 +339,7 @@ int mnn_ckpt_pack(const char *dir, int fd, const mnn_pack_opts_t *o, mnn_diag_t 
 
     a = archive_write_new();
     e = archive_entry_new();
-    xs = XXH3_createState();
+    xs = mnn_hash_new();
     buf = malloc(DATA_BLOCK);
     if (!a || !e || !xs || !buf) {
         rc = mnn_fail(d, MNN_ENOMEM, "out of memory");
@@ -415,7 +414,7 @@ out:
     if (e)
         archive_entry_free(e);
     if (xs)
-        XXH3_freeState(xs);
+        mnn_hash_free(xs);
     if (dfd >= 0)
         close(dfd);
     free(buf);
@@ -630,7 +629,7 @@ typedef struct {
     uint64_t entries;    /* entries accepted so far */
     mnn_manifest_t mf;   /* valid when have_manifest */
     unsigned char *done; /* mf.nfiles flags: the file has been read */
-    XXH3_state_t *xs;
+    mnn_hash_t *xs;
     unsigned char *buf;  /* DATA_BLOCK */
 } up_t;
 
@@ -839,7 +838,7 @@ static int take_file(up_t *u, struct archive_entry *e, const char *file, mnn_dia
                      0644)) < 0)
         return mnn_fail(d, MNN_EIO, "%s/%s/%s: %s", u->target, u->tmpname, file,
                         strerror(errno));
-    XXH3_64bits_reset(u->xs);
+    mnn_hash_reset(u->xs);
     uint64_t got = 0;
     for (;;) {
         la_ssize_t n = archive_read_data(u->rd.tr, u->buf, DATA_BLOCK);
@@ -855,7 +854,7 @@ static int take_file(up_t *u, struct archive_entry *e, const char *file, mnn_dia
                           an, u->name, file, f->bytes);
             break;
         }
-        XXH3_64bits_update(u->xs, u->buf, (size_t)n);
+        mnn_hash_update(u->xs, u->buf, (size_t)n);
         if (fd >= 0 && mnn_write_all(fd, u->buf, (size_t)n) < 0) {
             rc = mnn_fail(d, MNN_EIO, "%s/%s/%s: %s", u->target, u->tmpname, file,
                           strerror(errno));
@@ -964,7 +963,7 @@ int mnn_ckpt_unpack(int fd, const char *name, const char *target, char **out,
         name = "archive";
     if (target && (u.tfd = open(target, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
         return mnn_fail(d, MNN_EIO, "%s: %s", target, strerror(errno));
-    u.xs = XXH3_createState();
+    u.xs = mnn_hash_new();
     u.buf = malloc(DATA_BLOCK);
     if (!u.xs || !u.buf)
         rc = mnn_fail(d, MNN_ENOMEM, "out of memory");
@@ -983,7 +982,7 @@ int mnn_ckpt_unpack(int fd, const char *name, const char *target, char **out,
         close(u.tfd);
     rd_close(&u.rd);
     if (u.xs)
-        XXH3_freeState(u.xs);
+        mnn_hash_free(u.xs);
     free(u.buf);
     free(u.done);
     if (rc == 0 && info)

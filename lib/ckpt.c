@@ -16,7 +16,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #define CKPT_FORMAT "mini-nn-checkpoint/1"
 /* manifest.yaml's last line: the XXH3 of every byte before it */
@@ -30,14 +29,14 @@
  * to the descriptor, so the manifest's hashes cost no second pass. */
 typedef struct {
     int fd;
-    XXH3_state_t *h;
+    mnn_hash_t *h;
     uint64_t bytes;
 } hsink_t;
 
 static ssize_t hsink_write(void *cookie, const char *buf, size_t n)
 {
     hsink_t *s = cookie;
-    XXH3_64bits_update(s->h, buf, n);
+    mnn_hash_update(s->h, buf, n);
     s->bytes += n;
     for (size_t done = 0; done < n;) {
         ssize_t w = write(s->fd, buf + done, n - done);
@@ -55,11 +54,11 @@ static ssize_t hsink_write(void *cookie, const char *buf, size_t n)
 static FILE *create(const char *path, hsink_t *s)
 {
     s->bytes = 0;
-    s->h = XXH3_createState();
+    s->h = mnn_hash_new();
     s->fd = -1;
     if (!s->h)
         return NULL;
-    XXH3_64bits_reset(s->h);
+    mnn_hash_reset(s->h);
     if ((s->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0)
         goto fail;
     cookie_io_functions_t io = {.write = hsink_write};
@@ -70,7 +69,7 @@ static FILE *create(const char *path, hsink_t *s)
     }
     close(s->fd);
 fail:
-    XXH3_freeState(s->h);
+    mnn_hash_free(s->h);
     s->h = NULL;
     return NULL;
 }
@@ -89,8 +88,8 @@ static int close_synced(FILE *f, hsink_t *s, int rc, char hex[17])
         e = errno ? errno : EIO;
     if (close(s->fd) != 0 && !e)
         e = errno;
-    snprintf(hex, 17, "%016llx", (unsigned long long)XXH3_64bits_digest(s->h));
-    XXH3_freeState(s->h);
+    mnn_hash_hex(mnn_hash_digest(s->h), hex);
+    mnn_hash_free(s->h);
     s->h = NULL;
     if (rc < 0)
         return rc;
@@ -363,7 +362,7 @@ static int write_manifest(const char *tmp, const mnn_model_t *m,
                 hashes[i]);
     /* the last line: the hash of every byte before it */
     int rc = fflush(f) == 0 ? 0 : MNN_EIO;
-    fprintf(f, MANIFEST_SEAL "%016llx\n", (unsigned long long)XXH3_64bits_digest(sink.h));
+    fprintf(f, MANIFEST_SEAL "%016llx\n", (unsigned long long)mnn_hash_digest(sink.h));
     int crc = close_synced(f, &sink, rc, hex);
     if (rc == 0 && crc < 0)
         rc = mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
@@ -535,7 +534,7 @@ static int check_seal(const char *text, size_t len, const char *name, mnn_diag_t
     const char *hex = text + len - SEAL_LINE + n;
     char want[17];
     snprintf(want, sizeof want, "%016llx",
-             (unsigned long long)XXH3_64bits(text, len - SEAL_LINE));
+             (unsigned long long)mnn_hash64(text, len - SEAL_LINE));
     if (strspn(hex, "0123456789abcdef") < 16 || memcmp(hex, want, 16))
         return mnn_fail(d, MNN_ECORRUPT,
                         "%s: hash does not match its contents (%.*s, the bytes before "
@@ -942,7 +941,7 @@ static int read_listed(const char *dir, const mnn_manifest_file_t *f, char **buf
                       "read; the manifest says %" PRIu64 ")", *path, f->bytes);
     if (rc == 0) {
         char hex[17];
-        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)XXH3_64bits(*buf, *len));
+        mnn_hash_hex(mnn_hash64(*buf, *len), hex);
         if (strcmp(hex, f->xxh3))
             rc = hash_mismatch(*path, f, hex, d);
     }
@@ -1204,7 +1203,7 @@ static int copy_file(const char *from, const char *to, const mnn_manifest_file_t
 {
     int in = open(from, O_RDONLY | O_CLOEXEC), out = -1, rc = MNN_EIO;
     char *buf = malloc(1 << 20);
-    XXH3_state_t *h = XXH3_createState();
+    mnn_hash_t *h = mnn_hash_new();
     uint64_t total = 0;
     if (!buf || !h) {
         rc = MNN_ENOMEM;
@@ -1218,7 +1217,7 @@ static int copy_file(const char *from, const char *to, const mnn_manifest_file_t
         rc = mnn_fail(d, MNN_EIO, "%s: %s", to, strerror(errno));
         goto out;
     }
-    XXH3_64bits_reset(h);
+    mnn_hash_reset(h);
     for (;;) {
         ssize_t r = read(in, buf, 1 << 20);
         if (r < 0 && errno == EINTR)
@@ -1230,7 +1229,7 @@ static int copy_file(const char *from, const char *to, const mnn_manifest_file_t
         if (r == 0)
             break;
         if (want)
-            XXH3_64bits_update(h, buf, (size_t)r);
+            mnn_hash_update(h, buf, (size_t)r);
         total += (uint64_t)r;
         for (ssize_t done = 0; done < r;) {
             ssize_t w = write(out, buf + done, (size_t)(r - done));
@@ -1245,7 +1244,7 @@ static int copy_file(const char *from, const char *to, const mnn_manifest_file_t
     }
     if (want) {
         char hex[17];
-        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)XXH3_64bits_digest(h));
+        mnn_hash_hex(mnn_hash_digest(h), hex);
         if (total != want->bytes || strcmp(hex, want->xxh3)) {
             rc = mnn_fail(d, MNN_ECORRUPT, "%s: does not match the manifest", from);
             goto out;
@@ -1263,7 +1262,7 @@ out:
         close(in);
     free(buf);
     if (h)
-        XXH3_freeState(h);
+        mnn_hash_free(h);
     return rc;
 }
 

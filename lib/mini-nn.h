@@ -16,6 +16,14 @@
 extern "C" {
 #endif
 
+/* The public API: what this header declares with MNN_API is all that
+ * libmini-nn exports (it is built with -fvisibility=hidden). */
+#if defined(__GNUC__)
+#define MNN_API __attribute__((visibility("default")))
+#else
+#define MNN_API
+#endif
+
 /* ---- errors ------------------------------------------------------------ */
 
 enum {
@@ -34,7 +42,7 @@ enum {
     MNN_ELIMIT = -12    /* beyond a bound on size, depth or count */
 };
 
-const char *mnn_strerror(int err);
+MNN_API const char *mnn_strerror(int err);
 
 /* A diagnostic: a human-readable message, "" when there is none. */
 typedef struct {
@@ -46,38 +54,38 @@ typedef struct {
  * with errno set. */
 
 /* All of buf to fd, over short writes and EINTR. */
-int mnn_write_all(int fd, const void *buf, size_t n);
+MNN_API int mnn_write_all(int fd, const void *buf, size_t n);
 /* Reads fd to its end into *out (NUL-terminated, free it), at most max
  * bytes: MNN_EOVERFLOW beyond.  `name` is used in messages. */
-int mnn_read_fd(int fd, const char *name, size_t max, char **out, size_t *len,
+MNN_API int mnn_read_fd(int fd, const char *name, size_t max, char **out, size_t *len,
                 mnn_diag_t *d);
 /* A whole regular file of at most max bytes, its size checked before a
  * byte is read. */
-int mnn_read_file(const char *path, size_t max, char **out, size_t *len,
+MNN_API int mnn_read_file(const char *path, size_t max, char **out, size_t *len,
                   mnn_diag_t *d);
-int mnn_fsync_dir(const char *path);
+MNN_API int mnn_fsync_dir(const char *path);
 /* Removes dirfd/name (dirfd may be AT_FDCWD): a file or a link is
  * unlinked (a link is never followed), a directory is emptied depth-first,
  * at most 16 levels, and removed.  It never enters another file system.
  * 0 also when nothing was there. */
-int mnn_remove_at(int dirfd, const char *name);
-int mnn_remove_tree(const char *path);
+MNN_API int mnn_remove_at(int dirfd, const char *name);
+MNN_API int mnn_remove_tree(const char *path);
 /* Renames olddirfd/oldname to newdirfd/newname, never replacing anything:
  * MNN_EEXIST if the new name is taken.  Race-free also where the file
  * system lacks RENAME_NOREPLACE. */
-int mnn_rename_noreplace(int olddirfd, const char *oldname, int newdirfd,
+MNN_API int mnn_rename_noreplace(int olddirfd, const char *oldname, int newdirfd,
                          const char *newname);
 /* Takes an exclusive lock on directory dir for as long as *fd stays open:
  * MNN_EBUSY at once if another process holds it. */
-int mnn_lock_dir(const char *dir, int *fd, mnn_diag_t *d);
+MNN_API int mnn_lock_dir(const char *dir, int *fd, mnn_diag_t *d);
 /* The same for a file that is replaced by renames (so its own inode cannot
  * hold a lock): the lock is on path.lock, created if need be (0666 less the
  * umask), never opened through a link, and removed by mnn_unlock_file (a
  * holder that dies leaves it; the next one takes it over). */
-int mnn_lock_file(const char *path, int *fd, mnn_diag_t *d);
+MNN_API int mnn_lock_file(const char *path, int *fd, mnn_diag_t *d);
 /* Removes path.lock and closes fd, the lock mnn_lock_file took (nothing
  * when fd < 0). */
-void mnn_unlock_file(const char *path, int fd);
+MNN_API void mnn_unlock_file(const char *path, int fd);
 /* Writes path atomically: fn writes the contents into a new temporary file
  * beside it (opened O_EXCL | O_NOFOLLOW), which is flushed, fsynced, renamed
  * over path, and the directory fsynced; on any error the temporary file is
@@ -85,19 +93,19 @@ void mnn_unlock_file(const char *path, int fd);
  * A path that exists and is not a regular file (a fifo, /dev/stdout) is
  * written directly. */
 typedef int (*mnn_write_fn)(void *ctx, FILE *f);
-int mnn_write_atomic(const char *path, mnn_write_fn fn, void *ctx,
+MNN_API int mnn_write_atomic(const char *path, mnn_write_fn fn, void *ctx,
                      mnn_diag_t *d);
 
 /* ---- sizes and tensors --------------------------------------------------- */
 
 /* *out = a * b; returns MNN_EOVERFLOW instead of wrapping. */
-int mnn_size_mul(size_t a, size_t b, size_t *out);
+MNN_API int mnn_size_mul(size_t a, size_t b, size_t *out);
 /* n elements of size bytes each, 64-byte aligned, zeroed; NULL on overflow or
  * failure.  Blocks of 8 MiB or more are 2 MiB aligned and advised as
  * transparent huge pages; their pages are mapped when first touched.  Free
  * with mnn_free(). */
-void *mnn_calloc_aligned(size_t n, size_t size);
-void mnn_free(void *p);
+MNN_API void *mnn_calloc_aligned(size_t n, size_t size);
+MNN_API void mnn_free(void *p);
 
 /* A row-major float32 matrix. */
 typedef struct {
@@ -106,24 +114,24 @@ typedef struct {
     size_t cols;
 } mnn_tensor_t;
 
-int mnn_tensor_init(mnn_tensor_t *t, size_t rows, size_t cols);
-void mnn_tensor_free(mnn_tensor_t *t);
+MNN_API int mnn_tensor_init(mnn_tensor_t *t, size_t rows, size_t cols);
+MNN_API void mnn_tensor_free(mnn_tensor_t *t);
 
 /* ---- kernels (ops.c) ------------------------------------------------------
  * Shapes: inp is (B,C), weight is (OC,C) as stored in safetensors, bias (OC),
  * out is (B,OC).  The *_naive twins are plain loops kept as references. */
 
 /* out = inp * weight^T + bias */
-void mnn_dense_forward(float *out, const float *inp, const float *weight,
+MNN_API void mnn_dense_forward(float *out, const float *inp, const float *weight,
                        const float *bias, size_t B, size_t C, size_t OC);
-void mnn_dense_forward_naive(float *out, const float *inp, const float *weight,
+MNN_API void mnn_dense_forward_naive(float *out, const float *inp, const float *weight,
                              const float *bias, size_t B, size_t C, size_t OC);
 /* dweight = dout^T * inp, dbias = sum_b dout, dinp = dout * weight (dinp may
  * be NULL when the input gradient is not needed).  Overwrites, no +=. */
-void mnn_dense_backward(float *dinp, float *dweight, float *dbias,
+MNN_API void mnn_dense_backward(float *dinp, float *dweight, float *dbias,
                         const float *dout, const float *inp,
                         const float *weight, size_t B, size_t C, size_t OC);
-void mnn_dense_backward_naive(float *dinp, float *dweight, float *dbias,
+MNN_API void mnn_dense_backward_naive(float *dinp, float *dweight, float *dbias,
                               const float *dout, const float *inp,
                               const float *weight, size_t B, size_t C,
                               size_t OC);
@@ -136,37 +144,37 @@ typedef enum {
 } mnn_act_t;
 
 /* Threads the BLAS may use; MNN_EINVAL if this BLAS cannot be told. */
-int mnn_set_threads(size_t n);
+MNN_API int mnn_set_threads(size_t n);
 /* Threads the BLAS uses now (1 when it cannot say). */
-size_t mnn_get_threads(void);
+MNN_API size_t mnn_get_threads(void);
 
-const char *mnn_act_name(mnn_act_t a);
+MNN_API const char *mnn_act_name(mnn_act_t a);
 /* y = f(x), in place allowed. */
-void mnn_act_forward(mnn_act_t a, float *y, const float *x, size_t n);
+MNN_API void mnn_act_forward(mnn_act_t a, float *y, const float *x, size_t n);
 /* dx = f'(x) * dy, computed from the output y = f(x); dx may alias dy. */
-void mnn_act_backward(mnn_act_t a, float *dx, const float *y, const float *dy,
+MNN_API void mnn_act_backward(mnn_act_t a, float *dx, const float *y, const float *dy,
                       size_t n);
 
 /* Row-wise softmax of logits (B,K) into probs (may alias). */
-void mnn_softmax(float *probs, const float *logits, size_t B, size_t K);
+MNN_API void mnn_softmax(float *probs, const float *logits, size_t B, size_t K);
 
 /* How sure a probability vector p (K entries, summing to 1) is, in [0,1]:
  * maxprob: the largest p; margin: the largest minus the second largest;
  * entropy: 1 - H(p)/log(K), so 1 is certain and 0 uniform (1 when K == 1). */
 typedef enum { MNN_CRIT_MAXPROB = 0, MNN_CRIT_MARGIN, MNN_CRIT_ENTROPY } mnn_crit_t;
-float mnn_confidence(const float *p, size_t K, mnn_crit_t c);
+MNN_API float mnn_confidence(const float *p, size_t K, mnn_crit_t c);
 /* "maxprob", "margin" or "entropy"; MNN_EINVAL for anything else. */
-int mnn_crit_parse(const char *name, mnn_crit_t *c);
-const char *mnn_crit_name(mnn_crit_t c);
+MNN_API int mnn_crit_parse(const char *name, mnn_crit_t *c);
+MNN_API const char *mnn_crit_name(mnn_crit_t c);
 /* Softmax cross-entropy.  Returns the summed loss over the batch.  If dlogits
  * is not NULL it receives (softmax - onehot) * grad_scale.  If probs is not
  * NULL it receives the softmax.  Labels are class ids 0..K-1. */
-double mnn_softmax_xent(float *dlogits, float *probs, const float *logits,
+MNN_API double mnn_softmax_xent(float *dlogits, float *probs, const float *logits,
                         const int32_t *labels, size_t B, size_t K,
                         float grad_scale);
 /* Mean squared error 0.5*(out-target)^2 summed over the batch; dout (may be
  * NULL) receives (out-target) * grad_scale.  out and target are (B,K). */
-double mnn_mse(float *dout, const float *out, const float *target, size_t B,
+MNN_API double mnn_mse(float *dout, const float *out, const float *target, size_t B,
                size_t K, float grad_scale);
 
 /* ---- random numbers (rng.c): xoshiro256**, state saveable ---------------- */
@@ -175,10 +183,10 @@ typedef struct {
     uint64_t s[4];
 } mnn_rng_t;
 
-void mnn_rng_seed(mnn_rng_t *r, uint64_t seed);
-uint64_t mnn_rng_next(mnn_rng_t *r);
-double mnn_rng_uniform(mnn_rng_t *r); /* [0,1) with 53 random bits */
-double mnn_rng_normal(mnn_rng_t *r);  /* N(0,1), Box-Muller, no cached spare */
+MNN_API void mnn_rng_seed(mnn_rng_t *r, uint64_t seed);
+MNN_API uint64_t mnn_rng_next(mnn_rng_t *r);
+MNN_API double mnn_rng_uniform(mnn_rng_t *r); /* [0,1) with 53 random bits */
+MNN_API double mnn_rng_normal(mnn_rng_t *r);  /* N(0,1), Box-Muller, no cached spare */
 
 /* ---- samples of a stream (sample.c) ---------------------------------------
  * Each function decides which record goes into which slot (0..k-1) of a
@@ -194,13 +202,13 @@ typedef struct {
     mnn_rng_t *rng;
 } mnn_reservoir_t;
 
-void mnn_reservoir_init(mnn_reservoir_t *r, size_t k, mnn_rng_t *rng); /* k 0: none */
+MNN_API void mnn_reservoir_init(mnn_reservoir_t *r, size_t k, mnn_rng_t *rng); /* k 0: none */
 /* Records that can be passed over unread before the next one that enters. */
-uint64_t mnn_reservoir_skip(const mnn_reservoir_t *r);
+MNN_API uint64_t mnn_reservoir_skip(const mnn_reservoir_t *r);
 /* n records were passed over (n <= mnn_reservoir_skip). */
-void mnn_reservoir_skipped(mnn_reservoir_t *r, uint64_t n);
+MNN_API void mnn_reservoir_skipped(mnn_reservoir_t *r, uint64_t n);
 /* The next record: the slot it takes, or -1. */
-long mnn_reservoir_offer(mnn_reservoir_t *r);
+MNN_API long mnn_reservoir_offer(mnn_reservoir_t *r);
 
 /* The k largest keys seen, a min-heap; each holds a slot. */
 typedef struct {
@@ -209,12 +217,12 @@ typedef struct {
     size_t *slot;
 } mnn_topk_t;
 
-int mnn_topk_init(mnn_topk_t *t, size_t k);
-void mnn_topk_free(mnn_topk_t *t);
+MNN_API int mnn_topk_init(mnn_topk_t *t, size_t k);
+MNN_API void mnn_topk_free(mnn_topk_t *t);
 /* The slot a new key takes (n while filling; then the smallest key's, if
  * key is larger), or -1. */
-long mnn_topk_push(mnn_topk_t *t, double key);
-double mnn_topk_min(const mnn_topk_t *t); /* -inf while empty */
+MNN_API long mnn_topk_push(mnn_topk_t *t, double key);
+MNN_API double mnn_topk_min(const mnn_topk_t *t); /* -inf while empty */
 
 /* A weighted sample of k without replacement (Efraimidis and Spirakis,
  * A-ExpJ): a record of weight w enters as if drawn with probability
@@ -225,16 +233,16 @@ typedef struct {
     mnn_rng_t *rng;
 } mnn_wres_t;
 
-int mnn_wres_init(mnn_wres_t *r, size_t k, mnn_rng_t *rng);
-void mnn_wres_free(mnn_wres_t *r);
+MNN_API int mnn_wres_init(mnn_wres_t *r, size_t k, mnn_rng_t *rng);
+MNN_API void mnn_wres_free(mnn_wres_t *r);
 /* A record of weight w (> 0 and finite; anything else never enters).
  * Keys are log(u) / w: exact for weights from 1e-300 to 1e300 (tested);
  * beyond that range they underflow or overflow and favour early records. */
-long mnn_wres_offer(mnn_wres_t *r, double w);
+MNN_API long mnn_wres_offer(mnn_wres_t *r, double w);
 
 /* The key of record i (0-based) in a sample where record i weighs
  * exp(lambda * i): keep the k largest (mnn_topk_push). */
-double mnn_decay_key(mnn_rng_t *rng, double lambda, uint64_t i);
+MNN_API double mnn_decay_key(mnn_rng_t *rng, double lambda, uint64_t i);
 
 /* ---- model spec (spec.c) -------------------------------------------------- */
 
@@ -291,22 +299,22 @@ typedef struct {
 } mnn_spec_t;
 
 /* Defaults for everything optional; no layers, no exits, temperature 1. */
-void mnn_spec_defaults(mnn_spec_t *s);
+MNN_API void mnn_spec_defaults(mnn_spec_t *s);
 /* Load a spec from a YAML file; errors name path:line:column. */
-int mnn_spec_load_file(mnn_spec_t *s, const char *path, mnn_diag_t *d);
+MNN_API int mnn_spec_load_file(mnn_spec_t *s, const char *path, mnn_diag_t *d);
 /* Load from a YAML text in memory; `name` is used in messages. */
-int mnn_spec_load_string(mnn_spec_t *s, const char *text, size_t len,
+MNN_API int mnn_spec_load_string(mnn_spec_t *s, const char *text, size_t len,
                          const char *name, mnn_diag_t *d);
 /* *n = the parameters of the model: every layer's and exit head's weights
  * and biases.  MNN_EOVERFLOW if that does not fit. */
-int mnn_spec_params(const mnn_spec_t *s, size_t *n);
+MNN_API int mnn_spec_params(const mnn_spec_t *s, size_t *n);
 /* Checks ranges and shapes after command-line overrides. */
-int mnn_spec_validate(const mnn_spec_t *s, mnn_diag_t *d);
+MNN_API int mnn_spec_validate(const mnn_spec_t *s, mnn_diag_t *d);
 /* Writes the spec as a YAML block mapping, each line prefixed by `indent`
  * spaces.  Floats are written so they round-trip. */
-int mnn_spec_write(const mnn_spec_t *s, FILE *f, int indent);
-int mnn_spec_copy(mnn_spec_t *dst, const mnn_spec_t *src);
-void mnn_spec_free(mnn_spec_t *s);
+MNN_API int mnn_spec_write(const mnn_spec_t *s, FILE *f, int indent);
+MNN_API int mnn_spec_copy(mnn_spec_t *dst, const mnn_spec_t *src);
+MNN_API void mnn_spec_free(mnn_spec_t *s);
 
 /* ---- model (model.c) ------------------------------------------------------ */
 
@@ -340,17 +348,17 @@ typedef struct {
 } mnn_model_t;
 
 /* Allocates a model for a validated spec, parameters zero. */
-int mnn_model_init(mnn_model_t *m, const mnn_spec_t *s);
+MNN_API int mnn_model_init(mnn_model_t *m, const mnn_spec_t *s);
 /* He-normal weights (Glorot-normal for tanh/sigmoid/none), zero biases;
  * then the exit heads, Glorot-normal (drawn after the layers, so a spec
  * without exits draws what it always drew). */
-void mnn_model_init_weights(mnn_model_t *m, mnn_rng_t *rng);
-void mnn_model_free(mnn_model_t *m);
+MNN_API void mnn_model_init_weights(mnn_model_t *m, mnn_rng_t *rng);
+MNN_API void mnn_model_free(mnn_model_t *m);
 /* Copies the learned state (weights, normalization statistics) of a model
  * of the same spec: a snapshot costs one memcpy. */
-int mnn_model_copy_state(mnn_model_t *dst, const mnn_model_t *src);
+MNN_API int mnn_model_copy_state(mnn_model_t *dst, const mnn_model_t *src);
 /* Ensures workspace for batches of up to n records. */
-int mnn_model_reserve(mnn_model_t *m, size_t n);
+MNN_API int mnn_model_reserve(mnn_model_t *m, size_t n);
 
 /* Per-batch results of a training step or an evaluation. */
 typedef struct {
@@ -367,23 +375,23 @@ typedef struct {
  * still reports the final head alone, so progressive metrics mean the same
  * with or without exits.  The temperature plays no part. */
 struct mnn_optim;
-int mnn_model_train_batch(mnn_model_t *m, struct mnn_optim *o, const float *x,
+MNN_API int mnn_model_train_batch(mnn_model_t *m, struct mnn_optim *o, const float *x,
                           const float *y, size_t B, mnn_batch_stats_t *st);
 /* Outputs for B records: class probabilities softmax(logits / temperature)
  * of the final head (xent) or values (mse), into out (B,outputs).  Does not
  * change the model. */
-int mnn_model_predict(mnn_model_t *m, const float *x, size_t B, float *out);
+MNN_API int mnn_model_predict(mnn_model_t *m, const float *x, size_t B, float *out);
 /* Like mnn_model_predict, but each record stops at the first exit head whose
  * probabilities (temperature applied) have mnn_confidence(crit) >=
  * threshold; taken (B entries) receives that head's index j, or nexits for
  * the final head.  After each exit the records still going on are packed
  * together, so the deeper layers compute only those.  With no exits, or a
  * threshold above 1, out is exactly mnn_model_predict's. */
-int mnn_model_predict_exit(mnn_model_t *m, const float *x, size_t B, float *out,
+MNN_API int mnn_model_predict_exit(mnn_model_t *m, const float *x, size_t B, float *out,
                            float threshold, mnn_crit_t crit, uint8_t *taken);
 /* The final head's raw outputs (B,outputs): logits without temperature or
  * softmax (xent), values (mse).  For fitting a temperature. */
-int mnn_model_logits(mnn_model_t *m, const float *x, size_t B, float *out);
+MNN_API int mnn_model_logits(mnn_model_t *m, const float *x, size_t B, float *out);
 
 /* ---- optimizers (optim.c) ------------------------------------------------- */
 
@@ -396,15 +404,15 @@ typedef struct mnn_optim {
     uint64_t step; /* updates applied so far */
 } mnn_optim_t;
 
-int mnn_optim_init(mnn_optim_t *o, const mnn_opt_spec_t *spec, size_t n);
-void mnn_optim_free(mnn_optim_t *o);
+MNN_API int mnn_optim_init(mnn_optim_t *o, const mnn_opt_spec_t *spec, size_t n);
+MNN_API void mnn_optim_free(mnn_optim_t *o);
 /* Copies moments, average and step from an optimizer of the same shape. */
-int mnn_optim_copy_state(mnn_optim_t *dst, const mnn_optim_t *src);
+MNN_API int mnn_optim_copy_state(mnn_optim_t *dst, const mnn_optim_t *src);
 /* The weights to use for inference: the average when there is one. */
-const float *mnn_optim_weights(const mnn_optim_t *o, const float *params);
+MNN_API const float *mnn_optim_weights(const mnn_optim_t *o, const float *params);
 /* The learning rate of the next update (schedule applied). */
-float mnn_optim_lr(const mnn_optim_t *o);
-void mnn_optim_step(mnn_optim_t *o, float *params, const float *grads);
+MNN_API float mnn_optim_lr(const mnn_optim_t *o);
+MNN_API void mnn_optim_step(mnn_optim_t *o, float *params, const float *grads);
 
 /* ---- records (record.c) -------------------------------------------------- */
 
@@ -426,15 +434,15 @@ typedef struct {
  * data lines: the caller skips '#' and empty ones.  The first call decides
  * the format.  On error fills d with what is wrong (without the line
  * number, which the caller knows). */
-int mnn_record_parse(mnn_record_fmt_t *f, const char *line, size_t len,
+MNN_API int mnn_record_parse(mnn_record_fmt_t *f, const char *line, size_t len,
                      float *x, float *label, mnn_diag_t *d);
 
 /* Locale-independent number parsing of [s, end): the whole range must be a
  * finite number. */
-int mnn_parse_float(const char *s, const char *end, float *out);
-int mnn_parse_double(const char *s, const char *end, double *out);
+MNN_API int mnn_parse_float(const char *s, const char *end, float *out);
+MNN_API int mnn_parse_double(const char *s, const char *end, double *out);
 /* A whole NUL-terminated string of decimal digits, without overflow. */
-int mnn_parse_u64(const char *s, uint64_t *out);
+MNN_API int mnn_parse_u64(const char *s, uint64_t *out);
 
 /* A buffered line reader over a file descriptor. */
 typedef struct {
@@ -449,14 +457,14 @@ typedef struct {
                              * makes a waiting read give up */
 } mnn_linereader_t;
 
-int mnn_lr_init(mnn_linereader_t *lr, int fd, size_t max_line);
-void mnn_lr_free(mnn_linereader_t *lr);
+MNN_API int mnn_lr_init(mnn_linereader_t *lr, int fd, size_t max_line);
+MNN_API void mnn_lr_free(mnn_linereader_t *lr);
 /* Next line without its '\n' (a final line without one is returned too).
  * Returns 0, MNN_EOF at end, MNN_EIO (lr->err), MNN_EOVERFLOW (line longer
  * than max_line) or MNN_ECANCELED (cancel_fd became readable).  The line stays valid until the next call. */
-int mnn_lr_next(mnn_linereader_t *lr, const char **line, size_t *len);
+MNN_API int mnn_lr_next(mnn_linereader_t *lr, const char **line, size_t *len);
 /* 1 if a whole line is already buffered (the next mnn_lr_next won't block). */
-int mnn_lr_ready(const mnn_linereader_t *lr);
+MNN_API int mnn_lr_ready(const mnn_linereader_t *lr);
 
 /* ---- checkpoints (safetensors.c, ckpt.c) ---------------------------------- */
 
@@ -476,7 +484,7 @@ typedef struct {
  * into place and the parent fsynced.  Fails with MNN_EEXIST if dir exists
  * unless `replace`.  `created` is the UTC time to record (seconds since the
  * epoch). `parent` may be NULL. */
-int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
+MNN_API int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
                    const mnn_train_state_t *st, const char *parent,
                    int64_t created, int replace, mnn_diag_t *d);
 /* Checkpoint roots: a directory of step-NNNNNNNN checkpoints and a `latest`
@@ -484,34 +492,34 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
  * locks it for the caller, who writes there until it closes *lock_fd
  * (MNN_EBUSY while another process holds it), and removes the .tmp-*
  * leftovers of a writer that crashed (never following a link). */
-int mnn_ckpt_root_open(const char *root, int *lock_fd, mnn_diag_t *d);
+MNN_API int mnn_ckpt_root_open(const char *root, int *lock_fd, mnn_diag_t *d);
 /* "step-%08llu" */
-void mnn_ckpt_step_name(char *buf, size_t size, uint64_t step);
+MNN_API void mnn_ckpt_step_name(char *buf, size_t size, uint64_t step);
 /* Points root/latest at name atomically (a new link renamed over it), then
  * fsyncs root. */
-int mnn_ckpt_set_latest(const char *root, const char *name, mnn_diag_t *d);
+MNN_API int mnn_ckpt_set_latest(const char *root, const char *name, mnn_diag_t *d);
 /* Removes the oldest step-* checkpoint directories beyond the newest keep
  * (0: keep all), never the one latest points to; anything else named step-N
  * (a link) is neither counted nor touched.  *removed counts them. */
-int mnn_ckpt_prune(const char *root, size_t keep, size_t *removed, mnn_diag_t *d);
+MNN_API int mnn_ckpt_prune(const char *root, size_t keep, size_t *removed, mnn_diag_t *d);
 
 /* The newest checkpoint in root: 1 with *step its number, 0 when root
  * holds none (or does not exist), or a negative error.  As for
  * mnn_ckpt_prune, only the step-N directories written here count. */
-int mnn_ckpt_root_newest(const char *root, uint64_t *step, mnn_diag_t *d);
+MNN_API int mnn_ckpt_root_newest(const char *root, uint64_t *step, mnn_diag_t *d);
 
 /* Removes a checkpoint directory: its regular files, then itself. */
-int mnn_ckpt_remove(const char *dir);
+MNN_API int mnn_ckpt_remove(const char *dir);
 
 /* Copies the checkpoint directory src to dst (which must not exist)
  * through a temporary sibling, verifying every file against the manifest as
  * it goes, fsyncing, and renaming into place. */
-int mnn_ckpt_copy(const char *src, const char *dst, mnn_diag_t *d);
+MNN_API int mnn_ckpt_copy(const char *src, const char *dst, mnn_diag_t *d);
 
 /* Loads a checkpoint directory (or a directory holding a `latest` link to
  * one): verifies every file against the manifest, rebuilds the model from the
  * stored spec and loads the weights.  o and st may be NULL. */
-int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
+MNN_API int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
                   mnn_train_state_t *st, mnn_diag_t *d);
 
 /* A parsed manifest.yaml. */
@@ -533,18 +541,18 @@ typedef struct {
     mnn_manifest_file_t *files;
 } mnn_manifest_t;
 
-int mnn_manifest_parse(mnn_manifest_t *mf, const char *text, size_t len,
+MNN_API int mnn_manifest_parse(mnn_manifest_t *mf, const char *text, size_t len,
                        const char *name, mnn_diag_t *d);
 /* Reads dir/manifest.yaml, following dir/latest when dir is a checkpoint
  * root; *real (if not NULL) receives the checkpoint directory (free it). */
-int mnn_manifest_load(mnn_manifest_t *mf, const char *dir, char **real,
+MNN_API int mnn_manifest_load(mnn_manifest_t *mf, const char *dir, char **real,
                       mnn_diag_t *d);
-const mnn_manifest_file_t *mnn_manifest_find(const mnn_manifest_t *mf,
+MNN_API const mnn_manifest_file_t *mnn_manifest_find(const mnn_manifest_t *mf,
                                              const char *name);
 /* Every listed file of dir exists as a regular file with its size and hash. */
-int mnn_manifest_verify_dir(const mnn_manifest_t *mf, const char *dir,
+MNN_API int mnn_manifest_verify_dir(const mnn_manifest_t *mf, const char *dir,
                             mnn_diag_t *d);
-void mnn_manifest_free(mnn_manifest_t *mf);
+MNN_API void mnn_manifest_free(mnn_manifest_t *mf);
 
 /* ---- opening a checkpoint (ckpt-open.c) ----------------------------------- */
 
@@ -581,12 +589,12 @@ enum {
  * and, with MNN_OPEN_VERIFY, every file hashed.  On success ck->dir is a
  * checkpoint directory; on failure ck is empty (mnn_ckpt_close is harmless)
  * and d says why, naming src. */
-int mnn_ckpt_open(mnn_ckpt_t *ck, const char *src, const char *workdir, unsigned flags,
+MNN_API int mnn_ckpt_open(mnn_ckpt_t *ck, const char *src, const char *workdir, unsigned flags,
                   mnn_diag_t *d);
 /* Hashes every file of ck->dir against the manifest, unless already done. */
-int mnn_ckpt_verify(mnn_ckpt_t *ck, mnn_diag_t *d);
+MNN_API int mnn_ckpt_verify(mnn_ckpt_t *ck, mnn_diag_t *d);
 /* Frees ck and removes the temporary directory it unpacked into. */
-void mnn_ckpt_close(mnn_ckpt_t *ck);
+MNN_API void mnn_ckpt_close(mnn_ckpt_t *ck);
 
 /* ---- archives (archive.c): a checkpoint as one .tar.zst ------------------ */
 
@@ -604,7 +612,7 @@ typedef struct {
  * stops the archive short of its end, so no reader accepts it.
  * A signal that interrupts a read or write of fd (a handler installed
  * without SA_RESTART) stops pack and unpack with MNN_ECANCELED. */
-int mnn_ckpt_pack(const char *dir, int fd, const mnn_pack_opts_t *o,
+MNN_API int mnn_ckpt_pack(const char *dir, int fd, const mnn_pack_opts_t *o,
                   mnn_diag_t *d);
 
 /* Reads a checkpoint archive from fd (`name` is used in messages).  With
@@ -617,17 +625,17 @@ int mnn_ckpt_pack(const char *dir, int fd, const mnn_pack_opts_t *o,
  * manifest says, and any size or XXH3 mismatch.  *out (may be NULL) receives
  * the path of the extracted checkpoint (free it); info (may be NULL) its
  * manifest (free with mnn_manifest_free). */
-int mnn_ckpt_unpack(int fd, const char *name, const char *target, char **out,
+MNN_API int mnn_ckpt_unpack(int fd, const char *name, const char *target, char **out,
                     mnn_manifest_t *info, mnn_diag_t *d);
 
 /* Calls fn for every entry: its path, size and type ('f' file, 'd'
  * directory, 'l' link, '?' other).  fn returns non-zero to stop. */
 typedef int (*mnn_list_fn)(void *ctx, const char *path, uint64_t size, char type);
-int mnn_ckpt_list(int fd, const char *name, mnn_list_fn fn, void *ctx,
+MNN_API int mnn_ckpt_list(int fd, const char *name, mnn_list_fn fn, void *ctx,
                   mnn_diag_t *d);
 
 /* 1 if path is a regular file that starts like a zstd frame, else 0. */
-int mnn_ckpt_is_archive(const char *path);
+MNN_API int mnn_ckpt_is_archive(const char *path);
 
 /* Safetensors: a little-endian u64 header length, a JSON header, then the
  * tensors back to back.  Tensors are F32 (or F64) and contiguous. */
@@ -641,37 +649,51 @@ typedef struct {
 
 /* Writes tensors sorted by name, with the given metadata pairs (NULL
  * terminated, key/value alternating).  Returns 0 or an error with errno. */
-int mnn_st_write(FILE *f, const mnn_st_tensor_t *t, size_t n,
+MNN_API int mnn_st_write(FILE *f, const mnn_st_tensor_t *t, size_t n,
                  const char *const *meta);
 
 typedef struct mnn_st_file mnn_st_file_t;
 /* Reads and validates a whole safetensors file in memory. */
-int mnn_st_open(mnn_st_file_t **out, const char *path, mnn_diag_t *d);
+MNN_API int mnn_st_open(mnn_st_file_t **out, const char *path, mnn_diag_t *d);
 /* Validates the safetensors bytes buf[0, len) (malloc'd: the file takes
  * them over, and frees them also on error); `name` is used in messages.
  * Headers over 16 MiB or of more than 65536 tensors: MNN_ELIMIT. */
-int mnn_st_parse(mnn_st_file_t **out, char *buf, size_t len, const char *name,
+MNN_API int mnn_st_parse(mnn_st_file_t **out, char *buf, size_t len, const char *name,
                  mnn_diag_t *d);
 /* Finds a tensor; checks dtype and shape.  *data points into the file
  * buffer. Returns MNN_ESHAPE with a message on mismatch. */
-int mnn_st_get(const mnn_st_file_t *f, const char *name, int f64, size_t ndim,
+MNN_API int mnn_st_get(const mnn_st_file_t *f, const char *name, int f64, size_t ndim,
                const size_t *shape, const void **data, mnn_diag_t *d);
 /* Metadata value or NULL. */
-const char *mnn_st_meta(const mnn_st_file_t *f, const char *key);
-void mnn_st_close(mnn_st_file_t *f);
+MNN_API const char *mnn_st_meta(const mnn_st_file_t *f, const char *key);
+MNN_API void mnn_st_close(mnn_st_file_t *f);
 
 /* Checks every weight, optimizer moment and normalization statistic (o may
  * be NULL): MNN_ECORRUPT naming the first that is not finite, or a second
  * moment or variance that is negative. */
-int mnn_state_check(const mnn_model_t *m, const mnn_optim_t *o, mnn_diag_t *d);
+MNN_API int mnn_state_check(const mnn_model_t *m, const mnn_optim_t *o, mnn_diag_t *d);
 /* Parses state.yaml's text; `name` is used in messages. */
-int mnn_state_parse(mnn_train_state_t *st, const char *text, size_t len,
+MNN_API int mnn_state_parse(mnn_train_state_t *st, const char *text, size_t len,
                     const char *name, mnn_diag_t *d);
 
+/* ---- hashing (hash.c): XXH3-64, the hash of every manifest and transfer -- */
+
+typedef struct mnn_hash mnn_hash_t;
+/* A new streaming hash, reset; NULL when out of memory. */
+MNN_API mnn_hash_t *mnn_hash_new(void);
+MNN_API void mnn_hash_reset(mnn_hash_t *h);
+MNN_API void mnn_hash_update(mnn_hash_t *h, const void *p, size_t n);
+/* The hash of everything given since the last reset (h goes on). */
+MNN_API uint64_t mnn_hash_digest(const mnn_hash_t *h);
+MNN_API void mnn_hash_free(mnn_hash_t *h);
+/* The hash of n bytes at p, at once. */
+MNN_API uint64_t mnn_hash64(const void *p, size_t n);
+/* v as the 16 lowercase hex digits manifests and protocols write. */
+MNN_API void mnn_hash_hex(uint64_t v, char hex[17]);
 /* XXH3-64 of a whole file, or of fd read from where it is to its end, as
  * 16 hex digits; *bytes receives the length. */
-int mnn_hash_file(const char *path, char hex[17], uint64_t *bytes);
-int mnn_hash_fd(int fd, char hex[17], uint64_t *bytes);
+MNN_API int mnn_hash_file(const char *path, char hex[17], uint64_t *bytes);
+MNN_API int mnn_hash_fd(int fd, char hex[17], uint64_t *bytes);
 
 #ifdef __cplusplus
 }

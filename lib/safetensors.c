@@ -6,7 +6,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -419,50 +418,4 @@ void mnn_st_close(mnn_st_file_t *f)
     free(f->buf);
     free(f->path);
     free(f);
-}
-
-int mnn_hash_fd(int fd, char hex[17], uint64_t *bytes)
-{
-    XXH3_state_t *st = XXH3_createState();
-    char *buf = malloc(1 << 20);
-    int rc = MNN_ENOMEM;
-    uint64_t total = 0;
-    if (!st || !buf)
-        goto out;
-    XXH3_64bits_reset(st);
-    rc = MNN_EIO;
-    for (;;) {
-        ssize_t r = read(fd, buf, 1 << 20);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            goto out;
-        if (r == 0)
-            break;
-        XXH3_64bits_update(st, buf, (size_t)r);
-        total += (uint64_t)r;
-    }
-    snprintf(hex, 17, "%016llx", (unsigned long long)XXH3_64bits_digest(st));
-    *bytes = total;
-    rc = 0;
-out:
-    {
-        int e = errno;
-        free(buf);
-        if (st)
-            XXH3_freeState(st);
-        errno = e;
-    }
-    return rc;
-}
-
-int mnn_hash_file(const char *path, char hex[17], uint64_t *bytes)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return MNN_EIO;
-    int rc = mnn_hash_fd(fd, hex, bytes), e = errno;
-    close(fd);
-    errno = e;
-    return rc;
 }

@@ -173,3 +173,16 @@ model_arg() {
         assert_regex "$stderr" "Try '$p --help'"
     done
 }
+
+@test "libmini-nn exports exactly the MNN_API functions of mini-nn.h" {
+    local so
+    so=$(ls "$MNN_BIN"/../lib/.libs/libmini-nn.so.* 2>/dev/null | head -n 1)
+    [[ -n $so ]] || fail "no shared libmini-nn under $MNN_BIN/../lib/.libs"
+    command -v nm >/dev/null || fail "nm is not installed (Debian package binutils)"
+    nm -D --defined-only "$so" | awk '$2 ~ /^[TDBRVW]$/ { print $3 }' | sort >exported.txt
+    sed -n 's/^MNN_API [^(]*[ *]\(mnn_[a-z0-9_]*\) *(.*/\1/p' "$MNN_SRC/lib/mini-nn.h" | sort >declared.txt
+    [[ $(wc -l <declared.txt) -gt 100 ]] || fail "only $(wc -l <declared.txt) MNN_API declarations found"
+    run -0 diff declared.txt exported.txt
+    # internal helpers and libyaml's types stay inside
+    run -1 grep -E '^(mnn_yaml_|mnn_fail|mnn_spec_from_node|yaml_)' exported.txt
+}

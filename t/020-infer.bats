@@ -359,7 +359,7 @@ proba_ok() {
     assert_output ""
     assert_equal "$(ls -A tmp)" ""
     run -1 --separate-stderr infer -m test.csv <test.csv
-    assert_regex "$stderr" '^infer: test\.csv: not a checkpoint'
+    assert_regex "$stderr" '^infer: test\.csv: not zstd-compressed: a checkpoint archive is a \.tar\.zst'
     run -2 --separate-stderr infer -m - <test.csv
     assert_regex "$stderr" 'stdin carries the records'
 }

@@ -43,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int fd = fz_memfd(data, size);
     mnn_diag_t d = {""};
     list_t l = {0, 0};
-    const uint64_t pick = XXH3_64bits(data, size);
+    const uint64_t pick = mnn_hash64(data, size);
     int listed = 1, rc;
     if (pick & 4) {
         listed = mnn_ckpt_list(fd, "fuzz.tar.zst", count, &l, &d);

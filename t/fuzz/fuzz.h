@@ -22,7 +22,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "mini-nn.h"
 
@@ -138,7 +137,7 @@ static inline char *fz_reseal(const char *text, size_t len, const char *prefix, 
     if (nl)
         out[body++] = '\n';
     snprintf(out + body, np + 18, "%s%016llx\n", prefix,
-             (unsigned long long)XXH3_64bits(out, body));
+             (unsigned long long)mnn_hash64(out, body));
     *out_len = body + np + 17;
     return out;
 }
