@@ -55,7 +55,8 @@ static noreturn void help(void)
 /* ---- signals -------------------------------------------------------------- */
 
 /* -o FILE: the temporary file a signal removes before the program dies. */
-static char tmp_path[PATH_MAX + 32];
+/* -o FILE's temporary file, named where a signal handler can read it */
+static char tmp_name[PATH_MAX + 64];
 static volatile sig_atomic_t tmp_active;
 /* --extract: the signal that asked to stop, once one has; the archive's
  * descriptor, and /dev/null to put in its place. */
@@ -65,7 +66,7 @@ static int in_fd = -1, null_fd = -1;
 static void on_signal_pack(int sig)
 {
     if (tmp_active)
-        unlink(tmp_path);
+        unlink(tmp_name); /* once renamed, that name is gone: nothing happens */
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -134,17 +135,6 @@ static int open_input(const char *arg, const char **name, const char *what)
     return fd;
 }
 
-static int fsync_dir(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd), e = errno;
-    close(fd);
-    errno = e;
-    return rc;
-}
-
 /* ---- modes ---------------------------------------------------------------- */
 
 static void pack_stdout(const char *ckpt, const mnn_pack_opts_t *po)
@@ -158,54 +148,29 @@ static void pack_stdout(const char *ckpt, const mnn_pack_opts_t *po)
     out_close();
 }
 
-/* FILE.tmp-PID, fsynced, renamed over FILE, the directory fsynced; the
- * temporary file is removed on error and on SIGINT, SIGTERM, SIGHUP. */
+/* Through a temporary file beside FILE, fsynced, renamed over FILE, the
+ * directory fsynced (mnn_atomic_*); the temporary file is removed on error
+ * and on SIGINT, SIGTERM, SIGHUP. */
 static void pack_file(const char *ckpt, const char *out, const mnn_pack_opts_t *po)
 {
     mnn_diag_t d;
+    mnn_atomic_t a;
     sigset_t old;
-    int n = snprintf(tmp_path, sizeof tmp_path, "%s.tmp-%ld", out, (long)getpid());
-    if (n < 0 || (size_t)n >= sizeof tmp_path)
-        die(EXIT_RUNTIME, "%s: name too long", out);
     catch_signals(on_signal_pack);
     block_signals(1, &old);
-    int fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    int e = errno;
-    tmp_active = fd >= 0;
+    int rc = mnn_atomic_open(&a, out, &d);
+    if (rc == 0 && (size_t)snprintf(tmp_name, sizeof tmp_name, "%s", a.tmp) < sizeof tmp_name)
+        tmp_active = 1;
     block_signals(0, &old);
-    if (fd < 0)
-        die(EXIT_RUNTIME, "%s: %s", out, strerror(e));
-    const char *step = NULL; /* the system call that failed after packing */
-    int packed = mnn_ckpt_pack(ckpt, fd, po, &d) == 0;
-    if (packed && fsync(fd) != 0) {
-        step = "fsync";
-        e = errno;
-    }
-    if (close(fd) != 0 && packed && !step) {
-        step = "close";
-        e = errno;
-    }
-    block_signals(1, &old);
-    if (packed && !step && rename(tmp_path, out) != 0) {
-        step = "rename";
-        e = errno;
-    }
-    if (!packed || step)
-        unlink(tmp_path);
-    tmp_active = 0;
-    block_signals(0, &old);
-    if (!packed)
+    if (rc < 0)
         die(EXIT_RUNTIME, "%s", d.msg);
-    if (step)
-        die(EXIT_RUNTIME, "%s: %s %s: %s", out, step, tmp_path, strerror(e));
-    char *dir = strdup(out), *slash = dir ? strrchr(dir, '/') : NULL;
-    if (!dir)
-        die(EXIT_RUNTIME, "out of memory");
-    if (slash)
-        slash[slash == dir] = '\0'; /* "/FILE" keeps "/" */
-    if (fsync_dir(slash ? dir : ".") != 0)
-        die(EXIT_RUNTIME, "%s: fsync: %s", slash ? dir : ".", strerror(errno));
-    free(dir);
+    if ((rc = mnn_ckpt_pack(ckpt, a.fd, po, &d)) < 0)
+        mnn_atomic_abort(&a);
+    else
+        rc = mnn_atomic_commit(&a, &d);
+    tmp_active = 0;
+    if (rc < 0)
+        die(EXIT_RUNTIME, "%s", d.msg);
 }
 
 static int list_one(void *ctx, const char *path, uint64_t size, char type)

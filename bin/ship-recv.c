@@ -42,7 +42,6 @@ typedef struct {
     input_t in;
 } receiver_t;
 
-static int fsync_fd_dir(int dfd) { return fsync(dfd) == 0 || errno == EINVAL ? 0 : -1; }
 
 /* A listing of the directory dfd, from its start; NULL on error. */
 static DIR *list_dir(int dfd)
@@ -232,7 +231,7 @@ static void prune_archives(receiver_t *r, size_t keep, const char *shipped)
             warnx_("%s: removed %s (--keep %zu)", r->dir, name, keep);
     }
     free(steps);
-    fsync_fd_dir(r->dfd);
+    mnn_fsync_dirfd(r->dfd);
 }
 
 /* Points DIR/latest at name if it is the newest step archive there. */
@@ -294,16 +293,10 @@ static int finish(receiver_t *r, const char *name, char *why, size_t wsize)
 static int publish(receiver_t *r, const char *part, const char *name, const char *hex,
                    uint64_t size, char *why, size_t wsize)
 {
-    int rc = renameat2(r->dfd, part, r->dfd, name, RENAME_NOREPLACE);
-    if (rc < 0 && (errno == EINVAL || errno == ENOSYS)) {
-        /* a file system without RENAME_NOREPLACE: link() never replaces */
-        rc = linkat(r->dfd, part, r->dfd, name, 0);
-        if (rc == 0)
-            unlinkat(r->dfd, part, 0);
-    }
+    int rc = mnn_rename_noreplace(r->dfd, part, r->dfd, name);
     if (rc == 0)
         return 0;
-    if (errno != EEXIST) {
+    if (rc != MNN_EEXIST) {
         setmsg(why, wsize, "cannot publish %s/%s: %s", r->dir, printable(name), strerror(errno));
         return -1;
     }
@@ -531,7 +524,7 @@ static int receive_one(receiver_t *r, char *line)
         flock(r->dfd, LOCK_UN);
         return say(out, "%s %s", pub == -2 ? "REFUSE" : "ERR", why);
     }
-    if (fsync_fd_dir(r->dfd) < 0) {
+    if (mnn_fsync_dirfd(r->dfd) < 0) {
         flock(r->dfd, LOCK_UN);
         return say(out, "ERR %s: fsync: %s", r->dir, strerror(errno)), -1;
     }

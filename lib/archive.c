@@ -887,13 +887,13 @@ static int take_file(up_t *u, struct archive_entry *e, const char *file, mnn_dia
  * target/NAME, never replacing anything. */
 static int publish(up_t *u, char **out, mnn_diag_t *d)
 {
-    if (fsync(u->xfd) != 0)
+    if (mnn_fsync_dirfd(u->xfd) < 0)
         return mnn_fail(d, MNN_EIO, "%s/%s: fsync: %s", u->target, u->tmpname, strerror(errno));
     int rc = mnn_rename_noreplace(u->tfd, u->tmpname, u->tfd, u->name);
     if (rc < 0)
         return mnn_fail(d, rc, "%s/%s: %s", u->target, u->name,
                         rc == MNN_EEXIST ? "already exists" : strerror(errno));
-    if (fsync(u->tfd) != 0) {
+    if (mnn_fsync_dirfd(u->tfd) < 0) {
         int e = errno;
         /* not known to be on disk: take it back rather than leave it */
         mnn_remove_at(u->tfd, u->name);

@@ -108,16 +108,23 @@ int mnn_read_file(const char *path, size_t max, char **out, size_t *len, mnn_dia
     return rc;
 }
 
+int mnn_fsync_dirfd(int dfd)
+{
+    if (fsync(dfd) == 0 || errno == EINVAL)
+        return 0;
+    return MNN_EIO;
+}
+
 int mnn_fsync_dir(const char *path)
 {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return MNN_EIO;
-    int rc = fsync(fd);
+    int rc = mnn_fsync_dirfd(fd);
     int e = errno;
     close(fd);
     errno = e;
-    return rc < 0 ? MNN_EIO : 0;
+    return rc;
 }
 
 /* ---- removal -------------------------------------------------------------- */
@@ -310,6 +317,81 @@ void mnn_unlock_file(const char *path, int fd)
 
 /* ---- atomic writes ------------------------------------------------------------ */
 
+static void atomic_free(mnn_atomic_t *a)
+{
+    int e = errno;
+    free(a->path);
+    free(a->tmp);
+    free(a->dir);
+    a->path = a->tmp = a->dir = NULL;
+    a->fd = -1;
+    errno = e;
+}
+
+int mnn_atomic_open(mnn_atomic_t *a, const char *path, mnn_diag_t *d)
+{
+    static unsigned long seq;
+    const char *slash = strrchr(path, '/');
+    size_t dlen = slash ? (size_t)(slash - path) : 0, n = strlen(path) + 64;
+    a->fd = -1;
+    a->path = strdup(path);
+    a->tmp = malloc(n);
+    a->dir = malloc(dlen + 2);
+    if (!a->path || !a->tmp || !a->dir) {
+        atomic_free(a);
+        return mnn_fail(d, MNN_ENOMEM, "%s: out of memory", path);
+    }
+    if (slash) {
+        memcpy(a->dir, path, dlen ? dlen : 1); /* "/x": the root */
+        a->dir[dlen ? dlen : 1] = 0;
+    } else
+        strcpy(a->dir, ".");
+    snprintf(a->tmp, n, "%.*s%s.%s.tmp-%ld-%lu", (int)dlen, path, slash ? "/" : "",
+             slash ? slash + 1 : path, (long)getpid(),
+             __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED));
+    /* O_EXCL | O_NOFOLLOW: never through a link someone left there */
+    if ((a->fd = open(a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666)) < 0) {
+        int rc = mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
+        atomic_free(a); /* the name was not ours to remove */
+        return rc;
+    }
+    return 0;
+}
+
+void mnn_atomic_abort(mnn_atomic_t *a)
+{
+    if (a->fd >= 0)
+        close(a->fd);
+    if (a->tmp)
+        unlink(a->tmp);
+    atomic_free(a);
+}
+
+int mnn_atomic_commit(mnn_atomic_t *a, mnn_diag_t *d)
+{
+    const char *step = "fsync";
+    int rc = fsync(a->fd);
+    if (rc == 0) {
+        step = "close";
+        rc = close(a->fd);
+        a->fd = -1;
+    }
+    if (rc == 0)
+        step = "rename", rc = rename(a->tmp, a->path);
+    if (rc != 0) {
+        int e = errno;
+        rc = mnn_fail(d, MNN_EIO, "%s: %s %s: %s", a->path, step, a->tmp, strerror(e));
+        mnn_atomic_abort(a);
+        errno = e;
+        return rc;
+    }
+    /* the rename is durable once the directory is */
+    rc = mnn_fsync_dir(a->dir) < 0 ? mnn_fail(d, MNN_EIO, "%s: fsync: %s", a->dir, strerror(errno))
+                                   : 0;
+    atomic_free(a);
+    return rc;
+}
+
 int mnn_write_atomic(const char *path, mnn_write_fn fn, void *ctx, mnn_diag_t *d)
 {
     struct stat sb;
@@ -330,64 +412,28 @@ int mnn_write_atomic(const char *path, mnn_write_fn fn, void *ctx, mnn_diag_t *d
             return mnn_fail(d, rc, "%s: %s", path, rc == MNN_EIO ? strerror(e) : mnn_strerror(rc));
         return 0;
     }
-    const char *slash = strrchr(path, '/');
-    size_t dlen = slash ? (size_t)(slash - path) : 0;
-    size_t n = strlen(path) + 64;
-    char *tmp = malloc(n), *dir = malloc(dlen + 2);
-    int rc = MNN_ENOMEM, e = 0, fd = -1;
-    FILE *f = NULL;
-    if (!tmp || !dir)
-        goto out;
-    if (slash) {
-        memcpy(dir, path, dlen ? dlen : 1); /* "/x": the root */
-        dir[dlen ? dlen : 1] = 0;
-    } else
-        strcpy(dir, ".");
-    static unsigned long seq;
-    snprintf(tmp, n, "%.*s%s.%s.tmp-%ld-%lu", (int)dlen, path, slash ? "/" : "",
-             slash ? slash + 1 : path, (long)getpid(), __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED));
-    /* O_EXCL | O_NOFOLLOW: never through a link someone left there */
-    if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644)) < 0) {
-        rc = mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
-        goto out; /* not ours to remove */
+    mnn_atomic_t a;
+    int rc = mnn_atomic_open(&a, path, d);
+    if (rc < 0)
+        return rc;
+    FILE *f = fdopen(dup(a.fd), "w");
+    if (!f) {
+        rc = mnn_fail(d, MNN_ENOMEM, "%s: %s", a.tmp, strerror(errno));
+        mnn_atomic_abort(&a);
+        return rc;
     }
-    if (!(f = fdopen(fd, "w"))) {
+    int e = 0;
+    if ((rc = fn(ctx, f)) < 0)
         e = errno;
-        close(fd);
-        rc = mnn_fail(d, MNN_ENOMEM, "%s: %s", tmp, strerror(e));
-        goto fail;
+    else if (ferror(f) || fflush(f) != 0)
+        rc = MNN_EIO, e = errno ? errno : EIO;
+    if (fclose(f) != 0 && rc == 0)
+        rc = MNN_EIO, e = errno;
+    if (rc < 0) {
+        rc = mnn_fail(d, rc, "%s: %s", path, rc == MNN_EIO ? strerror(e) : mnn_strerror(rc));
+        mnn_atomic_abort(&a);
+        errno = e;
+        return rc;
     }
-    if ((rc = fn(ctx, f)) < 0) {
-        e = errno;
-        goto fail_msg;
-    }
-    rc = MNN_EIO;
-    if (ferror(f) || fflush(f) != 0 || fsync(fd) != 0) {
-        e = errno ? errno : EIO;
-        goto fail_msg;
-    }
-    int c = fclose(f);
-    f = NULL;
-    if (c != 0 || rename(tmp, path) != 0) {
-        e = errno;
-        goto fail_msg;
-    }
-    /* the rename is durable once the directory is */
-    if (mnn_fsync_dir(dir) < 0) {
-        rc = mnn_fail(d, MNN_EIO, "%s: fsync: %s", dir, strerror(errno));
-        goto out;
-    }
-    rc = 0;
-    goto out;
-fail_msg:
-    rc = mnn_fail(d, rc, "%s: %s", path, rc == MNN_EIO ? strerror(e) : mnn_strerror(rc));
-fail:
-    if (f)
-        fclose(f);
-    unlink(tmp);
-    errno = e;
-out:
-    free(tmp);
-    free(dir);
-    return rc;
+    return mnn_atomic_commit(&a, d);
 }

@@ -58,12 +58,16 @@ MNN_API int mnn_write_all(int fd, const void *buf, size_t n);
 /* Reads fd to its end into *out (NUL-terminated, free it), at most max
  * bytes: MNN_EOVERFLOW beyond.  `name` is used in messages. */
 MNN_API int mnn_read_fd(int fd, const char *name, size_t max, char **out, size_t *len,
-                mnn_diag_t *d);
+                        mnn_diag_t *d);
 /* A whole regular file of at most max bytes, its size checked before a
  * byte is read. */
 MNN_API int mnn_read_file(const char *path, size_t max, char **out, size_t *len,
-                  mnn_diag_t *d);
+                          mnn_diag_t *d);
+/* fsync of a directory (by path, or open as dfd): what makes a rename or
+ * an unlink in it durable.  A file system that cannot sync directories
+ * (EINVAL) has nothing to do: 0. */
 MNN_API int mnn_fsync_dir(const char *path);
+MNN_API int mnn_fsync_dirfd(int dfd);
 /* Removes dirfd/name (dirfd may be AT_FDCWD): a file or a link is
  * unlinked (a link is never followed), a directory is emptied depth-first,
  * at most 16 levels, and removed.  It never enters another file system.
@@ -74,7 +78,7 @@ MNN_API int mnn_remove_tree(const char *path);
  * MNN_EEXIST if the new name is taken.  Race-free also where the file
  * system lacks RENAME_NOREPLACE. */
 MNN_API int mnn_rename_noreplace(int olddirfd, const char *oldname, int newdirfd,
-                         const char *newname);
+                                 const char *newname);
 /* Takes an exclusive lock on directory dir for as long as *fd stays open:
  * MNN_EBUSY at once if another process holds it. */
 MNN_API int mnn_lock_dir(const char *dir, int *fd, mnn_diag_t *d);
@@ -94,7 +98,23 @@ MNN_API void mnn_unlock_file(const char *path, int fd);
  * written directly. */
 typedef int (*mnn_write_fn)(void *ctx, FILE *f);
 MNN_API int mnn_write_atomic(const char *path, mnn_write_fn fn, void *ctx,
-                     mnn_diag_t *d);
+                             mnn_diag_t *d);
+/* The same in steps, for a writer that needs the descriptor (an archive
+ * streamed into it) or must remove the temporary file from a signal
+ * handler (unlink(a->tmp) is async-signal-safe).  mnn_atomic_open creates
+ * a->tmp beside path (O_EXCL | O_NOFOLLOW, mode 0666 less the umask) as
+ * a->fd; mnn_atomic_commit
+ * fsyncs and closes it, renames it over path and fsyncs the directory;
+ * mnn_atomic_abort closes and removes it.  After either, a is empty. */
+typedef struct {
+    int fd;     /* the temporary file, open for writing; -1 when none */
+    char *path; /* the file to replace */
+    char *tmp;  /* the temporary file: PATH's dir/.BASE.tmp-PID-N */
+    char *dir;  /* path's directory, fsynced after the rename */
+} mnn_atomic_t;
+MNN_API int mnn_atomic_open(mnn_atomic_t *a, const char *path, mnn_diag_t *d);
+MNN_API int mnn_atomic_commit(mnn_atomic_t *a, mnn_diag_t *d);
+MNN_API void mnn_atomic_abort(mnn_atomic_t *a);
 
 /* ---- sizes and tensors --------------------------------------------------- */
 
@@ -123,18 +143,18 @@ MNN_API void mnn_tensor_free(mnn_tensor_t *t);
 
 /* out = inp * weight^T + bias */
 MNN_API void mnn_dense_forward(float *out, const float *inp, const float *weight,
-                       const float *bias, size_t B, size_t C, size_t OC);
+                               const float *bias, size_t B, size_t C, size_t OC);
 MNN_API void mnn_dense_forward_naive(float *out, const float *inp, const float *weight,
-                             const float *bias, size_t B, size_t C, size_t OC);
+                                     const float *bias, size_t B, size_t C, size_t OC);
 /* dweight = dout^T * inp, dbias = sum_b dout, dinp = dout * weight (dinp may
  * be NULL when the input gradient is not needed).  Overwrites, no +=. */
 MNN_API void mnn_dense_backward(float *dinp, float *dweight, float *dbias,
-                        const float *dout, const float *inp,
-                        const float *weight, size_t B, size_t C, size_t OC);
+                                const float *dout, const float *inp,
+                                const float *weight, size_t B, size_t C, size_t OC);
 MNN_API void mnn_dense_backward_naive(float *dinp, float *dweight, float *dbias,
-                              const float *dout, const float *inp,
-                              const float *weight, size_t B, size_t C,
-                              size_t OC);
+                                      const float *dout, const float *inp,
+                                      const float *weight, size_t B, size_t C,
+                                      size_t OC);
 
 typedef enum {
     MNN_ACT_NONE = 0,
@@ -153,7 +173,7 @@ MNN_API const char *mnn_act_name(mnn_act_t a);
 MNN_API void mnn_act_forward(mnn_act_t a, float *y, const float *x, size_t n);
 /* dx = f'(x) * dy, computed from the output y = f(x); dx may alias dy. */
 MNN_API void mnn_act_backward(mnn_act_t a, float *dx, const float *y, const float *dy,
-                      size_t n);
+                              size_t n);
 
 /* Row-wise softmax of logits (B,K) into probs (may alias). */
 MNN_API void mnn_softmax(float *probs, const float *logits, size_t B, size_t K);
@@ -170,12 +190,12 @@ MNN_API const char *mnn_crit_name(mnn_crit_t c);
  * is not NULL it receives (softmax - onehot) * grad_scale.  If probs is not
  * NULL it receives the softmax.  Labels are class ids 0..K-1. */
 MNN_API double mnn_softmax_xent(float *dlogits, float *probs, const float *logits,
-                        const int32_t *labels, size_t B, size_t K,
-                        float grad_scale);
+                                const int32_t *labels, size_t B, size_t K,
+                                float grad_scale);
 /* Mean squared error 0.5*(out-target)^2 summed over the batch; dout (may be
  * NULL) receives (out-target) * grad_scale.  out and target are (B,K). */
 MNN_API double mnn_mse(float *dout, const float *out, const float *target, size_t B,
-               size_t K, float grad_scale);
+                       size_t K, float grad_scale);
 
 /* ---- random numbers (rng.c): xoshiro256**, state saveable ---------------- */
 
@@ -189,13 +209,13 @@ MNN_API double mnn_rng_uniform(mnn_rng_t *r); /* [0,1) with 53 random bits */
 MNN_API double mnn_rng_normal(mnn_rng_t *r);  /* N(0,1), Box-Muller, no cached spare */
 
 /* ---- samples of a stream (sample.c) ---------------------------------------
- * Each function decides which record goes into which slot (0..k-1) of a
- * reservoir; the slots' contents are the caller's. */
+         * Each function decides which record goes into which slot (0..k-1) of a
+         * reservoir; the slots' contents are the caller's. */
 
 /* A uniform sample of k (Li's Algorithm L): after the first k records, only
- * a geometric number of records apart does one enter. */
+         * a geometric number of records apart does one enter. */
 typedef struct {
-    size_t k;
+            size_t k;
     uint64_t seen;  /* records offered or skipped */
     uint64_t next;  /* the index of the next record to enter */
     double logw;
@@ -225,10 +245,10 @@ MNN_API long mnn_topk_push(mnn_topk_t *t, double key);
 MNN_API double mnn_topk_min(const mnn_topk_t *t); /* -inf while empty */
 
 /* A weighted sample of k without replacement (Efraimidis and Spirakis,
- * A-ExpJ): a record of weight w enters as if drawn with probability
- * proportional to w among those not yet drawn. */
+         * A-ExpJ): a record of weight w enters as if drawn with probability
+         * proportional to w among those not yet drawn. */
 typedef struct {
-    mnn_topk_t top;
+            mnn_topk_t top;
     double xw;      /* weight still to pass over before the next entry */
     mnn_rng_t *rng;
 } mnn_wres_t;
@@ -304,7 +324,7 @@ MNN_API void mnn_spec_defaults(mnn_spec_t *s);
 MNN_API int mnn_spec_load_file(mnn_spec_t *s, const char *path, mnn_diag_t *d);
 /* Load from a YAML text in memory; `name` is used in messages. */
 MNN_API int mnn_spec_load_string(mnn_spec_t *s, const char *text, size_t len,
-                         const char *name, mnn_diag_t *d);
+                                 const char *name, mnn_diag_t *d);
 /* *n = the parameters of the model: every layer's and exit head's weights
  * and biases.  MNN_EOVERFLOW if that does not fit. */
 MNN_API int mnn_spec_params(const mnn_spec_t *s, size_t *n);
@@ -376,7 +396,7 @@ typedef struct {
  * with or without exits.  The temperature plays no part. */
 struct mnn_optim;
 MNN_API int mnn_model_train_batch(mnn_model_t *m, struct mnn_optim *o, const float *x,
-                          const float *y, size_t B, mnn_batch_stats_t *st);
+                                  const float *y, size_t B, mnn_batch_stats_t *st);
 /* Outputs for B records: class probabilities softmax(logits / temperature)
  * of the final head (xent) or values (mse), into out (B,outputs).  Does not
  * change the model. */
@@ -388,7 +408,7 @@ MNN_API int mnn_model_predict(mnn_model_t *m, const float *x, size_t B, float *o
  * together, so the deeper layers compute only those.  With no exits, or a
  * threshold above 1, out is exactly mnn_model_predict's. */
 MNN_API int mnn_model_predict_exit(mnn_model_t *m, const float *x, size_t B, float *out,
-                           float threshold, mnn_crit_t crit, uint8_t *taken);
+                                   float threshold, mnn_crit_t crit, uint8_t *taken);
 /* The final head's raw outputs (B,outputs): logits without temperature or
  * softmax (xent), values (mse).  For fitting a temperature. */
 MNN_API int mnn_model_logits(mnn_model_t *m, const float *x, size_t B, float *out);
@@ -435,7 +455,7 @@ typedef struct {
  * the format.  On error fills d with what is wrong (without the line
  * number, which the caller knows). */
 MNN_API int mnn_record_parse(mnn_record_fmt_t *f, const char *line, size_t len,
-                     float *x, float *label, mnn_diag_t *d);
+                             float *x, float *label, mnn_diag_t *d);
 
 /* Locale-independent number parsing of [s, end): the whole range must be a
  * finite number. */
@@ -461,7 +481,8 @@ MNN_API int mnn_lr_init(mnn_linereader_t *lr, int fd, size_t max_line);
 MNN_API void mnn_lr_free(mnn_linereader_t *lr);
 /* Next line without its '\n' (a final line without one is returned too).
  * Returns 0, MNN_EOF at end, MNN_EIO (lr->err), MNN_EOVERFLOW (line longer
- * than max_line) or MNN_ECANCELED (cancel_fd became readable).  The line stays valid until the next call. */
+ * than max_line) or MNN_ECANCELED (cancel_fd became readable).  The line
+ * stays valid until the next call. */
 MNN_API int mnn_lr_next(mnn_linereader_t *lr, const char **line, size_t *len);
 /* 1 if a whole line is already buffered (the next mnn_lr_next won't block). */
 MNN_API int mnn_lr_ready(const mnn_linereader_t *lr);
@@ -485,8 +506,8 @@ typedef struct {
  * unless `replace`.  `created` is the UTC time to record (seconds since the
  * epoch). `parent` may be NULL. */
 MNN_API int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
-                   const mnn_train_state_t *st, const char *parent,
-                   int64_t created, int replace, mnn_diag_t *d);
+                           const mnn_train_state_t *st, const char *parent,
+                           int64_t created, int replace, mnn_diag_t *d);
 /* Checkpoint roots: a directory of step-NNNNNNNN checkpoints and a `latest`
  * symbolic link to the newest.  mnn_ckpt_root_open creates root if needed,
  * locks it for the caller, who writes there until it closes *lock_fd
@@ -520,7 +541,7 @@ MNN_API int mnn_ckpt_copy(const char *src, const char *dst, mnn_diag_t *d);
  * one): verifies every file against the manifest, rebuilds the model from the
  * stored spec and loads the weights.  o and st may be NULL. */
 MNN_API int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
-                  mnn_train_state_t *st, mnn_diag_t *d);
+                          mnn_train_state_t *st, mnn_diag_t *d);
 
 /* A parsed manifest.yaml. */
 #define MNN_MANIFEST_MAX_FILES 64
@@ -542,16 +563,16 @@ typedef struct {
 } mnn_manifest_t;
 
 MNN_API int mnn_manifest_parse(mnn_manifest_t *mf, const char *text, size_t len,
-                       const char *name, mnn_diag_t *d);
+                               const char *name, mnn_diag_t *d);
 /* Reads dir/manifest.yaml, following dir/latest when dir is a checkpoint
  * root; *real (if not NULL) receives the checkpoint directory (free it). */
 MNN_API int mnn_manifest_load(mnn_manifest_t *mf, const char *dir, char **real,
-                      mnn_diag_t *d);
+                              mnn_diag_t *d);
 MNN_API const mnn_manifest_file_t *mnn_manifest_find(const mnn_manifest_t *mf,
-                                             const char *name);
+                                                     const char *name);
 /* Every listed file of dir exists as a regular file with its size and hash. */
 MNN_API int mnn_manifest_verify_dir(const mnn_manifest_t *mf, const char *dir,
-                            mnn_diag_t *d);
+                                    mnn_diag_t *d);
 MNN_API void mnn_manifest_free(mnn_manifest_t *mf);
 
 /* ---- opening a checkpoint (ckpt-open.c) ----------------------------------- */
@@ -590,7 +611,7 @@ enum {
  * checkpoint directory; on failure ck is empty (mnn_ckpt_close is harmless)
  * and d says why, naming src. */
 MNN_API int mnn_ckpt_open(mnn_ckpt_t *ck, const char *src, const char *workdir, unsigned flags,
-                  mnn_diag_t *d);
+                          mnn_diag_t *d);
 /* Hashes every file of ck->dir against the manifest, unless already done. */
 MNN_API int mnn_ckpt_verify(mnn_ckpt_t *ck, mnn_diag_t *d);
 /* Frees ck and removes the temporary directory it unpacked into. */
@@ -613,7 +634,7 @@ typedef struct {
  * A signal that interrupts a read or write of fd (a handler installed
  * without SA_RESTART) stops pack and unpack with MNN_ECANCELED. */
 MNN_API int mnn_ckpt_pack(const char *dir, int fd, const mnn_pack_opts_t *o,
-                  mnn_diag_t *d);
+                          mnn_diag_t *d);
 
 /* Reads a checkpoint archive from fd (`name` is used in messages).  With
  * target NULL it verifies only.  Otherwise it extracts into target/NAME,
@@ -626,13 +647,13 @@ MNN_API int mnn_ckpt_pack(const char *dir, int fd, const mnn_pack_opts_t *o,
  * the path of the extracted checkpoint (free it); info (may be NULL) its
  * manifest (free with mnn_manifest_free). */
 MNN_API int mnn_ckpt_unpack(int fd, const char *name, const char *target, char **out,
-                    mnn_manifest_t *info, mnn_diag_t *d);
+                            mnn_manifest_t *info, mnn_diag_t *d);
 
 /* Calls fn for every entry: its path, size and type ('f' file, 'd'
  * directory, 'l' link, '?' other).  fn returns non-zero to stop. */
 typedef int (*mnn_list_fn)(void *ctx, const char *path, uint64_t size, char type);
 MNN_API int mnn_ckpt_list(int fd, const char *name, mnn_list_fn fn, void *ctx,
-                  mnn_diag_t *d);
+                          mnn_diag_t *d);
 
 /* 1 if path is a regular file that starts like a zstd frame, else 0. */
 MNN_API int mnn_ckpt_is_archive(const char *path);
@@ -650,7 +671,7 @@ typedef struct {
 /* Writes tensors sorted by name, with the given metadata pairs (NULL
  * terminated, key/value alternating).  Returns 0 or an error with errno. */
 MNN_API int mnn_st_write(FILE *f, const mnn_st_tensor_t *t, size_t n,
-                 const char *const *meta);
+                         const char *const *meta);
 
 typedef struct mnn_st_file mnn_st_file_t;
 /* Reads and validates a whole safetensors file in memory. */
@@ -659,11 +680,11 @@ MNN_API int mnn_st_open(mnn_st_file_t **out, const char *path, mnn_diag_t *d);
  * them over, and frees them also on error); `name` is used in messages.
  * Headers over 16 MiB or of more than 65536 tensors: MNN_ELIMIT. */
 MNN_API int mnn_st_parse(mnn_st_file_t **out, char *buf, size_t len, const char *name,
-                 mnn_diag_t *d);
+                         mnn_diag_t *d);
 /* Finds a tensor; checks dtype and shape.  *data points into the file
  * buffer. Returns MNN_ESHAPE with a message on mismatch. */
 MNN_API int mnn_st_get(const mnn_st_file_t *f, const char *name, int f64, size_t ndim,
-               const size_t *shape, const void **data, mnn_diag_t *d);
+                       const size_t *shape, const void **data, mnn_diag_t *d);
 /* Metadata value or NULL. */
 MNN_API const char *mnn_st_meta(const mnn_st_file_t *f, const char *key);
 MNN_API void mnn_st_close(mnn_st_file_t *f);
@@ -674,7 +695,7 @@ MNN_API void mnn_st_close(mnn_st_file_t *f);
 MNN_API int mnn_state_check(const mnn_model_t *m, const mnn_optim_t *o, mnn_diag_t *d);
 /* Parses state.yaml's text; `name` is used in messages. */
 MNN_API int mnn_state_parse(mnn_train_state_t *st, const char *text, size_t len,
-                    const char *name, mnn_diag_t *d);
+                            const char *name, mnn_diag_t *d);
 
 /* ---- hashing (hash.c): XXH3-64, the hash of every manifest and transfer -- */
 

@@ -249,7 +249,7 @@ flip_bit() {
     run -0 --separate-stderr ckpt-pack -o out.tar.zst "$CK"
     assert_equal "$output$stderr" ""
     cmp out.tar.zst "$A"
-    run -0 find . -name 'out.tar.zst.tmp-*'
+    run -0 find . -name '*.tmp-*'
     assert_output ""
     ckpt-pack -o - "$CK" >dash.tar.zst
     cmp dash.tar.zst "$A"
@@ -289,7 +289,7 @@ flip_bit() {
     assert_regex "$stderr" '^ckpt-pack: bad/model.safetensors: hash does not match the manifest'
     run -1 --separate-stderr ckpt-pack -o bad.tar.zst bad
     assert_regex "$stderr" 'hash does not match the manifest'
-    run -0 find . -name 'bad.tar.zst*'
+    run -0 find . -name '*bad.tar.zst*'
     assert_output ""
     # one byte more, and a file gone
     cp "$CK/model.safetensors" bad/
@@ -466,6 +466,27 @@ flip_bit() {
 }
 
 # ---- signals ----------------------------------------------------------------------------
+
+@test "SIGTERM while -o FILE is written: the temporary file removed, FILE untouched" {
+    # a few million parameters at level 19: seconds of packing
+    mk_spec big.yaml
+    sed -i 's/dense: 8,/dense: 600000,/' big.yaml
+    head -8 train.csv | SOURCE_DATE_EPOCH=1700000000 sgd-train -q -m big.yaml -o bigck >/dev/null
+    echo old >out.tar.zst
+    ckpt-pack --level 19 -o out.tar.zst bigck 2>err.txt &
+    BG_PID=$!
+    local n=200
+    until compgen -G '.out.tar.zst.tmp-*' >/dev/null; do
+        [[ -d /proc/$BG_PID ]] || fail "ckpt-pack ended before its temporary file was seen: $(cat err.txt)"
+        ((n-- > 0)) || fail "no temporary file appeared: $(cat err.txt)"
+        sleep 0.05
+    done
+    kill -TERM "$BG_PID"
+    bg_exit 143 # died of SIGTERM
+    run -0 find . -maxdepth 1 -name '*out.tar.zst*'
+    assert_output "./out.tar.zst"
+    assert_equal "$(cat out.tar.zst)" "old"
+}
 
 @test "SIGTERM while --extract waits for input: temporary directory removed" {
     # a checkpoint of a few zstd blocks, so that extraction starts before

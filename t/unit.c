@@ -3006,6 +3006,110 @@ static void spec_error(const char *text, const char *where, const char *want)
 }
 
 /* exits, exit_weights, temperature */
+/* mnn_atomic_*: the steps of an atomic write */
+static void test_fs_atomic_steps(void)
+{
+    char dir[128], f[200], l[256];
+    mnn_diag_t d = {""};
+    mnn_atomic_t a;
+    tpath(dir, sizeof dir, "atsteps");
+    mkdir(dir, 0755);
+    snprintf(f, sizeof f, "%s/out", dir);
+    int rc = mnn_atomic_open(&a, f, &d);
+    int ok = rc == 0 && a.fd >= 0 && a.tmp && !strcmp(a.dir, dir) &&
+             !strncmp(a.tmp, dir, strlen(dir)) && access(f, F_OK) != 0 && access(a.tmp, F_OK) == 0;
+    check(ok, "mnn_atomic_open: a temporary file beside the target, the target not there yet "
+              "(rc %d, tmp %s)", rc, rc == 0 ? a.tmp : "-");
+    if (rc == 0) {
+        ok = mnn_write_all(a.fd, "one\n", 4) == 0;
+        rc = mnn_atomic_commit(&a, &d);
+        check(ok && rc == 0 && file_is(f, "one\n") && !strcmp(dir_list(dir, l, sizeof l), "out") &&
+                  a.fd == -1 && !a.tmp,
+              "mnn_atomic_commit renames it into place, nothing else left (rc %d, dir: %s)", rc,
+              l);
+    }
+    rc = mnn_atomic_open(&a, f, &d);
+    if (check(rc == 0, "mnn_atomic_open over an existing file (rc %d)", rc)) {
+        mnn_write_all(a.fd, "two\n", 4);
+        mnn_atomic_abort(&a);
+        check(file_is(f, "one\n") && !strcmp(dir_list(dir, l, sizeof l), "out") && !a.tmp,
+              "mnn_atomic_abort removes the temporary file, the old one untouched (dir: %s)", l);
+    }
+    /* two at once: each its own temporary name */
+    mnn_atomic_t b;
+    rc = mnn_atomic_open(&a, f, &d);
+    int rc2 = mnn_atomic_open(&b, f, &d);
+    if (check(rc == 0 && rc2 == 0 && strcmp(a.tmp, b.tmp), "two writers get two temporary names")) {
+        mnn_write_all(a.fd, "A\n", 2);
+        mnn_write_all(b.fd, "B\n", 2);
+        rc = mnn_atomic_commit(&a, &d);
+        rc2 = mnn_atomic_commit(&b, &d);
+        check(rc == 0 && rc2 == 0 && file_is(f, "B\n") && !strcmp(dir_list(dir, l, sizeof l), "out"),
+              "the last commit wins whole, nothing is left (dir: %s)", l);
+    }
+    /* where it cannot be */
+    snprintf(f, sizeof f, "%s/no-such-dir/out", dir);
+    rc = mnn_atomic_open(&a, f, &d);
+    check(rc == MNN_EIO && contains(d.msg, f) && a.fd == -1 && !a.tmp,
+          "mnn_atomic_open in a missing directory: MNN_EIO naming the path (\"%s\")", d.msg);
+    /* a name in the current directory: its directory is "." */
+    char cwd[4096];
+    if (getcwd(cwd, sizeof cwd) && chdir(dir) == 0) {
+        rc = mnn_atomic_open(&a, "bare", &d);
+        if (check(rc == 0 && !strcmp(a.dir, "."), "a bare name's directory is . (rc %d)", rc))
+            check(mnn_atomic_commit(&a, &d) == 0 && file_is("bare", ""), "and it commits");
+        if (chdir(cwd) != 0)
+            diag("chdir back: %s", strerror(errno));
+    }
+}
+
+/* mnn_hash: XXH3-64, streamed or at once */
+static void test_hash(void)
+{
+    char hex[17];
+    /* XXH3-64 of the empty input, from the xxHash reference */
+    mnn_hash_hex(mnn_hash64("", 0), hex);
+    check(!strcmp(hex, "2d06800538d394c2"), "mnn_hash64 of nothing is XXH3's (%s)", hex);
+    mnn_hash_hex(0xabcULL, hex);
+    check(!strcmp(hex, "0000000000000abc"), "mnn_hash_hex: 16 lowercase digits (%s)", hex);
+    unsigned char buf[5000];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (unsigned char)(trng() >> 56);
+    const uint64_t whole = mnn_hash64(buf, sizeof buf);
+    mnn_hash_t *h = mnn_hash_new();
+    if (!check(h != NULL, "mnn_hash_new"))
+        return;
+    int same = 1;
+    /* any split, 0-byte pieces included, gives the one-shot hash */
+    for (size_t step = 1; step <= 4096; step *= 4) {
+        mnn_hash_reset(h);
+        for (size_t i = 0; i < sizeof buf; i += step) {
+            mnn_hash_update(h, buf + i, i + step <= sizeof buf ? step : sizeof buf - i);
+            mnn_hash_update(h, buf, 0);
+        }
+        same &= mnn_hash_digest(h) == whole;
+    }
+    check(same, "mnn_hash_update in pieces of 1 to 4096 bytes equals mnn_hash64");
+    mnn_hash_reset(h);
+    mnn_hash_update(h, buf, 100);
+    uint64_t mid = mnn_hash_digest(h);
+    mnn_hash_update(h, buf + 100, sizeof buf - 100);
+    check(mid == mnn_hash64(buf, 100) && mnn_hash_digest(h) == whole,
+          "mnn_hash_digest does not end the stream");
+    mnn_hash_free(h);
+    mnn_hash_free(NULL);
+    /* mnn_hash_fd agrees */
+    char p[200];
+    uint64_t n = 0;
+    tpath(p, sizeof p, "hashme");
+    write_bytes(p, buf, sizeof buf);
+    char want[17];
+    mnn_hash_hex(whole, want);
+    int rc = mnn_hash_file(p, hex, &n);
+    check(rc == 0 && n == sizeof buf && !strcmp(hex, want), "mnn_hash_file: %s over %llu bytes",
+          hex, (unsigned long long)n);
+}
+
 static void test_spec_exits(void)
 {
 #define H3 "input: 4\nclasses: 3\n" \
@@ -5901,6 +6005,8 @@ int main(void)
     test_fs_lock();
     test_fs_lock_file();
     test_fs_atomic();
+    test_fs_atomic_steps();
+    test_hash();
     test_spec();
     test_yaml_limits();
     test_spec_limits();
