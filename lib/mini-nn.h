@@ -413,6 +413,70 @@ MNN_API int mnn_model_predict_exit(mnn_model_t *m, const float *x, size_t B, flo
  * softmax (xent), values (mse).  For fitting a temperature. */
 MNN_API int mnn_model_logits(mnn_model_t *m, const float *x, size_t B, float *out);
 
+/* ---- calibration (calib.c) ---------------------------------------------- */
+
+/* The index of the largest of K values (the first of equal ones). */
+MNN_API size_t mnn_argmax(const float *p, size_t K);
+
+/* Expected calibration error: predictions binned by confidence into
+ * MNN_ECE_BINS equal-width bins; the error is the count-weighted mean over
+ * bins of |accuracy - mean confidence|.  Zero it before the first add. */
+#define MNN_ECE_BINS 15
+typedef struct {
+    uint64_t n[MNN_ECE_BINS];   /* predictions in each bin */
+    uint64_t hit[MNN_ECE_BINS]; /* of which right */
+    double conf[MNN_ECE_BINS];  /* their summed confidence */
+    uint64_t total;             /* predictions added */
+} mnn_ece_t;
+MNN_API void mnn_ece_add(mnn_ece_t *e, double conf, int hit);
+MNN_API double mnn_ece_value(const mnn_ece_t *e);
+
+/* Temperature scaling of n labelled logit rows z (n, K), labels y in
+ * [0, K): the summed NLL of softmax(z / T); the T in [1e-4, 1e4] that
+ * minimises it (convex in 1/T, found by a bracketed Newton method); and the
+ * ECE of the predictions softmax(z / T) makes. */
+MNN_API double mnn_temp_nll(const float *z, const int32_t *y, size_t n, size_t K, double T);
+MNN_API double mnn_temp_fit(const float *z, const int32_t *y, size_t n, size_t K);
+MNN_API double mnn_temp_ece(const float *z, const int32_t *y, size_t n, size_t K, double T);
+
+/* ---- ensembles (ensemble.c) ------------------------------------------------ */
+
+/* Several models predicting together (they must agree on inputs, outputs
+ * and loss).  Plain: the weighted average of their outputs.  anytime: the
+ * members in order, each on the records the running average is not yet
+ * confident of (mnn_confidence(crit) >= exit_t stops a record).  A single
+ * model with exits: its early exits at exit_t (mnn_model_predict_exit). */
+#define MNN_ENSEMBLE_MAX 16
+typedef struct {
+    size_t n;                         /* members, 1 to MNN_ENSEMBLE_MAX */
+    mnn_model_t *m[MNN_ENSEMBLE_MAX]; /* the members (not owned) */
+    float w[MNN_ENSEMBLE_MAX];        /* their weights, summing to 1 */
+    int anytime;                      /* stop at the first confident member */
+    int exits;                        /* one model: stop at its early exits */
+    float exit_t;                     /* the confidence that stops a record */
+    mnn_crit_t crit;                  /* how confidence is measured */
+    size_t cap;                       /* records per batch the scratch holds */
+    float *tmp, *xsub, *pbuf;         /* scratch: a member's outputs, the
+                                       * undecided rows, one running average */
+    size_t *idx;                      /* scratch: the undecided records */
+} mnn_ensemble_t;
+
+/* Empty, maxprob, no early stop. */
+MNN_API void mnn_ensemble_init(mnn_ensemble_t *e);
+/* The members and their weights (NULL: equal; else >= 0, summing above 0,
+ * normalised): MNN_EINVAL for bad weights or n, MNN_ESHAPE when a member's
+ * inputs, outputs or loss differ from the first's. */
+MNN_API int mnn_ensemble_set(mnn_ensemble_t *e, mnn_model_t *const *m, const float *w,
+                             size_t n);
+/* Workspace for batches of up to batch records, the members' included. */
+MNN_API int mnn_ensemble_reserve(mnn_ensemble_t *e, size_t batch);
+/* Outputs (B, outputs) for B records x (B, input); stage (B) receives the
+ * member (anytime) or exit head each record stopped at. */
+MNN_API int mnn_ensemble_predict(mnn_ensemble_t *e, const float *x, size_t B, float *out,
+                                 uint8_t *stage);
+/* Frees the scratch (not the members). */
+MNN_API void mnn_ensemble_free(mnn_ensemble_t *e);
+
 /* ---- optimizers (optim.c) ------------------------------------------------- */
 
 typedef struct mnn_optim {

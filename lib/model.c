@@ -218,13 +218,8 @@ static size_t count_correct(const float *p, const int32_t *labels, size_t B,
                             size_t K)
 {
     size_t hits = 0;
-    for (size_t b = 0; b < B; b++) {
-        size_t best = 0;
-        for (size_t k = 1; k < K; k++)
-            if (p[b * K + k] > p[b * K + best])
-                best = k;
-        hits += best == (size_t)labels[b];
-    }
+    for (size_t b = 0; b < B; b++)
+        hits += mnn_argmax(p + b * K, K) == (size_t)labels[b];
     return hits;
 }
 

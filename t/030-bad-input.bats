@@ -417,7 +417,7 @@ bad_sparse() {
     run -1 --separate-stderr infer -m empty <test.csv
     assert_regex "$stderr" '^infer: empty: not a checkpoint'
     run -1 --separate-stderr infer -m test.csv <test.csv
-    assert_regex "$stderr" '^infer: test\.csv: not a checkpoint'
+    assert_regex "$stderr" '^infer: test\.csv: not zstd-compressed: a checkpoint archive is a \.tar\.zst'
 }
 
 @test "a flipped byte in model.safetensors: exit 1, hash mismatch against the manifest" {

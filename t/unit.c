@@ -1248,6 +1248,187 @@ static void exit_mixed(mnn_model_t *m, const float *x, size_t B, mnn_crit_t crit
     free(ref), free(out), free(out2), free(conf), free(taken), free(taken2), free(sorted);
 }
 
+/* calib.c: argmax, ECE, temperature scaling */
+static void test_calib(void)
+{
+    const float tie[] = {0.25f, 0.5f, 0.5f, 0.1f};
+    check(mnn_argmax(tie, 4) == 1 && mnn_argmax(tie, 1) == 0,
+          "mnn_argmax: the first of equal largest; K 1 gives 0");
+
+    /* hand-computed: two at 0.95 (one right), one at 1 (clamped into the
+     * last bin, right), one at 0.05 (wrong), one below 0 (into bin 0) */
+    mnn_ece_t e;
+    memset(&e, 0, sizeof e);
+    check(mnn_ece_value(&e) == 0, "ECE of nothing is 0");
+    mnn_ece_add(&e, 0.95, 1);
+    mnn_ece_add(&e, 0.95, 0);
+    mnn_ece_add(&e, 1.0, 1);
+    mnn_ece_add(&e, 0.05, 0);
+    mnn_ece_add(&e, -0.5, 0);
+    /* last bin: |2 - 2.9| = 0.9; bin 0: |0 - (0.05 - 0.5)| = 0.45 */
+    double want = (0.9 + 0.45) / 5;
+    check(e.n[MNN_ECE_BINS - 1] == 3 && e.n[0] == 2 && e.total == 5 &&
+              fabs(mnn_ece_value(&e) - want) < 1e-12,
+          "mnn_ece: bins, clamping and value (%.12f, want %.12f)", mnn_ece_value(&e), want);
+
+    /* labels drawn from softmax(z / 2): the fitted temperature is near 2,
+     * the NLL is lowest there, and the ECE improves on T = 1 */
+    enum { N = 20000, K = 4 };
+    float *z = xalloc((size_t)N * K);
+    int32_t *y = malloc(N * sizeof *y);
+    if (!y)
+        exit(99);
+    for (size_t i = 0; i < N; i++) {
+        double p[K], sum = 0;
+        for (size_t k = 0; k < K; k++) {
+            z[i * K + k] = tsym(4);
+            p[k] = exp(z[i * K + k] / 2.0);
+            sum += p[k];
+        }
+        double u = tunif() * sum;
+        size_t k = 0;
+        while (k + 1 < K && (u -= p[k]) > 0)
+            k++;
+        y[i] = (int32_t)k;
+    }
+    double T = mnn_temp_fit(z, y, N, K);
+    check(fabs(T - 2) < 0.1, "mnn_temp_fit recovers the temperature of the labels (%.4f, want 2)",
+          T);
+    double at = mnn_temp_nll(z, y, N, K, T);
+    check(at <= mnn_temp_nll(z, y, N, K, T * 1.05) && at <= mnn_temp_nll(z, y, N, K, T / 1.05),
+          "mnn_temp_nll is lowest at the fitted temperature");
+    double e1 = mnn_temp_ece(z, y, N, K, 1), eT = mnn_temp_ece(z, y, N, K, T);
+    check(eT < e1 && eT < 0.02, "mnn_temp_ece: %.4f at T = 1, %.4f at the fitted T", e1, eT);
+    /* the NLL at T by hand for one record */
+    double nll = 0, mx = -INFINITY, s = 0;
+    for (size_t k = 0; k < K; k++)
+        mx = fmax(mx, z[k] / 3.0);
+    for (size_t k = 0; k < K; k++)
+        s += exp(z[k] / 3.0 - mx);
+    nll = mx + log(s) - z[y[0]] / 3.0;
+    check(fabs(mnn_temp_nll(z, y, 1, K, 3) - nll) < 1e-9, "mnn_temp_nll of one record");
+    free(z);
+    free(y);
+}
+
+/* ensemble.c: averages, anytime, a single model's exits */
+static void test_ensemble(void)
+{
+    mnn_layer_spec_t layers[] = {{6, MNN_ACT_RELU}, {3, MNN_ACT_NONE}};
+    mnn_layer_spec_t other[] = {{6, MNN_ACT_RELU}, {2, MNN_ACT_NONE}};
+    enum { B = 40, IN = 5, K = 3 };
+    mnn_spec_t s, s2;
+    exit_spec(&s, IN, K, layers, NELEM(layers), NULL, NULL, 0, 1.0f);
+    exit_spec(&s2, IN, 2, other, NELEM(other), NULL, NULL, 0, 1.0f);
+    mnn_model_t m[3], bad;
+    mnn_rng_t rng;
+    mnn_rng_seed(&rng, 17);
+    for (int j = 0; j < 3; j++) {
+        if (!check(mnn_model_init(&m[j], &s) == 0 && mnn_model_reserve(&m[j], B) == 0,
+                   "ensemble: member %d", j))
+            return;
+        mnn_model_init_weights(&m[j], &rng);
+    }
+    if (!check(mnn_model_init(&bad, &s2) == 0, "ensemble: a model of other outputs"))
+        return;
+    float x[B * IN], p[3][B * K], out[B * K];
+    uint8_t stage[B];
+    fill_sym(x, NELEM(x), 2);
+    for (int j = 0; j < 3; j++)
+        mnn_model_predict(&m[j], x, B, p[j]);
+
+    mnn_ensemble_t e;
+    mnn_ensemble_init(&e);
+    mnn_model_t *mp[] = {&m[0], &m[1], &m[2], &bad};
+    const float w[] = {2, 1, 1}, neg[] = {1, -1, 1}, zero[] = {0, 0, 0};
+    check(mnn_ensemble_set(&e, mp, w, 0) == MNN_EINVAL &&
+              mnn_ensemble_set(&e, mp, w, MNN_ENSEMBLE_MAX + 1) == MNN_EINVAL &&
+              mnn_ensemble_set(&e, mp, neg, 3) == MNN_EINVAL &&
+              mnn_ensemble_set(&e, mp, zero, 3) == MNN_EINVAL &&
+              mnn_ensemble_set(&e, mp + 1, NULL, 3) == MNN_ESHAPE,
+          "mnn_ensemble_set refuses no members, too many, a negative or all-zero weighting, "
+          "a member of other outputs");
+    int rc = mnn_ensemble_set(&e, mp, w, 3);
+    check(rc == 0 && fabs(e.w[0] - 0.5f) < 1e-7 && fabs(e.w[1] - 0.25f) < 1e-7,
+          "mnn_ensemble_set normalises the weights (%g %g %g)", (double)e.w[0], (double)e.w[1],
+          (double)e.w[2]);
+    check(mnn_ensemble_predict(&e, x, B, out, stage) == MNN_EINVAL,
+          "mnn_ensemble_predict before a reserve: MNN_EINVAL");
+    check(mnn_ensemble_reserve(&e, B) == 0, "mnn_ensemble_reserve");
+    check(mnn_ensemble_predict(&e, x, B + 1, out, stage) == MNN_EINVAL,
+          "mnn_ensemble_predict of more records than reserved: MNN_EINVAL");
+
+    /* plain: the weighted average, every record at the last member */
+    rc = mnn_ensemble_predict(&e, x, B, out, stage);
+    double err = 0;
+    int st_ok = 1;
+    for (size_t i = 0; i < B * K; i++) {
+        double want = 0.5 * p[0][i] + 0.25 * p[1][i] + 0.25 * p[2][i];
+        err = fmax(err, fabs(out[i] - want));
+    }
+    for (size_t i = 0; i < B; i++)
+        st_ok &= stage[i] == 2;
+    check(rc == 0 && err < 1e-6 && st_ok, "a plain ensemble averages by weight (max error %g)",
+          err);
+
+    /* anytime, threshold 0: everyone stops at the first member, its answer */
+    e.anytime = 1;
+    e.exit_t = 0;
+    rc = mnn_ensemble_predict(&e, x, B, out, stage);
+    st_ok = 1;
+    for (size_t i = 0; i < B; i++)
+        st_ok &= stage[i] == 0;
+    check(rc == 0 && !memcmp(out, p[0], sizeof out) && st_ok,
+          "anytime at threshold 0: the first member's answers, exactly");
+    /* above any confidence: everyone goes to the end, the average */
+    e.exit_t = 2;
+    rc = mnn_ensemble_predict(&e, x, B, out, stage);
+    err = 0;
+    for (size_t i = 0; i < B * K; i++)
+        err = fmax(err, fabs(out[i] - (0.5 * p[0][i] + 0.25 * p[1][i] + 0.25 * p[2][i])));
+    check(rc == 0 && err < 1e-6, "anytime above any confidence: the full average (%g)", err);
+    /* in between: a record stops at the first member whose running average
+     * reaches the threshold, and its answer is that average */
+    e.exit_t = 0.6f;
+    e.crit = MNN_CRIT_MAXPROB;
+    rc = mnn_ensemble_predict(&e, x, B, out, stage);
+    int ok = rc == 0, stops[3] = {0, 0, 0};
+    for (size_t i = 0; i < B && ok; i++) {
+        double run[K] = {0}, ws = 0;
+        const double wj[3] = {0.5, 0.25, 0.25};
+        size_t j = 0;
+        for (;; j++) {
+            float avg[K];
+            ws += wj[j];
+            for (size_t k = 0; k < K; k++) {
+                run[k] += wj[j] * p[j][i * K + k];
+                avg[k] = (float)(run[k] / ws);
+            }
+            if (j == 2 || mnn_confidence(avg, K, MNN_CRIT_MAXPROB) >= 0.6f) {
+                for (size_t k = 0; k < K; k++)
+                    ok &= fabs(out[i * K + k] - avg[k]) < 1e-6;
+                break;
+            }
+        }
+        ok &= stage[i] == j;
+        stops[j]++;
+    }
+    check(ok, "anytime at 0.6: each record stops where its running average is confident "
+              "(%d, %d, %d at members 1, 2, 3)", stops[0], stops[1], stops[2]);
+    check(stops[0] > 0 && stops[0] < B, "the threshold splits the records (a test that can "
+                                        "tell the cases apart)");
+    /* one member: the model itself */
+    check(mnn_ensemble_set(&e, mp, NULL, 1) == 0 &&
+              mnn_ensemble_predict(&e, x, B, out, stage) == 0 &&
+              !memcmp(out, p[0], sizeof out),
+          "an ensemble of one is the model");
+    mnn_ensemble_free(&e);
+    mnn_ensemble_free(&e); /* twice: harmless */
+    for (int j = 0; j < 3; j++)
+        mnn_model_free(&m[j]);
+    mnn_model_free(&bad);
+}
+
 static void test_predict_exit(void)
 {
     mnn_layer_spec_t layers[] = {{12, MNN_ACT_RELU}, {10, MNN_ACT_TANH},
@@ -5991,6 +6172,8 @@ int main(void)
     test_fd_exits();
     test_confidence();
     test_temperature();
+    test_calib();
+    test_ensemble();
     test_predict_exit();
     test_optim();
     test_rng();
