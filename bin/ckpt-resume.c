@@ -51,21 +51,6 @@ static noreturn void help(void)
 /* Bytes sgd-train will hold for this model: weights, gradients, the
  * optimizer's buffers, a checkpoint snapshot of all that, and the
  * activations of a batch. */
-static uint64_t memory_needed(const mnn_spec_t *s, size_t nparams, size_t batch)
-{
-    uint64_t per = 2; /* params + grads */
-    per += 1 + (s->opt.type == MNN_OPT_ADAM) + (s->opt.average > 0); /* moments, average */
-    per *= 2;                                                         /* the snapshot */
-    uint64_t widest = s->input, acts = s->input;
-    for (size_t i = 0; i < s->nlayers; i++) {
-        acts += s->layers[i].units;
-        if (s->layers[i].units > widest)
-            widest = s->layers[i].units;
-    }
-    return per * 4 * (uint64_t)nparams + 4 * (uint64_t)batch * (acts + 2 * widest + s->outputs) +
-           ((uint64_t)16 << 20); /* code, reader buffers */
-}
-
 static uint64_t memory_available(void)
 {
     FILE *f = fopen("/proc/meminfo", "r");
@@ -246,7 +231,7 @@ int main(int argc, char **argv)
     /* adapt to this machine */
     const mnn_spec_t *s = &mf->spec;
     size_t use_batch = batch ? batch : s->batch;
-    uint64_t need = memory_needed(s, count_params(s), use_batch), have = memory_available();
+    uint64_t need = mnn_train_memory(s, use_batch), have = memory_available();
     if (need > have)
         die(EXIT_RUNTIME,
             "%s: the model (%zu parameters) and its training buffers need about %" PRIu64

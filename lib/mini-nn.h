@@ -328,6 +328,12 @@ MNN_API int mnn_spec_load_string(mnn_spec_t *s, const char *text, size_t len,
 /* *n = the parameters of the model: every layer's and exit head's weights
  * and biases.  MNN_EOVERFLOW if that does not fit. */
 MNN_API int mnn_spec_params(const mnn_spec_t *s, size_t *n);
+/* About the bytes a training of s needs with batch records per step:
+ * parameters, gradients, optimizer moments and weight average, twice
+ * (sgd-train's checkpoint snapshot), a batch's activations and gradient
+ * buffers, and 16 MiB for code and reader buffers.  UINT64_MAX when the
+ * spec's parameters do not fit. */
+MNN_API uint64_t mnn_train_memory(const mnn_spec_t *s, size_t batch);
 /* Checks ranges and shapes after command-line overrides. */
 MNN_API int mnn_spec_validate(const mnn_spec_t *s, mnn_diag_t *d);
 /* Writes the spec as a YAML block mapping, each line prefixed by `indent`

@@ -77,6 +77,24 @@ int mnn_spec_params(const mnn_spec_t *s, size_t *out)
     return 0;
 }
 
+uint64_t mnn_train_memory(const mnn_spec_t *s, size_t batch)
+{
+    size_t nparams;
+    if (mnn_spec_params(s, &nparams) < 0)
+        return UINT64_MAX;
+    uint64_t per = 2; /* params + grads */
+    per += 1 + (s->opt.type == MNN_OPT_ADAM) + (s->opt.average > 0); /* moments, average */
+    per *= 2;                                                         /* the snapshot */
+    uint64_t widest = s->input, acts = s->input;
+    for (size_t i = 0; i < s->nlayers; i++) {
+        acts += s->layers[i].units;
+        if (s->layers[i].units > widest)
+            widest = s->layers[i].units;
+    }
+    return per * 4 * (uint64_t)nparams + 4 * (uint64_t)batch * (acts + 2 * widest + s->outputs) +
+           ((uint64_t)16 << 20); /* code, reader buffers */
+}
+
 /* Fields validation can point at; marks[] keeps where each was read. */
 enum { F_ROOT, F_INPUT, F_SCALE, F_OUTPUTS, F_LAYERS, F_EXITS, F_EXIT_W, F_TEMP,
        F_LR, F_MOMENTUM, F_WD, F_BETA1, F_BETA2, F_EPS, F_DECAY, F_AVG, F_BATCH,

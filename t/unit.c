@@ -4102,6 +4102,73 @@ static int st_parse_hdr(const char *hdr, size_t data_len, mnn_diag_t *d, mnn_st_
 #include <sanitizer/lsan_interface.h>
 #endif
 
+#ifdef UNDER_ASAN
+#include <sanitizer/allocator_interface.h>
+static size_t heap_bytes(void) { return __sanitizer_get_current_allocated_bytes(); }
+#else
+static size_t heap_bytes(void)
+{
+    struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks + mi.hblkhd;
+}
+#endif
+
+/* mnn_train_memory against what a training really allocates: the model,
+ * its workspace and gradients after one step, the optimizer, and the
+ * checkpoint writer's snapshot (a second model and optimizer) */
+static void test_train_memory(void)
+{
+    static const struct {
+        mnn_opt_type_t type;
+        float average;
+        size_t batch;
+    } cases[] = {{MNN_OPT_SGD, 0, 64}, {MNN_OPT_ADAM, 0.99f, 64}, {MNN_OPT_SGD, 0, 2048}};
+    mnn_layer_spec_t layers[] = {{300, MNN_ACT_RELU}, {120, MNN_ACT_TANH}, {10, MNN_ACT_NONE}};
+    for (size_t c = 0; c < NELEM(cases); c++) {
+        mnn_spec_t s;
+        exit_spec(&s, 200, 10, layers, NELEM(layers), NULL, NULL, 0, 1.0f);
+        s.opt.type = cases[c].type;
+        s.opt.average = cases[c].average;
+        const size_t B = cases[c].batch;
+        float *x = xalloc(B * 200), *y = xalloc(B);
+        fill_sym(x, B * 200, 1);
+        for (size_t i = 0; i < B; i++)
+            y[i] = (float)(i % 10);
+        mnn_model_t m, snap;
+        mnn_optim_t o, snap_o;
+        mnn_batch_stats_t bs;
+        size_t before = heap_bytes();
+        int rc = mnn_model_init(&m, &s);
+        if (rc == 0)
+            rc = mnn_model_reserve(&m, B);
+        if (rc == 0)
+            rc = mnn_optim_init(&o, &s.opt, m.nparams);
+        if (rc == 0)
+            rc = mnn_model_train_batch(&m, &o, x, y, B, &bs);
+        if (rc == 0 && (rc = mnn_model_init(&snap, &s)) == 0)
+            rc = mnn_optim_init(&snap_o, &s.opt, m.nparams);
+        size_t used = heap_bytes() - before;
+        uint64_t est = mnn_train_memory(&s, B);
+        check(rc == 0 && est >= used && est <= used + used / 4 + ((uint64_t)16 << 20),
+              "mnn_train_memory (%s%s, batch %zu): %llu bytes estimated, %zu allocated",
+              cases[c].type == MNN_OPT_ADAM ? "adam" : "sgd", cases[c].average ? ", average" : "",
+              B, (unsigned long long)est, used);
+        if (rc == 0) {
+            mnn_optim_free(&snap_o);
+            mnn_model_free(&snap);
+            mnn_optim_free(&o);
+            mnn_model_free(&m);
+        }
+        free(x);
+        free(y);
+    }
+    mnn_spec_t s;
+    mnn_layer_spec_t huge[] = {{(size_t)1 << 40, MNN_ACT_RELU}, {(size_t)1 << 40, MNN_ACT_NONE}};
+    exit_spec(&s, (size_t)1 << 40, 10, huge, NELEM(huge), NULL, NULL, 0, 1.0f);
+    check(mnn_train_memory(&s, 1) == UINT64_MAX,
+          "mnn_train_memory of a spec whose parameters overflow: UINT64_MAX");
+}
+
 static void test_st_limits(void)
 {
     mnn_diag_t d;
@@ -6191,6 +6258,7 @@ int main(void)
     test_fs_atomic_steps();
     test_hash();
     test_spec();
+    test_train_memory();
     test_yaml_limits();
     test_spec_limits();
     test_safetensors();
