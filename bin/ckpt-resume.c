@@ -118,7 +118,7 @@ static void inspect(const char *path, const mnn_manifest_t *mf, const char *dir)
     }
     if (s->temperature != 1.0f)
         printf("temperature: %.9g\n", (double)s->temperature);
-    printf("optimizer: %s\nbatch: %zu\n", s->opt.type == MNN_OPT_ADAM ? "adam" : "sgd", s->batch);
+    printf("optimizer: %s\nbatch: %zu\n", mnn_opt_name(s->opt.type), s->batch);
     /* lineage: this checkpoint, then each parent found beside it */
     printf("lineage:\n  - ");
     put_quoted(path);

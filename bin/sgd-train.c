@@ -178,15 +178,10 @@ typedef struct {
     double loss, loss_since;
     uint64_t correct, records_since, correct_since;
     int classify;
-    struct timespec t0;
+    double t0; /* mono_now() at the start */
 } progress_t;
 
-static double elapsed(const struct timespec *t0)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) * 1e-9;
-}
+static double elapsed(const double *t0) { return mono_now() - *t0; }
 
 static void report(progress_t *p, const char *tag)
 {
@@ -322,14 +317,8 @@ int main(int argc, char **argv)
         spec.opt.momentum = opt_float("--momentum", o_mom);
     if (o_wd)
         spec.opt.weight_decay = opt_float("--weight-decay", o_wd);
-    if (o_opt) {
-        if (!strcmp(o_opt, "sgd"))
-            spec.opt.type = MNN_OPT_SGD;
-        else if (!strcmp(o_opt, "adam"))
-            spec.opt.type = MNN_OPT_ADAM;
-        else
-            usage_error("--optimizer: '%s' is not one of sgd, adam", o_opt);
-    }
+    if (o_opt && mnn_opt_parse(o_opt, &spec.opt.type) < 0)
+        usage_error("--optimizer: '%s' is not one of sgd, adam", o_opt);
     if (o_batch)
         spec.batch = opt_size("--batch", o_batch, 1, 1 << 20);
     if (o_seed)
@@ -380,7 +369,7 @@ int main(int argc, char **argv)
     const uint64_t first_step = opt.step;
     if (verbose)
         warnx_("%zu parameters, %zu layers, batch %zu, %s lr %g", model.nparams,
-               spec.nlayers, spec.batch, spec.opt.type == MNN_OPT_ADAM ? "adam" : "sgd",
+               spec.nlayers, spec.batch, mnn_opt_name(spec.opt.type),
                (double)spec.opt.lr);
 
     struct sigaction sa;
@@ -402,7 +391,7 @@ int main(int argc, char **argv)
 
     progress_t p = {.next_report = spec.batch, .classify = spec.loss == MNN_LOSS_XENT};
     int input_ended = 0;
-    clock_gettime(CLOCK_MONOTONIC, &p.t0);
+    p.t0 = mono_now();
     double last_ckpt = 0;
     if (!quiet)
         fprintf(stderr, "%12s %11s %11s %9s %10s\n", "records", "avg_loss", "since_last",

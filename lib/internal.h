@@ -18,6 +18,9 @@ int mnn_fail(mnn_diag_t *d, int err, const char *fmt, ...) MNN_PRINTF(3, 4);
 /* Puts "prefix: " before the message d holds (if any); returns err. */
 int mnn_fail_prefix(mnn_diag_t *d, int err, const char *prefix);
 
+/* The optimizer names by mnn_opt_type_t, NULL-terminated (optim.c). */
+extern const char *const mnn_opt_names[];
+
 /* ---- YAML document walking (yamlutil.c) ---- */
 typedef struct {
     yaml_document_t doc;

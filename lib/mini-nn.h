@@ -268,6 +268,9 @@ MNN_API double mnn_decay_key(mnn_rng_t *rng, double lambda, uint64_t i);
 
 typedef enum { MNN_LOSS_XENT = 0, MNN_LOSS_MSE } mnn_loss_t;
 typedef enum { MNN_OPT_SGD = 0, MNN_OPT_ADAM } mnn_opt_type_t;
+/* "sgd" or "adam" (MNN_EINVAL for anything else), and back. */
+MNN_API int mnn_opt_parse(const char *name, mnn_opt_type_t *t);
+MNN_API const char *mnn_opt_name(mnn_opt_type_t t);
 typedef enum { MNN_NORM_NONE = 0, MNN_NORM_RUNNING } mnn_norm_t;
 
 typedef struct {

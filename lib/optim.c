@@ -5,6 +5,23 @@
 #include <math.h>
 #include <string.h>
 
+const char *const mnn_opt_names[] = {"sgd", "adam", NULL};
+
+int mnn_opt_parse(const char *name, mnn_opt_type_t *t)
+{
+    for (int i = 0; mnn_opt_names[i]; i++)
+        if (!strcmp(name, mnn_opt_names[i])) {
+            *t = (mnn_opt_type_t)i;
+            return 0;
+        }
+    return MNN_EINVAL;
+}
+
+const char *mnn_opt_name(mnn_opt_type_t t)
+{
+    return (unsigned)t <= MNN_OPT_ADAM ? mnn_opt_names[t] : "?";
+}
+
 int mnn_optim_init(mnn_optim_t *o, const mnn_opt_spec_t *spec, size_t n)
 {
     o->spec = *spec;

@@ -1,6 +1,7 @@
 /* spec.c - the model spec: YAML in (libyaml), validation, YAML out. */
 #include "internal.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,8 +111,8 @@ static int validate(const mnn_spec_t *s, int *field, size_t *item, mnn_diag_t *d
     *item = SIZE_MAX;
     if (s->input < 1)
         return BAD(F_INPUT, "input must be at least 1");
-    if (s->input > ((size_t)1 << 31))
-        return BAD(F_INPUT, "input %zu is too large", s->input);
+    if (s->input > (size_t)INT_MAX) /* BLAS takes an int */
+        return BAD(F_INPUT, "input %zu is too large (at most %d)", s->input, INT_MAX);
     if (!isfinite(s->input_scale) || s->input_scale == 0)
         return BAD(F_SCALE, "input_scale must be a finite non-zero number");
     if (s->loss == MNN_LOSS_XENT && s->outputs < 2)
@@ -124,8 +125,9 @@ static int validate(const mnn_spec_t *s, int *field, size_t *item, mnn_diag_t *d
         return BAD(F_LAYERS, "layers: %zu, more than the %d a model may have", s->nlayers,
                    MNN_MAX_LAYERS);
     for (size_t i = 0; i < s->nlayers; i++)
-        if (s->layers[i].units < 1 || s->layers[i].units > ((size_t)1 << 31))
-            return BAD(F_LAYERS, "layer %zu: dense must be between 1 and 2^31", i);
+        if (s->layers[i].units < 1 || s->layers[i].units > (size_t)INT_MAX)
+            return BAD(F_LAYERS, "layer %zu: dense must be between 1 and %d (BLAS takes an "
+                                 "int)", i, INT_MAX);
     if (s->layers[s->nlayers - 1].units != s->outputs)
         return BAD(F_LAYERS, "the last layer has %zu units but the model has %zu %s",
                    s->layers[s->nlayers - 1].units, s->outputs,
@@ -305,7 +307,6 @@ static int opt_pair(reader_t *r, void *ctx, const char *key, yaml_node_t *k,
 {
     opt_ctx_t *c = ctx;
     mnn_opt_spec_t *o = &c->s->opt;
-    static const char *const types[] = {"sgd", "adam", NULL};
     (void)k;
     struct { const char *name; float *dst; int field; } fl[] = {
         {"lr", &o->lr, F_LR},           {"momentum", &o->momentum, F_MOMENTUM},
@@ -313,7 +314,7 @@ static int opt_pair(reader_t *r, void *ctx, const char *key, yaml_node_t *k,
         {"beta2", &o->beta2, F_BETA2},  {"eps", &o->eps, F_EPS},
         {"lr_decay", &o->lr_decay, F_DECAY}, {"average", &o->average, F_AVG}};
     if (!strcmp(key, "type")) {
-        int t, rc = get_enum(r, v, "optimizer type", types, &t);
+        int t, rc = get_enum(r, v, "optimizer type", mnn_opt_names, &t);
         o->type = (mnn_opt_type_t)t;
         c->type_seen = 1;
         return rc;

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <float.h>
 #include <ftw.h>
+#include <limits.h>
 #include <malloc.h>
 #include <sched.h>
 #include <math.h>
@@ -3761,16 +3762,32 @@ static void test_spec_limits(void)
         /* and validation refuses what does not fit, in the ranges it allows */
         h.exits = NULL;
         h.nexits = 0;
-        h.input = (size_t)1 << 31;
-        big[3] = (mnn_layer_spec_t){(size_t)1 << 31, MNN_ACT_NONE};
-        big[0].units = big[1].units = big[2].units = (size_t)1 << 31;
+        h.input = INT_MAX;
+        big[3] = (mnn_layer_spec_t){INT_MAX, MNN_ACT_NONE};
+        big[0].units = big[1].units = big[2].units = INT_MAX;
         h.nlayers = 4;
         h.outputs = big[3].units;
         d.msg[0] = 0;
         rc = mnn_spec_validate(&h, &d);
         check(rc == MNN_EINVAL && contains(d.msg, "parameters"),
-              "mnn_spec_validate: 4 layers of 2^31 units on 2^31 inputs (2^64 weights) is "
+              "mnn_spec_validate: 4 layers of 2^31-1 units on 2^31-1 inputs (2^64 weights) is "
               "refused (rc %d, \"%s\")", rc, d.msg);
+        /* a size BLAS cannot take as an int: 2^31 inputs, or units */
+        h.nlayers = 1;
+        h.outputs = big[0].units = 32;
+        h.input = (size_t)INT_MAX + 1;
+        d.msg[0] = 0;
+        rc = mnn_spec_validate(&h, &d);
+        check(rc == MNN_EINVAL && contains(d.msg, "input 2147483648 is too large"),
+              "mnn_spec_validate: 2^31 inputs are refused (rc %d, \"%s\")", rc, d.msg);
+        h.input = 4;
+        h.nlayers = 2;
+        big[0].units = (size_t)INT_MAX + 1;
+        big[1].units = 32;
+        d.msg[0] = 0;
+        rc = mnn_spec_validate(&h, &d);
+        check(rc == MNN_EINVAL && contains(d.msg, "layer 0: dense must be between 1 and 2147483647"),
+              "mnn_spec_validate: a layer of 2^31 units is refused (rc %d, \"%s\")", rc, d.msg);
     }
 
     /* MNN_MAX_PARAMS = 2^36: 32 classes on 2^31-1 inputs have exactly that */
@@ -3778,10 +3795,10 @@ static void test_spec_limits(void)
     if (check(rc == 0 && mnn_spec_params(&s, &n) == 0 && n == MNN_MAX_PARAMS,
               "a spec of exactly MNN_MAX_PARAMS (2^36) parameters loads (rc %d, \"%s\")", rc, d.msg))
         mnn_spec_free(&s);
-    rc = load_str(&s, "input: 2147483648\nclasses: 32\nlayers: [{dense: 32}]\n", &d);
+    rc = load_str(&s, "input: 2147483647\nclasses: 33\nlayers: [{dense: 33}]\n", &d);
     check(rc == MNN_EINVAL && !strncmp(d.msg, "spec.yaml:", 10) &&
               contains(d.msg, "more than 68719476736 parameters"),
-          "a spec of 2^36 + 32 parameters is refused (rc %d, \"%s\")", rc, d.msg);
+          "a spec of 2^36 + 2^31 + 1 parameters is refused (rc %d, \"%s\")", rc, d.msg);
     if (rc == 0)
         mnn_spec_free(&s);
     /* 2^36 - 30 without the head, 2^36 + 36 with it */
@@ -3841,12 +3858,12 @@ static void test_spec_limits(void)
             h.input = 2147483647;
             h.outputs = ls[0].units = 32;
             rc = mnn_spec_validate(&h, &d);
-            h.input = 2147483648u;
+            h.outputs = ls[0].units = 33;
             d.msg[0] = 0;
             rc2 = mnn_spec_validate(&h, &d);
             check(rc == 0 && rc2 == MNN_EINVAL && contains(d.msg, "parameters"),
-                  "mnn_spec_validate: 2^36 parameters pass, 2^36 + 32 are refused (rc %d, %d, "
-                  "\"%s\")", rc, rc2, d.msg);
+                  "mnn_spec_validate: 2^36 parameters pass, 2^36 + 2^31 + 1 are refused (rc %d, "
+                  "%d, \"%s\")", rc, rc2, d.msg);
             free(ls);
         }
     }
