@@ -15,6 +15,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+char *mnn_path_join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
 int mnn_write_all(int fd, const void *buf, size_t n)
 {
     const char *p = buf;

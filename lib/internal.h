@@ -18,6 +18,21 @@ int mnn_fail(mnn_diag_t *d, int err, const char *fmt, ...) MNN_PRINTF(3, 4);
 /* Puts "prefix: " before the message d holds (if any); returns err. */
 int mnn_fail_prefix(mnn_diag_t *d, int err, const char *prefix);
 
+/* "dir/name", malloc'd; NULL when out of memory (fs.c). */
+char *mnn_path_join(const char *dir, const char *name);
+
+/* ---- checkpoints: what ckpt.c, manifest.c and ckpt-root.c share ---- */
+#define CKPT_FORMAT "mini-nn-checkpoint/1"
+/* manifest.yaml's last line: the XXH3 of every byte before it */
+#define MANIFEST_SEAL "manifest_xxh3: "
+#define SEAL_LINE (sizeof MANIFEST_SEAL - 1 + 16 + 1)
+#define STATE_MAX ((size_t)64 << 10) /* state.yaml, at most */
+/* Reads dir/f->name whole and checks it against the manifest: the bytes
+ * handed back (*buf, *len; *path names the file) are the bytes the hash
+ * covers, read once (manifest.c). */
+int mnn_manifest_read(const char *dir, const mnn_manifest_file_t *f, char **buf, size_t *len,
+                      char **path, mnn_diag_t *d);
+
 /* The optimizer names by mnn_opt_type_t, NULL-terminated (optim.c). */
 extern const char *const mnn_opt_names[];
 
