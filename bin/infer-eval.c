@@ -171,7 +171,8 @@ static void report_table(const stats_t *s, const models_t *ms)
             fprintf(stderr, " %6llu", (unsigned long long)s->confusion[k * K + j]);
         fputc('\n', stderr);
     }
-    fprintf(stderr, "expected calibration error %.4f (%d bins)\n", mnn_ece_value(&s->ece), MNN_ECE_BINS);
+    fprintf(stderr, "expected calibration error %.4f (%d bins)\n", mnn_ece_value(&s->ece),
+            MNN_ECE_BINS);
     fprintf(stderr, "%-20s %8s %8s %8s %8s %8s %8s\n", "tier", "records", "fraction",
             "accuracy", "p50 ms", "p95 ms", "p99 ms");
     for (int t = 0; t < TIER_N; t++) {

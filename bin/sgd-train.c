@@ -198,7 +198,31 @@ static void report(progress_t *p, const char *tag)
     p->records_since = p->correct_since = 0;
 }
 
-int main(int argc, char **argv)
+/* What the command line asks for. */
+typedef struct {
+    const char *spec_path, *out, *resume, *workdir;
+    ckptw_opts_t co;            /* the checkpoint writer's options */
+    uint64_t ckpt_every;        /* steps between checkpoints; 0: none */
+    double ckpt_interval;       /* seconds between checkpoints; 0: none */
+    int skip_seen, force, quiet, verbose, skip;
+    const char *o_lr, *o_mom, *o_wd, *o_opt, *o_batch, *o_seed, *o_decay, *o_avg;
+    size_t threads;             /* --threads; 0: not given */
+} args_t;
+
+/* A training: its model, optimizer and counters, where it came from, and
+ * the writer of its checkpoints. */
+typedef struct {
+    mnn_spec_t spec;
+    mnn_model_t model;
+    mnn_optim_t opt;
+    mnn_train_state_t st;
+    mnn_ckpt_t *resumed;  /* the checkpoint resumed from, or NULL */
+    ckptw_t *writer;      /* NULL without --ckpt-dir */
+    char parent[4096];    /* lineage: the checkpoint before the next one */
+    uint64_t first_step;
+} run_t;
+
+static void parse_args(int argc, char **argv, args_t *a)
 {
     enum { O_LR = 256, O_MOMENTUM, O_WD, O_OPT, O_BATCH, O_SEED, O_THREADS, O_ONERR,
            O_DECAY, O_AVG, O_RESUME, O_SKIPSEEN, O_WORKDIR, O_CKDIR, O_CKEVERY, O_CKINT,
@@ -226,47 +250,36 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, O_THREADS},
         {"on-error", required_argument, NULL, O_ONERR},
         CLI_COMMON_LONGOPTS};
-    const char *spec_path = NULL, *out = NULL, *resume = NULL, *workdir = NULL;
-    ckptw_opts_t co = {0};
-    uint64_t ckpt_every = 0;
-    double ckpt_interval = 0;
-    int skip_seen = 0;
-    const char *o_lr = NULL, *o_mom = NULL, *o_wd = NULL, *o_opt = NULL, *o_batch = NULL,
-               *o_seed = NULL, *o_decay = NULL, *o_avg = NULL;
-    int force = 0, quiet = 0, verbose = 0, skip = 0, c;
-    size_t threads = 0;
-
-    cli_init("sgd-train");
-    out_setup();
+    int c;
     while ((c = getopt_long(argc, argv, "m:o:fqvhV", longopts, NULL)) != -1) {
         switch (c) {
-        case 'm': spec_path = optarg; break;
-        case 'o': out = optarg; break;
-        case 'f': force = 1; break;
-        case O_LR: o_lr = optarg; break;
-        case O_DECAY: o_decay = optarg; break;
-        case O_AVG: o_avg = optarg; break;
-        case O_RESUME: resume = optarg; break;
-        case O_SKIPSEEN: skip_seen = 1; break;
-        case O_WORKDIR: workdir = optarg; break;
-        case O_CKDIR: co.root = optarg; break;
-        case O_CKEVERY: ckpt_every = opt_size("--ckpt-every", optarg, 1, SIZE_MAX); break;
+        case 'm': a->spec_path = optarg; break;
+        case 'o': a->out = optarg; break;
+        case 'f': a->force = 1; break;
+        case O_LR: a->o_lr = optarg; break;
+        case O_DECAY: a->o_decay = optarg; break;
+        case O_AVG: a->o_avg = optarg; break;
+        case O_RESUME: a->resume = optarg; break;
+        case O_SKIPSEEN: a->skip_seen = 1; break;
+        case O_WORKDIR: a->workdir = optarg; break;
+        case O_CKDIR: a->co.root = optarg; break;
+        case O_CKEVERY: a->ckpt_every = opt_size("--ckpt-every", optarg, 1, SIZE_MAX); break;
         case O_CKINT:
-            ckpt_interval = opt_float("--ckpt-interval", optarg);
-            if (!(ckpt_interval > 0))
+            a->ckpt_interval = opt_float("--ckpt-interval", optarg);
+            if (!(a->ckpt_interval > 0))
                 usage_error("--ckpt-interval: '%s' is not a number of seconds > 0", optarg);
             break;
-        case O_CKLOCAL: co.local = optarg; break;
-        case O_KEEP: co.keep = opt_size("--keep", optarg, 1, SIZE_MAX); break;
-        case O_MOMENTUM: o_mom = optarg; break;
-        case O_WD: o_wd = optarg; break;
-        case O_OPT: o_opt = optarg; break;
-        case O_BATCH: o_batch = optarg; break;
-        case O_SEED: o_seed = optarg; break;
-        case O_THREADS: threads = opt_size("--threads", optarg, 1, 1024); break;
-        case O_ONERR: skip = opt_on_error(optarg); break;
-        case 'q': quiet = 1; break;
-        case 'v': verbose = 1; break;
+        case O_CKLOCAL: a->co.local = optarg; break;
+        case O_KEEP: a->co.keep = opt_size("--keep", optarg, 1, SIZE_MAX); break;
+        case O_MOMENTUM: a->o_mom = optarg; break;
+        case O_WD: a->o_wd = optarg; break;
+        case O_OPT: a->o_opt = optarg; break;
+        case O_BATCH: a->o_batch = optarg; break;
+        case O_SEED: a->o_seed = optarg; break;
+        case O_THREADS: a->threads = opt_size("--threads", optarg, 1, 1024); break;
+        case O_ONERR: a->skip = opt_on_error(optarg); break;
+        case 'q': a->quiet = 1; break;
+        case 'v': a->verbose = 1; break;
         case 'h': help();
         case 'V': print_version();
         default: usage_error("unknown option");
@@ -274,104 +287,110 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         usage_error("unexpected argument '%s' (records are read from stdin)", argv[optind]);
-    if (!spec_path == !resume)
-        usage_error(resume ? "-m and --resume exclude each other: the checkpoint holds the spec"
+    if (!a->spec_path == !a->resume)
+        usage_error(a->resume ? "-m and --resume exclude each other: the checkpoint holds the spec"
                            : "a model spec (-m SPEC) or a checkpoint (--resume CKPT) is required");
-    if (resume && (o_opt || o_avg || o_seed))
+    if (a->resume && (a->o_opt || a->o_avg || a->o_seed))
         usage_error("--optimizer, --average and --seed cannot change on --resume");
-    if (skip_seen && !resume)
+    if (a->skip_seen && !a->resume)
         usage_error("--skip-seen needs --resume");
-    if ((ckpt_every || ckpt_interval || co.local || co.keep) && !co.root)
+    if ((a->ckpt_every || a->ckpt_interval || a->co.local || a->co.keep) && !a->co.root)
         usage_error("--ckpt-every, --ckpt-interval, --ckpt-local and --keep need --ckpt-dir");
-    if (!out && !co.root)
-        out = "model.ckpt";
-    if (out && !*out)
+    if (!a->out && !a->co.root)
+        a->out = "model.ckpt";
+    if (a->out && !*a->out)
         usage_error("--out: empty directory name");
-    co.quiet = quiet;
-    co.verbose = verbose;
+    a->co.quiet = a->quiet;
+    a->co.verbose = a->verbose;
+}
 
+/* The model to train (from the spec, or the checkpoint resumed from), its
+ * hyperparameters overridden, its threads, and the checkpoint writer. */
+static void prepare(args_t *a, run_t *r)
+{
     mnn_diag_t d;
-    mnn_spec_t spec;
-    mnn_model_t model;
-    mnn_optim_t opt;
-    mnn_train_state_t st = {0};
-    mnn_ckpt_t *resumed = NULL; /* the checkpoint resumed from */
-    if (resume) {
-        if (!strcmp(resume, "-"))
+    if (a->resume) {
+        if (!strcmp(a->resume, "-"))
             usage_error("--resume -: stdin carries the records to train on; give the "
                         "checkpoint as a file or a directory");
-        resumed = cli_ckpt_open(resume, workdir, 0);
-        if (mnn_ckpt_load(resumed->dir, &model, &opt, &st, &d) < 0)
+        r->resumed = cli_ckpt_open(a->resume, a->workdir, 0);
+        if (mnn_ckpt_load(r->resumed->dir, &r->model, &r->opt, &r->st, &d) < 0)
             die(EXIT_RUNTIME, "%s", d.msg);
-        if (mnn_spec_copy(&spec, &model.spec) < 0)
+        if (mnn_spec_copy(&r->spec, &r->model.spec) < 0)
             die(EXIT_RUNTIME, "out of memory");
-    } else if (mnn_spec_load_file(&spec, spec_path, &d) < 0)
+    } else if (mnn_spec_load_file(&r->spec, a->spec_path, &d) < 0)
         die(EXIT_RUNTIME, "%s", d.msg);
-    if (o_lr)
-        spec.opt.lr = opt_float("--lr", o_lr);
-    if (o_decay)
-        spec.opt.lr_decay = opt_float("--lr-decay", o_decay);
-    if (o_avg)
-        spec.opt.average = opt_float("--average", o_avg);
-    if (o_mom)
-        spec.opt.momentum = opt_float("--momentum", o_mom);
-    if (o_wd)
-        spec.opt.weight_decay = opt_float("--weight-decay", o_wd);
-    if (o_opt && mnn_opt_parse(o_opt, &spec.opt.type) < 0)
-        usage_error("--optimizer: '%s' is not one of sgd, adam", o_opt);
-    if (o_batch)
-        spec.batch = opt_size("--batch", o_batch, 1, 1 << 20);
-    if (o_seed)
-        spec.seed = opt_u64("--seed", o_seed);
-    if (mnn_spec_validate(&spec, &d) < 0)
+    if (a->o_lr)
+        r->spec.opt.lr = opt_float("--lr", a->o_lr);
+    if (a->o_decay)
+        r->spec.opt.lr_decay = opt_float("--lr-decay", a->o_decay);
+    if (a->o_avg)
+        r->spec.opt.average = opt_float("--average", a->o_avg);
+    if (a->o_mom)
+        r->spec.opt.momentum = opt_float("--momentum", a->o_mom);
+    if (a->o_wd)
+        r->spec.opt.weight_decay = opt_float("--weight-decay", a->o_wd);
+    if (a->o_opt && mnn_opt_parse(a->o_opt, &r->spec.opt.type) < 0)
+        usage_error("--optimizer: '%s' is not one of sgd, adam", a->o_opt);
+    if (a->o_batch)
+        r->spec.batch = opt_size("--batch", a->o_batch, 1, 1 << 20);
+    if (a->o_seed)
+        r->spec.seed = opt_u64("--seed", a->o_seed);
+    if (mnn_spec_validate(&r->spec, &d) < 0)
         usage_error("%s", d.msg);
     /* everything that can stop the run is checked before the training */
-    if (out)
-        check_out(out, force);
+    if (a->out)
+        check_out(a->out, a->force);
     /* SOURCE_DATE_EPOCH fixes the manifest's time: the whole checkpoint is
      * then reproducible (checked here, read again when it is written) */
     (void)cli_created();
     /* the BLAS threads: those the checkpoint was trained on, which keeps
      * a resumption bit-exact, unless --threads says otherwise */
-    if (resume && !threads)
-        threads = st.threads;
-    else if (resume && threads != st.threads && !quiet)
+    if (a->resume && !a->threads)
+        a->threads = r->st.threads;
+    else if (a->resume && a->threads != r->st.threads && !a->quiet)
         warnx_("--threads %zu: %s was trained on %u BLAS thread%s; on another count the "
-               "result is not bit-exact with a training that never stopped", threads, resume,
-               st.threads, st.threads == 1 ? "" : "s");
-    set_threads(threads);
-    st.threads = (uint32_t)mnn_get_threads();
+               "result is not bit-exact with a training that never stopped", a->threads, a->resume,
+               r->st.threads, r->st.threads == 1 ? "" : "s");
+    set_threads(a->threads);
+    r->st.threads = (uint32_t)mnn_get_threads();
 
     int rc;
-    if (resume) {
+    if (a->resume) {
         /* overrides of the hyperparameters (ckpt-resume's --batch) */
-        model.spec.opt = opt.spec = spec.opt;
-        model.spec.batch = spec.batch;
-        if ((rc = mnn_model_reserve(&model, spec.batch)) < 0)
+        r->model.spec.opt = r->opt.spec = r->spec.opt;
+        r->model.spec.batch = r->spec.batch;
+        if ((rc = mnn_model_reserve(&r->model, r->spec.batch)) < 0)
             die(EXIT_RUNTIME, "cannot allocate the model: %s", mnn_strerror(rc));
     } else {
-        if ((rc = mnn_model_init(&model, &spec)) < 0 ||
-            (rc = mnn_model_reserve(&model, spec.batch)) < 0 ||
-            (rc = mnn_optim_init(&opt, &spec.opt, model.nparams)) < 0)
+        if ((rc = mnn_model_init(&r->model, &r->spec)) < 0 ||
+            (rc = mnn_model_reserve(&r->model, r->spec.batch)) < 0 ||
+            (rc = mnn_optim_init(&r->opt, &r->spec.opt, r->model.nparams)) < 0)
             die(EXIT_RUNTIME, "cannot allocate the model: %s", mnn_strerror(rc));
-        mnn_rng_seed(&st.rng, spec.seed);
-        mnn_model_init_weights(&model, &st.rng);
+        mnn_rng_seed(&r->st.rng, r->spec.seed);
+        mnn_model_init_weights(&r->model, &r->st.rng);
     }
-    ckptw_t *writer = NULL;
-    co.fresh = !resume;
-    co.first_step = opt.step;
-    if (co.root && !(writer = ckptw_start(&co, &model, &opt, &d)))
+    a->co.fresh = !a->resume;
+    a->co.first_step = r->opt.step;
+    if (a->co.root && !(r->writer = ckptw_start(&a->co, &r->model, &r->opt, &d)))
         die(EXIT_RUNTIME, "%s", d.msg);
     /* lineage: each checkpoint names the one before it */
-    char parent[4096] = "";
-    if (resumed)
-        lineage_name(resumed, co.root, parent, sizeof parent);
-    const uint64_t first_step = opt.step;
-    if (verbose)
-        warnx_("%zu parameters, %zu layers, batch %zu, %s lr %g", model.nparams,
-               spec.nlayers, spec.batch, mnn_opt_name(spec.opt.type),
-               (double)spec.opt.lr);
+    if (r->resumed)
+        lineage_name(r->resumed, a->co.root, r->parent, sizeof r->parent);
+    r->first_step = r->opt.step;
+    if (a->verbose)
+        warnx_("%zu parameters, %zu layers, batch %zu, %s lr %g", r->model.nparams,
+               r->spec.nlayers, r->spec.batch, mnn_opt_name(r->spec.opt.type),
+               (double)r->spec.opt.lr);
 
+}
+
+/* Learns from stdin's batches until its end or a signal, taking the
+ * checkpoints asked for; reports the progress.  Returns 1 when a signal
+ * stopped it before the end of the input. */
+static int train(const args_t *a, run_t *r)
+{
+    int rc;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -380,20 +399,20 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
 
-    feed_opts_t fo = {.name = "stdin", .batch = spec.batch, .skip_errors = skip,
-                      .verbose = verbose, .skip_records = skip_seen ? st.records_seen : 0};
-    fo.fmt.nfeat = spec.input;
+    feed_opts_t fo = {.name = "stdin", .batch = r->spec.batch, .skip_errors = a->skip,
+                      .verbose = a->verbose, .skip_records = a->skip_seen ? r->st.records_seen : 0};
+    fo.fmt.nfeat = r->spec.input;
     fo.fmt.has_label = 1;
-    fo.fmt.classes = spec.loss == MNN_LOSS_XENT ? spec.outputs : 0;
+    fo.fmt.classes = r->spec.loss == MNN_LOSS_XENT ? r->spec.outputs : 0;
     feed_t *feed = feed_start(STDIN_FILENO, &fo);
     if (!feed)
         die(EXIT_RUNTIME, "cannot start the reader: %s", strerror(errno ? errno : ENOMEM));
 
-    progress_t p = {.next_report = spec.batch, .classify = spec.loss == MNN_LOSS_XENT};
+    progress_t p = {.next_report = r->spec.batch, .classify = r->spec.loss == MNN_LOSS_XENT};
     int input_ended = 0;
     p.t0 = mono_now();
     double last_ckpt = 0;
-    if (!quiet)
+    if (!a->quiet)
         fprintf(stderr, "%12s %11s %11s %9s %10s\n", "records", "avg_loss", "since_last",
                 p.classify ? "prog_acc" : "", "rec/s");
     for (;;) {
@@ -402,28 +421,30 @@ int main(int argc, char **argv)
             woken = 0;
             if (stop_requested)
                 break;
-            if (ckpt_requested && writer) {
+            if (ckpt_requested && r->writer) {
                 ckpt_requested = 0;
-                take_checkpoint(writer, &model, &opt, &st, parent, sizeof parent, 0);
+                take_checkpoint(r->writer, &r->model, &r->opt, &r->st, r->parent,
+                                sizeof r->parent, 0);
             }
             continue;
         }
         if (b->n) {
             mnn_batch_stats_t bs;
-            if ((rc = mnn_model_train_batch(&model, &opt, b->x, b->y, b->n, &bs)) < 0)
+            if ((rc = mnn_model_train_batch(&r->model, &r->opt, b->x, b->y, b->n, &bs)) < 0)
                 die(EXIT_RUNTIME, "training failed: %s", mnn_strerror(rc));
             if (!isfinite(bs.loss_sum))
-                diverged(writer, co.root, opt.step, st.records_seen + b->n, "the loss is not finite");
+                diverged(r->writer, a->co.root, r->opt.step, r->st.records_seen + b->n,
+                         "the loss is not finite");
             p.records += b->n;
             p.records_since += b->n;
             p.loss += bs.loss_sum;
             p.loss_since += bs.loss_sum;
             p.correct += bs.correct;
-            st.records_seen += b->n;
-            st.loss_sum += bs.loss_sum;
-            st.correct += bs.correct;
-            st.step = opt.step;
-            if (!quiet && p.records >= p.next_report) {
+            r->st.records_seen += b->n;
+            r->st.loss_sum += bs.loss_sum;
+            r->st.correct += bs.correct;
+            r->st.step = r->opt.step;
+            if (!a->quiet && p.records >= p.next_report) {
                 report(&p, "");
                 while (p.next_report <= p.records)
                     p.next_report *= 2;
@@ -436,18 +457,19 @@ int main(int argc, char **argv)
         input_ended = end;
         if (end || stop_requested)
             break;
-        if (writer) {
+        if (r->writer) {
             double t = elapsed(&p.t0);
-            if (ckpt_requested || (ckpt_every && opt.step % ckpt_every == 0) ||
-                (ckpt_interval && t - last_ckpt >= ckpt_interval)) {
+            if (ckpt_requested || (a->ckpt_every && r->opt.step % a->ckpt_every == 0) ||
+                (a->ckpt_interval && t - last_ckpt >= a->ckpt_interval)) {
                 ckpt_requested = 0;
                 last_ckpt = t;
-                take_checkpoint(writer, &model, &opt, &st, parent, sizeof parent, 0);
+                take_checkpoint(r->writer, &r->model, &r->opt, &r->st, r->parent,
+                                sizeof r->parent, 0);
             }
         }
     }
     const int stopped_early = stop_requested && !input_ended;
-    if (stopped_early && !quiet)
+    if (stopped_early && !a->quiet)
         warnx_("stopping on a signal after %llu records, before the end of the input (exit "
                "status %d)", (unsigned long long)p.records, EXIT_STOPPED);
     char first[700];
@@ -456,18 +478,18 @@ int main(int argc, char **argv)
     if (p.records == 0 && !stop_requested)
         die(EXIT_RUNTIME, "stdin: no records to learn from%s",
             skipped ? " (all were skipped as bad)" : "");
-    if (!quiet && p.records_since)
+    if (!a->quiet && p.records_since)
         report(&p, "");
-    if (!quiet && p.records) {
+    if (!a->quiet && p.records) {
         fprintf(stderr, "%s: %llu records, %llu steps, average loss %.6f", prog,
-                (unsigned long long)p.records, (unsigned long long)(opt.step - first_step),
+                (unsigned long long)p.records, (unsigned long long)(r->opt.step - r->first_step),
                 p.loss / (double)p.records);
         if (p.classify)
             fprintf(stderr, ", progressive accuracy %.4f",
                     (double)p.correct / (double)p.records);
         fputc('\n', stderr);
     }
-    if (verbose && p.records) {
+    if (a->verbose && p.records) {
         double secs = elapsed(&p.t0);
         warnx_("trained for %.3f s: %.2f records/s", secs,
                secs > 0 ? (double)p.records / secs : 0.0);
@@ -476,34 +498,47 @@ int main(int argc, char **argv)
         warnx_("skipped %llu bad record%s (first: %s)", (unsigned long long)skipped,
                skipped == 1 ? "" : "s", first);
 
-    st.step = opt.step;
+    return stopped_early;
+}
+
+int main(int argc, char **argv)
+{
+    static args_t a;
+    static run_t r;
+    cli_init("sgd-train");
+    out_setup();
+    parse_args(argc, argv, &a);
+    prepare(&a, &r);
+    const int stopped_early = train(&a, &r);
+    mnn_diag_t d;
+    r.st.step = r.opt.step;
     /* the last update may have been the one that diverged */
-    if (mnn_state_check(&model, &opt, &d) < 0)
-        diverged(writer, co.root, opt.step, st.records_seen, d.msg);
+    if (mnn_state_check(&r.model, &r.opt, &d) < 0)
+        diverged(r.writer, a.co.root, r.opt.step, r.st.records_seen, d.msg);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
-    if (writer) {
-        take_checkpoint(writer, &model, &opt, &st, parent, sizeof parent, 1);
-        if (ckptw_finish(writer, NULL) < 0)
+    if (r.writer) {
+        take_checkpoint(r.writer, &r.model, &r.opt, &r.st, r.parent, sizeof r.parent, 1);
+        if (ckptw_finish(r.writer, NULL) < 0)
             die(EXIT_RUNTIME, "the final checkpoint could not be written");
     }
-    if (out) {
+    if (a.out) {
         char from[PATH_MAX] = "";
-        if (resumed)
-            lineage_name(resumed, NULL, from, sizeof from);
-        if (mnn_ckpt_write(out, &model, &opt, &st, from[0] ? from : NULL, cli_created(), force,
-                           &d) < 0)
+        if (r.resumed)
+            lineage_name(r.resumed, NULL, from, sizeof from);
+        if (mnn_ckpt_write(a.out, &r.model, &r.opt, &r.st, from[0] ? from : NULL, cli_created(),
+                           a.force, &d) < 0)
             die(EXIT_RUNTIME, "%s", d.msg);
-        printf("%s\n", out);
+        printf("%s\n", a.out);
     }
     out_close();
-    if (resumed)
-        cli_ckpt_close(resumed);
-    if (verbose)
+    if (r.resumed)
+        cli_ckpt_close(r.resumed);
+    if (a.verbose)
         report_peak_rss();
-    mnn_optim_free(&opt);
-    mnn_model_free(&model);
-    mnn_spec_free(&spec);
+    mnn_optim_free(&r.opt);
+    mnn_model_free(&r.model);
+    mnn_spec_free(&r.spec);
     /* a cron job tells a training stopped part-way from one that learned
      * all its input */
     return stopped_early ? EXIT_STOPPED : EXIT_OK;

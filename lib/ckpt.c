@@ -284,7 +284,8 @@ static int write_optim(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
         }
     }
     snprintf(step, sizeof step, "%" PRIu64, o->step);
-    const char *meta[] = {"format", "pt", "optimizer", mnn_opt_name(adam ? MNN_OPT_ADAM : MNN_OPT_SGD), "step", step, NULL};
+    const char *meta[] = {"format", "pt", "optimizer",
+                          mnn_opt_name(adam ? MNN_OPT_ADAM : MNN_OPT_SGD), "step", step, NULL};
     rc = mnn_st_write(f, t, k, meta);
 out:
     free(t);
