@@ -96,13 +96,10 @@ static int publish(ckptw_t *w, const char *root, const char *name, mnn_diag_t *d
     return rc;
 }
 
-/* The checkpoint directory dir exists already (an earlier attempt of this
- * training wrote it, or another training did): 0 when it is a checkpoint
- * whose files verify and hold the snapshot's bytes, else an error.  The
- * snapshot is written beside it under a .tmp- name to be compared, then
- * removed (a crash leaves it to the next start's clean-up). */
-static int same_checkpoint(ckptw_t *w, const char *root, const char *name, const char *dir,
-                           mnn_diag_t *d)
+/* dir exists: 0 when it is a checkpoint directory whose files verify and
+ * hold the snapshot's bytes (mnn_ckpt_same: hashed, not written), else an
+ * error. */
+static int same_checkpoint(ckptw_t *w, const char *dir, mnn_diag_t *d)
 {
     struct stat sb;
     if (lstat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
@@ -110,34 +107,7 @@ static int same_checkpoint(ckptw_t *w, const char *root, const char *name, const
                  "replacing it", dir);
         return MNN_EEXIST;
     }
-    char again[PATH_MAX];
-    if (snprintf(again, sizeof again, "%s/.tmp-again-%s", root, name) >= PATH_MAX) {
-        snprintf(d->msg, sizeof d->msg, "%s: path too long", root);
-        return MNN_EINVAL;
-    }
-    mnn_manifest_t ours = {0}, theirs = {0};
-    int rc = mnn_remove_tree(again) < 0 ? MNN_EIO : 0;
-    if (rc < 0)
-        snprintf(d->msg, sizeof d->msg, "%.400s: %s", again, strerror(errno));
-    if (rc == 0 && (rc = persist(w, again, d)) == 0 &&
-        (rc = mnn_manifest_load(&ours, again, NULL, d)) == 0 &&
-        (rc = mnn_manifest_load(&theirs, dir, NULL, d)) == 0 &&
-        (rc = mnn_manifest_verify_dir(&theirs, dir, d)) == 0) {
-        int same = ours.nfiles == theirs.nfiles;
-        for (size_t i = 0; same && i < ours.nfiles; i++) {
-            const mnn_manifest_file_t *f = mnn_manifest_find(&theirs, ours.files[i].name);
-            same = f && f->bytes == ours.files[i].bytes && !strcmp(f->xxh3, ours.files[i].xxh3);
-        }
-        if (!same) {
-            snprintf(d->msg, sizeof d->msg, "%.400s exists and holds another training's state; not "
-                     "replacing it", dir);
-            rc = MNN_EEXIST;
-        }
-    }
-    mnn_remove_tree(again);
-    mnn_manifest_free(&ours);
-    mnn_manifest_free(&theirs);
-    return rc;
+    return mnn_ckpt_same(dir, &w->snap_m, &w->snap_o, &w->snap_st, d);
 }
 
 /* Touches every page of a buffer that calloc() left unmapped. */
@@ -199,7 +169,7 @@ static void *writer(void *arg)
         if (exists) {
             /* written before (a resumed training that replays its input
              * reaches the steps it had reached), or by another training */
-            rc = same_checkpoint(w, w->o.root, name, durable, &d);
+            rc = same_checkpoint(w, durable, &d);
             if (rc == 0)
                 rc = publish(w, w->o.root, name, &d);
         } else {

@@ -36,7 +36,7 @@ static ssize_t hsink_write(void *cookie, const char *buf, size_t n)
     hsink_t *s = cookie;
     mnn_hash_update(s->h, buf, n);
     s->bytes += n;
-    for (size_t done = 0; done < n;) {
+    for (size_t done = 0; s->fd >= 0 && done < n;) { /* fd -1: hash only */
         ssize_t w = write(s->fd, buf + done, n - done);
         if (w < 0 && errno == EINTR)
             continue;
@@ -358,6 +358,48 @@ static int write_manifest(const char *tmp, const mnn_model_t *m,
     if (rc == 0 && crc < 0)
         rc = mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
     free(path);
+    return rc;
+}
+
+int mnn_ckpt_same(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
+                  const mnn_train_state_t *st, mnn_diag_t *d)
+{
+    mnn_manifest_t theirs = {0};
+    int rc = mnn_manifest_load(&theirs, dir, NULL, d);
+    if (rc < 0)
+        return rc;
+    if ((rc = mnn_manifest_verify_dir(&theirs, dir, d)) < 0)
+        goto out;
+    int same = theirs.nfiles == 3;
+    for (int i = 0; i < 3 && same; i++) {
+        /* the bytes mnn_ckpt_write would write, hashed and dropped */
+        hsink_t sink = {.fd = -1, .h = mnn_hash_new()};
+        cookie_io_functions_t io = {.write = hsink_write};
+        FILE *f = sink.h ? fopencookie(&sink, "w", io) : NULL;
+        if (!f) {
+            mnn_hash_free(sink.h);
+            rc = mnn_fail(d, MNN_ENOMEM, "%s: out of memory", dir);
+            goto out;
+        }
+        setvbuf(f, NULL, _IOFBF, 1 << 20);
+        rc = i == 0 ? write_model(f, m, o) : i == 1 ? write_optim(f, m, o) : write_state(f, st);
+        if (fclose(f) != 0 && rc == 0)
+            rc = MNN_EIO;
+        char hex[17];
+        mnn_hash_hex(mnn_hash_digest(sink.h), hex);
+        mnn_hash_free(sink.h);
+        if (rc < 0) {
+            rc = mnn_fail(d, rc, "%s: %s", dir, mnn_strerror(rc));
+            goto out;
+        }
+        const mnn_manifest_file_t *fl = mnn_manifest_find(&theirs, ckpt_files[i]);
+        same = fl && fl->bytes == sink.bytes && !strcmp(fl->xxh3, hex);
+    }
+    if (!same)
+        rc = mnn_fail(d, MNN_EEXIST, "%s exists and holds another training's state; not "
+                      "replacing it", dir);
+out:
+    mnn_manifest_free(&theirs);
     return rc;
 }
 

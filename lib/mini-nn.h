@@ -605,6 +605,14 @@ MNN_API int mnn_ckpt_root_newest(const char *root, uint64_t *step, mnn_diag_t *d
 /* Removes a checkpoint directory: its regular files, then itself. */
 MNN_API int mnn_ckpt_remove(const char *dir);
 
+/* Whether the checkpoint directory dir holds exactly the files
+ * mnn_ckpt_write would write for this state (its manifest's sizes and
+ * hashes, and its files verified against them), computed without writing
+ * anything: 0 when it does, MNN_EEXIST when it holds other bytes, another
+ * error when it cannot be read. */
+MNN_API int mnn_ckpt_same(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
+                          const mnn_train_state_t *st, mnn_diag_t *d);
+
 /* Copies the checkpoint directory src to dst (which must not exist)
  * through a temporary sibling, verifying every file against the manifest as
  * it goes, fsyncing, and renaming into place. */

@@ -6096,6 +6096,54 @@ static void test_decay(void)
 
 /* ---- main ---------------------------------------------------------------- */
 
+/* mnn_ckpt_same: a checkpoint compared with a state, nothing written */
+static void test_ckpt_same(void)
+{
+    char dir[200], fp[260], l[256];
+    mnn_model_t m;
+    mnn_optim_t o;
+    mnn_train_state_t st;
+    mnn_diag_t d = {""};
+    tpath(dir, sizeof dir, "same");
+    if (make_trained(&m, &o, &st, MNN_OPT_ADAM, MNN_NORM_NONE, 1) != 0 ||
+        mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000000, 0, &d) != 0) {
+        check(0, "mnn_ckpt_same: set-up: %s", d.msg);
+        return;
+    }
+    int rc = mnn_ckpt_same(dir, &m, &o, &st, &d);
+    check(rc == 0 && !strcmp(dir_list(dir, l, sizeof l),
+                             "manifest.yaml model.safetensors optimizer.safetensors state.yaml"),
+          "mnn_ckpt_same: the state it was written from is the same; nothing is added "
+          "(rc %d, \"%s\"; dir: %s)", rc, d.msg, l);
+    m.params[m.nparams / 2] += 1e-3f;
+    rc = mnn_ckpt_same(dir, &m, &o, &st, &d);
+    check(rc == MNN_EEXIST && contains(d.msg, "another training's state"),
+          "one weight changed: MNN_EEXIST (rc %d, \"%s\")", rc, d.msg);
+    m.params[m.nparams / 2] -= 1e-3f;
+    st.records_seen++;
+    rc = mnn_ckpt_same(dir, &m, &o, &st, &d);
+    check(rc == MNN_EEXIST, "a counter changed: MNN_EEXIST (rc %d)", rc);
+    st.records_seen--;
+    o.m1[0] += 1;
+    rc = mnn_ckpt_same(dir, &m, &o, &st, &d);
+    check(rc == MNN_EEXIST, "a moment changed: MNN_EEXIST (rc %d)", rc);
+    o.m1[0] -= 1;
+    snprintf(fp, sizeof fp, "%s/optimizer.safetensors", dir);
+    FILE *f = fopen(fp, "r+");
+    if (f) {
+        fseek(f, -3, SEEK_END);
+        fputc(0x55, f);
+        fclose(f);
+    }
+    rc = mnn_ckpt_same(dir, &m, &o, &st, &d);
+    check(rc == MNN_ECORRUPT && contains(d.msg, "optimizer.safetensors"),
+          "a damaged file is not taken for the same (rc %d, \"%s\")", rc, d.msg);
+    rc = mnn_ckpt_same(tmpdir, &m, &o, &st, &d);
+    check(rc < 0 && rc != MNN_EEXIST, "a directory that is no checkpoint: an error (rc %d)", rc);
+    mnn_optim_free(&o);
+    mnn_model_free(&m);
+}
+
 /* entries in dir other than . and .. */
 static int count_entries(const char *dir)
 {
@@ -6288,6 +6336,7 @@ int main(void)
     test_ckpt_root();
     test_ckpt_prune();
     test_ckpt_open();
+    test_ckpt_same();
     test_reservoir();
     test_topk();
     test_wres();
