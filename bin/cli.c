@@ -153,6 +153,26 @@ int64_t cli_created(void)
     return (int64_t)v;
 }
 
+size_t grow_cap(size_t cap, size_t need)
+{
+    size_t nc = cap ? cap : 4096;
+    while (nc < need) {
+        if (nc > SIZE_MAX / 2)
+            die(EXIT_RUNTIME, "out of memory");
+        nc *= 2;
+    }
+    return nc;
+}
+
+void *xrealloc(void *p, size_t n, size_t size)
+{
+    size_t bytes;
+    void *q = mnn_size_mul(n, size, &bytes) < 0 ? NULL : realloc(p, bytes ? bytes : 1);
+    if (!q)
+        die(EXIT_RUNTIME, "out of memory");
+    return q;
+}
+
 double mono_now(void)
 {
     struct timespec t;

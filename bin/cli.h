@@ -50,6 +50,12 @@ void cli_ckpt_close(mnn_ckpt_t *ck);
  * a number of seconds is a usage error: call it once at start. */
 int64_t cli_created(void);
 
+/* Growing arrays: the capacity, doubled from 4096, that holds need
+ * elements; and realloc of n elements of size bytes that dies when out of
+ * memory (or when n * size does not fit). */
+size_t grow_cap(size_t cap, size_t need);
+void *xrealloc(void *p, size_t n, size_t size);
+
 /* Seconds on the monotonic clock. */
 double mono_now(void);
 

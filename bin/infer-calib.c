@@ -54,14 +54,8 @@ static void collect_crit(void *ctx, const feed_batch_t *b)
     if (rc < 0)
         die(EXIT_RUNTIME, "inference failed: %s", mnn_strerror(rc));
     if (c->n + b->n > c->cap) {
-        size_t nc = c->cap ? c->cap : 4096;
-        while (nc < c->n + b->n)
-            nc *= 2;
-        float *v = realloc(c->v, nc * sizeof *v);
-        if (!v)
-            die(EXIT_RUNTIME, "out of memory");
-        c->v = v;
-        c->cap = nc;
+        c->cap = grow_cap(c->cap, c->n + b->n);
+        c->v = xrealloc(c->v, c->cap, sizeof *c->v);
     }
     for (size_t i = 0; i < b->n; i++)
         c->v[c->n++] = mnn_confidence(c->out + i * K, K, c->ms->e.crit);
@@ -110,17 +104,9 @@ static void collect_logits(void *ctx, const feed_batch_t *b)
     logits_t *l = ctx;
     const size_t K = l->m->spec.outputs;
     if (l->n + b->n > l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 4096;
-        while (cap < l->n + b->n)
-            cap *= 2;
-        float *nz = realloc(l->z, cap * K * sizeof *nz);
-        int32_t *ny = nz ? realloc(l->y, cap * sizeof *ny) : NULL;
-        if (nz)
-            l->z = nz;
-        if (!ny)
-            die(EXIT_RUNTIME, "out of memory");
-        l->y = ny;
-        l->cap = cap;
+        l->cap = grow_cap(l->cap, l->n + b->n);
+        l->z = xrealloc(l->z, l->cap * K, sizeof *l->z);
+        l->y = xrealloc(l->y, l->cap, sizeof *l->y);
     }
     int rc = mnn_model_logits(l->m, b->x, b->n, l->z + l->n * K);
     if (rc < 0)

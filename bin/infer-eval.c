@@ -123,15 +123,9 @@ void stats_record(stats_t *s, const fwd_ent_t *e, double t)
     mnn_ece_add(&s->ece, e->conf, hit);
     if (s->coverage) {
         if (s->cov_n == s->cov_cap) {
-            size_t nc = s->cov_cap ? 2 * s->cov_cap : 4096;
-            float *c = realloc(s->cov_crit, nc * sizeof *c);
-            uint8_t *bits = c ? realloc(s->cov_bits, nc) : NULL;
-            if (c)
-                s->cov_crit = c;
-            if (!bits)
-                die(EXIT_RUNTIME, "out of memory");
-            s->cov_bits = bits;
-            s->cov_cap = nc;
+            s->cov_cap = grow_cap(s->cov_cap, s->cov_n + 1);
+            s->cov_crit = xrealloc(s->cov_crit, s->cov_cap, sizeof *s->cov_crit);
+            s->cov_bits = xrealloc(s->cov_bits, s->cov_cap, 1);
         }
         s->cov_crit[s->cov_n] = e->crit;
         s->cov_bits[s->cov_n++] = (uint8_t)((e->lpred == (uint32_t)e->label) | hit << 1 |
