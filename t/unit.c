@@ -1529,6 +1529,20 @@ static int near3(const float *a, const double *b, double tol)
     return 1;
 }
 
+static void test_opt_names(void)
+{
+    mnn_opt_type_t t = MNN_OPT_ADAM;
+    check(mnn_opt_parse("sgd", &t) == 0 && t == MNN_OPT_SGD && mnn_opt_parse("adam", &t) == 0 &&
+              t == MNN_OPT_ADAM,
+          "mnn_opt_parse: sgd and adam");
+    check(mnn_opt_parse("Adam", &t) == MNN_EINVAL && mnn_opt_parse("", &t) == MNN_EINVAL &&
+              mnn_opt_parse("sgd ", &t) == MNN_EINVAL && t == MNN_OPT_ADAM,
+          "mnn_opt_parse refuses other spellings and leaves the type alone");
+    check(!strcmp(mnn_opt_name(MNN_OPT_SGD), "sgd") && !strcmp(mnn_opt_name(MNN_OPT_ADAM), "adam") &&
+              !strcmp(mnn_opt_name((mnn_opt_type_t)7), "?"),
+          "mnn_opt_name names each type, '?' for none");
+}
+
 static void test_optim(void)
 {
     /* expected values computed by hand (in double, see the formulas in
@@ -6308,6 +6322,7 @@ int main(void)
     test_ensemble();
     test_predict_exit();
     test_optim();
+    test_opt_names();
     test_rng();
     test_parse_numbers();
     test_parse_exact();
