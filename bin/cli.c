@@ -1,4 +1,7 @@
-/* cli.c - shared command-line plumbing. */
+/* cli.c - what every program shares (see cli.h): messages and exit codes,
+ * option values, checked writes to stdout, checkpoint arguments opened
+ * through the library (their temporary directories removed at exit),
+ * SOURCE_DATE_EPOCH, growing arrays and the one clock. */
 #include <config.h>
 
 #include "cli.h"

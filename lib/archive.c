@@ -1,12 +1,15 @@
-/* archive.c - a checkpoint as one .tar.zst: packed with libarchive's tar
- * writer and zstd filter; read back (verify, extract, list) through two
- * libarchive handles, `zr` (the zstd filter under the "raw" format: the
+/* archive.c - a checkpoint archive (.tar.zst) read back: verified, extracted
+ * (refusing anything hostile: paths out of NAME/, links, devices, entries the
+ * manifest does not name, sizes or hashes that disagree) or listed, through
+ * two libarchive handles, `zr` (the zstd filter under the "raw" format: the
  * decompressed stream) feeding `tr` (the tar reader).
  *
  * Every decompressed byte passes through pull(), which notes where the last
  * non-zero one was.  Once the tar reader has seen the end-of-archive blocks
  * the rest of the stream is drained: anything but zeros (tar padding), a
  * second frame, or bytes that are not zstd after the frame is an error.
+ *
+ * Packing is archive-pack.c's.
  *
  * libarchive 3.6's zstd writer sets no content checksum in the frame, so a
  * damaged archive is caught by the zstd decoder, the tar header checksums and
