@@ -1,7 +1,9 @@
 /* stream-sample - a sample of the records of a stream: Bernoulli, 1 in N,
  * or a reservoir (uniform, weighted, per class, time-decayed) emitted at the
  * end of the input, every N records and on SIGUSR1.  '#' lines pass
- * through, in order, as they come.  The algorithms are in lib/sample.c. */
+ * through, in order, as they come.  The program owns the options, the input,
+ * the records held and their output; the algorithms (which record is kept,
+ * in which slot) are lib/sample.c's. */
 #include <config.h>
 
 #include "cli.h"
@@ -10,7 +12,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -231,15 +232,9 @@ int main(int argc, char **argv)
                  : decay ? mnn_topk_init(&top, k) < 0 : (mnn_reservoir_init(&res, k, &rng), 0))
             die(EXIT_RUNTIME, "out of memory for a sample of %zu", k);
     }
-    uint64_t bern_next = 0; /* Bernoulli: the next record taken */
-    const double log1mp = p < 1 ? log1p(-p) : 0;
-#define PLAN_BERNOULLI(from)                                                               \
-    (bern_next = p >= 1 ? (from)                                                           \
-                        : (from) + (uint64_t)fmin(floor(log(1.0 - mnn_rng_uniform(&rng)) / \
-                                                        log1mp),                           \
-                                                  1e18))
-    if (mode == M_BERNOULLI)
-        PLAN_BERNOULLI(0);
+    mnn_bernoulli_t bern;
+    if (mode == M_BERNOULLI && mnn_bernoulli_init(&bern, p, &rng) < 0)
+        die(EXIT_RUNTIME, "-p %g: not a probability", p); /* checked above */
 
     uint64_t recs = 0, written = 0, emissions = 0, emitted_at = UINT64_MAX;
     int marked = emit_every != 0; /* emissions carry a '#' line */
@@ -263,10 +258,7 @@ int main(int argc, char **argv)
             long s = -1;
             switch (mode) {
             case M_BERNOULLI:
-                if (i == bern_next) {
-                    PLAN_BERNOULLI(i + 1);
-                    s = 0;
-                }
+                s = mnn_bernoulli_offer(&bern) ? 0 : -1;
                 break;
             case M_EVERY:
                 s = i % every == 0 ? 0 : -1;

@@ -230,6 +230,21 @@ MNN_API void mnn_reservoir_skipped(mnn_reservoir_t *r, uint64_t n);
 /* The next record: the slot it takes, or -1. */
 MNN_API long mnn_reservoir_offer(mnn_reservoir_t *r);
 
+/* Each record with probability p, independently (Bernoulli sampling), by
+ * geometric skips: one draw per record kept, none for those in between. */
+typedef struct {
+    double p;       /* the probability, in (0, 1] */
+    double log1mp;  /* log(1 - p); 0 when p is 1 */
+    uint64_t seen;  /* records offered */
+    uint64_t next;  /* the index of the next record kept */
+    mnn_rng_t *rng; /* the caller's generator (init draws the first skip) */
+} mnn_bernoulli_t;
+
+/* MNN_EINVAL unless 0 < p <= 1. */
+MNN_API int mnn_bernoulli_init(mnn_bernoulli_t *b, double p, mnn_rng_t *rng);
+/* The next record: 1 if it is kept, else 0. */
+MNN_API int mnn_bernoulli_offer(mnn_bernoulli_t *b);
+
 /* The k largest keys seen, a min-heap; each holds a slot. */
 typedef struct {
     size_t k, n;
