@@ -305,13 +305,21 @@ typedef enum {
 #define MNN_REPLAY_MAX_LINE ((size_t)64 << 20) /* bytes of a record line */
 #define MNN_REPLAY_MAX_RATIO 1000           /* replays per record */
 
-/* A held copy of one record line. */
+/* A held copy of one record line: a buffer's slot, or any other holder's
+ * (a reservoir's slots in stream-sample). */
 typedef struct {
     char *text;   /* the line and its '\n' (no NUL); kept for reuse */
     size_t len;   /* bytes of text, '\n' included; 0 while empty */
     size_t cap;   /* bytes allocated at text */
-    uint64_t rec; /* its number among the records offered, from 1; 0: empty */
+    uint64_t rec; /* the record's number, from 1, as the holder counts (a
+                   * buffer: among those offered; loaded: its place in the
+                   * file); 0: empty */
 } mnn_replay_rec_t;
+
+/* Copies line (len bytes, no '\n') and a '\n' into r, numbered rec,
+ * reusing r's memory: 0, MNN_ELIMIT beyond MNN_REPLAY_MAX_LINE, or
+ * MNN_ENOMEM (r as it was). */
+MNN_API int mnn_replay_rec_set(mnn_replay_rec_t *r, const char *line, size_t len, uint64_t rec);
 
 typedef struct {
     mnn_replay_policy_t policy; /* what it keeps */

@@ -111,10 +111,10 @@ static int ensure_slots(mnn_replay_t *b, size_t n, mnn_diag_t *d)
     return mnn_fail(d, MNN_ENOMEM, "out of memory for a buffer of %zu records", n);
 }
 
-/* Copies line (len bytes, no '\n') and a '\n' into r; r unchanged when out
- * of memory. */
-static int rec_set(mnn_replay_rec_t *r, const char *line, size_t len, uint64_t rec)
+int mnn_replay_rec_set(mnn_replay_rec_t *r, const char *line, size_t len, uint64_t rec)
 {
+    if (len > MNN_REPLAY_MAX_LINE)
+        return MNN_ELIMIT;
     if (r->cap < len + 1) {
         size_t cap = r->cap ? r->cap : 64;
         while (cap < len + 1)
@@ -285,7 +285,7 @@ static int place(mnn_replay_t *b, size_t at, int32_t y, const char *line, size_t
         return MNN_ENOMEM;
     if (cls && (!held || b->label[at] != y) && class_reserve(b, (size_t)y, d) < 0)
         return MNN_ENOMEM;
-    if (rec_set(&b->rec[at], line, len, rec) < 0)
+    if (mnn_replay_rec_set(&b->rec[at], line, len, rec) < 0)
         return mnn_fail(d, MNN_ENOMEM, "out of memory holding a record of %zu bytes", len);
     if (cls) {
         if (held)

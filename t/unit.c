@@ -5942,6 +5942,18 @@ static void test_replay(void)
               !strcmp(mnn_replay_policy_name(MNN_REPLAY_RESERVOIR), "reservoir") &&
               !strcmp(mnn_replay_policy_name((mnn_replay_policy_t)7), "?"),
           "replay policies: names to values and back, an unknown one refused");
+    /* a held line: '\n' added, memory reused, a line too long refused */
+    mnn_replay_rec_t r = {0};
+    int set = mnn_replay_rec_set(&r, "1,2,3", 5, 7) == 0 && r.len == 6 &&
+              !memcmp(r.text, "1,2,3\n", 6) && r.rec == 7;
+    const char *text = r.text;
+    const size_t cap = r.cap;
+    set &= mnn_replay_rec_set(&r, "4", 1, 8) == 0 && r.text == text && r.cap == cap &&
+           r.len == 2 && !memcmp(r.text, "4\n", 2) &&
+           mnn_replay_rec_set(&r, "x", MNN_REPLAY_MAX_LINE + 1, 9) == MNN_ELIMIT && r.rec == 8;
+    free(r.text);
+    check(set, "replay record copies: the line and its '\\n', the memory reused, over 64 MiB "
+               "refused (MNN_ELIMIT)");
     replay_reservoir_checks();
     replay_class_checks();
     replay_recent_checks();
