@@ -259,16 +259,14 @@ static long cbrs_victim(mnn_replay_t *b, size_t y)
 }
 
 /* Where record i (0-based) of class y goes, by the policy: n while the
- * buffer fills, then a held record's slot, or -1. */
+ * buffer fills, then a held record's slot (recent: the oldest, at head,
+ * which place advances), or -1. */
 static long choose_slot(mnn_replay_t *b, uint64_t i, int32_t y)
 {
     if (b->n < b->cap)
         return (long)b->n;
-    if (b->policy == MNN_REPLAY_RECENT) {
-        const long at = (long)b->head;
-        b->head = (b->head + 1) % b->cap;
-        return at;
-    }
+    if (b->policy == MNN_REPLAY_RECENT)
+        return (long)b->head;
     if (b->policy == MNN_REPLAY_CLASS)
         return cbrs_victim(b, (size_t)y);
     const uint64_t j = below(&b->rng, i + 1); /* Algorithm R */
@@ -295,6 +293,8 @@ static int place(mnn_replay_t *b, size_t at, int32_t y, const char *line, size_t
     b->label[at] = y;
     if (!held)
         b->n++;
+    else if (b->policy == MNN_REPLAY_RECENT) /* the next oldest */
+        b->head = (b->head + 1) % b->cap;
     return 0;
 }
 

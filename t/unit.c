@@ -28,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -5933,6 +5934,71 @@ static void replay_write_error_check(void)
     mnn_replay_free(&a);
 }
 
+/* In a child whose address space is capped a little above what it uses
+ * (the heap trimmed first, so that what a copy of 40 MiB needs is new
+ * address space): a record too large to copy is MNN_ENOMEM, and a buffer
+ * filling (reservoir), full (class-balanced) or a ring (recent) stays
+ * whole and goes on.  Exit 0 when all held, else the step that failed. */
+static int child_replay_oom(void *ctx)
+{
+    (void)ctx;
+    enum { BIG = 40 << 20 };
+    const mnn_replay_policy_t pols[] = {MNN_REPLAY_RESERVOIR, MNN_REPLAY_CLASS,
+                                        MNN_REPLAY_RECENT};
+    const size_t caps[] = {10, 3, 3};
+    mnn_replay_t b[3];
+    char *big = malloc(BIG);
+    if (!big)
+        return 10;
+    memset(big, '1', BIG);
+    for (size_t j = 0; j < 3; j++) {
+        mnn_replay_init(&b[j], pols[j], caps[j], 1);
+        for (uint64_t i = 0; i < 5; i++)
+            if (replay_put(&b[j], (int32_t)(i % 2), i) < 0)
+                return 11;
+    }
+    malloc_trim(0);
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    if (!f || fscanf(f, "%lu", &pages) != 1)
+        return 12;
+    fclose(f);
+    const struct rlimit lim = {pages * (unsigned long)sysconf(_SC_PAGESIZE) + (16 << 20),
+                               RLIM_INFINITY};
+    if (setrlimit(RLIMIT_AS, &lim) != 0)
+        return 13;
+    for (size_t j = 0; j < 3; j++) {
+        mnn_diag_t d = {""};
+        const size_t n = b[j].n, head = b[j].head;
+        const uint64_t seen = b[j].seen, cseen = j == 1 ? b[j].class_seen[1] : 0;
+        if (mnn_replay_offer(&b[j], big, BIG, 1, &d) != MNN_ENOMEM ||
+            !contains(d.msg, "out of memory"))
+            return 20 + (int)j;
+        /* counted, not kept: the records held, their order and classes */
+        if (b[j].n != n || b[j].head != head || b[j].seen != seen + 1 ||
+            (j == 1 && b[j].class_seen[1] != cseen + 1) ||
+            !replay_sane(&b[j], &(fails_t){0, 0}, "out of memory"))
+            return 30 + (int)j;
+        long long r;
+        int y;
+        for (size_t k = 0; j == 2 && k < 3; k++)
+            if (replay_parse_line(mnn_replay_at(&b[j], k), &r, &y) < 0 || r != (long long)(2 + k))
+                return 40;
+        /* and on: the next record enters as it would have */
+        if (replay_put(&b[j], 0, 9) != 0 || !replay_sane(&b[j], &(fails_t){0, 0}, "after"))
+            return 50 + (int)j;
+        if (j == 0 && (b[j].n != n + 1 ||
+                       replay_parse_line(mnn_replay_at(&b[j], n), &r, &y) < 0 || r != 9))
+            return 60;
+        if (j == 2 && (replay_parse_line(mnn_replay_at(&b[j], 2), &r, &y) < 0 || r != 9 ||
+                       replay_parse_line(mnn_replay_at(&b[j], 0), &r, &y) < 0 || r != 3))
+            return 62;
+        mnn_replay_free(&b[j]);
+    }
+    free(big);
+    return 0;
+}
+
 static void test_replay(void)
 {
     mnn_replay_policy_t p;
@@ -5961,6 +6027,13 @@ static void test_replay(void)
     replay_roundtrip_checks();
     replay_refusal_checks();
     replay_write_error_check();
+#ifndef UNDER_ASAN /* its shadow memory does not fit under RLIMIT_AS */
+    const int oom = in_child(child_replay_oom, NULL);
+    check(oom == 0, "replay buffer out of memory (RLIMIT_AS): a record that cannot be copied "
+                    "is MNN_ENOMEM, counted, not kept; every policy's buffer whole and going on "
+                    "(child: %d)",
+          oom);
+#endif
 }
 
 /* ---- Bernoulli sampling -------------------------------------------------------- */
