@@ -16,20 +16,8 @@
 
 void line_copy_set(line_copy_t *c, const char *line, size_t len, uint64_t rec)
 {
-    if (c->cap < len + 1) {
-        size_t cap = c->cap ? c->cap : 64;
-        while (cap < len + 1)
-            cap *= 2;
-        char *t = realloc(c->text, cap);
-        if (!t)
-            die(EXIT_RUNTIME, "out of memory holding a record of %zu bytes", len);
-        c->text = t;
-        c->cap = cap;
-    }
-    memcpy(c->text, line, len);
-    c->text[len] = '\n';
-    c->len = len + 1;
-    c->rec = rec;
+    if (mnn_replay_rec_set(c, line, len, rec) < 0)
+        die(EXIT_RUNTIME, "out of memory holding a record of %zu bytes", len);
 }
 
 const char *label_end(const char *p, const char *end)

@@ -10,14 +10,10 @@
 #include "mini-nn.h"
 
 /* A copy of one record line, '\n' included; its buffer is reused. */
-typedef struct {
-    char *text;
-    size_t len, cap;
-    uint64_t rec; /* 1-based record number, 0: empty */
-} line_copy_t;
+typedef mnn_replay_rec_t line_copy_t;
 
-/* Copies line (len bytes, no '\n') into c and records its number; dies
- * when out of memory. */
+/* Copies line (len bytes, no '\n') into c and records its number
+ * (mnn_replay_rec_set); dies when out of memory. */
 void line_copy_set(line_copy_t *c, const char *line, size_t len, uint64_t rec);
 
 /* The end of a record's first field (the label): the first ',', tab or

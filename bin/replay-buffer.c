@@ -3,27 +3,29 @@
  * drifting stream keeps seeing the past.  The buffer keeps a uniform sample
  * of the stream (reservoir), a class-balanced one (Chrysakis and Moens's
  * CBRS) or the latest records (recent), and survives restarts in a state
- * file saved atomically. */
+ * file saved atomically.
+ *
+ * The program owns the options, the loop over the input, the output, the
+ * signals, the state file's lock and every message; the buffer, its
+ * policies, the replay draws and the state file's format are lib/replay.c's
+ * (mnn_replay_*). */
 #include <config.h>
 
 #include "cli.h"
 #include "lines.h"
-#include "replay.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <limits.h>
-#include <math.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* check_class (lines.c) lets through the class ids the buffer takes */
+_Static_assert(MAX_CLASS == MNN_REPLAY_MAX_CLASS, "class ids of lines.c and lib/replay.c");
 
 static noreturn void help(void)
 {
@@ -93,7 +95,7 @@ int main(int argc, char **argv)
     double ratio = 1;
     size_t cap = 10000;
     uint64_t seed = 1, save_every = 0;
-    policy_t policy = P_RESERVOIR;
+    mnn_replay_policy_t policy = MNN_REPLAY_RESERVOIR;
     const char *state = NULL;
     int fresh = 0, quiet = 0, verbose = 0, cap_given = 0, c;
     badrec_t bad = {.name = "stdin"};
@@ -105,15 +107,16 @@ int main(int argc, char **argv)
             char *e;
             errno = 0;
             ratio = strtod(optarg, &e);
-            if (e == optarg || *e || errno || !(ratio >= 0 && ratio <= 1000))
-                usage_error("--ratio: '%s' is not a number from 0 to 1000", optarg);
+            if (e == optarg || *e || errno || !(ratio >= 0 && ratio <= MNN_REPLAY_MAX_RATIO))
+                usage_error("--ratio: '%s' is not a number from 0 to %d", optarg,
+                            MNN_REPLAY_MAX_RATIO);
             break;
         }
-        case 'c': cap = opt_size("--capacity", optarg, 1, 100000000), cap_given = 1; break;
+        case 'c':
+            cap = opt_size("--capacity", optarg, 1, MNN_REPLAY_MAX_CAP), cap_given = 1;
+            break;
         case O_POLICY:
-            for (policy = 0; policy < 3 && strcmp(optarg, policy_names[policy]); policy++)
-                ;
-            if (policy == 3)
+            if (mnn_replay_policy_parse(optarg, &policy) < 0)
                 usage_error("--policy: '%s' is not one of reservoir, class-balanced, recent", optarg);
             break;
         case O_STATE:
@@ -156,19 +159,24 @@ int main(int argc, char **argv)
         atexit(unlock_state);
     }
 
-    buffer_t b;
-    buf_init(&b, policy, cap, seed);
-    char why[PATH_MAX + 256];
+    mnn_replay_t b;
+    mnn_diag_t d = {""};
+    if (mnn_replay_init(&b, policy, cap, seed) < 0)
+        die(EXIT_RUNTIME, "a buffer of %zu records: %s", cap, mnn_strerror(MNN_EINVAL));
     if (state && !fresh) {
-        int rc = load_state(&b, state, cap_given, why, sizeof why);
-        if (rc < 0)
-            die(EXIT_RUNTIME, "%s", why);
+        int rc = mnn_replay_load(&b, state, cap_given, &d);
+        if (rc == MNN_EINVAL) /* another policy's buffer */
+            die(EXIT_RUNTIME, "%s (--fresh starts a new one)", d.msg);
+        if (rc == MNN_ECORRUPT || rc == MNN_EFORMAT || rc == MNN_ELIMIT)
+            die(EXIT_RUNTIME, "%s (--fresh starts a new buffer)", d.msg);
+        if (rc < 0) /* it cannot be read, or out of memory */
+            die(EXIT_RUNTIME, "%s", d.msg);
         if (rc > 0 && verbose)
             warnx_("loaded %zu records from %s (%" PRIu64 " seen)", b.n, state, b.seen);
     }
 
     mnn_linereader_t lr;
-    if (mnn_lr_init(&lr, fd, MAX_LINE) < 0)
+    if (mnn_lr_init(&lr, fd, MNN_REPLAY_MAX_LINE) < 0)
         die(EXIT_RUNTIME, "out of memory");
     lr.cancel_fd = stop_fd;
     uint64_t recs = 0, replayed = 0;
@@ -182,30 +190,25 @@ int main(int argc, char **argv)
         double label;
         if (read_label(&bad, line, len, lr.lineno, &label) < 0)
             continue;
-        if (policy == P_CLASS && check_class(&bad, line, len, lr.lineno, label) < 0)
+        if (policy == MNN_REPLAY_CLASS && check_class(&bad, line, len, lr.lineno, label) < 0)
             continue;
         fwrite(line, 1, len, stdout);
         putchar('\n');
         recs++;
         /* replays: from what was buffered before this record */
-        b.credit += ratio;
-        if (b.n == 0)
-            b.credit -= floor(b.credit); /* nothing to replay yet */
-        while (b.credit >= 1) {
-            /* by age for recent (oldest first), so that a reloaded ring,
-             * stored oldest first, draws the same records */
-            const size_t j = (size_t)below(&b.rng, b.n);
-            const line_copy_t *r = &b.rec[policy == P_RECENT ? (b.head + j) % b.n : j];
+        for (uint64_t k = mnn_replay_due(&b, ratio); k > 0; k--) {
+            const mnn_replay_rec_t *r = mnn_replay_draw(&b);
             fwrite(r->text, 1, r->len, stdout);
-            b.credit -= 1;
             replayed++;
         }
-        buf_offer(&b, line, len, policy == P_CLASS ? (int32_t)label : 0);
+        if (mnn_replay_offer(&b, line, len, policy == MNN_REPLAY_CLASS ? (int32_t)label : 0,
+                             &d) < 0)
+            die(EXIT_RUNTIME, "%s", d.msg);
         if (save_every && recs % save_every == 0) {
             fflush(stdout); /* what the state counts has been written */
             out_check();
-            if (save_state(&b, state, why, sizeof why) < 0)
-                die(EXIT_RUNTIME, "cannot save the buffer: %s", why);
+            if (mnn_replay_save(&b, state, &d) < 0)
+                die(EXIT_RUNTIME, "cannot save the buffer: %s", d.msg);
         }
     }
     mnn_lr_free(&lr);
@@ -216,8 +219,8 @@ int main(int argc, char **argv)
     if (stop_sig && !quiet)
         warnx_("stopping on a signal after %" PRIu64 " records", recs);
     if (state) {
-        if (save_state(&b, state, why, sizeof why) < 0)
-            die(EXIT_RUNTIME, "cannot save the buffer: %s", why);
+        if (mnn_replay_save(&b, state, &d) < 0)
+            die(EXIT_RUNTIME, "cannot save the buffer: %s", d.msg);
         if (verbose)
             warnx_("saved %zu records to %s", b.n, state);
     }
@@ -225,7 +228,7 @@ int main(int argc, char **argv)
     if (verbose)
         warnx_("%" PRIu64 " records passed, %" PRIu64 " replayed; the buffer holds %zu", recs,
                replayed, b.n);
-    buf_free(&b);
+    mnn_replay_free(&b);
     out_close();
     return EXIT_OK;
 }

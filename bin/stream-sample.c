@@ -1,7 +1,9 @@
 /* stream-sample - a sample of the records of a stream: Bernoulli, 1 in N,
  * or a reservoir (uniform, weighted, per class, time-decayed) emitted at the
  * end of the input, every N records and on SIGUSR1.  '#' lines pass
- * through, in order, as they come.  The algorithms are in lib/sample.c. */
+ * through, in order, as they come.  The program owns the options, the input,
+ * the records held and their output; the algorithms (which record is kept,
+ * in which slot) are lib/sample.c's. */
 #include <config.h>
 
 #include "cli.h"
@@ -10,7 +12,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -133,6 +134,62 @@ static int by_rec(const void *a, const void *b)
     return x->rec < y->rec ? -1 : x->rec > y->rec;
 }
 
+/* --per-class: a reservoir of k and its slots for each label seen. */
+typedef struct {
+    held_t *held;         /* per class; its slots allocated at its first record */
+    mnn_reservoir_t *res; /* per class */
+    size_t n;             /* classes: 1 + the largest label seen */
+} classes_t;
+
+/* Class y's reservoir and slots, made when y is new. */
+static void classes_need(classes_t *c, size_t y, size_t k, mnn_rng_t *rng)
+{
+    if (y >= c->n) {
+        size_t n = y + 1;
+        held_t *nh = realloc(c->held, n * sizeof *nh);
+        if (nh)
+            c->held = nh;
+        mnn_reservoir_t *nr = nh ? realloc(c->res, n * sizeof *nr) : NULL;
+        if (!nh || !nr)
+            die(EXIT_RUNTIME, "out of memory for class %zu", y);
+        c->res = nr;
+        for (size_t j = c->n; j < n; j++) {
+            c->held[j].slot = NULL;
+            c->held[j].k = c->held[j].n = 0;
+            mnn_reservoir_init(&c->res[j], k, rng);
+        }
+        c->n = n;
+    }
+    if (!c->held[y].slot)
+        held_init(&c->held[y], k);
+}
+
+/* Writes the sample as it stands (held's records and every class's), in
+ * input order, after a '# stream-sample: R of N records' line if marked;
+ * returns the records written. */
+static size_t emit(const held_t *held, const classes_t *c, int marked, uint64_t recs)
+{
+    size_t total = held->n;
+    for (size_t j = 0; j < c->n; j++)
+        total += c->held[j].n;
+    const slot_t **all = malloc((total ? total : 1) * sizeof *all);
+    if (!all)
+        die(EXIT_RUNTIME, "out of memory");
+    size_t n = 0;
+    for (size_t j = 0; j < held->n; j++)
+        all[n++] = &held->slot[j];
+    for (size_t y = 0; y < c->n; y++)
+        for (size_t j = 0; j < c->held[y].n; j++)
+            all[n++] = &c->held[y].slot[j];
+    qsort(all, n, sizeof *all, by_rec);
+    if (marked) /* several emissions: each says where it starts */
+        printf("# stream-sample: %zu of %llu records\n", n, (unsigned long long)recs);
+    for (size_t j = 0; j < n; j++)
+        fwrite(all[j]->text, 1, all[j]->len, stdout);
+    free(all);
+    return n;
+}
+
 int main(int argc, char **argv)
 {
     enum { O_EVERY = 256, O_WCOL, O_DECAY, O_PERCLASS, O_EMIT, O_SEED, O_ONERR };
@@ -222,24 +279,16 @@ int main(int argc, char **argv)
     mnn_wres_t wres;
     mnn_topk_t top;
     held_t held = {0};
-    held_t *classes = NULL;        /* --per-class: one per label seen */
-    mnn_reservoir_t *cres = NULL;
-    size_t nclasses = 0;
+    classes_t classes = {0};
     if (mode == M_RESERVOIR) {
         held_init(&held, k);
         if (wcol ? mnn_wres_init(&wres, k, &rng) < 0
                  : decay ? mnn_topk_init(&top, k) < 0 : (mnn_reservoir_init(&res, k, &rng), 0))
             die(EXIT_RUNTIME, "out of memory for a sample of %zu", k);
     }
-    uint64_t bern_next = 0; /* Bernoulli: the next record taken */
-    const double log1mp = p < 1 ? log1p(-p) : 0;
-#define PLAN_BERNOULLI(from)                                                               \
-    (bern_next = p >= 1 ? (from)                                                           \
-                        : (from) + (uint64_t)fmin(floor(log(1.0 - mnn_rng_uniform(&rng)) / \
-                                                        log1mp),                           \
-                                                  1e18))
-    if (mode == M_BERNOULLI)
-        PLAN_BERNOULLI(0);
+    mnn_bernoulli_t bern;
+    if (mode == M_BERNOULLI && mnn_bernoulli_init(&bern, p, &rng) < 0)
+        die(EXIT_RUNTIME, "-p %g: not a probability", p); /* checked above */
 
     uint64_t recs = 0, written = 0, emissions = 0, emitted_at = UINT64_MAX;
     int marked = emit_every != 0; /* emissions carry a '#' line */
@@ -263,10 +312,7 @@ int main(int argc, char **argv)
             long s = -1;
             switch (mode) {
             case M_BERNOULLI:
-                if (i == bern_next) {
-                    PLAN_BERNOULLI(i + 1);
-                    s = 0;
-                }
+                s = mnn_bernoulli_offer(&bern) ? 0 : -1;
                 break;
             case M_EVERY:
                 s = i % every == 0 ? 0 : -1;
@@ -290,28 +336,11 @@ int main(int argc, char **argv)
                     recs--;
                     continue;
                 }
-                size_t y = (size_t)label;
-                if (y >= nclasses) {
-                    size_t n = y + 1;
-                    held_t *nh = realloc(classes, n * sizeof *nh);
-                    if (nh)
-                        classes = nh;
-                    mnn_reservoir_t *nr = nh ? realloc(cres, n * sizeof *nr) : NULL;
-                    if (!nh || !nr)
-                        die(EXIT_RUNTIME, "out of memory for class %zu", y);
-                    cres = nr;
-                    for (size_t j = nclasses; j < n; j++) {
-                        classes[j].slot = NULL;
-                        classes[j].k = classes[j].n = 0;
-                        mnn_reservoir_init(&cres[j], k, &rng);
-                    }
-                    nclasses = n;
-                }
-                if (!classes[y].slot)
-                    held_init(&classes[y], k);
-                s = mnn_reservoir_offer(&cres[y]);
+                const size_t y = (size_t)label;
+                classes_need(&classes, y, k, &rng);
+                s = mnn_reservoir_offer(&classes.res[y]);
                 if (s >= 0)
-                    hold(&classes[y], s, line, len, i + 1);
+                    hold(&classes.held[y], s, line, len, i + 1);
                 break;
             }
             case M_NONE: break;
@@ -326,29 +355,7 @@ int main(int argc, char **argv)
         }
         if (!emit_now || (done && emitted_at == recs)) /* the end adds nothing new */
             continue;
-        /* emit the sample as it stands, in input order */
-        size_t total = 0;
-        if (mode == M_RESERVOIR)
-            total = held.n;
-        for (size_t j = 0; j < nclasses; j++)
-            total += classes[j].n;
-        const slot_t **all = malloc((total ? total : 1) * sizeof *all);
-        if (!all)
-            die(EXIT_RUNTIME, "out of memory");
-        size_t n = 0;
-        if (mode == M_RESERVOIR)
-            for (size_t j = 0; j < held.n; j++)
-                all[n++] = &held.slot[j];
-        for (size_t y = 0; y < nclasses; y++)
-            for (size_t j = 0; j < classes[y].n; j++)
-                all[n++] = &classes[y].slot[j];
-        qsort(all, n, sizeof *all, by_rec);
-        if (marked) /* several emissions: each says where it starts */
-            printf("# stream-sample: %zu of %llu records\n", n, (unsigned long long)recs);
-        for (size_t j = 0; j < n; j++)
-            fwrite(all[j]->text, 1, all[j]->len, stdout);
-        free(all);
-        written += n;
+        written += emit(&held, &classes, marked, recs);
         emissions++;
         emitted_at = recs;
         fflush(stdout);
@@ -362,11 +369,11 @@ int main(int argc, char **argv)
         else if (decay)
             mnn_topk_free(&top);
     }
-    for (size_t y = 0; y < nclasses; y++)
-        if (classes[y].slot)
-            held_free(&classes[y]);
-    free(classes);
-    free(cres);
+    for (size_t y = 0; y < classes.n; y++)
+        if (classes.held[y].slot)
+            held_free(&classes.held[y]);
+    free(classes.held);
+    free(classes.res);
     if (fd != STDIN_FILENO)
         close(fd);
     out_check();

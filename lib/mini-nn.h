@@ -230,6 +230,21 @@ MNN_API void mnn_reservoir_skipped(mnn_reservoir_t *r, uint64_t n);
 /* The next record: the slot it takes, or -1. */
 MNN_API long mnn_reservoir_offer(mnn_reservoir_t *r);
 
+/* Each record with probability p, independently (Bernoulli sampling), by
+ * geometric skips: one draw per record kept, none for those in between. */
+typedef struct {
+    double p;       /* the probability, in (0, 1] */
+    double log1mp;  /* log(1 - p); 0 when p is 1 */
+    uint64_t seen;  /* records offered */
+    uint64_t next;  /* the index of the next record kept */
+    mnn_rng_t *rng; /* the caller's generator (init draws the first skip) */
+} mnn_bernoulli_t;
+
+/* MNN_EINVAL unless 0 < p <= 1. */
+MNN_API int mnn_bernoulli_init(mnn_bernoulli_t *b, double p, mnn_rng_t *rng);
+/* The next record: 1 if it is kept, else 0. */
+MNN_API int mnn_bernoulli_offer(mnn_bernoulli_t *b);
+
 /* The k largest keys seen, a min-heap; each holds a slot. */
 typedef struct {
     size_t k, n;
@@ -263,6 +278,124 @@ MNN_API long mnn_wres_offer(mnn_wres_t *r, double w);
 /* The key of record i (0-based) in a sample where record i weighs
  * exp(lambda * i): keep the k largest (mnn_topk_push). */
 MNN_API double mnn_decay_key(mnn_rng_t *rng, double lambda, uint64_t i);
+
+/* ---- replay buffers (replay.c) --------------------------------------------
+ * A bounded buffer of record lines that a stream passes through: a policy
+ * chooses what it keeps, replays are drawn from it uniformly with
+ * replacement, and it saves to a state file and loads back bit-exactly:
+ *
+ *   # mini-nn replay-buffer state 1
+ *   policy NAME / capacity N / seen N / credit X / rng S0 S1 S2 S3
+ *   classes N, then "class J SEEN" for each (class-balanced only)
+ *   records N, then the N record lines (recent: oldest first)
+ *   end HASH      XXH3-64 of every byte before this line, 16 hex digits */
+
+/* What a full buffer keeps. */
+typedef enum {
+    MNN_REPLAY_RESERVOIR = 0, /* a uniform sample of all records offered
+                               * (Vitter's Algorithm R) */
+    MNN_REPLAY_CLASS,         /* class-balanced (Chrysakis and Moens's CBRS):
+                               * a record of a class that is not among the
+                               * largest replaces one of a largest class */
+    MNN_REPLAY_RECENT         /* the latest records, a ring */
+} mnn_replay_policy_t;
+
+#define MNN_REPLAY_MAX_CAP 100000000        /* records a buffer may hold */
+#define MNN_REPLAY_MAX_CLASS 1000000        /* class ids: 0 .. MAX_CLASS - 1 */
+#define MNN_REPLAY_MAX_LINE ((size_t)64 << 20) /* bytes of a record line */
+#define MNN_REPLAY_MAX_RATIO 1000           /* replays per record */
+
+/* A held copy of one record line: a buffer's slot, or any other holder's
+ * (a reservoir's slots in stream-sample). */
+typedef struct {
+    char *text;   /* the line and its '\n' (no NUL); kept for reuse */
+    size_t len;   /* bytes of text, '\n' included; 0 while empty */
+    size_t cap;   /* bytes allocated at text */
+    uint64_t rec; /* the record's number, from 1, as the holder counts (a
+                   * buffer: among those offered; loaded: its place in the
+                   * file); 0: empty */
+} mnn_replay_rec_t;
+
+/* Copies line (len bytes, no '\n') and a '\n' into r, numbered rec,
+ * reusing r's memory: 0, MNN_ELIMIT beyond MNN_REPLAY_MAX_LINE, or
+ * MNN_ENOMEM (r as it was). */
+MNN_API int mnn_replay_rec_set(mnn_replay_rec_t *r, const char *line, size_t len, uint64_t rec);
+
+typedef struct {
+    mnn_replay_policy_t policy; /* what it keeps */
+    size_t cap;             /* records it holds at most: 1 .. MNN_REPLAY_MAX_CAP */
+    size_t n;               /* records held: slots 0 .. n-1, n <= cap */
+    size_t alloc;           /* slots allocated in rec and label, n <= alloc <=
+                             * cap, grown as records come (a capacity costs
+                             * nothing until it fills) */
+    mnn_replay_rec_t *rec;  /* the slots; recent: a ring, the oldest at head */
+    int32_t *label;         /* each held record's class (class-balanced) */
+    size_t head;            /* recent: the oldest record's slot, the next to be
+                             * replaced (0 until the buffer is full) */
+    uint64_t seen;          /* records offered, ever */
+    size_t nclasses;        /* class-balanced: classes counted (1 + the largest
+                             * label offered); 0 for the other policies */
+    uint64_t *class_seen;   /* per class: records offered, ever */
+    size_t *class_held;     /* per class: records held now (sum: n) */
+    size_t **members;       /* per class: the slots holding it, ascending */
+    size_t *mcap;           /* per class: entries allocated at members */
+    size_t *present;        /* the classes held now (class_held > 0), ascending */
+    size_t npresent;        /* entries of present */
+    size_t pcap;            /* entries allocated at present */
+    double credit;          /* replays owed, in [0, 1) between records: the
+                             * fraction a fractional ratio carries over */
+    mnn_rng_t rng;          /* the buffer's generator: evictions and draws */
+} mnn_replay_t;
+
+/* "reservoir", "class-balanced", "recent" ("?" for another value), and back
+ * (MNN_EINVAL for another name). */
+MNN_API const char *mnn_replay_policy_name(mnn_replay_policy_t p);
+MNN_API int mnn_replay_policy_parse(const char *name, mnn_replay_policy_t *p);
+/* An empty buffer; allocates nothing yet.  MNN_EINVAL for an unknown policy
+ * or a capacity of 0 or over MNN_REPLAY_MAX_CAP (b is then empty too, and
+ * mnn_replay_free harmless). */
+MNN_API int mnn_replay_init(mnn_replay_t *b, mnn_replay_policy_t p, size_t cap, uint64_t seed);
+/* Frees what b holds and empties it. */
+MNN_API void mnn_replay_free(mnn_replay_t *b);
+/* Offers the next record: line (len bytes, no '\n'), of class y for
+ * class-balanced (0 .. MNN_REPLAY_MAX_CLASS - 1; ignored otherwise); the
+ * policy decides whether it is kept.  0, MNN_EINVAL (a class out of range)
+ * or MNN_ELIMIT (a line over MNN_REPLAY_MAX_LINE), b unchanged, or
+ * MNN_ENOMEM: the record is counted but not kept, b stays valid. */
+MNN_API int mnn_replay_offer(mnn_replay_t *b, const char *line, size_t len, int32_t y,
+                             mnn_diag_t *d);
+/* The k-th record held (k < n; NULL beyond): for recent by age, the oldest
+ * first, otherwise by slot. */
+MNN_API const mnn_replay_rec_t *mnn_replay_at(const mnn_replay_t *b, size_t k);
+/* Adds ratio (0 .. MNN_REPLAY_MAX_RATIO; anything else adds nothing) to the
+ * credit and returns the whole replays it makes due now, keeping the
+ * fraction for the next record; while the buffer is empty the credit's
+ * whole part is dropped.  Call once per record, before offering it. */
+MNN_API uint64_t mnn_replay_due(mnn_replay_t *b, double ratio);
+/* A record drawn uniformly from those held, with replacement (NULL when
+ * empty). */
+MNN_API const mnn_replay_rec_t *mnn_replay_draw(mnn_replay_t *b);
+/* Writes the state file's bytes into f: 0, MNN_ENOMEM, or MNN_EIO when f
+ * has an error (errno from the failed write). */
+MNN_API int mnn_replay_write(const mnn_replay_t *b, FILE *f);
+/* Writes the state file at path atomically (mnn_write_atomic). */
+MNN_API int mnn_replay_save(const mnn_replay_t *b, const char *path, mnn_diag_t *d);
+/* Parses a state file's bytes data[0, size) (no NUL needed); name names it
+ * in messages.  The file must hold a buffer of b's policy; it takes the
+ * file's capacity, or keeps b's with keep_cap (a smaller one then keeps a
+ * random subset, the latest for recent).  1: b holds the file's buffer
+ * (what it held is freed); otherwise b is as it was and the return says
+ * what is wrong: MNN_ECORRUPT truncated or damaged (no seal, a hash that
+ * does not match), MNN_EFORMAT not a state file or an impossible one,
+ * MNN_ELIMIT a record over MNN_REPLAY_MAX_LINE, MNN_EINVAL a buffer of
+ * another policy ("NAME holds a recent buffer, not reservoir"),
+ * MNN_ENOMEM; d's message names the file ("NAME: what is wrong"). */
+MNN_API int mnn_replay_parse(mnn_replay_t *b, const char *data, size_t size, const char *name,
+                             int keep_cap, mnn_diag_t *d);
+/* mnn_replay_parse of the file at path: 1 loaded, 0 no such file (b as it
+ * was), or an error: those of mnn_replay_parse and mnn_read_file's (MNN_EIO
+ * when it cannot be read, a directory or not a regular file). */
+MNN_API int mnn_replay_load(mnn_replay_t *b, const char *path, int keep_cap, mnn_diag_t *d);
 
 /* ---- model spec (spec.c) -------------------------------------------------- */
 

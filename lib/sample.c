@@ -1,7 +1,8 @@
-/* sample.c - samples of a stream of unknown length: a uniform reservoir
- * with geometric skips (Li's Algorithm L), a weighted one with exponential
- * jumps (Efraimidis and Spirakis's A-ExpJ), and the top-k heap that both
- * the weighted and the time-decayed samples keep their keys in.
+/* sample.c - samples of a stream of unknown length: Bernoulli sampling by
+ * geometric skips, a uniform reservoir with geometric skips (Li's
+ * Algorithm L), a weighted one with exponential jumps (Efraimidis and
+ * Spirakis's A-ExpJ), and the top-k heap that both the weighted and the
+ * time-decayed samples keep their keys in.
  *
  * The functions only decide which record goes where: each reservoir slot's
  * contents are the caller's. */
@@ -15,6 +16,39 @@
 static double open01(mnn_rng_t *rng)
 {
     return ((double)(mnn_rng_next(rng) >> 12) + 0.5) * (1.0 / 4503599627370496.0);
+}
+
+/* ---- Bernoulli ---------------------------------------------------------------- */
+
+/* The next record kept, the first at or after from: a geometric number of
+ * records, floor(log(u) / log(1 - p)) with u in (0, 1], are passed over. */
+static void plan_keep(mnn_bernoulli_t *b, uint64_t from)
+{
+    b->next = b->p >= 1 ? from
+                        : from + (uint64_t)fmin(floor(log(1.0 - mnn_rng_uniform(b->rng)) /
+                                                      b->log1mp),
+                                                1e18);
+}
+
+int mnn_bernoulli_init(mnn_bernoulli_t *b, double p, mnn_rng_t *rng)
+{
+    if (!(p > 0 && p <= 1))
+        return MNN_EINVAL;
+    b->p = p;
+    b->log1mp = p < 1 ? log1p(-p) : 0;
+    b->seen = 0;
+    b->rng = rng;
+    plan_keep(b, 0);
+    return 0;
+}
+
+int mnn_bernoulli_offer(mnn_bernoulli_t *b)
+{
+    const uint64_t i = b->seen++;
+    if (i != b->next)
+        return 0;
+    plan_keep(b, i + 1);
+    return 1;
 }
 
 /* ---- Algorithm L ------------------------------------------------------------ */

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -5687,6 +5688,701 @@ static size_t alg_l_counts(size_t k, size_t n, int skip, long trials, uint64_t s
     return broken;
 }
 
+/* ---- replay buffers ---------------------------------------------------------- */
+
+/* Offers record i (0-based) of class y as the line "Y,I,0.5": every line
+ * distinct, its number in it.  Returns what mnn_replay_offer does. */
+static int replay_put(mnn_replay_t *b, int32_t y, uint64_t i)
+{
+    char line[64];
+    int n = snprintf(line, sizeof line, "%d,%llu,0.5", (int)y, (unsigned long long)i);
+    return mnn_replay_offer(b, line, (size_t)n, y, NULL);
+}
+
+/* The record number I and class Y that a held line "Y,I,..." says; -1 if
+ * it is not such a line, with its '\n', and no other. */
+static int replay_parse_line(const mnn_replay_rec_t *r, long long *i, int *y)
+{
+    char buf[64];
+    if (!r || !r->text || r->len == 0 || r->len >= sizeof buf || r->text[r->len - 1] != '\n' ||
+        memchr(r->text, '\n', r->len - 1))
+        return -1;
+    memcpy(buf, r->text, r->len);
+    buf[r->len] = 0;
+    return sscanf(buf, "%d,%lld,", y, i) == 2 ? 0 : -1;
+}
+
+/* Any buffer's invariants: n <= cap, every record held a line of its own
+ * and distinct (*seen_rec marks the record numbers, n of them); for
+ * class-balanced the per-class counts, slots and classes present agree
+ * with the labels held.  1 if they hold, else 0 (reported through f). */
+static int replay_sane(const mnn_replay_t *b, fails_t *f, const char *what)
+{
+    size_t held = 0, present = 0;
+    if (b->n > b->cap || b->n > b->alloc || b->alloc > b->cap) {
+        fail_at(f, "%s: n %zu, alloc %zu, cap %zu", what, b->n, b->alloc, b->cap);
+        return 0;
+    }
+    for (size_t k = 0; k < b->n; k++) {
+        long long i;
+        int y;
+        const mnn_replay_rec_t *r = mnn_replay_at(b, k);
+        if (replay_parse_line(r, &i, &y) < 0 || r->rec == 0 ||
+            (b->policy == MNN_REPLAY_CLASS && b->label[r - b->rec] != y)) {
+            fail_at(f, "%s: record %zu held is not a record line of its label", what, k);
+            return 0;
+        }
+    }
+    if (mnn_replay_at(b, b->n) != NULL) {
+        fail_at(f, "%s: a record beyond the %zu held", what, b->n);
+        return 0;
+    }
+    if (b->policy != MNN_REPLAY_CLASS)
+        return 1;
+    for (size_t j = 0; j < b->nclasses; j++) {
+        held += b->class_held[j];
+        int ok = b->class_held[j] <= b->class_seen[j];
+        if (b->class_held[j])
+            ok &= present < b->npresent && b->present[present++] == j;
+        for (size_t k = 0; ok && k < b->class_held[j]; k++) {
+            const size_t s = b->members[j][k];
+            ok &= s < b->n && b->label[s] == (int32_t)j && (k == 0 || b->members[j][k - 1] < s);
+        }
+        if (!ok) {
+            fail_at(f, "%s: class %zu's counts or slots do not agree with the labels", what, j);
+            return 0;
+        }
+    }
+    if (held != b->n || present != b->npresent) {
+        fail_at(f, "%s: %zu held by class, %zu in all; %zu classes present, %zu listed", what,
+                held, b->n, present, b->npresent);
+        return 0;
+    }
+    return 1;
+}
+
+/* Algorithm R: a uniform sample, and the first records all kept while the
+ * buffer fills; capacities 0, 1 and the bounds. */
+static void replay_reservoir_checks(void)
+{
+    enum { N = 100, K = 10, T = 20000 };
+    long cnt[N] = {0};
+    fails_t f = {0, 0};
+    int filled = 1;
+    for (long t = 0; t < T; t++) {
+        mnn_replay_t b;
+        mnn_replay_init(&b, MNN_REPLAY_RESERVOIR, K, 1000 + (uint64_t)t);
+        for (uint64_t i = 0; i < N; i++) {
+            replay_put(&b, 0, i);
+            if (i + 1 == K) /* full: records 0..K-1, in slots 0..K-1 */
+                for (size_t k = 0; k < K; k++) {
+                    long long r;
+                    int y;
+                    filled &= replay_parse_line(mnn_replay_at(&b, k), &r, &y) == 0 && r == (long long)k;
+                }
+        }
+        unsigned char in[N] = {0};
+        if (replay_sane(&b, &f, "reservoir") && b.n == K && b.seen == N)
+            for (size_t k = 0; k < K; k++) {
+                long long i;
+                int y;
+                replay_parse_line(mnn_replay_at(&b, k), &i, &y);
+                if (i < 0 || i >= N || in[i]++)
+                    fail_at(&f, "trial %ld: record %lld held twice or out of range", t, i);
+                else
+                    cnt[i]++;
+            }
+        else
+            fail_at(&f, "trial %ld: %zu held of %llu seen", t, b.n, (unsigned long long)b.seen);
+        mnn_replay_free(&b);
+    }
+    /* inclusion counts, as for Algorithm L (test_reservoir): chi-square
+     * with N - 1 df; the bound is its mean plus 4 sd */
+    const double e = (double)T * K / N, v = e * (N - K) / (N - 1.0), df = N - 1;
+    double chi = 0;
+    for (size_t i = 0; i < N; i++)
+        chi += (cnt[i] - e) * (cnt[i] - e) / v;
+    check(f.bad == 0 && filled, "replay reservoir, %d of %d, %d trials: %d distinct records held, "
+                                "the first %d while filling (%zu broken)",
+          K, N, T, K, K, f.bad);
+    check(chi < df + 4 * sqrt(2 * df),
+          "replay reservoir (Algorithm R): inclusion counts uniform, chi-square %.1f < %.1f "
+          "(99 df, mean + 4 sd)",
+          chi, df + 4 * sqrt(2 * df));
+
+    /* capacity 1: each of 10 records with probability 1/10 */
+    enum { N1 = 10, T1 = 20000 };
+    long c1[N1] = {0};
+    int one = 1;
+    for (long t = 0; t < T1; t++) {
+        mnn_replay_t b;
+        mnn_replay_init(&b, MNN_REPLAY_RESERVOIR, 1, 7 + (uint64_t)t);
+        for (uint64_t i = 0; i < N1; i++)
+            replay_put(&b, 0, i);
+        long long i;
+        int y;
+        one &= b.n == 1 && replay_parse_line(mnn_replay_at(&b, 0), &i, &y) == 0;
+        if (one && i >= 0 && i < N1)
+            c1[i]++;
+        mnn_replay_free(&b);
+    }
+    double worst = 0;
+    for (size_t i = 0; i < N1; i++) {
+        const double z = fabs(c1[i] - (double)T1 / N1) / sqrt(T1 * 0.1 * 0.9);
+        worst = z > worst ? z : worst;
+    }
+    check(one && worst < 4, "replay reservoir of 1: each of %d records held with probability "
+                            "1/%d, worst %.2f sd (< 4)",
+          N1, N1, worst);
+
+    /* capacities out of range, an unknown policy: refused, the buffer empty */
+    mnn_replay_t b;
+    int refused = 1;
+    const size_t caps[] = {0, (size_t)MNN_REPLAY_MAX_CAP + 1};
+    for (size_t j = 0; j < NELEM(caps); j++) {
+        refused &= mnn_replay_init(&b, MNN_REPLAY_RESERVOIR, caps[j], 1) == MNN_EINVAL;
+        refused &= b.n == 0 && b.cap == 0 && b.rec == NULL;
+        mnn_replay_free(&b);
+    }
+    refused &= mnn_replay_init(&b, (mnn_replay_policy_t)3, 10, 1) == MNN_EINVAL;
+    mnn_replay_free(&b);
+    refused &= mnn_replay_init(&b, MNN_REPLAY_RECENT, MNN_REPLAY_MAX_CAP, 1) == 0 &&
+               b.alloc == 0 && replay_put(&b, 0, 0) == 0 && b.alloc < 100;
+    mnn_replay_free(&b);
+    check(refused, "replay buffer: capacity 0, %d + 1 and an unknown policy are refused "
+                   "(MNN_EINVAL); a capacity of %d allocates as records come",
+          MNN_REPLAY_MAX_CAP, MNN_REPLAY_MAX_CAP);
+}
+
+/* Class-balanced (CBRS): a record of a class that is not among the largest
+ * takes the place of one of a largest class; one of a largest class enters
+ * only as a reservoir within its class, the counts unchanged. */
+static void replay_class_checks(void)
+{
+    enum { CAP = 12, N = 6000 };
+    mnn_replay_t b;
+    mnn_replay_init(&b, MNN_REPLAY_CLASS, CAP, 99);
+    fails_t f = {0, 0};
+    size_t before[8];
+    int rule = 1;
+    for (uint64_t i = 0; i < N && rule; i++) {
+        /* skewed classes: 0 mostly, 3 seldom, 5 twice */
+        const uint64_t u = trng() % 100;
+        const int32_t y = i == 1000 || i == 4000 ? 5 : u < 60 ? 0 : u < 85 ? 1 : u < 97 ? 2 : 3;
+        size_t most = 0, full = b.n == b.cap;
+        for (size_t j = 0; j < 8; j++) {
+            before[j] = j < b.nclasses ? b.class_held[j] : 0;
+            most = before[j] > most ? before[j] : most;
+        }
+        replay_put(&b, y, i);
+        size_t changed = 0, from = 8;
+        for (size_t j = 0; j < 8; j++) {
+            const size_t now = j < b.nclasses ? b.class_held[j] : 0;
+            if (now != before[j] && (size_t)y != j)
+                changed++, from = j;
+        }
+        const size_t ny = b.class_held[y];
+        if (!full)
+            rule = ny == before[y] + 1 && changed == 0;
+        else if (before[y] < most) /* one of a largest class gives way */
+            rule = ny == before[y] + 1 && changed == 1 && before[from] == most &&
+                   b.class_held[from] == most - 1;
+        else /* among the largest: counts unchanged */
+            rule = ny == before[y] && changed == 0;
+        if (!rule)
+            fail_at(&f, "record %llu of class %d: held %zu -> %zu, %zu other classes changed "
+                        "(the largest held %zu)",
+                    (unsigned long long)i, (int)y, before[y], ny, changed, most);
+        rule &= replay_sane(&b, &f, "class-balanced");
+    }
+    check(rule, "replay class-balanced: each record of a smaller class evicts one of a largest "
+                "class; one of a largest class leaves the counts as they are");
+    /* 5 classes in 12 slots: at most 3 each, however skewed the stream;
+     * the 2 records of class 5 never among the largest, both kept */
+    int balanced = b.n == CAP && b.npresent == 5 && b.class_held[5] == 2;
+    for (size_t j = 0; j < b.nclasses; j++)
+        balanced &= b.class_held[j] <= 3;
+    check(balanced, "replay class-balanced: %zu classes (60%% of the records class 0) in %d "
+                    "slots, at most 3 each; the rare class's 2 records kept",
+          b.npresent, CAP);
+    /* classes out of range: refused, nothing counted */
+    const uint64_t seen = b.seen;
+    int bad = replay_put(&b, -1, 0) == MNN_EINVAL &&
+              replay_put(&b, MNN_REPLAY_MAX_CLASS, 0) == MNN_EINVAL && b.seen == seen;
+    mnn_replay_free(&b);
+    /* capacity 1: the record of a new class always takes the slot */
+    mnn_replay_init(&b, MNN_REPLAY_CLASS, 1, 5);
+    int one = 1;
+    for (uint64_t i = 0; i < 50; i++) {
+        long long r;
+        int y;
+        replay_put(&b, (int32_t)(i % 3), i);
+        one &= b.n == 1 && replay_parse_line(mnn_replay_at(&b, 0), &r, &y) == 0 && r == (long long)i;
+    }
+    one &= replay_sane(&b, &f, "class-balanced of 1");
+    mnn_replay_free(&b);
+    check(bad && one, "replay class-balanced: classes -1 and %d refused (MNN_EINVAL, nothing "
+                      "counted); of 1, a record of another class always takes the slot",
+          MNN_REPLAY_MAX_CLASS);
+}
+
+/* Recent: the newest cap records, oldest first; a buffer of 1. */
+static void replay_recent_checks(void)
+{
+    int order = 1;
+    for (size_t cap = 1; cap <= 7; cap += 3) {
+        mnn_replay_t b;
+        mnn_replay_init(&b, MNN_REPLAY_RECENT, cap, 1);
+        for (uint64_t i = 0; i < 40; i++) {
+            replay_put(&b, 0, i);
+            const size_t n = i + 1 < cap ? (size_t)i + 1 : cap;
+            order &= b.n == n;
+            for (size_t k = 0; k < n; k++) {
+                long long r;
+                int y;
+                order &= replay_parse_line(mnn_replay_at(&b, k), &r, &y) == 0 &&
+                         r == (long long)(i + 1 - n + k);
+            }
+        }
+        mnn_replay_free(&b);
+    }
+    check(order, "replay recent (capacities 1, 4, 7): after each of 40 records, the newest "
+                 "ones held, oldest first");
+}
+
+/* Replays: the credit of a fractional ratio, and uniform draws with
+ * replacement. */
+static void replay_draw_checks(void)
+{
+    mnn_replay_t b;
+    mnn_replay_init(&b, MNN_REPLAY_RESERVOIR, 10, 3);
+    /* empty: nothing due, the whole part of the credit dropped */
+    int credit = mnn_replay_due(&b, 2.5) == 0 && b.credit == 0.5 && mnn_replay_draw(&b) == NULL;
+    for (uint64_t i = 0; i < 10; i++)
+        replay_put(&b, 0, i);
+    b.credit = 0;
+    uint64_t pattern[6];
+    for (int k = 0; k < 6; k++)
+        pattern[k] = mnn_replay_due(&b, k < 4 ? 0.5 : 1.5);
+    credit &= pattern[0] == 0 && pattern[1] == 1 && pattern[2] == 0 && pattern[3] == 1 &&
+              pattern[4] == 1 && pattern[5] == 2 && b.credit == 0;
+    /* a ratio out of range adds nothing */
+    credit &= mnn_replay_due(&b, -1) == 0 && mnn_replay_due(&b, NAN) == 0 &&
+              mnn_replay_due(&b, MNN_REPLAY_MAX_RATIO + 1) == 0 && b.credit == 0 &&
+              mnn_replay_due(&b, MNN_REPLAY_MAX_RATIO) == MNN_REPLAY_MAX_RATIO;
+    check(credit, "replay credit: ratio 0.5 replays after every other record, 1.5 one then two; "
+                  "none while empty; a ratio out of [0, %d] adds nothing",
+          MNN_REPLAY_MAX_RATIO);
+    enum { D = 100000 };
+    long cnt[10] = {0};
+    int ok = 1;
+    for (long t = 0; t < D; t++) {
+        long long i;
+        int y;
+        ok &= replay_parse_line(mnn_replay_draw(&b), &i, &y) == 0 && i >= 0 && i < 10;
+        if (ok)
+            cnt[i]++;
+    }
+    double worst = 0;
+    for (int i = 0; i < 10; i++) {
+        const double z = fabs(cnt[i] - D / 10.0) / sqrt(D * 0.1 * 0.9);
+        worst = z > worst ? z : worst;
+    }
+    check(ok && worst < 4, "replay draws: %d draws from 10 records, each within %.2f sd of a "
+                           "tenth (< 4)",
+          D, worst);
+    mnn_replay_free(&b);
+}
+
+/* b's state file, in memory (free it); NULL on failure. */
+static char *replay_image(const mnn_replay_t *b, size_t *len)
+{
+    char *buf = NULL;
+    FILE *f = open_memstream(&buf, len);
+    if (!f)
+        return NULL;
+    int rc = mnn_replay_write(b, f);
+    if (fclose(f) != 0 || rc < 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/* The same buffer: policy, counts, generator, credit, class counts and the
+ * records by age (their numbers aside: a load numbers them anew). */
+static int replay_same(const mnn_replay_t *a, const mnn_replay_t *b)
+{
+    if (a->policy != b->policy || a->cap != b->cap || a->n != b->n || a->seen != b->seen ||
+        a->credit != b->credit || memcmp(&a->rng, &b->rng, sizeof a->rng) ||
+        a->nclasses != b->nclasses)
+        return 0;
+    for (size_t j = 0; j < a->nclasses; j++)
+        if (a->class_seen[j] != b->class_seen[j] || a->class_held[j] != b->class_held[j])
+            return 0;
+    for (size_t k = 0; k < a->n; k++) {
+        const mnn_replay_rec_t *x = mnn_replay_at(a, k), *y = mnn_replay_at(b, k);
+        if (x->len != y->len || memcmp(x->text, y->text, x->len))
+            return 0;
+    }
+    return 1;
+}
+
+/* A buffer of policy p, capacity cap, after n records of 4 classes with
+ * replays at ratio 0.7 drawn between them. */
+static void replay_fill(mnn_replay_t *b, mnn_replay_policy_t p, size_t cap, uint64_t n)
+{
+    mnn_replay_init(b, p, cap, 11);
+    for (uint64_t i = 0; i < n; i++) {
+        for (uint64_t k = mnn_replay_due(b, 0.7); k > 0; k--)
+            mnn_replay_draw(b);
+        replay_put(b, (int32_t)(trng() % 4), i);
+    }
+}
+
+/* Save, parse, the same buffer and the same next draws, for every policy;
+ * a file, and a capacity kept or taken from the file. */
+static void replay_roundtrip_checks(void)
+{
+    const mnn_replay_policy_t pols[] = {MNN_REPLAY_RESERVOIR, MNN_REPLAY_CLASS,
+                                        MNN_REPLAY_RECENT};
+    for (size_t j = 0; j < NELEM(pols); j++) {
+        const char *name = mnn_replay_policy_name(pols[j]);
+        mnn_replay_t a, b;
+        mnn_diag_t d = {""};
+        replay_fill(&a, pols[j], 20, 137);
+        size_t len = 0, len2 = 0;
+        char *img = replay_image(&a, &len);
+        mnn_replay_init(&b, pols[j], 5, 1); /* its capacity gives way to the file's */
+        int rc = img ? mnn_replay_parse(&b, img, len, "mem.state", 0, &d) : -99;
+        char *img2 = rc == 1 ? replay_image(&b, &len2) : NULL;
+        int same = rc == 1 && replay_same(&a, &b) && img2 && len2 == len && !memcmp(img, img2, len);
+        /* the next replays and records, the same on both */
+        for (uint64_t i = 137; same && i < 400; i++) {
+            for (uint64_t k = mnn_replay_due(&a, 0.7), kb = mnn_replay_due(&b, 0.7); k > 0 || kb > 0;
+                 k--, kb--) {
+                const mnn_replay_rec_t *x = mnn_replay_draw(&a), *y = mnn_replay_draw(&b);
+                same &= k == kb && x->len == y->len && !memcmp(x->text, y->text, x->len);
+                if (!same)
+                    break;
+            }
+            const int32_t y = (int32_t)(trng() % 4);
+            replay_put(&a, y, i);
+            replay_put(&b, y, i);
+        }
+        same &= replay_same(&a, &b);
+        check(same, "replay %s state: written, parsed: the same buffer and bytes (rc %d %s), "
+                    "the same draws and choices for 263 more records",
+              name, rc, d.msg);
+        /* through a file; a smaller capacity kept: a subset, the latest for
+         * recent; a missing file: 0, the buffer untouched */
+        char path[128];
+        mnn_replay_t c;
+        tpath(path, sizeof path, "replay.state");
+        mnn_replay_init(&c, pols[j], 6, 1);
+        int ok = mnn_replay_save(&a, path, &d) == 0 && mnn_replay_load(&c, path, 1, &d) == 1 &&
+                 c.cap == 6 && c.n == 6 && c.seen == a.seen && replay_sane(&c, &(fails_t){0, 0}, name);
+        for (size_t k = 0; ok && pols[j] == MNN_REPLAY_RECENT && k < 6; k++) {
+            const mnn_replay_rec_t *x = mnn_replay_at(&a, 14 + k), *y = mnn_replay_at(&c, k);
+            ok &= x->len == y->len && !memcmp(x->text, y->text, x->len);
+        }
+        unlink(path);
+        ok &= mnn_replay_load(&c, path, 1, &d) == 0 && c.n == 6;
+        check(ok, "replay %s state: saved to a file and loaded into a buffer of 6 with the "
+                  "capacity kept: 6 of its records%s; a missing file: 0, the buffer kept (%s)",
+              name, pols[j] == MNN_REPLAY_RECENT ? ", the latest, oldest first" : "", d.msg);
+        mnn_replay_free(&c);
+        mnn_replay_free(&a);
+        mnn_replay_free(&b);
+        free(img);
+        free(img2);
+    }
+}
+
+/* A copy of text[0, len) whose last line "end HASH" is made to match what
+ * comes before it (len updated; free it). */
+static char *replay_reseal(const char *text, size_t *len)
+{
+    size_t body = *len;
+    if (body >= 21 && !memcmp(text + body - 21, "end ", 4))
+        body -= 21;
+    char *out = malloc(body + 22);
+    if (!out)
+        return NULL;
+    memcpy(out, text, body);
+    snprintf(out + body, 22, "end %016llx\n", (unsigned long long)mnn_hash64(out, body));
+    *len = body + 21;
+    return out;
+}
+
+/* Parses text[0, len) (resealed first if reseal) into a buffer of policy p
+ * (capacity 20, 3 records held): the error must be want, the message name
+ * the file and say why, and the buffer stay as it was. */
+static void replay_refuse(const char *what, const char *text, size_t len, int reseal,
+                          mnn_replay_policy_t p, int want, const char *why)
+{
+    mnn_replay_t b;
+    mnn_diag_t d = {""};
+    mnn_replay_init(&b, p, 20, 1);
+    for (uint64_t i = 0; i < 3; i++)
+        replay_put(&b, 0, i);
+    char *t = reseal ? replay_reseal(text, &len) : NULL;
+    const mnn_rng_t rng = b.rng;
+    int rc = mnn_replay_parse(&b, t ? t : text, len, "bad.state", 0, &d);
+    check(rc == want && contains(d.msg, "bad.state") && contains(d.msg, why) && b.n == 3 &&
+              b.seen == 3 && b.cap == 20 && !memcmp(&rng, &b.rng, sizeof rng),
+          "replay state %s: refused (%d, want %d), '%s' names the file and says '%s', the "
+          "buffer as it was",
+          what, rc, want, d.msg, why);
+    mnn_replay_free(&b);
+    free(t);
+}
+
+/* Refusals: truncated, a flipped bit, oversized, another policy's. */
+static void replay_refusal_checks(void)
+{
+    mnn_replay_t a;
+    replay_fill(&a, MNN_REPLAY_RESERVOIR, 20, 100);
+    size_t len = 0;
+    char *img = replay_image(&a, &len);
+    mnn_replay_free(&a);
+    if (!check(img != NULL, "replay state: a reservoir's image for the refusals"))
+        return;
+    const size_t cut[] = {0, 1, len / 2, len - 22, len - 5, len - 1};
+    for (size_t j = 0; j < NELEM(cut); j++) {
+        char what[64];
+        snprintf(what, sizeof what, "cut to %zu of %zu bytes", cut[j], len);
+        replay_refuse(what, img, cut[j], 0, MNN_REPLAY_RESERVOIR, MNN_ECORRUPT, "truncated");
+    }
+    char *flip = malloc(len);
+    memcpy(flip, img, len);
+    flip[len - 40] ^= 0x01; /* in the last record */
+    replay_refuse("with a bit flipped in a record", flip, len, 0, MNN_REPLAY_RESERVOIR,
+                  MNN_ECORRUPT, "hash does not match");
+    memcpy(flip, img, len);
+    flip[len - 3] ^= 0x01; /* in the hash itself */
+    replay_refuse("with a bit flipped in its hash", flip, len, 0, MNN_REPLAY_RESERVOIR,
+                  MNN_ECORRUPT, "hash does not match");
+    free(flip);
+    replay_refuse("of another policy", img, len, 0, MNN_REPLAY_RECENT, MNN_EINVAL,
+                  "holds a reservoir buffer, not recent");
+    replay_refuse("of another policy", img, len, 0, MNN_REPLAY_CLASS, MNN_EINVAL,
+                  "holds a reservoir buffer, not class-balanced");
+    free(img);
+    /* oversized, with a right hash: a capacity, a record count, a record */
+    const char *head = "# mini-nn replay-buffer state 1\npolicy reservoir\n";
+    char buf[512];
+    snprintf(buf, sizeof buf, "%scapacity %d\nseen 5\ncredit 0\nrng 1 2 3 4\nrecords 1\n0,1\n",
+             head, MNN_REPLAY_MAX_CAP + 1);
+    replay_refuse("of capacity 10^8 + 1", buf, strlen(buf), 1, MNN_REPLAY_RESERVOIR, MNN_EFORMAT,
+                  "out of range");
+    snprintf(buf, sizeof buf, "%scapacity 2\nseen 5\ncredit 0\nrng 1 2 3 4\nrecords 3\n0,1\n0,2\n0,3\n",
+             head);
+    replay_refuse("of 3 records in 2 slots", buf, strlen(buf), 1, MNN_REPLAY_RESERVOIR,
+                  MNN_EFORMAT, "a malformed record count");
+    snprintf(buf, sizeof buf, "%scapacity 2\nseen 5\ncredit 0\nrng 1 2 3 4\nrecords 2\n0,1\n", head);
+    replay_refuse("with a record missing", buf, strlen(buf), 1, MNN_REPLAY_RESERVOIR, MNN_EFORMAT,
+                  "fewer records than it says");
+    const size_t big = MNN_REPLAY_MAX_LINE + 1, hl = strlen(buf) - strlen("records 2\n0,1\n");
+    char *huge = malloc(hl + 64 + big);
+    if (huge) {
+        memcpy(huge, buf, hl);
+        size_t n = hl + (size_t)sprintf(huge + hl, "records 1\n0,");
+        memset(huge + n, '7', big - 2);
+        n += big - 2;
+        huge[n++] = '\n';
+        replay_refuse("with a record of 64 MiB + 1 bytes", huge, n, 1, MNN_REPLAY_RESERVOIR,
+                      MNN_ELIMIT, "a record longer than the 64 MiB");
+        free(huge);
+    }
+}
+
+/* Writing into a stream that fails: MNN_EIO. */
+static void replay_write_error_check(void)
+{
+    mnn_replay_t a;
+    replay_fill(&a, MNN_REPLAY_RECENT, 5, 9);
+    FILE *f = fopen("/dev/full", "w");
+    int rc = 1;
+    if (f) {
+        setvbuf(f, NULL, _IONBF, 0);
+        rc = mnn_replay_write(&a, f);
+        fclose(f);
+    }
+    check(!f || rc == MNN_EIO, "replay state written into /dev/full: MNN_EIO (%d)", rc);
+    mnn_replay_free(&a);
+}
+
+/* In a child whose address space is capped a little above what it uses
+ * (the heap trimmed first, so that what a copy of 40 MiB needs is new
+ * address space): a record too large to copy is MNN_ENOMEM, and a buffer
+ * filling (reservoir), full (class-balanced) or a ring (recent) stays
+ * whole and goes on.  Exit 0 when all held, else the step that failed. */
+static int child_replay_oom(void *ctx)
+{
+    (void)ctx;
+    enum { BIG = 40 << 20 };
+    const mnn_replay_policy_t pols[] = {MNN_REPLAY_RESERVOIR, MNN_REPLAY_CLASS,
+                                        MNN_REPLAY_RECENT};
+    const size_t caps[] = {10, 3, 3};
+    mnn_replay_t b[3];
+    char *big = malloc(BIG);
+    if (!big)
+        return 10;
+    memset(big, '1', BIG);
+    for (size_t j = 0; j < 3; j++) {
+        mnn_replay_init(&b[j], pols[j], caps[j], 1);
+        for (uint64_t i = 0; i < 5; i++)
+            if (replay_put(&b[j], (int32_t)(i % 2), i) < 0)
+                return 11;
+    }
+    malloc_trim(0);
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    if (!f || fscanf(f, "%lu", &pages) != 1)
+        return 12;
+    fclose(f);
+    const struct rlimit lim = {pages * (unsigned long)sysconf(_SC_PAGESIZE) + (16 << 20),
+                               RLIM_INFINITY};
+    if (setrlimit(RLIMIT_AS, &lim) != 0)
+        return 13;
+    for (size_t j = 0; j < 3; j++) {
+        mnn_diag_t d = {""};
+        const size_t n = b[j].n, head = b[j].head;
+        const uint64_t seen = b[j].seen, cseen = j == 1 ? b[j].class_seen[1] : 0;
+        if (mnn_replay_offer(&b[j], big, BIG, 1, &d) != MNN_ENOMEM ||
+            !contains(d.msg, "out of memory"))
+            return 20 + (int)j;
+        /* counted, not kept: the records held, their order and classes */
+        if (b[j].n != n || b[j].head != head || b[j].seen != seen + 1 ||
+            (j == 1 && b[j].class_seen[1] != cseen + 1) ||
+            !replay_sane(&b[j], &(fails_t){0, 0}, "out of memory"))
+            return 30 + (int)j;
+        long long r;
+        int y;
+        for (size_t k = 0; j == 2 && k < 3; k++)
+            if (replay_parse_line(mnn_replay_at(&b[j], k), &r, &y) < 0 || r != (long long)(2 + k))
+                return 40;
+        /* and on: the next record enters as it would have */
+        if (replay_put(&b[j], 0, 9) != 0 || !replay_sane(&b[j], &(fails_t){0, 0}, "after"))
+            return 50 + (int)j;
+        if (j == 0 && (b[j].n != n + 1 ||
+                       replay_parse_line(mnn_replay_at(&b[j], n), &r, &y) < 0 || r != 9))
+            return 60;
+        if (j == 2 && (replay_parse_line(mnn_replay_at(&b[j], 2), &r, &y) < 0 || r != 9 ||
+                       replay_parse_line(mnn_replay_at(&b[j], 0), &r, &y) < 0 || r != 3))
+            return 62;
+        mnn_replay_free(&b[j]);
+    }
+    free(big);
+    return 0;
+}
+
+static void test_replay(void)
+{
+    mnn_replay_policy_t p;
+    check(mnn_replay_policy_parse("class-balanced", &p) == 0 && p == MNN_REPLAY_CLASS &&
+              mnn_replay_policy_parse("recent", &p) == 0 && p == MNN_REPLAY_RECENT &&
+              mnn_replay_policy_parse("Recent", &p) == MNN_EINVAL &&
+              !strcmp(mnn_replay_policy_name(MNN_REPLAY_RESERVOIR), "reservoir") &&
+              !strcmp(mnn_replay_policy_name((mnn_replay_policy_t)7), "?"),
+          "replay policies: names to values and back, an unknown one refused");
+    /* a held line: '\n' added, memory reused, a line too long refused */
+    mnn_replay_rec_t r = {0};
+    int set = mnn_replay_rec_set(&r, "1,2,3", 5, 7) == 0 && r.len == 6 &&
+              !memcmp(r.text, "1,2,3\n", 6) && r.rec == 7;
+    const char *text = r.text;
+    const size_t cap = r.cap;
+    set &= mnn_replay_rec_set(&r, "4", 1, 8) == 0 && r.text == text && r.cap == cap &&
+           r.len == 2 && !memcmp(r.text, "4\n", 2) &&
+           mnn_replay_rec_set(&r, "x", MNN_REPLAY_MAX_LINE + 1, 9) == MNN_ELIMIT && r.rec == 8;
+    free(r.text);
+    check(set, "replay record copies: the line and its '\\n', the memory reused, over 64 MiB "
+               "refused (MNN_ELIMIT)");
+    replay_reservoir_checks();
+    replay_class_checks();
+    replay_recent_checks();
+    replay_draw_checks();
+    replay_roundtrip_checks();
+    replay_refusal_checks();
+    replay_write_error_check();
+#ifndef UNDER_ASAN /* its shadow memory does not fit under RLIMIT_AS */
+    const int oom = in_child(child_replay_oom, NULL);
+    check(oom == 0, "replay buffer out of memory (RLIMIT_AS): a record that cannot be copied "
+                    "is MNN_ENOMEM, counted, not kept; every policy's buffer whole and going on "
+                    "(child: %d)",
+          oom);
+#endif
+}
+
+/* ---- Bernoulli sampling -------------------------------------------------------- */
+
+static void test_bernoulli(void)
+{
+    mnn_rng_t rng;
+    mnn_bernoulli_t b;
+    mnn_rng_seed(&rng, 1);
+    check(mnn_bernoulli_init(&b, 0, &rng) == MNN_EINVAL &&
+              mnn_bernoulli_init(&b, -0.5, &rng) == MNN_EINVAL &&
+              mnn_bernoulli_init(&b, 1.0000001, &rng) == MNN_EINVAL &&
+              mnn_bernoulli_init(&b, NAN, &rng) == MNN_EINVAL,
+          "Bernoulli: probabilities 0, -0.5, 1.0000001 and NaN refused");
+    /* p = 1: every record */
+    int all = mnn_bernoulli_init(&b, 1, &rng) == 0;
+    for (int i = 0; i < 1000; i++)
+        all &= mnn_bernoulli_offer(&b) == 1;
+    check(all, "Bernoulli p 1: every record kept");
+    /* the rate, within 4 sd; pairs of neighbours kept as often as p^2 */
+    const double ps[] = {0.5, 0.3, 0.01, 0.0001};
+    for (size_t j = 0; j < NELEM(ps); j++) {
+        const double p = ps[j];
+        const uint64_t n = 2000000;
+        uint64_t kept = 0, pairs = 0, draws = 0;
+        int last = 0;
+        mnn_rng_seed(&rng, 42 + j);
+        mnn_rng_t count = rng;
+        mnn_bernoulli_init(&b, p, &rng);
+        for (uint64_t i = 0; i < n; i++) {
+            const int k = mnn_bernoulli_offer(&b);
+            kept += (uint64_t)k;
+            pairs += (uint64_t)(k && last);
+            last = k;
+        }
+        /* one draw at init and one per record kept */
+        while (memcmp(&count, &rng, sizeof rng) && draws <= kept + 1) {
+            mnn_rng_next(&count);
+            draws++;
+        }
+        const double sd = sqrt((double)n * p * (1 - p)), z = ((double)kept - (double)n * p) / sd;
+        /* pairs: Var = (n - 1) p^2 (1 - p) (1 + 3p), overlapping pairs
+         * included; too few to judge at p 0.0001 (0.02 expected) */
+        const double p2 = p * p, sd2 = sqrt((double)(n - 1) * p2 * (1 - p) * (1 + 3 * p)),
+                     z2 = p < 0.01 ? 0 : ((double)pairs - (double)(n - 1) * p2) / sd2;
+        check(fabs(z) < 4 && fabs(z2) < 4 && draws == kept + 1,
+              "Bernoulli p %g over %llu records: %llu kept (%.2f sd), %llu neighbours both "
+              "kept (%.2f sd), %llu draws for %llu kept",
+              p, (unsigned long long)n, (unsigned long long)kept, z, (unsigned long long)pairs,
+              z2, (unsigned long long)draws, (unsigned long long)kept);
+    }
+    /* the same seed, the same records; another seed, others */
+    uint64_t a[64] = {0}, c[64] = {0}, o[64] = {0};
+    mnn_rng_t r1, r2, r3;
+    mnn_bernoulli_t b1, b2, b3;
+    mnn_rng_seed(&r1, 5);
+    mnn_rng_seed(&r2, 5);
+    mnn_rng_seed(&r3, 6);
+    mnn_bernoulli_init(&b1, 0.3, &r1);
+    mnn_bernoulli_init(&b2, 0.3, &r2);
+    mnn_bernoulli_init(&b3, 0.3, &r3);
+    for (uint64_t i = 0; i < 64 * 64; i++) {
+        a[i / 64] |= (uint64_t)mnn_bernoulli_offer(&b1) << (i % 64);
+        c[i / 64] |= (uint64_t)mnn_bernoulli_offer(&b2) << (i % 64);
+        o[i / 64] |= (uint64_t)mnn_bernoulli_offer(&b3) << (i % 64);
+    }
+    check(!memcmp(a, c, sizeof a) && memcmp(a, o, sizeof a),
+          "Bernoulli p 0.3: the same seed keeps the same records, another seed others");
+}
+
 static void test_reservoir(void)
 {
     enum { N = 100, K = 10, T = 20000 };
@@ -6353,6 +7049,8 @@ int main(void)
     test_ckpt_open();
     test_ckpt_same();
     test_reservoir();
+    test_replay();
+    test_bernoulli();
     test_topk();
     test_wres();
     test_decay();

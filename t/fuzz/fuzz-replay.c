@@ -1,5 +1,5 @@
-/* fuzz-replay - replay-buffer's state file reader (parse_state in
- * bin/replay.c).
+/* fuzz-replay - replay-buffer's state file reader (mnn_replay_parse in
+ * lib/replay.c).
  *
  * Input: one settings byte, then the state file.
  *   byte 0: policy (b & 3) % 3 (reservoir, class-balanced, recent); 0x04: the
@@ -17,20 +17,19 @@
  * classes are skipped.
  * Invariants: a buffer loaded holds at most its capacity, each record a
  * line of its own; class-balanced: the per-class counts, slots and the list
- * of classes present agree with the records held. */
+ * of classes present agree with the records held.  A state refused says
+ * why, naming the file, and leaves the buffer as it was. */
 #include "fuzz.h"
-
-#include "replay.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    fz_quiet(); /* parse_state reports a bad label through warnx_ */
+    fz_quiet();
     return 0;
 }
 
-/* The largest number a "KEY N" line of the file may say, as parse_state
+/* The largest number a "KEY N" line of the file may say, as mnn_replay_parse
  * reads it (sscanf "KEY %zu": no space needed, "-1" is huge), or 0. */
 static size_t file_count(const char *s, const char *key)
 {
@@ -44,17 +43,17 @@ static size_t file_count(const char *s, const char *key)
     return most;
 }
 
-static void check_buffer(const buffer_t *b)
+static void check_buffer(const mnn_replay_t *b)
 {
     FZ_CHECK(b->n <= b->cap && b->cap > 0);
     for (size_t i = 0; i < b->n; i++) {
-        const line_copy_t *r = &b->rec[i];
+        const mnn_replay_rec_t *r = &b->rec[i];
         FZ_CHECK(r->text && r->len > 0 && r->len <= r->cap && r->rec > 0);
         FZ_CHECK(r->text[r->len - 1] == '\n' && !memchr(r->text, '\n', r->len - 1));
     }
-    if (b->policy == P_RECENT)
+    if (b->policy == MNN_REPLAY_RECENT)
         FZ_CHECK(b->head < b->cap && (b->n == b->cap || b->head == 0));
-    if (b->policy != P_CLASS)
+    if (b->policy != MNN_REPLAY_CLASS)
         return;
     size_t held = 0, present = 0;
     for (size_t j = 0; j < b->nclasses; j++) {
@@ -77,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    const policy_t policy = (policy_t)((data[0] & 3) % 3);
+    const mnn_replay_policy_t policy = (mnn_replay_policy_t)((data[0] & 3) % 3);
     int cap_given = (data[0] >> 2) & 1;
     const size_t cap = 1 + (data[0] >> 4);
     size_t len = size - 1;
@@ -86,21 +85,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (file_count(text, "capacity") > 4096)
         cap_given = 1;
     const size_t ncl = file_count(text, "classes");
-    if (ncl > 4096 && ncl <= MAX_CLASS) {
+    if (ncl > 4096 && ncl <= MNN_REPLAY_MAX_CLASS) {
         free(text);
         return 0;
     }
-    buffer_t b;
-    char why[1024] = "";
-    buf_init(&b, policy, cap, 1);
-    int rc = parse_state(&b, text, len, "fuzz.state", cap_given, why, sizeof why);
-    FZ_NOTE("parse_state: %d %s\n", rc, why);
-    FZ_CHECK(rc == 1 || (rc == -1 && why[0]));
+    mnn_replay_t b;
+    mnn_diag_t d = {""};
+    FZ_CHECK(mnn_replay_init(&b, policy, cap, 1) == 0);
+    /* the bytes alone, no NUL after them: a read past the end is caught */
+    char *bytes = fz_xmalloc(len);
+    memcpy(bytes, text, len);
+    int rc = mnn_replay_parse(&b, bytes, len, "fuzz.state", cap_given, &d);
+    free(bytes);
+    FZ_NOTE("mnn_replay_parse: %d %s\n", rc, d.msg);
     if (rc == 1) {
         check_buffer(&b);
         FZ_CHECK(b.policy == policy && (!cap_given || b.cap == cap));
+    } else {
+        FZ_CHECK(rc < 0 && rc >= MNN_ELIMIT && !strncmp(d.msg, "fuzz.state", 10));
+        FZ_CHECK(b.policy == policy && b.cap == cap && b.n == 0 && b.seen == 0 && !b.alloc);
     }
-    buf_free(&b);
+    mnn_replay_free(&b);
     free(text);
     return 0;
 }
