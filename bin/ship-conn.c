@@ -1,7 +1,7 @@
 /* ship-conn.c - ckpt-ship's transport: where to (a local DIR or
- * [user@]host:DIR), the receiver started as a child (`ckpt-ship --receive`
- * through the ssh command, or this program itself for a local DIR), its
- * greeting, and the end of a connection.  See ship.h. */
+ * [user@]host:DIR), the receiver started as a child (coproc.h) that is
+ * `ckpt-ship --receive` through the ssh command, or this program itself for
+ * a local DIR; its greeting; the end of a connection.  See ship.h. */
 #include <config.h>
 
 #include "cli.h"
@@ -10,7 +10,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,35 +90,18 @@ int conn_close(conn_t *c, int kill_it)
 {
     if (!c->open)
         return -1;
-    if (c->to >= 0)
-        close(c->to);
-    close(c->from.fd);
-    free(c->from.buf);
-    /* end of input first, so that a receiver can clean up; then signals */
-    int status = -1, sig = kill_it ? SIGTERM : 0;
-    double until = mono_now() + (kill_it ? 2 : 5);
-    pid_t w;
-    while ((w = waitpid(c->pid, &status, WNOHANG)) == 0) {
-        if (mono_now() > until) {
-            if (sig == SIGKILL) {
-                waitpid(c->pid, &status, 0);
-                break;
-            }
-            sig = sig ? SIGKILL : SIGTERM;
-            kill(c->pid, sig);
-            until = mono_now() + 3;
-        }
-        sleep_s(0.002);
-    }
-    if (w < 0)
-        status = -1;
     c->open = 0;
-    return status;
+    /* end of input first, so that a receiver can clean up; then signals */
+    close(c->cp.to);
+    c->cp.to = -1;
+    free(c->from.buf); /* from.fd is cp.from, closed by coproc_reap */
+    c->from.buf = NULL;
+    return coproc_reap(&c->cp, kill_it ? 2 : 5, 3);
 }
 
 int conn_open(conn_t *c, const dest_t *d, char *why, size_t wsize, int *permanent)
 {
-    char cmd[8192], keep[32], tmo[32];
+    char cmd[8192], keep[32], tmo[32], sh[4096];
     size_t o = 0;
     snprintf(keep, sizeof keep, "%zu", opt.keep);
     snprintf(tmo, sizeof tmo, "%u", opt.timeout);
@@ -138,22 +120,16 @@ int conn_open(conn_t *c, const dest_t *d, char *why, size_t wsize, int *permanen
             *permanent = 1;
             return -1;
         }
-        char sh[4096];
         if ((size_t)snprintf(sh, sizeof sh, "%s \"$@\"", opt.rsh) >= sizeof sh) {
             setmsg(why, wsize, "the ssh command is too long");
             *permanent = 1;
             return -1;
         }
-        argv[a++] = "/bin/sh";
-        argv[a++] = "-c";
-        argv[a++] = strdup(sh);
+        /* /bin/sh -c 'RSH "$@"' ckpt-ship-rsh HOST CMD */
+        argv[a++] = sh;
         argv[a++] = "ckpt-ship-rsh";
         argv[a++] = d->host;
         argv[a++] = cmd;
-        if (!argv[2]) {
-            setmsg(why, wsize, "out of memory");
-            return -1;
-        }
     } else {
         ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
         if (k <= 0) {
@@ -175,47 +151,18 @@ int conn_open(conn_t *c, const dest_t *d, char *why, size_t wsize, int *permanen
     if (opt.verbose)
         warnx_("connecting: %s", d->host ? cmd : d->dir);
 
-    int in[2], out[2];
-    if (pipe2(in, O_CLOEXEC) < 0) {
-        setmsg(why, wsize, "pipe: %s", strerror(errno));
-        if (d->host)
-            free((char *)argv[2]);
+    if (coproc_start(&c->cp, argv, d->host ? COPROC_SHELL : 0) < 0) {
+        int e = errno;
+        setmsg(why, wsize, "the receiver could not be started: %s", strerror(e));
+        /* out of processes or descriptors may pass; a program that cannot
+         * be run does not */
+        *permanent = e != EAGAIN && e != ENOMEM && e != EMFILE && e != ENFILE;
         return -1;
     }
-    if (pipe2(out, O_CLOEXEC) < 0) {
-        setmsg(why, wsize, "pipe: %s", strerror(errno));
-        close(in[0]), close(in[1]);
-        if (d->host)
-            free((char *)argv[2]);
-        return -1;
-    }
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        setmsg(why, wsize, "fork: %s", strerror(errno));
-        close(in[0]), close(in[1]), close(out[0]), close(out[1]);
-        if (d->host)
-            free((char *)argv[2]);
-        return -1;
-    }
-    if (pid == 0) {
-        signal(SIGPIPE, SIG_DFL);
-        dup2(in[0], STDIN_FILENO);
-        dup2(out[1], STDOUT_FILENO);
-        execv(argv[0], (char *const *)argv);
-        fprintf(stderr, "%s: %s: %s\n", prog, argv[0], strerror(errno));
-        _exit(127);
-    }
-    if (d->host)
-        free((char *)argv[2]);
-    close(in[0]);
-    close(out[1]);
-    fcntl(in[1], F_SETPIPE_SZ, (int)CHUNK); /* fewer, larger writes; advice only */
-    fcntl(in[1], F_SETFL, O_NONBLOCK);
-    c->pid = pid;
-    c->to = in[1];
+    fcntl(c->cp.to, F_SETPIPE_SZ, (int)CHUNK); /* fewer, larger writes; advice only */
+    fcntl(c->cp.to, F_SETFL, O_NONBLOCK);
     c->open = 1;
-    if (input_init(&c->from, out[0], 8192) < 0) { /* conn_close closes out[0] */
+    if (input_init(&c->from, c->cp.from, 8192) < 0) {
         c->from.buf = NULL;
         conn_close(c, 1);
         setmsg(why, wsize, "out of memory");

@@ -122,9 +122,9 @@ static int offer(conn_t *c, const source_t *s, uint64_t *off, char *why, size_t 
     if (s->name[0])
         pct_encode(enc, sizeof enc, s->name);
     if (s->known) {
-        if (say(c->to, "OFFER %" PRIu64 " %s %s", s->size, s->hex, enc) < 0)
+        if (say(c->cp.to, "OFFER %" PRIu64 " %s %s", s->size, s->hex, enc) < 0)
             return write_failed(c, why, wsize);
-    } else if (say(c->to, "OFFER - - %s", enc) < 0)
+    } else if (say(c->cp.to, "OFFER - - %s", enc) < 0)
         return write_failed(c, why, wsize);
     int rc = reply(c, line, sizeof line, why, wsize);
     if (rc != SHIP_OK)
@@ -242,18 +242,18 @@ static int send_spliced(xfer_t *x, char *why, size_t wsize)
             break;
         char h[HDR];
         int hl = snprintf(h, sizeof h, "DATA %zu\n", n);
-        if (write_all(c->to, h, (size_t)hl, opt.timeout) < 0) {
+        if (write_all(c->cp.to, h, (size_t)hl, opt.timeout) < 0) {
             rc = write_failed(c, why, wsize);
             break;
         }
         while (moved < n && rc == SHIP_OK) {
-            ssize_t k = splice(fd, NULL, c->to, NULL, n - moved, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            ssize_t k = splice(fd, NULL, c->cp.to, NULL, n - moved, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (k < 0 && errno == EINVAL && moved == 0) {
                 /* no splice here: the same bytes by read and write */
                 size_t got = 0;
                 while (got < n && (k = read_some(fd, x->buf + HDR + got, n - got)) > 0)
                     got += (size_t)k;
-                if (got == n && write_all(c->to, x->buf + HDR, n, opt.timeout) < 0)
+                if (got == n && write_all(c->cp.to, x->buf + HDR, n, opt.timeout) < 0)
                     rc = write_failed(c, why, wsize);
                 k = got == n ? (ssize_t)n : k;
                 splicing = 0;
@@ -269,7 +269,7 @@ static int send_spliced(xfer_t *x, char *why, size_t wsize)
                        k == 0 ? "shorter than it was" : strerror(errno));
                 rc = SHIP_FATAL;
             } else if (k < 0 && errno == EAGAIN) {
-                int r = wait_fd(c->to, POLLOUT, opt.timeout);
+                int r = wait_fd(c->cp.to, POLLOUT, opt.timeout);
                 if (r <= 0) {
                     errno = r == 0 ? ETIMEDOUT : errno;
                     rc = write_failed(c, why, wsize);
@@ -299,7 +299,7 @@ static int send_read(xfer_t *x, char *why, size_t wsize)
             struct pollfd pf = {.fd = x->fd, .events = POLLIN};
             if (mono_now() - last_sent > quiet_ms / 1000.0 ||
                 (poll(&pf, 1, quiet_ms) == 0 && !x->skip)) {
-                if (say(c->to, "NOOP") < 0)
+                if (say(c->cp.to, "NOOP") < 0)
                     return write_failed(c, why, wsize);
                 last_sent = mono_now();
                 continue;
@@ -322,7 +322,7 @@ static int send_read(xfer_t *x, char *why, size_t wsize)
         char h[HDR];
         int hl = snprintf(h, sizeof h, "DATA %zd\n", k);
         memcpy(x->buf + HDR - hl, h, (size_t)hl);
-        if (write_all(c->to, x->buf + HDR - hl, (size_t)hl + (size_t)k, opt.timeout) < 0)
+        if (write_all(c->cp.to, x->buf + HDR - hl, (size_t)hl + (size_t)k, opt.timeout) < 0)
             return write_failed(c, why, wsize);
         last_sent = mono_now();
         xfer_sent(x, (uint64_t)k);
@@ -336,7 +336,7 @@ static int conclude(conn_t *c, source_t *s, progress_t *pr, uint64_t total, char
                     size_t wsize)
 {
     char line[1100];
-    if (say(c->to, "END %" PRIu64 " %s", s->known ? s->size : total, s->hex) < 0)
+    if (say(c->cp.to, "END %" PRIu64 " %s", s->known ? s->size : total, s->hex) < 0)
         return write_failed(c, why, wsize);
     progress_show(pr, 1);
     const double t_end = mono_now();
@@ -469,7 +469,7 @@ static int ship_lines(conn_t *conn, const dest_t *d, const char *file)
         int k = input_line_until(&in, line, sizeof line,
                                  opt.timeout ? mono_now() + opt.timeout / 3.0 : 0);
         if (k < 0 && errno == ETIMEDOUT) {
-            if (conn->open && conn->greeted && say(conn->to, "NOOP") < 0)
+            if (conn->open && conn->greeted && say(conn->cp.to, "NOOP") < 0)
                 conn_close(conn, 1); /* the next path reconnects */
             continue;
         }
@@ -514,7 +514,7 @@ int ship_send(const dest_t *d, char *const srcs[], int n, const char *files_from
         for (int i = 0; i < n; i++)
             failed += ship(&conn, d, srcs[i]) < 0;
     if (conn.open) {
-        say(conn.to, "BYE");
+        say(conn.cp.to, "BYE");
         conn_close(&conn, 0);
     }
     return failed;

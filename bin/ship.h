@@ -33,6 +33,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "coproc.h"
 #include "mini-nn.h"
 
 #define GREETING "ckpt-ship 1 ready"
@@ -111,9 +112,8 @@ void dest_free(dest_t *d);
 
 /* The connection: the receiver's stdin and stdout. */
 typedef struct {
-    pid_t pid;    /* the child: ssh, or a local receiver */
-    int to;       /* its stdin */
-    input_t from; /* its stdout */
+    coproc_t cp;  /* the child (ssh, or a local receiver); cp.to its stdin */
+    input_t from; /* its stdout: from.fd is cp.from */
     int open;
     int greeted;  /* the receiver's greeting was read */
 } conn_t;
