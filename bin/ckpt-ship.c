@@ -123,7 +123,8 @@ int main(int argc, char **argv)
         case O_FILES: files_from = optarg; break;
         case O_NAME:
             if (!name_ok(optarg))
-                usage_error("--name: '%s' cannot be a file name in the destination", printable(optarg));
+                usage_error("--name: '%s' cannot be a file name in the destination",
+                            printable(optarg));
             opt.name = optarg;
             break;
         case O_KEEP: opt.keep = opt_size("--keep", optarg, 0, 1000000); break;

@@ -371,7 +371,8 @@ static int receive_frames(receiver_t *r, int fd, const char *part, int known, ui
                  * memory */
                 sync_file_range(fd, (off_t)synced, (off_t)(*got - synced), SYNC_FILE_RANGE_WRITE);
                 if (synced > off)
-                    sync_file_range(fd, (off_t)(synced - SYNC_EVERY < off ? off : synced - SYNC_EVERY),
+                    sync_file_range(fd,
+                                    (off_t)(synced - SYNC_EVERY < off ? off : synced - SYNC_EVERY),
                                     (off_t)SYNC_EVERY,
                                     SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
                                         SYNC_FILE_RANGE_WAIT_AFTER);

@@ -247,7 +247,8 @@ static int send_spliced(xfer_t *x, char *why, size_t wsize)
             break;
         }
         while (moved < n && rc == SHIP_OK) {
-            ssize_t k = splice(fd, NULL, c->cp.to, NULL, n - moved, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            ssize_t k = splice(fd, NULL, c->cp.to, NULL, n - moved,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (k < 0 && errno == EINVAL && moved == 0) {
                 /* no splice here: the same bytes by read and write */
                 size_t got = 0;
