@@ -22,6 +22,7 @@
 
 #include "forward.h"
 #include "cli.h"
+#include "coproc.h"
 #include "feed.h"
 
 #include <errno.h>
@@ -30,7 +31,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,8 +38,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-extern char **environ;
 
 const char *const tier_names[TIER_N] = {
     "local", "remote", "fallback:timeout", "fallback:unreachable", "fallback:shed",
@@ -83,9 +81,9 @@ struct fwd {
     /* bytes received, not yet a whole line */
     char *rb;
     size_t rlen, rcap;
-    /* the co-process */
-    pid_t pid;
-    int to, from; /* its stdin (a socket, for MSG_NOSIGNAL) and stdout */
+    /* the co-process: cp.to its stdin (a socket, for MSG_NOSIGNAL), cp.from
+     * its stdout, both non-blocking */
+    coproc_t cp;
     int alive, shut, echo; /* echo: -1 unknown, 0 markers do not come back, 1 they do */
     int ready;         /* it has written its first line: deadlines run */
     double started_at; /* when it was started */
@@ -209,25 +207,6 @@ static void fall_back(fwd_ent_t *e, tier_t why)
     e->tier = (uint8_t)why;
 }
 
-static void describe_status(char *buf, size_t size, int st)
-{
-    if (WIFEXITED(st))
-        snprintf(buf, size, "exited with status %d", WEXITSTATUS(st));
-    else if (WIFSIGNALED(st))
-        snprintf(buf, size, "was killed by signal %d", WTERMSIG(st));
-    else
-        snprintf(buf, size, "stopped");
-}
-
-static void close_child_fds(struct fwd *f)
-{
-    if (f->to >= 0)
-        close(f->to);
-    if (f->from >= 0)
-        close(f->from);
-    f->to = f->from = -1;
-}
-
 /* The co-process is gone, or is made to go: what it had not answered falls
  * back, and a restart is scheduled unless the input has ended. */
 static void child_down(struct fwd *f, double t, const char *why)
@@ -250,25 +229,14 @@ static void child_down(struct fwd *f, double t, const char *why)
     f->slen = f->soff = f->rlen = 0;
     char status[64] = "could not be started";
     int clean = 0;
-    if (f->pid > 0) {
-        int st = 0;
+    if (f->cp.pid > 0) {
         child_group = 0;
-        close_child_fds(f);
-        /* the whole process group: sh, ssh and what they started */
-        kill(-f->pid, SIGKILL);
-        kill(f->pid, SIGKILL);
-        pid_t r;
-        while ((r = waitpid(f->pid, &st, 0)) < 0 && errno == EINTR)
-            ;
-        if (r < 0)
-            snprintf(status, sizeof status, "ended");
-        else
-            describe_status(status, sizeof status, st);
-        if (r > 0 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
-            snprintf(status, sizeof status, "was stopped");
-        clean = r > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+        /* at once (SIGKILL), the whole process group: sh, ssh and what
+         * they started */
+        int st = coproc_reap(&f->cp, 0, 0);
+        coproc_how(&f->cp, status, sizeof status);
+        clean = st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
     }
-    f->pid = -1;
     f->alive = 0;
     f->restart_at = t + f->backoff;
     if (!f->done)
@@ -281,55 +249,16 @@ static void child_down(struct fwd *f, double t, const char *why)
 
 static void child_start(struct fwd *f, double t)
 {
-    int sv[2], pp[2];
-    f->pid = -1;
-    f->to = f->from = -1;
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    /* its stdin a socket: send(MSG_NOSIGNAL) to a co-process that went
+     * away fails, not kills */
+    const char *argv[] = {f->o.cmd, NULL};
+    if (coproc_start(&f->cp, argv, COPROC_SHELL | COPROC_PGROUP | COPROC_SOCKET) < 0) {
         child_down(f, t, strerror(errno));
         return;
     }
-    if (pipe2(pp, O_CLOEXEC) != 0) {
-        int e = errno;
-        close(sv[0]);
-        close(sv[1]);
-        child_down(f, t, strerror(e));
-        return;
-    }
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t at;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, sv[1], STDIN_FILENO);
-    posix_spawn_file_actions_adddup2(&fa, pp[1], STDOUT_FILENO);
-    posix_spawnattr_init(&at);
-    sigset_t none, def;
-    sigemptyset(&none);
-    sigemptyset(&def);
-    int sigs[] = {SIGPIPE, SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGQUIT};
-    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
-        sigaddset(&def, sigs[i]);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &def);
-    posix_spawnattr_setpgroup(&at, 0);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
-    char *argv[] = {"sh", "-c", (char *)f->o.cmd, NULL};
-    pid_t pid;
-    int rc = posix_spawn(&pid, "/bin/sh", &fa, &at, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
-    close(sv[1]);
-    close(pp[1]);
-    f->to = sv[0];
-    f->from = pp[0];
-    if (rc != 0) {
-        close_child_fds(f);
-        child_down(f, t, strerror(rc));
-        return;
-    }
-    fcntl(f->to, F_SETFL, fcntl(f->to, F_GETFL) | O_NONBLOCK);
-    fcntl(f->from, F_SETFL, fcntl(f->from, F_GETFL) | O_NONBLOCK);
-    f->pid = pid;
-    child_group = pid;
+    fcntl(f->cp.to, F_SETFL, fcntl(f->cp.to, F_GETFL) | O_NONBLOCK);
+    fcntl(f->cp.from, F_SETFL, fcntl(f->cp.from, F_GETFL) | O_NONBLOCK);
+    child_group = f->cp.pid;
     f->alive = 1;
     f->shut = f->wfail = 0;
     f->echo = -1;
@@ -503,7 +432,7 @@ static int child_read(struct fwd *f, double t)
     for (int reads = 0; reads < 16; reads++) {
         if (grow((void **)&f->rb, &f->rcap, f->rlen + 65536, 1) < 0)
             die(EXIT_RUNTIME, "out of memory");
-        ssize_t r = read(f->from, f->rb + f->rlen, f->rcap - f->rlen);
+        ssize_t r = read(f->cp.from, f->rb + f->rlen, f->rcap - f->rlen);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0 && errno == EAGAIN)
@@ -537,7 +466,7 @@ static int child_read(struct fwd *f, double t)
 static int child_write(struct fwd *f, double t)
 {
     while (f->soff < f->slen) {
-        ssize_t w = send(f->to, f->sb + f->soff, f->slen - f->soff,
+        ssize_t w = send(f->cp.to, f->sb + f->soff, f->slen - f->soff,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w < 0 && errno == EINTR)
             continue;
@@ -637,35 +566,13 @@ static void child_stop(struct fwd *f)
     /* an end of input in the middle of a record would be a bad record */
     const int whole = f->soff == f->slen;
     if (!f->shut && whole)
-        shutdown(f->to, SHUT_WR);
-    double limit = mono_now() + (whole && !f->flrec && !f->heldn ? 2.0 : 0.2);
-    int st = 0;
-    pid_t r;
-    while ((r = waitpid(f->pid, &st, WNOHANG)) == 0 && mono_now() < limit) {
-        char junk[4096];
-        for (int i = 0; i < 16 && read(f->from, junk, sizeof junk) > 0; i++)
-            ;
-        poll(&(struct pollfd){.fd = f->from, .events = POLLIN}, 1, 10);
-    }
-    if (r == 0) {
-        kill(-f->pid, SIGTERM);
-        kill(f->pid, SIGTERM);
-        limit = mono_now() + 0.5;
-        while ((r = waitpid(f->pid, &st, WNOHANG)) == 0 && mono_now() < limit)
-            poll(NULL, 0, 10);
-        if (r == 0) {
-            kill(-f->pid, SIGKILL);
-            kill(f->pid, SIGKILL);
-            while ((r = waitpid(f->pid, &st, 0)) < 0 && errno == EINTR)
-                ;
-        }
-    }
-    if (f->o.verbose && r > 0) {
+        shutdown(f->cp.to, SHUT_WR);
+    /* what it writes meanwhile is read and dropped */
+    int st = coproc_reap(&f->cp, whole && !f->flrec && !f->heldn ? 2.0 : 0.2, 0.5);
+    if (f->o.verbose && st != -1) {
         char status[64];
-        describe_status(status, sizeof status, st);
-        warnx_("forward: '%s' %s", f->o.cmd, status);
+        warnx_("forward: '%s' %s", f->o.cmd, coproc_how(&f->cp, status, sizeof status));
     }
-    close_child_fds(f);
     f->alive = 0;
 }
 
@@ -704,7 +611,7 @@ static void *run(void *arg)
         if (f->alive && f->wfail && (!f->flrec || t - f->wfail_at > f->o.deadline))
             child_down(f, t, "it stopped reading");
         if (f->alive && f->done && !f->shut && f->soff == f->slen) {
-            shutdown(f->to, SHUT_WR);
+            shutdown(f->cp.to, SHUT_WR);
             f->shut = 1;
         }
         double t_emit = mono_now();
@@ -719,9 +626,9 @@ static void *run(void *arg)
         int ifrom = -1;
         if (f->alive) {
             ifrom = n;
-            pf[n++] = (struct pollfd){.fd = f->from, .events = POLLIN};
+            pf[n++] = (struct pollfd){.fd = f->cp.from, .events = POLLIN};
             if (f->soff < f->slen)
-                pf[n++] = (struct pollfd){.fd = f->to, .events = POLLOUT};
+                pf[n++] = (struct pollfd){.fd = f->cp.to, .events = POLLOUT};
         }
         if (f->alive && f->ready && (f->flrec || f->heldn))
             next = fmin(next, f->last_heard + hang_after(f));
@@ -769,8 +676,8 @@ fwd_t *fwd_start(const fwd_opts_t *o)
     f->o = *o;
     if (f->o.mark_every > f->o.window)
         f->o.mark_every = f->o.window;
-    f->to = f->from = f->wake[0] = f->wake[1] = -1;
-    f->pid = -1;
+    f->cp.to = f->cp.from = f->wake[0] = f->wake[1] = -1;
+    f->cp.pid = -1;
     f->backoff = BACKOFF_MIN;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

@@ -287,6 +287,14 @@ int write_all(int fd, const void *buf, size_t n, unsigned timeout)
     return 0;
 }
 
+ssize_t read_some(int fd, char *buf, size_t n)
+{
+    ssize_t k;
+    while ((k = read(fd, buf, n)) < 0 && errno == EINTR)
+        ;
+    return k;
+}
+
 int say(int fd, const char *fmt, ...)
 {
     char line[1024];

@@ -310,6 +310,89 @@ static int publish(receiver_t *r, const char *part, const char *name, const char
     return -2;
 }
 
+/* The partial file's name: made from what is offered (the words of the
+ * OFFER line), so that only the same offer resumes it; 0 or -1. */
+static int part_name(char *part, size_t size, const char *enc, const char *sz, const char *hx,
+                     int known)
+{
+    mnn_hash_t *st = mnn_hash_new();
+    if (!st)
+        return -1;
+    mnn_hash_reset(st);
+    mnn_hash_update(st, enc, strlen(enc) + 1);
+    mnn_hash_update(st, sz, strlen(sz) + 1);
+    mnn_hash_update(st, hx, strlen(hx) + 1);
+    if (!known) { /* a stream is never resumed: a name of its own */
+        long id[2] = {(long)getpid(), (long)time(NULL)};
+        mnn_hash_update(st, id, sizeof id);
+    }
+    char h[17];
+    mnn_hash_hex(mnn_hash_digest(st), h);
+    mnn_hash_free(st);
+    snprintf(part, size, PART_PREFIX "%s.part", h);
+    return 0;
+}
+
+/* The frames of one offer, DATA to END, appended to fd (the partial file
+ * part) from byte *got on and hashed into st, the END's two words into
+ * endsz and endhx (32 bytes each).  size: what was offered (known: the
+ * size is).  0 at END; -1 the sender went away or went quiet; -2 an error,
+ * answered. */
+static int receive_frames(receiver_t *r, int fd, const char *part, int known, uint64_t size,
+                          mnn_hash_t *st, uint64_t *got, char *endsz, char *endhx)
+{
+    const uint64_t off = *got;
+    uint64_t synced = off;
+    char hdr[128];
+    for (;;) {
+        int k = input_line(&r->in, hdr, sizeof hdr, opt.timeout);
+        if (k <= 0)
+            return -1;
+        uint64_t n;
+        if (!strncmp(hdr, "DATA ", 5) && mnn_parse_u64(hdr + 5, &n) == 0 && n > 0 && n <= CHUNK) {
+            while (n > 0) {
+                const char *p;
+                ssize_t t = input_take(&r->in, (size_t)n, &p, opt.timeout);
+                if (t <= 0)
+                    return -1;
+                mnn_hash_update(st, p, (size_t)t);
+                if (write_all(fd, p, (size_t)t, 0) < 0) {
+                    say(out, "ERR cannot write %s/%s: %s", r->dir, part,
+                        strerror(errno));
+                    return -2;
+                }
+                n -= (uint64_t)t;
+                *got += (uint64_t)t;
+            }
+            if (*got - synced >= SYNC_EVERY) {
+                /* start this range's writeback now, not at the end, and
+                 * wait for the one before: the final fsync has little left
+                 * and a slow disk slows the sender down instead of filling
+                 * memory */
+                sync_file_range(fd, (off_t)synced, (off_t)(*got - synced), SYNC_FILE_RANGE_WRITE);
+                if (synced > off)
+                    sync_file_range(fd,
+                                    (off_t)(synced - SYNC_EVERY < off ? off : synced - SYNC_EVERY),
+                                    (off_t)SYNC_EVERY,
+                                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                        SYNC_FILE_RANGE_WAIT_AFTER);
+                synced = *got;
+            }
+            if (known && *got > size) {
+                say(out, "ERR more bytes than the %" PRIu64 " offered", size);
+                return -2;
+            }
+            continue;
+        }
+        if (!strcmp(hdr, "NOOP")) /* the sender is still there */
+            continue;
+        if (sscanf(hdr, "END %31s %31s", endsz, endhx) == 2)
+            return 0;
+        say(out, "ERR malformed frame");
+        return -2;
+    }
+}
+
 /* One offer, from OFFER to OK or an error reply.  Returns 0 to go on with the
  * next offer, -1 when the stream is out of step (the receiver stops). */
 static int receive_one(receiver_t *r, char *line)
@@ -345,26 +428,9 @@ static int receive_one(receiver_t *r, char *line)
                    r->dir, printable(name));
     }
 
-    /* the partial file: named by what is offered, so only the same offer
-     * resumes it */
     char part[64];
-    {
-        mnn_hash_t *st = mnn_hash_new();
-        if (!st)
-            return say(out, "ERR out of memory"), -1;
-        mnn_hash_reset(st);
-        mnn_hash_update(st, enc, strlen(enc) + 1);
-        mnn_hash_update(st, sz, strlen(sz) + 1);
-        mnn_hash_update(st, hx, strlen(hx) + 1);
-        if (!known) { /* a stream is never resumed: a name of its own */
-            long id[2] = {(long)getpid(), (long)time(NULL)};
-            mnn_hash_update(st, id, sizeof id);
-        }
-        char h[17];
-        mnn_hash_hex(mnn_hash_digest(st), h);
-        mnn_hash_free(st);
-        snprintf(part, sizeof part, PART_PREFIX "%s.part", h);
-    }
+    if (part_name(part, sizeof part, enc, sz, hx, known) < 0)
+        return say(out, "ERR out of memory"), -1;
     int fd = openat(r->dfd, part, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0)
         return say(out, "ERR cannot create %s/%s: %s", r->dir, part, strerror(errno)),
@@ -425,54 +491,13 @@ static int receive_one(receiver_t *r, char *line)
         warnx_("%s: resuming at byte %" PRIu64, printable(name[0] ? name : part), off);
 
     /* frames */
-    uint64_t got = off, synced = off;
-    char hdr[128], endsz[32], endhx[32];
-    for (;;) {
-        int k = input_line(&r->in, hdr, sizeof hdr, opt.timeout);
-        if (k <= 0)
-            goto broken;
-        uint64_t n;
-        if (!strncmp(hdr, "DATA ", 5) && mnn_parse_u64(hdr + 5, &n) == 0 && n > 0 && n <= CHUNK) {
-            while (n > 0) {
-                const char *p;
-                ssize_t t = input_take(&r->in, (size_t)n, &p, opt.timeout);
-                if (t <= 0)
-                    goto broken;
-                mnn_hash_update(st, p, (size_t)t);
-                if (write_all(fd, p, (size_t)t, 0) < 0) {
-                    say(out, "ERR cannot write %s/%s: %s", r->dir, part,
-                        strerror(errno));
-                    goto stop;
-                }
-                n -= (uint64_t)t;
-                got += (uint64_t)t;
-            }
-            if (got - synced >= SYNC_EVERY) {
-                /* start this range's writeback now, not at the end, and
-                 * wait for the one before: the final fsync has little left
-                 * and a slow disk slows the sender down instead of filling
-                 * memory */
-                sync_file_range(fd, (off_t)synced, (off_t)(got - synced), SYNC_FILE_RANGE_WRITE);
-                if (synced > off)
-                    sync_file_range(fd, (off_t)(synced - SYNC_EVERY < off ? off : synced - SYNC_EVERY),
-                                    (off_t)SYNC_EVERY,
-                                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                                        SYNC_FILE_RANGE_WAIT_AFTER);
-                synced = got;
-            }
-            if (known && got > size) {
-                say(out, "ERR more bytes than the %" PRIu64 " offered", size);
-                goto stop;
-            }
-            continue;
-        }
-        if (!strcmp(hdr, "NOOP")) /* the sender is still there */
-            continue;
-        if (sscanf(hdr, "END %31s %31s", endsz, endhx) == 2)
-            break;
-        say(out, "ERR malformed frame");
+    uint64_t got = off;
+    char endsz[32], endhx[32];
+    int fr = receive_frames(r, fd, part, known, size, st, &got, endsz, endhx);
+    if (fr == -1)
+        goto broken;
+    if (fr < 0)
         goto stop;
-    }
 
     /* verify against what the sender declared */
     char hex[17];

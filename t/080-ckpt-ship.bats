@@ -634,6 +634,35 @@ OK d.tar.zst"
     (((t1 - t0) / 1000000 < 10000)) || fail "--timeout 1 gave up after $(((t1 - t0) / 1000000)) ms"
 }
 
+@test "a receiver that outlives its input and ignores SIGTERM is killed: the sender's wait is bounded" {
+    # it greets, takes the offer, answers nothing, does not end at the end
+    # of its input, and notes each SIGTERM without obeying it
+    cat >stubborn <<EOF
+#!/bin/sh
+trap 'echo TERM >>"$BATS_TEST_TMPDIR/terms"' TERM
+echo \$\$ >"$BATS_TEST_TMPDIR/stubborn.pid"
+echo 'ckpt-ship 1 ready'
+read -r offer
+while :; do sleep 1 </dev/null >/dev/null 2>&1 & wait \$!; done
+EOF
+    chmod +x stubborn
+    local t0 t1 pid
+    t0=$(date +%s%N)
+    # exec: the sender's child is the receiver itself, not a shell around it
+    run -1 --separate-stderr timeout 60 ckpt-ship --retries 0 --timeout 1 -e 'exec ./stubborn' \
+        "$A10" host:dst 3>&-
+    t1=$(date +%s%N)
+    assert_output ""
+    assert_regex "$stderr" 'step-00000010\.tar\.zst: no answer within --timeout$'
+    # asked to go (SIGTERM) before it was made to (SIGKILL), and gone
+    run -0 cat terms
+    assert_output TERM
+    pid=$(cat stubborn.pid)
+    ! kill -0 "$pid" 2>/dev/null || fail "the receiver (pid $pid) is still running"
+    # --timeout 1, then at most 2 s to go on its own and 3 s after SIGTERM
+    (((t1 - t0) / 1000000 < 20000)) || fail "ckpt-ship took $(((t1 - t0) / 1000000)) ms"
+}
+
 @test "a receiver that only says WAIT, or trickles its answer, holds the sender at most --timeout" {
     # it greets, reads the offer, then says 'WAIT' with no progress, forever
     cat >waiter <<'EOF'

@@ -1,6 +1,6 @@
 /* fuzz-ship - ckpt-ship --receive: the receiving end of protocol 1
- * (ship_receive in bin/ship-recv.c; the protocol is described at the top
- * of bin/ckpt-ship.c).
+ * (ship_receive in bin/ship-recv.c; the protocol is described in
+ * bin/ship.h).
  *
  * Input: one settings byte, then the sender's byte stream.
  *   byte 0: --keep (b % 4), 0 keeping all.
