@@ -67,18 +67,16 @@ static noreturn void help(void)
 
 static uint64_t opt_rate(const char *s)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    double mul = 1024;
-    if (end != s && *end && !end[1]) {
-        switch (toupper((unsigned char)*end)) {
-        case 'K': mul = 1024; end++; break;
-        case 'M': mul = 1024.0 * 1024; end++; break;
-        case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
+    size_t n = strlen(s);
+    double v, mul = 1024;
+    if (n > 1) {
+        switch (toupper((unsigned char)s[n - 1])) {
+        case 'K': mul = 1024, n--; break;
+        case 'M': mul = 1024.0 * 1024, n--; break;
+        case 'G': mul = 1024.0 * 1024 * 1024, n--; break;
         }
     }
-    if (end == s || *end || errno || !(v > 0) || v * mul > 1e15)
+    if (mnn_parse_double(s, s + n, &v) < 0 || !(v > 0) || v * mul > 1e15)
         usage_error("--bwlimit: '%s' is not a rate (KiB/s, or with K, M or G)", s);
     uint64_t r = (uint64_t)(v * mul);
     return r ? r : 1;

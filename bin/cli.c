@@ -90,6 +90,11 @@ float opt_float(const char *opt, const char *s)
     return v;
 }
 
+int opt_number(const char *s, double *v)
+{
+    return mnn_parse_double(s, s + strlen(s), v) < 0 ? -1 : 0;
+}
+
 int opt_on_error(const char *s)
 {
     if (!strcmp(s, "fail"))

@@ -35,6 +35,9 @@ noreturn void print_version(void);
 size_t opt_size(const char *opt, const char *s, size_t min, size_t max);
 uint64_t opt_u64(const char *opt, const char *s);
 float opt_float(const char *opt, const char *s);
+/* s as a finite number in the wire format's syntax (no locale, no hex, no
+ * inf or nan), for an option that words its own range: 0, or -1. */
+int opt_number(const char *s, double *v);
 /* --on-error=fail|skip: returns 1 for skip */
 int opt_on_error(const char *s);
 

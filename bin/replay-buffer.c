@@ -103,15 +103,11 @@ int main(int argc, char **argv)
     out_setup();
     while ((c = getopt_long(argc, argv, "r:c:qvhV", longopts, NULL)) != -1) {
         switch (c) {
-        case 'r': {
-            char *e;
-            errno = 0;
-            ratio = strtod(optarg, &e);
-            if (e == optarg || *e || errno || !(ratio >= 0 && ratio <= MNN_REPLAY_MAX_RATIO))
+        case 'r':
+            if (opt_number(optarg, &ratio) < 0 || !(ratio >= 0 && ratio <= MNN_REPLAY_MAX_RATIO))
                 usage_error("--ratio: '%s' is not a number from 0 to %d", optarg,
                             MNN_REPLAY_MAX_RATIO);
             break;
-        }
         case 'c':
             cap = opt_size("--capacity", optarg, 1, MNN_REPLAY_MAX_CAP), cap_given = 1;
             break;

@@ -213,29 +213,21 @@ int main(int argc, char **argv)
     out_setup();
     while ((c = getopt_long(argc, argv, "p:k:qvhV", longopts, NULL)) != -1) {
         switch (c) {
-        case 'p': {
-            char *e;
-            errno = 0;
-            p = strtod(optarg, &e);
-            if (e == optarg || *e || errno || !(p > 0 && p <= 1))
+        case 'p':
+            if (opt_number(optarg, &p) < 0 || !(p > 0 && p <= 1))
                 usage_error("-p: '%s' is not a probability in (0, 1]", optarg);
             mode = M_BERNOULLI, modes++;
             break;
-        }
         case O_EVERY: every = opt_size("--every", optarg, 1, SIZE_MAX), mode = M_EVERY, modes++; break;
         case 'k': k = opt_size("-k", optarg, 1, 100000000), mode = M_RESERVOIR, modes++; break;
         case O_PERCLASS:
             k = opt_size("--per-class", optarg, 1, 100000000), mode = M_PERCLASS, modes++;
             break;
         case O_WCOL: wcol = opt_size("--weight-col", optarg, 1, 1000000000); break;
-        case O_DECAY: {
-            char *e;
-            errno = 0;
-            decay = strtod(optarg, &e);
-            if (e == optarg || *e || errno || !(decay > 0) || decay > 1000)
+        case O_DECAY:
+            if (opt_number(optarg, &decay) < 0 || !(decay > 0) || decay > 1000)
                 usage_error("--decay: '%s' is not a rate in (0, 1000]", optarg);
             break;
-        }
         case O_EMIT: emit_every = opt_size("--emit-every", optarg, 1, SIZE_MAX); break;
         case O_SEED: seed = opt_u64("--seed", optarg); break;
         case O_ONERR: bad.skip = opt_on_error(optarg); break;

@@ -186,3 +186,24 @@ model_arg() {
     # internal helpers and libyaml's types stay inside
     run -1 grep -E '^(mnn_yaml_|mnn_fail|mnn_spec_from_node|yaml_)' exported.txt
 }
+
+@test "option numbers: hex, inf, nan, spaces and trailing junk are usage errors in every program" {
+    local bad
+    cd "$BATS_TEST_TMPDIR"
+    mk_spec spec.yaml
+    for bad in 0x1p-3 inf nan " 0.5" "0.5 " 0.5x 1,5; do
+        run -2 --separate-stderr sgd-train -m spec.yaml --lr "$bad"
+        assert_regex "$stderr" "--lr: '$bad'"
+        run -2 --separate-stderr stream-sample -p "$bad"
+        assert_regex "$stderr" "-p: '$bad'"
+        run -2 --separate-stderr stream-sample -k 3 --decay "$bad"
+        assert_regex "$stderr" "--decay: '$bad'"
+        run -2 --separate-stderr replay-buffer --ratio "$bad"
+        assert_regex "$stderr" "--ratio: '$bad'"
+        run -2 --separate-stderr ckpt-ship --bwlimit "$bad" a b
+        assert_regex "$stderr" "--bwlimit: '$bad'"
+    done
+    # and what they are meant to take
+    run -0 stream-sample -p 1e-0 </dev/null
+    run -0 replay-buffer --ratio .5 </dev/null
+}
