@@ -288,11 +288,7 @@ int main(int argc, char **argv)
         case O_LIST: m = M_LIST; break;
         case O_VERIFY: m = M_VERIFY; break;
         case O_EXTRACT: m = M_EXTRACT; xdir = optarg; break;
-        case 'q': quiet = 1; break;
-        case 'v': verbose = 1; break;
-        case 'h': help();
-        case 'V': print_version();
-        default: usage_error("unknown option");
+        default: cli_common(c, &quiet, &verbose, help);
         }
         if (m >= 0) {
             if (mode != M_PACK && mode != m)

@@ -196,11 +196,7 @@ int main(int argc, char **argv)
         case O_BATCH: batch = opt_size("--batch", optarg, 1, 1 << 20); break;
         case O_THREADS: threads = opt_size("--threads", optarg, 1, 1024); break;
         case 'n': dry = 1; break;
-        case 'q': quiet = 1; break;
-        case 'v': verbose = 1; break;
-        case 'h': help();
-        case 'V': print_version();
-        default: usage_error("unknown option");
+        default: cli_common(c, &quiet, &verbose, help);
         }
     }
     if (optind >= argc)

@@ -131,11 +131,7 @@ int main(int argc, char **argv)
         case O_TIMEOUT: opt.timeout = (unsigned)opt_size("--timeout", optarg, 0, 86400); break;
         case O_BWLIMIT: opt.bwlimit = opt_rate(optarg); break;
         case O_RECEIVE: receive = 1; break;
-        case 'q': opt.quiet = 1; break;
-        case 'v': opt.verbose = 1; break;
-        case 'h': help();
-        case 'V': print_version();
-        default: usage_error("unknown option");
+        default: cli_common(c, &opt.quiet, &opt.verbose, help);
         }
     }
     int nargs = argc - optind;

@@ -22,6 +22,17 @@ const char *prog = "mini-nn";
 
 void cli_init(const char *name) { prog = name; }
 
+void cli_common(int c, int *quiet, int *verbose, void (*help)(void))
+{
+    switch (c) {
+    case 'q': *quiet = 1; return;
+    case 'v': *verbose = 1; return;
+    case 'h': help(); exit(EXIT_OK); /* help exits */
+    case 'V': print_version();
+    default: usage_error("unknown option");
+    }
+}
+
 static void vmsg(const char *fmt, va_list ap)
 {
     fflush(stdout);

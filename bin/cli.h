@@ -24,6 +24,11 @@ extern const char *prog; /* program name for messages */
     {NULL, 0, NULL, 0}
 
 void cli_init(const char *name);
+/* The options every program has, for the end of its getopt switch
+ * (default: cli_common(c, &quiet, &verbose, help)): -q and -v set their
+ * flag, -h calls help, -V prints the version; anything else is a usage
+ * error. */
+void cli_common(int c, int *quiet, int *verbose, void (*help)(void));
 /* "prog: message" on stderr */
 void warnx_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 noreturn void die(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

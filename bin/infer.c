@@ -205,11 +205,7 @@ static void parse_args(int argc, char **argv, args_t *a)
         case O_BATCH: a->r.batch = opt_size("--batch", optarg, 1, 1 << 20); break;
         case O_THREADS: a->threads = opt_size("--threads", optarg, 1, 1024); break;
         case O_ONERR: a->r.skip = opt_on_error(optarg); break;
-        case 'q': a->r.quiet = 1; break;
-        case 'v': a->r.verbose = 1; break;
-        case 'h': help();
-        case 'V': print_version();
-        default: usage_error("unknown option");
+        default: cli_common(c, &a->r.quiet, &a->r.verbose, help);
         }
     }
 }

@@ -125,10 +125,7 @@ int main(int argc, char **argv)
         case O_SEED: seed = opt_u64("--seed", optarg); break;
         case O_ONERR: bad.skip = opt_on_error(optarg); break;
         case 'q': quiet = bad.quiet = 1; break;
-        case 'v': verbose = 1; break;
-        case 'h': help();
-        case 'V': print_version();
-        default: usage_error("unknown option");
+        default: cli_common(c, &quiet, &verbose, help);
         }
     }
     if ((save_every || fresh) && !state)

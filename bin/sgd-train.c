@@ -278,11 +278,7 @@ static void parse_args(int argc, char **argv, args_t *a)
         case O_SEED: a->o_seed = optarg; break;
         case O_THREADS: a->threads = opt_size("--threads", optarg, 1, 1024); break;
         case O_ONERR: a->skip = opt_on_error(optarg); break;
-        case 'q': a->quiet = 1; break;
-        case 'v': a->verbose = 1; break;
-        case 'h': help();
-        case 'V': print_version();
-        default: usage_error("unknown option");
+        default: cli_common(c, &a->quiet, &a->verbose, help);
         }
     }
     if (optind < argc)

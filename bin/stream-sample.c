@@ -231,11 +231,7 @@ int main(int argc, char **argv)
         case O_EMIT: emit_every = opt_size("--emit-every", optarg, 1, SIZE_MAX); break;
         case O_SEED: seed = opt_u64("--seed", optarg); break;
         case O_ONERR: bad.skip = opt_on_error(optarg); break;
-        case 'q': bad.quiet = 1; break;
-        case 'v': verbose = 1; break;
-        case 'h': help();
-        case 'V': print_version();
-        default: usage_error("unknown option");
+        default: cli_common(c, &bad.quiet, &verbose, help);
         }
     }
     if (modes != 1)
