@@ -272,10 +272,7 @@ void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen)
         pthread_cond_broadcast(&f->cv);
         pthread_mutex_unlock(&f->mu);
         /* wake the reader if it waits for input */
-        ssize_t w;
-        do
-            w = write(f->wake[1], "x", 1);
-        while (w < 0 && errno == EINTR);
+        (void)mnn_write_all(f->wake[1], "x", 1);
         pthread_join(f->thread, NULL);
     }
     if (skipped) {

@@ -662,10 +662,8 @@ static void *run(void *arg)
 
 static void wake(struct fwd *f)
 {
-    ssize_t w;
-    do
-        w = write(f->wake[1], "", 1);
-    while (w < 0 && errno == EINTR);
+    /* a full (non-blocking) pipe has a byte waiting already */
+    (void)mnn_write_all(f->wake[1], "", 1);
 }
 
 fwd_t *fwd_start(const fwd_opts_t *o)
