@@ -79,6 +79,19 @@ int source_open(source_t *s, const char *arg, char *why, size_t wsize)
             snprintf(s->name, sizeof s->name, "%s", opt.name);
         return 0;
     }
+    /* a directory ckpt-ship received into stands for the archive its latest
+     * names (mnn_ckpt_resolve): a relay ships what it received */
+    mnn_diag_t rd = {""};
+    char *path = NULL;
+    int kind = mnn_ckpt_resolve(arg, &path, &rd);
+    if (kind < 0) {
+        setmsg(why, wsize, "%s", kind == MNN_EIO ? strerror(errno) : mnn_strerror(kind));
+        return -1;
+    }
+    if (kind == 1 && strcmp(path, arg)) {
+        s->arg = arg = s->resolved = path;
+    } else
+        free(path);
     if (stat(arg, &sb) < 0) {
         setmsg(why, wsize, "%s", strerror(errno));
         return -1;
@@ -142,8 +155,11 @@ int source_open(source_t *s, const char *arg, char *why, size_t wsize)
             setmsg(why, wsize, "not a checkpoint archive (no zstd frame at its start)");
             return -1;
         }
-        const char *base = strrchr(arg, '/');
-        snprintf(s->name, sizeof s->name, "%s", opt.name ? opt.name : base ? base + 1 : arg);
+        /* the name it has: a received-into directory's latest is a link */
+        char *real = realpath(arg, NULL);
+        const char *r = real ? real : arg, *base = strrchr(r, '/');
+        snprintf(s->name, sizeof s->name, "%s", opt.name ? opt.name : base ? base + 1 : r);
+        free(real);
         /* read, not mapped: a file cut short meanwhile is an error, not
          * SIGBUS; the time hides behind ssh's handshake */
         if (mnn_hash_file(arg, s->hex, &s->size) < 0) {
@@ -165,5 +181,6 @@ int source_open(source_t *s, const char *arg, char *why, size_t wsize)
 void source_free(source_t *s)
 {
     free(s->real);
-    s->real = NULL;
+    free(s->resolved);
+    s->real = s->resolved = NULL;
 }

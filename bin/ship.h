@@ -132,6 +132,8 @@ typedef struct {
     const char *arg;
     enum { SRC_FILE, SRC_DIR, SRC_STDIN } kind;
     char *real;     /* SRC_DIR: the checkpoint directory */
+    char *resolved; /* the archive a received-into directory's latest names
+                     * (arg then points to it), or NULL */
     char name[NAME_MAX_ + 1]; /* "" for an unnamed stream */
     int known;      /* size and hex are known before it is sent */
     uint64_t size;

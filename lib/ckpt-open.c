@@ -25,10 +25,9 @@ static int join(const char *dir, const char *name, char **out)
     return 0;
 }
 
-/* What src names: 1 an archive (*archive = the file to read, "-" for
- * stdin), 0 a checkpoint directory or root, or an error. */
-static int classify(const char *src, char **archive, mnn_diag_t *d)
+int mnn_ckpt_resolve(const char *src, char **path, mnn_diag_t *d)
 {
+    char **archive = path; /* as it is named once it is known to be one */
     struct stat sb;
     *archive = NULL;
     if (!strcmp(src, "-"))
@@ -47,7 +46,7 @@ static int classify(const char *src, char **archive, mnn_diag_t *d)
     int here = access(p, F_OK) == 0;
     free(p);
     if (here)
-        return 0;
+        return (*archive = strdup(src)) ? 0 : MNN_ENOMEM;
     if (join(src, "latest", &p) < 0)
         return MNN_ENOMEM;
     if (stat(p, &sb) == 0 && S_ISREG(sb.st_mode)) {
@@ -55,7 +54,7 @@ static int classify(const char *src, char **archive, mnn_diag_t *d)
         return 1;
     }
     free(p);
-    return 0;
+    return (*archive = strdup(src)) ? 0 : MNN_ENOMEM;
 }
 
 /* A new directory under base (NULL: $TMPDIR, else /tmp) into *out. */
@@ -103,17 +102,13 @@ int mnn_ckpt_open(mnn_ckpt_t *ck, const char *src, const char *workdir, unsigned
                   mnn_diag_t *d)
 {
     memset(ck, 0, sizeof *ck);
-    char *archive;
-    int rc = classify(src, &archive, d);
+    int rc = mnn_ckpt_resolve(src, &ck->src, d);
     if (rc < 0)
         return rc;
     if (rc == 1) {
         ck->archive = 1;
-        ck->src = archive;
         rc = open_archive(ck, workdir, flags, d);
-    } else if (!(ck->src = strdup(src)))
-        rc = MNN_ENOMEM;
-    else if ((rc = mnn_manifest_load(&ck->mf, src, &ck->dir, d)) == 0) {
+    } else if ((rc = mnn_manifest_load(&ck->mf, src, &ck->dir, d)) == 0) {
         ck->have_mf = 1;
         if (flags & MNN_OPEN_VERIFY)
             rc = mnn_ckpt_verify(ck, d);

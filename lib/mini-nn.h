@@ -826,6 +826,11 @@ enum {
  * and d says why, naming src. */
 MNN_API int mnn_ckpt_open(mnn_ckpt_t *ck, const char *src, const char *workdir, unsigned flags,
                           mnn_diag_t *d);
+/* What src names, without opening it (mnn_ckpt_open's first step): 1 an
+ * archive, *path being the file to read ("-": stdin; for a received-into
+ * directory, the archive its latest names), or 0 a directory (a checkpoint
+ * or a root), *path a copy of src; or an error (src missing).  Free *path. */
+MNN_API int mnn_ckpt_resolve(const char *src, char **path, mnn_diag_t *d);
 /* Hashes every file of ck->dir against the manifest, unless already done. */
 MNN_API int mnn_ckpt_verify(mnn_ckpt_t *ck, mnn_diag_t *d);
 /* Frees ck and removes the temporary directory it unpacked into. */

@@ -224,6 +224,17 @@ odd_name() {
     ckpt-pack --level 19 "$C10" | cmp - dst3/step-00000010.tar.zst
 }
 
+@test "a directory ckpt-ship received into ships on as the archive its latest names (a relay)" {
+    ckpt-ship "$A10" "$A20" hop1 >/dev/null
+    run -0 --separate-stderr ckpt-ship hop1 hop2
+    assert_output "hop2/step-00000020.tar.zst"
+    cmp hop2/step-00000020.tar.zst "$A20"
+    assert_equal "$(readlink hop2/latest)" "step-00000020.tar.zst"
+    # a root whose latest names a directory is still packed as before
+    run -1 --separate-stderr ckpt-ship "$BATS_TEST_TMPDIR" hop3
+    assert_regex "$stderr" 'not a checkpoint'
+}
+
 @test "several SRC in one run, in order; -v reports what was sent" {
     run -0 --separate-stderr ckpt-ship -v "$C10" "$A20" "$F/root" dst
     assert_output $'dst/step-00000010.tar.zst\ndst/step-00000020.tar.zst\ndst/step-00000030.tar.zst'

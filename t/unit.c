@@ -6936,6 +6936,22 @@ static void test_ckpt_open(void)
     check(count_entries(work) == 0, "mnn_ckpt_close removes the unpacked archive (%d left)",
           count_entries(work));
 
+    /* mnn_ckpt_resolve: what each names, nothing opened */
+    {
+        char *path = NULL;
+        int k1 = mnn_ckpt_resolve(dir, &path, &d), ok1 = k1 == 0 && path && !strcmp(path, dir);
+        free(path);
+        int k2 = mnn_ckpt_resolve(recv, &path, &d), ok2 = k2 == 1 && path && !strcmp(path, rlink);
+        free(path);
+        int k3 = mnn_ckpt_resolve(arc, &path, &d), ok3 = k3 == 1 && path && !strcmp(path, arc);
+        free(path);
+        int k4 = mnn_ckpt_resolve(root, &path, &d), ok4 = k4 == 0 && path && !strcmp(path, root);
+        free(path);
+        check(ok1 && ok2 && ok3 && ok4 && count_entries(work) == 0,
+              "mnn_ckpt_resolve: a directory, a received-into directory, an archive, a root "
+              "(%d %d %d %d)", k1, k2, k3, k4);
+    }
+
     /* a directory ckpt-ship received into: the archive its latest names */
     rc = mnn_ckpt_open(&ck, recv, work, 0, &d);
     check(rc == 0 && ck.archive && !strcmp(ck.src, rlink) && ck.dir && ck.mf.step == 9,
