@@ -48,9 +48,8 @@ static noreturn void help(void)
     exit(EXIT_OK);
 }
 
-/* Bytes sgd-train will hold for this model: weights, gradients, the
- * optimizer's buffers, a checkpoint snapshot of all that, and the
- * activations of a batch. */
+/* Bytes this machine has for a training (MemAvailable); what a training
+ * needs is mnn_train_memory's. */
 static uint64_t memory_available(void)
 {
     FILE *f = fopen("/proc/meminfo", "r");
@@ -211,8 +210,8 @@ int main(int argc, char **argv)
     /* an archive is unpacked into the work directory and kept (sgd-train
      * resumes from it); a directory's files are hashed once the spec is
      * known to fit, or at once for --inspect */
-    mnn_ckpt_t *ck = cli_ckpt_open(ckpt, workdir, do_inspect ? MNN_OPEN_VERIFY | MNN_OPEN_NO_EXTRACT
-                                                              : MNN_OPEN_KEEP);
+    const unsigned how = do_inspect ? MNN_OPEN_VERIFY | MNN_OPEN_NO_EXTRACT : MNN_OPEN_KEEP;
+    mnn_ckpt_t *ck = cli_ckpt_open(ckpt, workdir, how);
     mnn_diag_t d;
     const mnn_manifest_t *mf = &ck->mf;
     char *dir = ck->dir;
