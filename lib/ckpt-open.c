@@ -15,16 +15,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* *out = "dir/name" (free it) */
-static int join(const char *dir, const char *name, char **out)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    if (!(*out = malloc(n)))
-        return MNN_ENOMEM;
-    snprintf(*out, n, "%s/%s", dir, name);
-    return 0;
-}
-
 int mnn_ckpt_resolve(const char *src, char **path, mnn_diag_t *d)
 {
     char **archive = path; /* as it is named once it is known to be one */
@@ -41,13 +31,13 @@ int mnn_ckpt_resolve(const char *src, char **path, mnn_diag_t *d)
     /* a directory without a manifest whose latest is an archive: what
      * ckpt-ship received */
     char *p;
-    if (join(src, "manifest.yaml", &p) < 0)
+    if (!(p = mnn_path_join(src, "manifest.yaml")))
         return MNN_ENOMEM;
     int here = access(p, F_OK) == 0;
     free(p);
     if (here)
         return (*archive = strdup(src)) ? 0 : MNN_ENOMEM;
-    if (join(src, "latest", &p) < 0)
+    if (!(p = mnn_path_join(src, "latest")))
         return MNN_ENOMEM;
     if (stat(p, &sb) == 0 && S_ISREG(sb.st_mode)) {
         *archive = p;
@@ -64,9 +54,9 @@ static int make_tmp(const char *base, char **out, mnn_diag_t *d)
         base = getenv("TMPDIR");
     if (!base || !*base)
         base = "/tmp";
-    int rc = join(base, "mini-nn-ckpt.XXXXXX", out);
-    if (rc < 0)
-        return rc;
+    int rc = 0;
+    if (!(*out = mnn_path_join(base, "mini-nn-ckpt.XXXXXX")))
+        return MNN_ENOMEM;
     if (!mkdtemp(*out)) {
         rc = mnn_fail(d, MNN_EIO, "%s: cannot make a directory to unpack into: %s", base,
                       strerror(errno));
