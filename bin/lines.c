@@ -134,7 +134,64 @@ void drain_signal_pipe(int fd)
         ;
 }
 
-int next_record(mnn_linereader_t *lr, const badrec_t *b, const char **line, size_t *len)
+/* A cut line: what the stage keeps track of, and whether it is in place. */
+static int cut_line(mnn_linereader_t *lr, const badrec_t *b, cut_stage_t *cs, const char *line,
+                    size_t len)
+{
+    mnn_cutline_t l;
+    mnn_diag_t d = {""};
+    const unsigned long long no = (unsigned long long)lr->lineno;
+    int rc = mnn_cutline_parse(line, len, &l, &d);
+    if (rc < 0)
+        die(EXIT_RUNTIME, "%s:%llu: %s", b->name, no, d.msg);
+    if (rc == 0)
+        return 0;
+    if (l.kind != MNN_CUT_START && !cs->active)
+        die(EXIT_RUNTIME, "%s:%llu: a cut line before the pipeline's start line (the head of a "
+            "pipeline with cuts is stream-ingest)", b->name, no);
+    switch (l.kind) {
+    case MNN_CUT_START:
+        if (cs->active)
+            die(EXIT_RUNTIME, "%s:%llu: a second start line", b->name, no);
+        if (l.index >= MNN_CUT_MAX_STAGES - 1)
+            die(EXIT_RUNTIME, "%s:%llu: more than %d stages take part in the cuts", b->name, no,
+                MNN_CUT_MAX_STAGES - 1);
+        cs->active = 1;
+        cs->index = l.index;
+        cs->from = cs->id = l.id;
+        mnn_cut_put_start(stdout, l.id, l.index + 1);
+        fflush(stdout);
+        return NR_START;
+    case MNN_CUT_BARRIER:
+        if (cs->in_block || l.id <= cs->id)
+            die(EXIT_RUNTIME, "%s:%llu: barrier %llu %s", b->name, no, (unsigned long long)l.id,
+                cs->in_block ? "inside the block of another" : "out of order");
+        cs->id = l.id;
+        cs->what = l.what;
+        cs->in_block = 1;
+        cs->ended = 0;
+        cs->after = 0;
+        return NR_BARRIER;
+    case MNN_CUT_END:
+        if (!cs->in_block || l.id != cs->id)
+            die(EXIT_RUNTIME, "%s:%llu: the end of cut %llu, which is not the one open", b->name,
+                no, (unsigned long long)l.id);
+        return NR_END;
+    case MNN_CUT_PART:
+        if (!cs->in_block || l.id != cs->id || l.index >= cs->index)
+            die(EXIT_RUNTIME, "%s:%llu: a part out of place (cut %llu, stage %u)", b->name, no,
+                (unsigned long long)l.id, (unsigned)l.index);
+        break;
+    default: /* data lines: checked where the cut is committed */
+        if (!cs->in_block)
+            die(EXIT_RUNTIME, "%s:%llu: a part's data outside a barrier's block", b->name, no);
+        break;
+    }
+    return 0;
+}
+
+int next_record(mnn_linereader_t *lr, const badrec_t *b, cut_stage_t *cs, const char **line,
+                size_t *len)
 {
     for (;;) {
         int rc = mnn_lr_next(lr, line, len);
@@ -152,11 +209,53 @@ int next_record(mnn_linereader_t *lr, const badrec_t *b, const char **line, size
             (*len)--;
         if (*len == 0)
             continue;
-        if ((*line)[0] != '#')
+        if ((*line)[0] != '#') {
+            if (cs && cs->in_block)
+                die(EXIT_RUNTIME, "%s:%llu: a record inside the block of cut %llu", b->name,
+                    (unsigned long long)lr->lineno, (unsigned long long)cs->id);
+            if (cs)
+                cs->after++, cs->ended = 0;
             return 1;
+        }
+        if (cs && *len > 1 && ((*line)[1] == '!' || (*line)[1] == '=')) {
+            int k = cut_line(lr, b, cs, *line, *len);
+            if (k)
+                return k;
+        }
         /* as it comes: a #!ckpt barrier must not wait behind the data */
         fwrite(*line, 1, *len, stdout);
         putchar('\n');
         fflush(stdout);
     }
+}
+
+void cut_pass_barrier(const cut_stage_t *cs)
+{
+    mnn_cut_put_barrier(stdout, cs->id, cs->what);
+    fflush(stdout);
+}
+
+void cut_pass_end(cut_stage_t *cs, const void *data, size_t n)
+{
+    mnn_cut_put_part(stdout, cs->id, cs->index, cs->program, data, n);
+    mnn_cut_put_end(stdout, cs->id);
+    fflush(stdout);
+    out_check();
+    cs->in_block = 0;
+    cs->ended = cs->what != MNN_CUT_GO;
+}
+
+int cut_input_ended(const cut_stage_t *cs, const badrec_t *b)
+{
+    if (!cs->active)
+        return 0;
+    if (cs->in_block)
+        die(EXIT_RUNTIME, "%s: the input ended inside the block of cut %llu: the stages before "
+            "this one went away mid-cut", b->name, (unsigned long long)cs->id);
+    if (!cs->ended)
+        die(EXIT_RUNTIME, "%s: the input ended %llu records after cut %llu, without the "
+            "pipeline's stop or final cut: the head went away (resume the pipeline from its "
+            "last committed cut)", b->name, (unsigned long long)cs->after,
+            (unsigned long long)cs->id);
+    return 1;
 }

@@ -52,11 +52,50 @@ int signals_to_pipe(const int *sigs, size_t n, volatile sig_atomic_t *flag);
 /* Empties that pipe. */
 void drain_signal_pipe(int fd);
 
+/* A record filter's part in pipeline cuts (mini-nn(7), PIPELINE
+ * CHECKPOINTS), kept by next_record as the cut lines pass. */
+typedef struct {
+    const char *program; /* this stage's name in its parts */
+    int active;          /* a start line came: the stage takes part */
+    uint32_t index;      /* its index in the pipeline (from the start line) */
+    uint64_t from;       /* the cut the head resumed from; 0: none */
+    uint64_t id;         /* the newest barrier */
+    mnn_cut_what_t what; /* its kind */
+    int in_block;        /* between that barrier and its end line */
+    int ended;           /* its block ended and it was a stop or the final
+                          * cut: the input ends here */
+    uint64_t after;      /* records since the newest barrier */
+} cut_stage_t;
+
+/* What next_record returns besides a record (1), the end (0) and
+ * MNN_ECANCELED. */
+enum {
+    NR_START = 2,   /* a start line: cs->index and cs->from set, the line
+                     * with one stage more written */
+    NR_BARRIER = 3, /* a barrier: cs->id and cs->what set; the caller writes
+                     * it (cut_pass_barrier) when it has done what comes
+                     * before it (a final emission) */
+    NR_END = 4      /* the end of the barrier's block: the caller writes its
+                     * part and the end line (cut_pass_end) */
+};
+
 /* The next record of lr: 1 and the line (no '\n', no '\r'); '#' lines are
- * copied to stdout and flushed on the way, empty ones skipped.  0 at the
- * end of the input, MNN_ECANCELED when the cancel pipe has a byte; read
- * errors and over-long lines are fatal. */
-int next_record(mnn_linereader_t *lr, const badrec_t *b, const char **line, size_t *len);
+ * copied to stdout and flushed on the way, empty ones skipped; cut lines
+ * as said above (cs may be NULL: they are then copied like any '#' line).
+ * 0 at the end of the input, MNN_ECANCELED when the cancel pipe has a
+ * byte; read errors, over-long lines and cut lines out of place are
+ * fatal. */
+int next_record(mnn_linereader_t *lr, const badrec_t *b, cut_stage_t *cs, const char **line,
+                size_t *len);
+/* Writes the barrier cs->id; and this stage's part (n bytes of its state)
+ * then the block's end line, flushed. */
+void cut_pass_barrier(const cut_stage_t *cs);
+void cut_pass_end(cut_stage_t *cs, const void *data, size_t n);
+/* At the end of the input: 1 when it is a pipeline's that stopped (or
+ * ended) with a cut, 0 when no cut took place; dies (exit 1) when the
+ * input of a pipeline with cuts ended without its stop or final cut: the
+ * head went away, and the stage's state since the last cut is in no cut. */
+int cut_input_ended(const cut_stage_t *cs, const badrec_t *b);
 
 /* The label of a record as a number; -1 (reported) if it is not one. */
 int read_label(badrec_t *b, const char *line, size_t len, uint64_t lineno, double *label);

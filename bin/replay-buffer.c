@@ -178,7 +178,7 @@ int main(int argc, char **argv)
     for (;;) {
         if (stop_sig)
             break;
-        if (next_record(&lr, &bad, &line, &len) != 1)
+        if (next_record(&lr, &bad, NULL, &line, &len) != 1)
             break; /* the end, or a signal */
         double label;
         if (read_label(&bad, line, len, lr.lineno, &label) < 0)

@@ -283,7 +283,7 @@ int main(int argc, char **argv)
     const char *line;
     size_t len;
     for (int done = 0; !done;) {
-        int rc = next_record(&lr, &bad, &line, &len);
+        int rc = next_record(&lr, &bad, NULL, &line, &len);
         int emit_now = 0;
         if (rc == MNN_ECANCELED) {
             drain_signal_pipe(lr.cancel_fd);

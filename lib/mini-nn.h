@@ -774,6 +774,17 @@ typedef struct {
     int has_spec;
     size_t nfiles;
     mnn_manifest_file_t *files;
+    /* a cut (mnn_ckpt_write_cut): id 0 when it is none */
+    uint64_t cut;
+    uint32_t cut_stage;     /* the committing stage's index */
+    char cut_program[32];
+    uint64_t pending;       /* records of a partly filled minibatch */
+    size_t nstages;         /* the upstream stages' parts, by index */
+    struct mnn_manifest_stage {
+        uint32_t index;
+        char program[32];
+        char file[64];
+    } *stages;
 } mnn_manifest_t;
 
 MNN_API int mnn_manifest_parse(mnn_manifest_t *mf, const char *text, size_t len,
@@ -788,6 +799,133 @@ MNN_API const mnn_manifest_file_t *mnn_manifest_find(const mnn_manifest_t *mf,
 MNN_API int mnn_manifest_verify_dir(const mnn_manifest_t *mf, const char *dir,
                                     mnn_diag_t *d);
 MNN_API void mnn_manifest_free(mnn_manifest_t *mf);
+
+/* ---- pipeline cuts (cut.c) -------------------------------------------------
+ * The control lines that carry a consistent checkpoint of a whole pipeline
+ * (mini-nn(7), PIPELINE CHECKPOINTS).  stream-ingest, the head, starts its
+ * output with a start line and injects barriers; every stateful stage puts
+ * its part (its whole state, base64 on '#=' lines) before the barrier's end
+ * line; the committing stage writes the cut as one checkpoint:
+ *
+ *   #!ckpt-start FROM N        FROM: the cut resumed from (0: none); N:
+ *                              the stages so far (each adds one)
+ *   #!ckpt ID [stop|final]     a barrier: the cut's records end here;
+ *                              stop: the pipeline stops after it (the input
+ *                              ends, to be resumed); final: the source ended
+ *   #!part ID INDEX PROGRAM BYTES XXH3    a stage's part, followed by
+ *   #=BASE64                   BYTES bytes in lines of at most
+ *                              MNN_CUT_LINE characters
+ *   #!ckpt-end ID              the end of the barrier's block
+ *
+ * A stage trusts a part only when its bytes match the XXH3 of its header. */
+
+#define MNN_CUT_LINE 65536                  /* base64 characters per '#=' line */
+#define MNN_CUT_MAX_PART ((uint64_t)1 << 30) /* bytes of one stage's part */
+#define MNN_CUT_MAX_STAGES 64
+#define MNN_CUT_PROGRAM_MAX 32              /* a program name, NUL included */
+
+typedef enum {
+    MNN_CUT_NONE = 0, /* a '#' line that is not a cut line */
+    MNN_CUT_START,    /* #!ckpt-start */
+    MNN_CUT_BARRIER,  /* #!ckpt */
+    MNN_CUT_PART,     /* #!part */
+    MNN_CUT_DATA,     /* #= */
+    MNN_CUT_END       /* #!ckpt-end */
+} mnn_cut_kind_t;
+
+typedef enum { MNN_CUT_GO = 0, MNN_CUT_STOP, MNN_CUT_FINAL } mnn_cut_what_t;
+
+typedef struct {
+    mnn_cut_kind_t kind;
+    uint64_t id;          /* START: the cut resumed from; the others: the cut */
+    mnn_cut_what_t what;  /* BARRIER */
+    uint32_t index;       /* START: the stages so far; PART: the stage's index */
+    char program[MNN_CUT_PROGRAM_MAX]; /* PART */
+    uint64_t bytes;       /* PART */
+    char xxh3[17];        /* PART */
+} mnn_cutline_t;
+
+/* Classifies a line (len bytes, no '\n'): 1 and *l filled for a cut line,
+ * 0 for any other line, MNN_EFORMAT (d says what is wrong) for a line that
+ * starts like a cut line but is not a well-formed one. */
+MNN_API int mnn_cutline_parse(const char *line, size_t len, mnn_cutline_t *l, mnn_diag_t *d);
+
+/* Writes the lines: a start line, a barrier, a part (header and data
+ * lines), the end of a block.  0 or MNN_EIO (ferror). */
+MNN_API int mnn_cut_put_start(FILE *f, uint64_t from, uint32_t stages);
+MNN_API int mnn_cut_put_barrier(FILE *f, uint64_t id, mnn_cut_what_t what);
+MNN_API int mnn_cut_put_part(FILE *f, uint64_t id, uint32_t index, const char *program,
+                             const void *data, size_t n);
+MNN_API int mnn_cut_put_end(FILE *f, uint64_t id);
+MNN_API const char *mnn_cut_what_name(mnn_cut_what_t what); /* "", "stop", "final" */
+
+/* A part being received: header, then data lines, then done. */
+typedef struct {
+    mnn_cutline_t head;
+    unsigned char *data;  /* head.bytes when complete */
+    size_t len, cap;
+    int pad;              /* a '=' was met: no more data may follow */
+} mnn_part_t;
+
+/* Starts p on a PART line (p's memory is reused). */
+MNN_API void mnn_part_begin(mnn_part_t *p, const mnn_cutline_t *head);
+/* Adds a '#=' line (the whole line, '#=' included): 0, or MNN_EFORMAT (not
+ * base64, data after the end), MNN_ELIMIT (more than the header said), or
+ * MNN_ENOMEM, d saying which. */
+MNN_API int mnn_part_data(mnn_part_t *p, const char *line, size_t len, mnn_diag_t *d);
+/* The part is complete: its size and hash match the header, else
+ * MNN_ECORRUPT. */
+MNN_API int mnn_part_finish(const mnn_part_t *p, mnn_diag_t *d);
+MNN_API void mnn_part_free(mnn_part_t *p);
+
+/* ---- cuts as checkpoints (ckpt.c) -----------------------------------------
+ * A cut is an ordinary checkpoint directory, named step-N-cID (the step of
+ * the committing training, the cut), that also holds every upstream
+ * stage's part as stage-I.PROGRAM and, when the cut fell inside a
+ * minibatch, its records so far as pending.safetensors (x [n, input], y
+ * [n], F32); manifest.yaml lists them in `files` like the others and says
+ * `cut: {id: ID, stage: K, program: P, pending: n}` and `stages:` (index,
+ * program, file, bytes, xxh3 of each upstream part). */
+
+typedef struct {
+    uint32_t index;                    /* 0 .. the committing stage's - 1 */
+    char program[MNN_CUT_PROGRAM_MAX];
+    const void *data;
+    uint64_t bytes;
+} mnn_stage_part_t;
+
+typedef struct {
+    uint64_t id;                  /* the cut (> 0) */
+    uint32_t self;                /* the committing stage's index: parts has
+                                   * stages 0 .. self - 1, in order */
+    const char *self_program;
+    const mnn_stage_part_t *parts;
+    size_t pending;               /* records of a partly filled minibatch */
+    const float *px, *py;         /* their features (pending x input) and labels */
+} mnn_cut_ckpt_t;
+
+/* step-N (cut 0) or step-N-cID, and back: 0 for a name written so (no
+ * other spelling), -1 otherwise. */
+MNN_API void mnn_ckpt_cut_name(char *buf, size_t size, uint64_t step, uint64_t cut);
+MNN_API int mnn_ckpt_name_parse(const char *name, uint64_t *step, uint64_t *cut);
+
+/* mnn_ckpt_write with a cut's parts and pending records (cut NULL: the
+ * same as mnn_ckpt_write). */
+MNN_API int mnn_ckpt_write_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
+                               const mnn_train_state_t *st, const char *parent,
+                               int64_t created, int replace, const mnn_cut_ckpt_t *cut,
+                               mnn_diag_t *d);
+/* The part of stage `index` of the cut checkpoint dir (a directory or a
+ * root), which must be `program`'s: its bytes, checked against the
+ * manifest, in *buf (free it) and *len, the cut's id in *cut.  A checkpoint
+ * that is no cut, or whose stage `index` is another program's or missing, is
+ * MNN_ESHAPE, d naming dir, the stage and what it holds. */
+MNN_API int mnn_ckpt_stage_read(const char *dir, uint32_t index, const char *program,
+                                char **buf, size_t *len, uint64_t *cut, mnn_diag_t *d);
+/* The pending records of a cut (none: *n 0, *x and *y NULL), each nfeat
+ * features; free *x and *y with mnn_free. */
+MNN_API int mnn_ckpt_pending_read(const char *dir, size_t nfeat, float **x, float **y,
+                                  size_t *n, mnn_diag_t *d);
 
 /* ---- opening a checkpoint (ckpt-open.c) ----------------------------------- */
 
