@@ -229,6 +229,27 @@ int next_record(mnn_linereader_t *lr, const badrec_t *b, cut_stage_t *cs, const 
     }
 }
 
+static volatile sig_atomic_t held_signals;
+
+static void on_held_signal(int sig)
+{
+    if (held_signals++) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+}
+
+void cut_hold_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_held_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
+
 void cut_pass_barrier(const cut_stage_t *cs)
 {
     mnn_cut_put_barrier(stdout, cs->id, cs->what);

@@ -97,6 +97,12 @@ void cut_pass_end(cut_stage_t *cs, const void *data, size_t n);
  * head went away, and the stage's state since the last cut is in no cut. */
 int cut_input_ended(const cut_stage_t *cs, const badrec_t *b);
 
+/* From a pipeline's start line on, SIGTERM and SIGINT do not stop a stage
+ * that is not the head: the head's stop cut comes through it, and then the
+ * end of its input.  A second one ends the program at once, by the signal
+ * (its state since the last cut is in no cut). */
+void cut_hold_signals(void);
+
 /* The label of a record as a number; -1 (reported) if it is not one. */
 int read_label(badrec_t *b, const char *line, size_t len, uint64_t lineno, double *label);
 
