@@ -183,8 +183,9 @@ int main(int argc, char **argv)
         usage_error("%s goes with --state", save_every ? "--save-every" : "--fresh");
     if (resume && fresh)
         usage_error("--resume and --fresh exclude each other");
-    /* the cut, opened (and verified) before any record goes by */
-    mnn_ckpt_t *ck = resume ? cli_ckpt_open(resume, workdir, 0) : NULL;
+    /* the cut, opened and every file of it verified (a damaged part of any
+     * stage refuses the cut) before any record goes by */
+    mnn_ckpt_t *ck = resume ? cli_ckpt_open(resume, workdir, MNN_OPEN_VERIFY) : NULL;
     /* SIGTERM, SIGINT: save and stop between records, even while a read
      * waits; caught from now on, while a FIFO opens or the state loads */
     static const int stops[] = {SIGTERM, SIGINT};

@@ -323,6 +323,9 @@ static void prepare(args_t *a, run_t *r)
             usage_error("--resume -: stdin carries the records to train on; give the "
                         "checkpoint as a file or a directory");
         r->resumed = cli_ckpt_open(a->resume, a->workdir, 0);
+        /* a pipeline's cut is refused whole when any stage's part is damaged */
+        if (r->resumed->mf.cut && mnn_ckpt_verify(r->resumed, &d) < 0)
+            die(EXIT_RUNTIME, "%s", d.msg);
         if (mnn_ckpt_load(r->resumed->dir, &r->model, &r->opt, &r->st, &d) < 0)
             die(EXIT_RUNTIME, "%s", d.msg);
         if (mnn_spec_copy(&r->spec, &r->model.spec) < 0)
