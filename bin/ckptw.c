@@ -268,42 +268,39 @@ ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
         free(w);
         return NULL;
     }
-    int rc = mnn_model_init(&w->snap_m, &m->spec);
-    if (rc == 0 && (rc = mnn_optim_init(&w->snap_o, &opt->spec, opt->n)) < 0)
-        mnn_model_free(&w->snap_m);
-    if (rc < 0) {
+    /* the snapshot: the model, the optimizer, a cut's pending records */
+    int rc = mnn_model_init(&w->snap_m, &m->spec), have_m = rc == 0;
+    if (rc == 0)
+        rc = mnn_optim_init(&w->snap_o, &opt->spec, opt->n);
+    int have_o = have_m && rc == 0;
+    if (rc == 0) {
+        w->px = mnn_calloc_aligned(m->spec.batch, m->spec.input * sizeof(float));
+        w->py = mnn_calloc_aligned(m->spec.batch, sizeof(float));
+        if (!w->px || !w->py)
+            rc = MNN_ENOMEM;
+    }
+    if (rc < 0)
         snprintf(d->msg, sizeof d->msg, "cannot allocate the checkpoint snapshot: %s",
                  mnn_strerror(rc));
-        close_locks(w);
-        free(w);
-        return NULL;
+    if (rc == 0) {
+        pthread_mutex_init(&w->mu, NULL);
+        pthread_cond_init(&w->cv, NULL);
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        rc = pthread_create(&w->thread, NULL, writer, w);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (rc != 0)
+            snprintf(d->msg, sizeof d->msg, "cannot start the checkpoint writer: %s",
+                     strerror(rc));
     }
-    w->px = mnn_calloc_aligned(m->spec.batch, m->spec.input * sizeof(float));
-    w->py = mnn_calloc_aligned(m->spec.batch, sizeof(float));
-    if (!w->px || !w->py) {
-        snprintf(d->msg, sizeof d->msg, "cannot allocate the checkpoint snapshot: %s",
-                 mnn_strerror(MNN_ENOMEM));
-        mnn_free(w->px);
-        mnn_free(w->py);
-        mnn_optim_free(&w->snap_o);
-        mnn_model_free(&w->snap_m);
-        close_locks(w);
-        free(w);
-        return NULL;
-    }
-    pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, NULL);
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    rc = pthread_create(&w->thread, NULL, writer, w);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
-        snprintf(d->msg, sizeof d->msg, "cannot start the checkpoint writer: %s", strerror(rc));
         mnn_free(w->px);
         mnn_free(w->py);
-        mnn_optim_free(&w->snap_o);
-        mnn_model_free(&w->snap_m);
+        if (have_o)
+            mnn_optim_free(&w->snap_o);
+        if (have_m)
+            mnn_model_free(&w->snap_m);
         close_locks(w);
         free(w);
         return NULL;

@@ -309,3 +309,19 @@ mk_noisy_data() {
 elapsed_since() {
     awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f\n", b - a }'
 }
+
+# same_cut_end A B: the newest cuts of checkpoint roots A and B, both a
+# pipeline's last cut (no records pending), hold the same files with the
+# same bytes, the manifest aside: the model, the optimizer, the counters
+# and every stage's part
+same_cut_end() {
+    local f
+    grep -qE '^cut: \{.*pending: 0\}$' "$1/latest/manifest.yaml" || fail "$1/latest is not a last cut"
+    assert_equal "$(ls "$1/latest")" "$(ls "$2/latest")"
+    for f in "$1"/latest/*; do
+        f=${f##*/}
+        [[ $f == manifest.yaml ]] && continue
+        cmp "$1/latest/$f" "$2/latest/$f" || fail "$f differs between $1 and $2"
+    done
+    [[ -e $1/latest/stage-0.stream-ingest ]] || fail "$1/latest has no stage 0"
+}
