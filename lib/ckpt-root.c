@@ -23,6 +23,33 @@ void mnn_ckpt_step_name(char *buf, size_t size, uint64_t step)
     snprintf(buf, size, "step-%08" PRIu64, step);
 }
 
+void mnn_ckpt_cut_name(char *buf, size_t size, uint64_t step, uint64_t cut)
+{
+    if (cut)
+        snprintf(buf, size, "step-%08" PRIu64 "-c%" PRIu64, step, cut);
+    else
+        mnn_ckpt_step_name(buf, size, step);
+}
+
+int mnn_ckpt_name_parse(const char *s, uint64_t *step, uint64_t *cut)
+{
+    char num[32], canon[64];
+    *cut = 0;
+    if (strncmp(s, "step-", 5))
+        return -1;
+    const char *dash = strchr(s + 5, '-');
+    size_t n = dash ? (size_t)(dash - (s + 5)) : strlen(s + 5);
+    if (n >= sizeof num)
+        return -1;
+    memcpy(num, s + 5, n);
+    num[n] = 0;
+    if (mnn_parse_u64(num, step) < 0 ||
+        (dash && (dash[1] != 'c' || mnn_parse_u64(dash + 2, cut) < 0 || *cut == 0)))
+        return -1;
+    mnn_ckpt_cut_name(canon, sizeof canon, *step, *cut);
+    return strcmp(canon, s) ? -1 : 0; /* only names we write */
+}
+
 int mnn_ckpt_root_open(const char *root, int *lock_fd, mnn_diag_t *d)
 {
     *lock_fd = -1;
@@ -84,25 +111,23 @@ out:
     return rc;
 }
 
-static int parse_step_name(const char *s, uint64_t *step)
+/* A checkpoint's place in its root's order: by step, then cut. */
+typedef struct {
+    uint64_t step, cut;
+} ckname_t;
+
+static int cmp_name(const void *a, const void *b)
 {
-    char canon[32];
-    if (strncmp(s, "step-", 5) || mnn_parse_u64(s + 5, step) < 0)
-        return -1;
-    mnn_ckpt_step_name(canon, sizeof canon, *step);
-    return strcmp(canon, s) ? -1 : 0; /* only names we write */
+    const ckname_t *x = a, *y = b;
+    if (x->step != y->step)
+        return x->step < y->step ? -1 : 1;
+    return x->cut < y->cut ? -1 : x->cut > y->cut;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* The step numbers of root's checkpoint directories (open as fd), sorted:
- * only the names written here, and only directories: a link named step-N
- * (to anywhere) is not one.  *steps is to be freed. */
-static int list_steps(int fd, const char *root, uint64_t **steps, size_t *count, mnn_diag_t *d)
+/* The names of root's checkpoint directories (open as fd), sorted: only
+ * the names written here, and only directories: a link named step-N (to
+ * anywhere) is not one.  *steps is to be freed. */
+static int list_steps(int fd, const char *root, ckname_t **steps, size_t *count, mnn_diag_t *d)
 {
     *steps = NULL;
     *count = 0;
@@ -114,16 +139,16 @@ static int list_steps(int fd, const char *root, uint64_t **steps, size_t *count,
             close(dfd);
         return rc;
     }
-    uint64_t step;
+    ckname_t nm;
     size_t cap = 0;
     struct dirent *de;
     struct stat sb;
     while ((de = readdir(dp))) {
-        if (parse_step_name(de->d_name, &step) < 0 ||
+        if (mnn_ckpt_name_parse(de->d_name, &nm.step, &nm.cut) < 0 ||
             fstatat(fd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(sb.st_mode))
             continue;
         if (*count == cap) {
-            uint64_t *ns = realloc(*steps, (cap = cap ? 2 * cap : 64) * sizeof *ns);
+            ckname_t *ns = realloc(*steps, (cap = cap ? 2 * cap : 64) * sizeof *ns);
             if (!ns) {
                 closedir(dp);
                 free(*steps);
@@ -132,11 +157,11 @@ static int list_steps(int fd, const char *root, uint64_t **steps, size_t *count,
             }
             *steps = ns;
         }
-        (*steps)[(*count)++] = step;
+        (*steps)[(*count)++] = nm;
     }
     closedir(dp);
     if (*count > 1)
-        qsort(*steps, *count, sizeof **steps, cmp_u64);
+        qsort(*steps, *count, sizeof **steps, cmp_name);
     return 0;
 }
 
@@ -145,12 +170,12 @@ int mnn_ckpt_root_newest(const char *root, uint64_t *step, mnn_diag_t *d)
     int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? 0 : mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno));
-    uint64_t *steps;
+    ckname_t *steps;
     size_t count;
     int rc = list_steps(fd, root, &steps, &count, d);
     close(fd);
     if (rc == 0 && count > 0) {
-        *step = steps[count - 1];
+        *step = steps[count - 1].step;
         rc = 1;
     }
     free(steps);
@@ -169,12 +194,12 @@ int mnn_ckpt_prune(const char *root, size_t keep, size_t *removed, mnn_diag_t *d
     ssize_t n = readlinkat(fd, "latest", target, sizeof target - 1);
     if (n > 0)
         target[n] = 0;
-    uint64_t *steps;
+    ckname_t *steps;
     size_t count;
     int rc = list_steps(fd, root, &steps, &count, d);
     for (size_t i = 0; i + keep < count && rc == 0; i++) {
-        char name[32], doomed[48];
-        mnn_ckpt_step_name(name, sizeof name, steps[i]);
+        char name[64], doomed[80];
+        mnn_ckpt_cut_name(name, sizeof name, steps[i].step, steps[i].cut);
         if (!strcmp(name, target))
             continue;
         /* renamed out of the way first: a crash halfway through the removal

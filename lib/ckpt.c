@@ -311,11 +311,106 @@ static int write_state(FILE *f, const mnn_train_state_t *st)
 
 static const char *const ckpt_files[] = {"model.safetensors", "optimizer.safetensors",
                                          "state.yaml"};
+#define PENDING_FILE "pending.safetensors"
+
+/* One file of a checkpoint to write: what goes into it. */
+typedef enum { F_MODEL, F_OPTIM, F_STATE, F_PENDING, F_PART } fkind_t;
+typedef struct {
+    char name[64];
+    fkind_t kind;
+    const mnn_stage_part_t *part; /* F_PART */
+    uint64_t bytes;
+    char hex[17];
+} outfile_t;
+
+/* The files of a checkpoint (with a cut's): at most 3 + 1 + its parts. */
+static size_t plan_files(const mnn_cut_ckpt_t *cut, outfile_t *out)
+{
+    size_t n = 0;
+    for (int i = 0; i < 3; i++) {
+        snprintf(out[n].name, sizeof out[n].name, "%s", ckpt_files[i]);
+        out[n++].kind = (fkind_t)i;
+    }
+    if (cut && cut->pending) {
+        snprintf(out[n].name, sizeof out[n].name, PENDING_FILE);
+        out[n++].kind = F_PENDING;
+    }
+    for (uint32_t i = 0; cut && i < cut->self; i++) {
+        snprintf(out[n].name, sizeof out[n].name, "stage-%" PRIu32 ".%s", cut->parts[i].index,
+                 cut->parts[i].program);
+        out[n].part = &cut->parts[i];
+        out[n++].kind = F_PART;
+    }
+    return n;
+}
+
+static int write_pending(FILE *f, const mnn_model_t *m, const mnn_cut_ckpt_t *cut)
+{
+    char count[32];
+    snprintf(count, sizeof count, "%zu", cut->pending);
+    const mnn_st_tensor_t t[2] = {
+        {"x", 0, 2, {cut->pending, m->spec.input}, cut->px},
+        {"y", 0, 1, {cut->pending, 0}, cut->py},
+    };
+    const char *meta[] = {"format", "pt", "records", count, NULL};
+    return mnn_st_write(f, t, 2, meta);
+}
+
+static int write_file(FILE *f, const outfile_t *of, const mnn_model_t *m, const mnn_optim_t *o,
+                      const mnn_train_state_t *st, const mnn_cut_ckpt_t *cut)
+{
+    switch (of->kind) {
+    case F_MODEL: return write_model(f, m, o);
+    case F_OPTIM: return write_optim(f, m, o);
+    case F_STATE: return write_state(f, st);
+    case F_PENDING: return write_pending(f, m, cut);
+    case F_PART:
+        if (of->part->bytes && fwrite(of->part->data, 1, of->part->bytes, f) != of->part->bytes)
+            return MNN_EIO;
+        return 0;
+    }
+    return MNN_EINVAL;
+}
+
+/* A cut that mnn_ckpt_write_cut can write: its parts in stage order, each
+ * program a plain name, within the bounds every reader keeps. */
+static int check_cut(const mnn_cut_ckpt_t *cut, const mnn_model_t *m, mnn_diag_t *d)
+{
+    if (!cut)
+        return 0;
+    if (cut->id == 0 || cut->self >= MNN_CUT_MAX_STAGES || !cut->self_program ||
+        strlen(cut->self_program) >= MNN_CUT_PROGRAM_MAX || cut->pending >= m->spec.batch ||
+        (cut->pending && (!cut->px || !cut->py)))
+        return mnn_fail(d, MNN_EINVAL, "an impossible cut (id %" PRIu64 ", stage %" PRIu32
+                        ", %zu pending records)", cut->id, cut->self, cut->pending);
+    for (uint32_t i = 0; i < cut->self; i++) {
+        const mnn_stage_part_t *p = &cut->parts[i];
+        if (p->index != i || !p->program[0] ||
+            strspn(p->program, "abcdefghijklmnopqrstuvwxyz0123456789-_") != strlen(p->program) ||
+            p->bytes > MNN_CUT_MAX_PART)
+            return mnn_fail(d, MNN_EINVAL, "cut %" PRIu64 ": stage %" PRIu32 "'s part is not "
+                            "one a checkpoint can hold", cut->id, i);
+    }
+    return 0;
+}
+
+static void put_quoted(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const char *p = s; *p; p++)
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if ((unsigned char)*p < 0x20)
+            fprintf(f, "\\x%02x", (unsigned char)*p);
+        else
+            fputc(*p, f);
+    fputc('"', f);
+}
 
 static int write_manifest(const char *tmp, const mnn_model_t *m,
                           const mnn_train_state_t *st, const char *parent,
-                          int64_t created, const uint64_t *sizes, char (*hashes)[17],
-                          mnn_diag_t *d)
+                          int64_t created, const outfile_t *files, size_t nfiles,
+                          const mnn_cut_ckpt_t *cut, mnn_diag_t *d)
 {
     char *path = mnn_path_join(tmp, "manifest.yaml"), hex[17];
     hsink_t sink;
@@ -334,23 +429,28 @@ static int write_manifest(const char *tmp, const mnn_model_t *m,
             PACKAGE_VERSION, when);
     fprintf(f, "step: %" PRIu64 "\nrecords_seen: %" PRIu64 "\n", st->step, st->records_seen);
     if (parent) {
-        fputs("parent: \"", f);
-        for (const char *p = parent; *p; p++)
-            if (*p == '"' || *p == '\\')
-                fprintf(f, "\\%c", *p);
-            else if ((unsigned char)*p < 0x20)
-                fprintf(f, "\\x%02x", (unsigned char)*p);
-            else
-                fputc(*p, f);
-        fputs("\"\n", f);
+        fputs("parent: ", f);
+        put_quoted(f, parent);
+        fputc('\n', f);
     } else
         fputs("parent: null\n", f);
+    if (cut) {
+        /* a pipeline's cut: this stage, and every stage before it */
+        fprintf(f, "cut: {id: %" PRIu64 ", stage: %" PRIu32 ", program: %s, pending: %zu}\n",
+                cut->id, cut->self, cut->self_program, cut->pending);
+        fputs(cut->self ? "stages:\n" : "stages: []\n", f);
+        for (size_t i = 0; i < nfiles; i++)
+            if (files[i].kind == F_PART)
+                fprintf(f, "  - {index: %" PRIu32 ", program: %s, file: %s, bytes: %" PRIu64
+                        ", xxh3: %s}\n", files[i].part->index, files[i].part->program,
+                        files[i].name, files[i].bytes, files[i].hex);
+    }
     fputs("model:\n", f);
     mnn_spec_write(&m->spec, f, 2);
     fputs("files:\n", f);
-    for (size_t i = 0; i < sizeof ckpt_files / sizeof ckpt_files[0]; i++)
-        fprintf(f, "  - {name: %s, bytes: %" PRIu64 ", xxh3: %s}\n", ckpt_files[i], sizes[i],
-                hashes[i]);
+    for (size_t i = 0; i < nfiles; i++)
+        fprintf(f, "  - {name: %s, bytes: %" PRIu64 ", xxh3: %s}\n", files[i].name,
+                files[i].bytes, files[i].hex);
     /* the last line: the hash of every byte before it */
     int rc = fflush(f) == 0 ? 0 : MNN_EIO;
     fprintf(f, MANIFEST_SEAL "%016llx\n", (unsigned long long)mnn_hash_digest(sink.h));
@@ -361,56 +461,87 @@ static int write_manifest(const char *tmp, const mnn_model_t *m,
     return rc;
 }
 
-int mnn_ckpt_same(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
-                  const mnn_train_state_t *st, mnn_diag_t *d)
+/* The bytes mnn_ckpt_write_cut would write into one file: hashed, dropped. */
+static int hash_file(const outfile_t *of, const mnn_model_t *m, const mnn_optim_t *o,
+                     const mnn_train_state_t *st, const mnn_cut_ckpt_t *cut, char hex[17],
+                     uint64_t *bytes)
+{
+    hsink_t sink = {.fd = -1, .h = mnn_hash_new()};
+    cookie_io_functions_t io = {.write = hsink_write};
+    FILE *f = sink.h ? fopencookie(&sink, "w", io) : NULL;
+    if (!f) {
+        mnn_hash_free(sink.h);
+        return MNN_ENOMEM;
+    }
+    setvbuf(f, NULL, _IOFBF, 1 << 20);
+    int rc = write_file(f, of, m, o, st, cut);
+    if (fclose(f) != 0 && rc == 0)
+        rc = MNN_EIO;
+    mnn_hash_hex(mnn_hash_digest(sink.h), hex);
+    *bytes = sink.bytes;
+    mnn_hash_free(sink.h);
+    return rc;
+}
+
+int mnn_ckpt_same_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
+                      const mnn_train_state_t *st, const mnn_cut_ckpt_t *cut, mnn_diag_t *d)
 {
     mnn_manifest_t theirs = {0};
+    outfile_t *files = NULL;
     int rc = mnn_manifest_load(&theirs, dir, NULL, d);
     if (rc < 0)
         return rc;
     if ((rc = mnn_manifest_verify_dir(&theirs, dir, d)) < 0)
         goto out;
-    int same = theirs.nfiles == 3;
-    for (int i = 0; i < 3 && same; i++) {
-        /* the bytes mnn_ckpt_write would write, hashed and dropped */
-        hsink_t sink = {.fd = -1, .h = mnn_hash_new()};
-        cookie_io_functions_t io = {.write = hsink_write};
-        FILE *f = sink.h ? fopencookie(&sink, "w", io) : NULL;
-        if (!f) {
-            mnn_hash_free(sink.h);
-            rc = mnn_fail(d, MNN_ENOMEM, "%s: out of memory", dir);
-            goto out;
-        }
-        setvbuf(f, NULL, _IOFBF, 1 << 20);
-        rc = i == 0 ? write_model(f, m, o) : i == 1 ? write_optim(f, m, o) : write_state(f, st);
-        if (fclose(f) != 0 && rc == 0)
-            rc = MNN_EIO;
+    if (!(files = calloc(4 + (cut ? cut->self : 0), sizeof *files))) {
+        rc = mnn_fail(d, MNN_ENOMEM, "%s: out of memory", dir);
+        goto out;
+    }
+    size_t n = plan_files(cut, files);
+    int same = theirs.nfiles == n && theirs.cut == (cut ? cut->id : 0);
+    for (size_t i = 0; i < n && same; i++) {
         char hex[17];
-        mnn_hash_hex(mnn_hash_digest(sink.h), hex);
-        mnn_hash_free(sink.h);
-        if (rc < 0) {
+        uint64_t bytes;
+        if ((rc = hash_file(&files[i], m, o, st, cut, hex, &bytes)) < 0) {
             rc = mnn_fail(d, rc, "%s: %s", dir, mnn_strerror(rc));
             goto out;
         }
-        const mnn_manifest_file_t *fl = mnn_manifest_find(&theirs, ckpt_files[i]);
-        same = fl && fl->bytes == sink.bytes && !strcmp(fl->xxh3, hex);
+        const mnn_manifest_file_t *fl = mnn_manifest_find(&theirs, files[i].name);
+        same = fl && fl->bytes == bytes && !strcmp(fl->xxh3, hex);
     }
     if (!same)
         rc = mnn_fail(d, MNN_EEXIST, "%s exists and holds another training's state; not "
                       "replacing it", dir);
 out:
+    free(files);
     mnn_manifest_free(&theirs);
     return rc;
+}
+
+int mnn_ckpt_same(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
+                  const mnn_train_state_t *st, mnn_diag_t *d)
+{
+    return mnn_ckpt_same_cut(dir, m, o, st, NULL, d);
 }
 
 int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
                    const mnn_train_state_t *st, const char *parent,
                    int64_t created, int replace, mnn_diag_t *d)
 {
+    return mnn_ckpt_write_cut(dir, m, o, st, parent, created, replace, NULL, d);
+}
+
+int mnn_ckpt_write_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
+                       const mnn_train_state_t *st, const char *parent,
+                       int64_t created, int replace, const mnn_cut_ckpt_t *cut, mnn_diag_t *d)
+{
     char *dcopy = strdup(dir), *bcopy = strdup(dir), *tmp = NULL;
+    outfile_t *files = calloc(4 + (cut ? cut->self : 0), sizeof *files);
     int rc = MNN_ENOMEM;
     struct stat sb;
-    if (!dcopy || !bcopy)
+    if (!dcopy || !bcopy || !files)
+        goto out;
+    if ((rc = check_cut(cut, m, d)) < 0)
         goto out;
     /* no reader accepts a value that is not finite: none is written */
     if ((rc = mnn_state_check(m, o, d)) < 0) {
@@ -419,6 +550,12 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
         rc = mnn_fail_prefix(d, MNN_EINVAL, what);
         goto out;
     }
+    for (size_t i = 0; cut && i < cut->pending * m->spec.input; i++)
+        if (!isfinite(cut->px[i])) {
+            rc = mnn_fail(d, MNN_EINVAL, "%s: not written: a pending record's feature is not "
+                          "finite", dir);
+            goto out;
+        }
     const char *pdir = dirname(dcopy), *base = basename(bcopy);
     if (!*base || !strcmp(base, "/") || !strcmp(base, ".") || !strcmp(base, "..")) {
         rc = mnn_fail(d, MNN_EINVAL, "%s: not a usable checkpoint name", dir);
@@ -429,6 +566,7 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
         goto out;
     }
     size_t n = strlen(pdir) + strlen(base) + 8;
+    rc = MNN_ENOMEM;
     if (!(tmp = malloc(n)))
         goto out;
     snprintf(tmp, n, "%s/.tmp-%s", pdir, base);
@@ -442,10 +580,9 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
         rc = mnn_fail(d, MNN_EIO, "%s: %s", tmp, strerror(errno));
         goto out;
     }
-    uint64_t sizes[3];
-    char hashes[3][17];
-    for (int i = 0; i < 3; i++) {
-        char *fp = mnn_path_join(tmp, ckpt_files[i]);
+    const size_t nfiles = plan_files(cut, files);
+    for (size_t i = 0; i < nfiles; i++) {
+        char *fp = mnn_path_join(tmp, files[i].name);
         hsink_t sink;
         FILE *f = fp ? create(fp, &sink) : NULL;
         if (!f) {
@@ -453,9 +590,9 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
             free(fp);
             goto fail;
         }
-        rc = i == 0 ? write_model(f, m, o) : i == 1 ? write_optim(f, m, o) : write_state(f, st);
-        rc = close_synced(f, &sink, rc, hashes[i]);
-        sizes[i] = sink.bytes;
+        rc = write_file(f, &files[i], m, o, st, cut);
+        rc = close_synced(f, &sink, rc, files[i].hex);
+        files[i].bytes = sink.bytes;
         if (rc < 0) {
             rc = mnn_fail(d, rc, "%s: %s", fp, rc == MNN_EIO ? strerror(errno) : mnn_strerror(rc));
             free(fp);
@@ -463,7 +600,7 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
         }
         free(fp);
     }
-    if ((rc = write_manifest(tmp, m, st, parent, created, sizes, hashes, d)) < 0)
+    if ((rc = write_manifest(tmp, m, st, parent, created, files, nfiles, cut, d)) < 0)
         goto fail;
     if (mnn_fsync_dir(tmp) < 0) {
         rc = mnn_fail(d, MNN_EIO, "%s: %s", tmp, strerror(errno));
@@ -503,6 +640,7 @@ fail:
         errno = e;
     }
 out:
+    free(files);
     free(tmp);
     free(dcopy);
     free(bcopy);
@@ -725,3 +863,102 @@ out:
     return rc;
 }
 
+
+/* ---- cuts ------------------------------------------------------------------ */
+
+int mnn_ckpt_stage_read(const char *dir, uint32_t index, const char *program, char **buf,
+                        size_t *len, uint64_t *cut, mnn_diag_t *d)
+{
+    mnn_manifest_t mf;
+    char *real = NULL, *path = NULL;
+    *buf = NULL;
+    *len = 0;
+    int rc = mnn_manifest_load(&mf, dir, &real, d);
+    if (rc < 0)
+        return rc;
+    if (!mf.cut)
+        rc = mnn_fail(d, MNN_ESHAPE, "%s: not a pipeline's cut (a checkpoint of sgd-train "
+                      "alone): it holds no state of %s", real, program);
+    else if (index == mf.cut_stage)
+        rc = mnn_fail(d, MNN_ESHAPE, "%s: stage %" PRIu32 " of cut %" PRIu64 " is %s, the one "
+                      "that committed it, not %s: a pipeline of another shape", real, index,
+                      mf.cut, mf.cut_program, program);
+    else if (index > mf.cut_stage)
+        rc = mnn_fail(d, MNN_ESHAPE, "%s: cut %" PRIu64 " has stages 0 to %" PRIu32 " (%s last); "
+                      "%s is stage %" PRIu32 " here: a pipeline of another shape", real, mf.cut,
+                      mf.cut_stage, mf.cut_program, program, index);
+    else if (strcmp(mf.stages[index].program, program))
+        rc = mnn_fail(d, MNN_ESHAPE, "%s: stage %" PRIu32 " of cut %" PRIu64 " is %s, not %s: "
+                      "a pipeline of another shape", real, index, mf.cut,
+                      mf.stages[index].program, program);
+    else {
+        rc = mnn_manifest_read(real, mnn_manifest_find(&mf, mf.stages[index].file), buf, len,
+                               &path, d);
+        *cut = mf.cut;
+    }
+    free(path);
+    free(real);
+    mnn_manifest_free(&mf);
+    return rc;
+}
+
+int mnn_ckpt_pending_read(const char *dir, size_t nfeat, float **x, float **y, size_t *n,
+                          mnn_diag_t *d)
+{
+    mnn_manifest_t mf;
+    char *real = NULL, *path = NULL, *buf = NULL;
+    size_t len;
+    *x = *y = NULL;
+    *n = 0;
+    int rc = mnn_manifest_load(&mf, dir, &real, d);
+    if (rc < 0)
+        return rc;
+    if (!mf.pending)
+        goto out;
+    if (nfeat != mf.spec.input) {
+        rc = mnn_fail(d, MNN_ESHAPE, "%s: pending records of %zu features, not %zu", real,
+                      mf.spec.input, nfeat);
+        goto out;
+    }
+    mnn_st_file_t *f;
+    if ((rc = mnn_manifest_read(real, mnn_manifest_find(&mf, PENDING_FILE), &buf, &len, &path,
+                                d)) < 0)
+        goto out;
+    rc = mnn_st_parse(&f, buf, len, path, d);
+    buf = NULL; /* the parser owns it, also on error */
+    if (rc < 0)
+        goto out;
+    const size_t k = (size_t)mf.pending, sx[2] = {k, nfeat}, sy[1] = {k};
+    const void *px, *py;
+    if ((rc = mnn_st_get(f, "x", 0, 2, sx, &px, d)) == 0 &&
+        (rc = mnn_st_get(f, "y", 0, 1, sy, &py, d)) == 0) {
+        *x = mnn_calloc_aligned(k * nfeat, sizeof(float));
+        *y = mnn_calloc_aligned(k, sizeof(float));
+        if (!*x || !*y) {
+            rc = mnn_fail(d, MNN_ENOMEM, "out of memory");
+        } else {
+            memcpy(*x, px, k * nfeat * sizeof(float));
+            memcpy(*y, py, k * sizeof(float));
+            *n = k;
+            for (size_t i = 0; i < k * nfeat && rc == 0; i++)
+                if (!isfinite((*x)[i]))
+                    rc = mnn_fail(d, MNN_ECORRUPT, "%s: x[%zu] is not finite", path, i);
+            for (size_t i = 0; i < k && rc == 0; i++)
+                if (!isfinite((*y)[i]))
+                    rc = mnn_fail(d, MNN_ECORRUPT, "%s: y[%zu] is not finite", path, i);
+        }
+    }
+    mnn_st_close(f);
+    if (rc < 0) {
+        mnn_free(*x);
+        mnn_free(*y);
+        *x = *y = NULL;
+        *n = 0;
+    }
+out:
+    free(buf);
+    free(path);
+    free(real);
+    mnn_manifest_free(&mf);
+    return rc;
+}

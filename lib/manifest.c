@@ -58,6 +58,87 @@ static int manifest_files(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *files,
     return 0;
 }
 
+/* A program name as the cut lines spell it. */
+static int plain_program(const char *s)
+{
+    size_t n = strlen(s);
+    return n > 0 && n < 32 && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-_") == n;
+}
+
+/* cut: {id, stage, program, pending} and stages: [{index, program, file,
+ * bytes, xxh3}], each upstream stage once and in order, its file listed in
+ * files with the same size and hash. */
+static int manifest_cut(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *root, yaml_node_t *cut,
+                        mnn_diag_t *d)
+{
+    int rc;
+    uint64_t v;
+    const char *str;
+    yaml_node_t *n;
+    if ((rc = mnn_yaml_expect(y, cut, YAML_MAPPING_NODE, "cut", d)) < 0)
+        return rc;
+    if (!(n = mnn_yaml_get(y, cut, "id")) || mnn_yaml_u64(y, n, "cut id", &mf->cut, d) < 0 ||
+        mf->cut == 0)
+        return mnn_yaml_fail(y, cut, d, MNN_EFORMAT, "cut: an id > 0 is required");
+    if (!(n = mnn_yaml_get(y, cut, "stage")) || mnn_yaml_u64(y, n, "cut stage", &v, d) < 0 ||
+        v >= MNN_CUT_MAX_STAGES)
+        return mnn_yaml_fail(y, cut, d, MNN_EFORMAT, "cut: a stage below %d is required",
+                             MNN_CUT_MAX_STAGES);
+    mf->cut_stage = (uint32_t)v;
+    if (!(n = mnn_yaml_get(y, cut, "program")) || mnn_yaml_str(y, n, "program", &str, d) < 0 ||
+        !plain_program(str))
+        return mnn_yaml_fail(y, cut, d, MNN_EFORMAT, "cut: a program name is required");
+    snprintf(mf->cut_program, sizeof mf->cut_program, "%s", str);
+    if (!(n = mnn_yaml_get(y, cut, "pending")) ||
+        mnn_yaml_u64(y, n, "pending", &mf->pending, d) < 0 || mf->pending >= mf->spec.batch)
+        return mnn_yaml_fail(y, cut, d, MNN_EFORMAT, "cut: pending must be a count of records "
+                             "below the batch (%zu)", mf->spec.batch);
+    yaml_node_t *st = mnn_yaml_get(y, root, "stages");
+    if (!st || (rc = mnn_yaml_expect(y, st, YAML_SEQUENCE_NODE, "stages", d)) < 0)
+        return st ? rc : mnn_yaml_fail(y, root, d, MNN_EFORMAT, "a cut without its stages list");
+    size_t k = (size_t)(st->data.sequence.items.top - st->data.sequence.items.start);
+    if (k != mf->cut_stage)
+        return mnn_yaml_fail(y, st, d, MNN_EFORMAT, "%zu stages listed before stage %" PRIu32
+                             " (stages 0 to %" PRIu32 " are required)", k, mf->cut_stage,
+                             mf->cut_stage ? mf->cut_stage - 1 : 0);
+    if (!(mf->stages = calloc(k ? k : 1, sizeof *mf->stages)))
+        return MNN_ENOMEM;
+    for (size_t i = 0; i < k; i++) {
+        yaml_node_t *e = mnn_yaml_node(y, st->data.sequence.items.start[i]);
+        struct mnn_manifest_stage *s = &mf->stages[i];
+        const char *prog = "", *file = "", *hash = "";
+        uint64_t bytes;
+        yaml_node_t *ni = mnn_yaml_get(y, e, "index"), *np = mnn_yaml_get(y, e, "program"),
+                    *nf = mnn_yaml_get(y, e, "file"), *nb = mnn_yaml_get(y, e, "bytes"),
+                    *nh = mnn_yaml_get(y, e, "xxh3");
+        if (!ni || !np || !nf || !nb || !nh)
+            return mnn_yaml_fail(y, e, d, MNN_EFORMAT, "a stage needs index, program, file, "
+                                 "bytes and xxh3");
+        if ((rc = mnn_yaml_u64(y, ni, "index", &v, d)) < 0 ||
+            (rc = mnn_yaml_str(y, np, "program", &prog, d)) < 0 ||
+            (rc = mnn_yaml_str(y, nf, "file", &file, d)) < 0 ||
+            (rc = mnn_yaml_u64(y, nb, "bytes", &bytes, d)) < 0 ||
+            (rc = mnn_yaml_str(y, nh, "xxh3", &hash, d)) < 0)
+            return rc;
+        if (v != i)
+            return mnn_yaml_fail(y, ni, d, MNN_EFORMAT, "stage %" PRIu64 " where stage %zu "
+                                 "belongs", v, i);
+        if (!plain_program(prog))
+            return mnn_yaml_fail(y, np, d, MNN_EFORMAT, "program '%s' is not a plain name", prog);
+        char want[64];
+        snprintf(want, sizeof want, "stage-%zu.%s", i, prog);
+        const mnn_manifest_file_t *f = mnn_manifest_find(mf, file);
+        if (strcmp(file, want) || !f || f->bytes != bytes || strcmp(f->xxh3, hash))
+            return mnn_yaml_fail(y, nf, d, MNN_EFORMAT, "stage %zu: its file must be %s, listed "
+                                 "in files with the same bytes and xxh3", i, want);
+        s->index = (uint32_t)i;
+        snprintf(s->program, sizeof s->program, "%s", prog);
+        snprintf(s->file, sizeof s->file, "%s", file);
+    }
+    mf->nstages = k;
+    return 0;
+}
+
 /* The seal: the last line holds the XXH3 of every byte before it, so that
  * a manifest edited by hand, or damaged, is refused before it is read. */
 static int check_seal(const char *text, size_t len, const char *name, mnn_diag_t *d)
@@ -117,15 +198,34 @@ static int check_files(const mnn_manifest_t *mf, const char *name, mnn_diag_t *d
                             " to %" PRIu64, name, want[k].file, f->bytes, want[k].lo,
                             want[k].hi);
     }
-    if (mf->nfiles != sizeof want / sizeof want[0])
-        for (size_t i = 0; i < mf->nfiles; i++) {
-            size_t k = 0;
-            while (k < sizeof want / sizeof want[0] && strcmp(mf->files[i].name, want[k].file))
-                k++;
-            if (k == sizeof want / sizeof want[0])
-                return mnn_fail(d, MNN_EFORMAT, "%s: lists %s, not a file of a %s", name,
-                                mf->files[i].name, CKPT_FORMAT);
-        }
+    /* a cut's: its pending records, F32 (x, y), and the parts of its stages */
+    const uint64_t dp = 4 * mf->pending * ((uint64_t)s->input + 1);
+    const mnn_manifest_file_t *pf = mnn_manifest_find(mf, "pending.safetensors");
+    if (mf->pending && !pf)
+        return mnn_fail(d, MNN_EFORMAT, "%s: a cut of %" PRIu64 " pending records without "
+                        "pending.safetensors", name, mf->pending);
+    if (pf && (!mf->pending || pf->bytes < 8 + dp || pf->bytes > 8 + dp + 1024 + 512))
+        return mnn_fail(d, MNN_ECORRUPT, "%s: pending.safetensors: %" PRIu64 " bytes, but the "
+                        "cut's %" PRIu64 " pending records take %" PRIu64 " to %" PRIu64, name,
+                        pf->bytes, mf->pending, 8 + dp, 8 + dp + 1536);
+    for (size_t i = 0; i < mf->nfiles; i++) {
+        const char *fn = mf->files[i].name;
+        size_t k = 0;
+        while (k < sizeof want / sizeof want[0] && strcmp(fn, want[k].file))
+            k++;
+        if (k < sizeof want / sizeof want[0] || (pf && !strcmp(fn, "pending.safetensors")))
+            continue;
+        size_t j = 0;
+        while (j < mf->nstages && strcmp(fn, mf->stages[j].file))
+            j++;
+        if (j == mf->nstages)
+            return mnn_fail(d, MNN_EFORMAT, "%s: lists %s, not a file of a %s", name, fn,
+                            CKPT_FORMAT);
+        if (mf->files[i].bytes > MNN_CUT_MAX_PART)
+            return mnn_fail(d, MNN_ELIMIT, "%s: %s: %" PRIu64 " bytes, more than a stage's "
+                            "part may hold (%" PRIu64 ")", name, fn, mf->files[i].bytes,
+                            (uint64_t)MNN_CUT_MAX_PART);
+    }
     return 0;
 }
 
@@ -180,6 +280,8 @@ int mnn_manifest_parse(mnn_manifest_t *mf, const char *text, size_t len,
     if ((rc = mnn_spec_from_node(&mf->spec, &y, n, d)) < 0)
         goto fail;
     mf->has_spec = 1;
+    if ((n = mnn_yaml_get(&y, root, "cut")) && (rc = manifest_cut(mf, &y, root, n, d)) < 0)
+        goto fail;
     if ((rc = check_files(mf, name, d)) < 0)
         goto fail;
     mnn_yaml_free(&y);
@@ -193,6 +295,7 @@ fail:
 void mnn_manifest_free(mnn_manifest_t *mf)
 {
     free(mf->files);
+    free(mf->stages);
     free(mf->parent);
     if (mf->has_spec)
         mnn_spec_free(&mf->spec);

@@ -922,6 +922,10 @@ MNN_API int mnn_ckpt_write_cut(const char *dir, const mnn_model_t *m, const mnn_
  * MNN_ESHAPE, d naming dir, the stage and what it holds. */
 MNN_API int mnn_ckpt_stage_read(const char *dir, uint32_t index, const char *program,
                                 char **buf, size_t *len, uint64_t *cut, mnn_diag_t *d);
+/* mnn_ckpt_same for a cut: the same files, parts and pending records too. */
+MNN_API int mnn_ckpt_same_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
+                              const mnn_train_state_t *st, const mnn_cut_ckpt_t *cut,
+                              mnn_diag_t *d);
 /* The pending records of a cut (none: *n 0, *x and *y NULL), each nfeat
  * features; free *x and *y with mnn_free. */
 MNN_API int mnn_ckpt_pending_read(const char *dir, size_t nfeat, float **x, float **y,
