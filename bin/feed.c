@@ -31,7 +31,7 @@ struct feed {
     int wake[2]; /* a byte written to wake[1] interrupts a waiting read */
     size_t gpos;   /* records of the minibatch under way handed over already */
     /* cuts: the start line came; the block open (its barrier) */
-    int started_cuts, in_block;
+    int started_cuts, in_block, noted_stray;
     uint32_t index;
     uint64_t last_id;
     mnn_cut_what_t what;
@@ -111,15 +111,20 @@ static int cut_line(struct feed *f, feed_batch_t *b, const char *line, size_t le
     mnn_cutline_t l;
     mnn_diag_t d = {""};
     int rc = mnn_cutline_parse(line, len, &l, &d);
-    if (rc < 0)
+    if (rc < 0 && f->started_cuts)
         return stream_error(f, b, d.msg) + 1;
-    if (rc == 0)
+    if (rc == 0 || (rc < 0 && !f->started_cuts))
         return -1;
     char msg[200];
     mnn_part_t *cur = b->nparts ? &b->parts[b->nparts - 1] : NULL;
-    if (l.kind != MNN_CUT_START && !f->started_cuts)
-        return stream_error(f, b, "a cut line before the pipeline's start line (the head of a "
-                            "pipeline with cuts is stream-ingest)") + 1;
+    if (l.kind != MNN_CUT_START && !f->started_cuts) {
+        /* no pipeline with cuts: a '#' line like any other */
+        if (!f->noted_stray++ && !f->o.quiet)
+            warnx_("%s:%llu: a cut line before any pipeline's start line: ignored (the head "
+                   "of a pipeline with cuts is stream-ingest)", f->o.name,
+                   (unsigned long long)f->lr.lineno);
+        return -1;
+    }
     /* a part ends where the next cut line begins */
     if (f->in_block && cur && l.kind != MNN_CUT_DATA && mnn_part_finish(cur, &d) < 0)
         return stream_error(f, b, d.msg) + 1;

@@ -49,6 +49,7 @@ typedef struct {
     int eager;         /* hand over a partial batch when input would block */
     int keep_lines;    /* keep each record's line as it was read */
     int verbose;       /* report every skipped line */
+    int quiet;         /* no notes (errors still) */
     uint64_t skip_records; /* drop this many valid records first (--skip-seen) */
     int cuts;          /* take part in pipeline cuts as their last stage: check
                         * the cut lines, decode the parts, end a batch at a

@@ -323,6 +323,9 @@ static void prepare(args_t *a, run_t *r)
             usage_error("--resume -: stdin carries the records to train on; give the "
                         "checkpoint as a file or a directory");
         r->resumed = cli_ckpt_open(a->resume, a->workdir, 0);
+        /* a pipeline's cut is refused whole when any stage's part is damaged */
+        if (r->resumed->mf.cut && mnn_ckpt_verify(r->resumed, &d) < 0)
+            die(EXIT_RUNTIME, "%s", d.msg);
         if (mnn_ckpt_load(r->resumed->dir, &r->model, &r->opt, &r->st, &d) < 0)
             die(EXIT_RUNTIME, "%s", d.msg);
         if (mnn_spec_copy(&r->spec, &r->model.spec) < 0)
@@ -539,7 +542,7 @@ static int train(const args_t *a, run_t *r)
 
     feed_opts_t fo = {.name = "stdin", .batch = r->spec.batch, .skip_errors = a->skip,
                       .verbose = a->verbose, .skip_records = a->skip_seen ? r->st.records_seen : 0,
-                      .cuts = 1, .first_fill = r->pn};
+                      .cuts = 1, .first_fill = r->pn, .quiet = a->quiet};
     fo.fmt.nfeat = r->spec.input;
     fo.fmt.has_label = 1;
     fo.fmt.classes = r->spec.loss == MNN_LOSS_XENT ? r->spec.outputs : 0;

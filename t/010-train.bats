@@ -233,7 +233,7 @@ assert_ge() {
 }
 
 @test "'#' lines, empty lines and CRLF line ends do not change the model" {
-    awk 'NR % 50 == 1 { print "# comment " NR; print "" } { print } NR % 7 == 0 { print "#!note x" }' \
+    awk 'NR % 50 == 1 { print "# comment " NR; print "" } { print } NR % 7 == 0 { print "#!ckpt x" }' \
         train.csv >commented.csv
     sed 's/$/\r/' train.csv >crlf.csv
     printf '\n\n# header\n' >lead.csv
