@@ -96,12 +96,15 @@ int open_input(int nargs, char **args, badrec_t *b)
 
 static int sig_pipe_w = -1;
 static volatile sig_atomic_t *sig_flag;
+static volatile sig_atomic_t sig_came[65]; /* by number: it came (signal_taken) */
 
 static void on_signal(int sig)
 {
     int e = errno;
     if (sig_flag)
         *sig_flag = sig;
+    if (sig > 0 && sig < 65)
+        sig_came[sig] = 1;
     ssize_t w = write(sig_pipe_w, "", 1);
     (void)w; /* a full pipe: a wake-up is pending already */
     errno = e;
@@ -125,6 +128,14 @@ int signals_to_pipe(const int *sigs, size_t n, volatile sig_atomic_t *flag)
     for (size_t i = 0; i < n; i++)
         sigaction(sigs[i], &sa, NULL);
     return p[0];
+}
+
+int signal_taken(int sig)
+{
+    if (sig <= 0 || sig >= 65 || !sig_came[sig])
+        return 0;
+    sig_came[sig] = 0;
+    return 1;
 }
 
 void drain_signal_pipe(int fd)

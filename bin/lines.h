@@ -51,6 +51,10 @@ int open_input(int nargs, char **args, badrec_t *b);
 int signals_to_pipe(const int *sigs, size_t n, volatile sig_atomic_t *flag);
 /* Empties that pipe. */
 void drain_signal_pipe(int fd);
+/* 1 when signal sig (one of those) came since the last call for it
+ * (several times count as one), else 0: for a program that tells them
+ * apart. */
+int signal_taken(int sig);
 
 /* A record filter's part in pipeline cuts (mini-nn(7), PIPELINE
  * CHECKPOINTS), kept by next_record as the cut lines pass. */
