@@ -162,9 +162,9 @@ wait_usr1_caught() {
 # ---- modes -----------------------------------------------------------------------
 
 @test "-p 1 copies every record and '#' line, unchanged, in order; empty lines dropped" {
-    printf '# head\n0,1,2\n\n#!ckpt 7\n1 1:0.5 3:2\n2\t3\t4\n# tail\n' >in.txt
+    printf '# head\n0,1,2\n\n#!note 7\n1 1:0.5 3:2\n2\t3\t4\n# tail\n' >in.txt
     run -0 --separate-stderr stream-sample -p 1 in.txt
-    assert_output "$(printf '# head\n0,1,2\n#!ckpt 7\n1 1:0.5 3:2\n2\t3\t4\n# tail')"
+    assert_output "$(printf '# head\n0,1,2\n#!note 7\n1 1:0.5 3:2\n2\t3\t4\n# tail')"
     assert_equal "$stderr" ""
 }
 
@@ -423,24 +423,24 @@ wait_usr1_caught() {
 # ---- '#' lines and emissions ---------------------------------------------------------
 
 @test "'#' lines pass through in order, at their place among the emissions" {
-    { echo '# head'; recs 3; echo '# after 3'; recs 6 | tail -n 3; echo '#!ckpt 6'; recs 7 | tail -n 1; echo '# tail'; } >in.txt
+    { echo '# head'; recs 3; echo '# after 3'; recs 6 | tail -n 3; echo '#!note 6'; recs 7 | tail -n 1; echo '# tail'; } >in.txt
     run -0 stream-sample -k 2 --emit-every 3 in.txt
     skeleton <(printf '%s\n' "$output") >sk
     run -0 cat sk
     assert_output "$(printf '%s\n' '# head' '# stream-sample: 2 of 3 records' R R '# after 3' \
-        '# stream-sample: 2 of 6 records' R R '#!ckpt 6' '# tail' '# stream-sample: 2 of 7 records' R R)"
+        '# stream-sample: 2 of 6 records' R R '#!note 6' '# tail' '# stream-sample: 2 of 7 records' R R)"
     # without --emit-every: the comments as they come, the sample at the end, no marker
     run -0 stream-sample -k 2 in.txt
     skeleton <(printf '%s\n' "$output") >sk
     run -0 cat sk
-    assert_output "$(printf '%s\n' '# head' '# after 3' '#!ckpt 6' '# tail' R R)"
+    assert_output "$(printf '%s\n' '# head' '# after 3' '#!note 6' '# tail' R R)"
     run -0 stream-sample --per-class 1 in.txt
     skeleton <(printf '%s\n' "$output") >sk
     run -0 cat sk
-    assert_output "$(printf '%s\n' '# head' '# after 3' '#!ckpt 6' '# tail' R R R)"
+    assert_output "$(printf '%s\n' '# head' '# after 3' '#!note 6' '# tail' R R R)"
     # Bernoulli and 1 in N: in place among the records
     run -0 stream-sample --every 4 in.txt
-    assert_output "$(printf '%s\n' '# head' '1,1,0.5' '# after 3' '2,5,0.5' '#!ckpt 6' '# tail')"
+    assert_output "$(printf '%s\n' '# head' '1,1,0.5' '# after 3' '2,5,0.5' '#!note 6' '# tail')"
 }
 
 @test "a '#' line reaches the output while the input is still open (-k)" {
@@ -448,12 +448,12 @@ wait_usr1_caught() {
     stream-sample -k 3 <in >out 2>err &
     BG_PID=$!
     exec 7>in
-    printf '1,1\n#!ckpt 1\n2,2\n' >&7
-    wait_for_match out '^#!ckpt 1$' 300 || fail "the '#' line is held back while the input is open"
+    printf '1,1\n#!note 1\n2,2\n' >&7
+    wait_for_match out '^#!note 1$' 300 || fail "the '#' line is held back while the input is open"
     exec 7>&-
     bg_exit 0
     run -0 cat out
-    assert_output "$(printf '#!ckpt 1\n1,1\n2,2')"
+    assert_output "$(printf '#!note 1\n1,1\n2,2')"
 }
 
 @test "--emit-every N: the sample so far after every N records and at the end, each after its marker" {
