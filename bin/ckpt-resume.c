@@ -118,6 +118,18 @@ static void inspect(const char *path, const mnn_manifest_t *mf, const char *dir)
     if (s->temperature != 1.0f)
         printf("temperature: %.9g\n", (double)s->temperature);
     printf("optimizer: %s\nbatch: %zu\n", mnn_opt_name(s->opt.type), s->batch);
+    if (mf->cut) {
+        /* a pipeline's cut: the stage that committed it, and those before it */
+        printf("cut: {id: %" PRIu64 ", stage: %" PRIu32 ", program: %s, pending: %" PRIu64 "}\n",
+               mf->cut, mf->cut_stage, mf->cut_program, mf->pending);
+        printf(mf->nstages ? "stages:\n" : "stages: []\n");
+        for (size_t i = 0; i < mf->nstages; i++) {
+            const mnn_manifest_file_t *f = mnn_manifest_find(mf, mf->stages[i].file);
+            printf("  - {index: %" PRIu32 ", program: %s, file: %s, bytes: %" PRIu64 "}\n",
+                   mf->stages[i].index, mf->stages[i].program, mf->stages[i].file,
+                   f ? f->bytes : 0);
+        }
+    }
     /* lineage: this checkpoint, then each parent found beside it */
     printf("lineage:\n  - ");
     put_quoted(path);

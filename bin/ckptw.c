@@ -25,12 +25,19 @@ struct ckptw {
     mnn_optim_t snap_o;
     mnn_train_state_t snap_st;
     char parent[4096];         /* lineage of the snapshot, "" for none */
+    /* a cut's snapshot: has_cut, its parts' bytes (owned) and pending records */
+    int has_cut;
+    mnn_cut_ckpt_t cut;
+    mnn_stage_part_t parts[MNN_CUT_MAX_STAGES];
+    size_t part_cap[MNN_CUT_MAX_STAGES];
+    float *px, *py;
     int pending;               /* a snapshot waits for the writer */
     int writing;               /* the writer reads the snapshot */
     int stop;
     int ready;                 /* the snapshot's pages are mapped */
     int taken;                 /* a snapshot was taken */
     uint64_t last_step;        /* newest snapshot taken */
+    uint64_t last_cut;
     uint64_t ok_step;          /* newest checkpoint persisted */
     int any_ok;
     int failures;
@@ -83,8 +90,9 @@ static int step_path(char out[PATH_MAX], const char *root, const char *name, mnn
 static int persist(ckptw_t *w, const char *dir, mnn_diag_t *d)
 {
     int64_t created = cli_created(); /* checked at start: it does not die here */
-    return mnn_ckpt_write(dir, &w->snap_m, &w->snap_o, &w->snap_st,
-                          w->parent[0] ? w->parent : NULL, created, 0, d);
+    return mnn_ckpt_write_cut(dir, &w->snap_m, &w->snap_o, &w->snap_st,
+                              w->parent[0] ? w->parent : NULL, created, 0,
+                              w->has_cut ? &w->cut : NULL, d);
 }
 
 static int publish(ckptw_t *w, const char *root, const char *name, mnn_diag_t *d)
@@ -107,7 +115,8 @@ static int same_checkpoint(ckptw_t *w, const char *dir, mnn_diag_t *d)
                  "replacing it", dir);
         return MNN_EEXIST;
     }
-    return mnn_ckpt_same(dir, &w->snap_m, &w->snap_o, &w->snap_st, d);
+    return mnn_ckpt_same_cut(dir, &w->snap_m, &w->snap_o, &w->snap_st,
+                             w->has_cut ? &w->cut : NULL, d);
 }
 
 /* Touches every page of a buffer that calloc() left unmapped. */
@@ -143,11 +152,12 @@ static void *writer(void *arg)
         w->pending = 0;
         w->writing = 1;
         const uint64_t step = w->snap_st.step; /* the snapshot changes after writing */
+        const uint64_t cut = w->has_cut ? w->cut.id : 0;
         pthread_mutex_unlock(&w->mu);
 
-        char name[32];
+        char name[64];
         mnn_diag_t d = {""};
-        mnn_ckpt_step_name(name, sizeof name, step);
+        mnn_ckpt_cut_name(name, sizeof name, step, cut);
         const char *first = w->o.local ? w->o.local : w->o.root;
         char durable[PATH_MAX], fast[PATH_MAX];
         double t0 = mono_now();
@@ -156,7 +166,7 @@ static void *writer(void *arg)
                          step_path(fast, first, name, &d) < 0
                      ? MNN_EINVAL : 0;
         const int exists = rc == 0 && lstat(durable, &sb) == 0;
-        if (exists && step == w->o.first_step && !w->o.fresh) {
+        if (exists && step == w->o.first_step && cut == w->o.first_cut && !w->o.fresh) {
             /* the checkpoint training was resumed from: never overwritten,
              * and nothing new to say */
             pthread_mutex_lock(&w->mu);
@@ -268,6 +278,19 @@ ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
         free(w);
         return NULL;
     }
+    w->px = mnn_calloc_aligned(m->spec.batch, m->spec.input * sizeof(float));
+    w->py = mnn_calloc_aligned(m->spec.batch, sizeof(float));
+    if (!w->px || !w->py) {
+        snprintf(d->msg, sizeof d->msg, "cannot allocate the checkpoint snapshot: %s",
+                 mnn_strerror(MNN_ENOMEM));
+        mnn_free(w->px);
+        mnn_free(w->py);
+        mnn_optim_free(&w->snap_o);
+        mnn_model_free(&w->snap_m);
+        close_locks(w);
+        free(w);
+        return NULL;
+    }
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     sigset_t all, old;
@@ -277,6 +300,8 @@ ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         snprintf(d->msg, sizeof d->msg, "cannot start the checkpoint writer: %s", strerror(rc));
+        mnn_free(w->px);
+        mnn_free(w->py);
         mnn_optim_free(&w->snap_o);
         mnn_model_free(&w->snap_m);
         close_locks(w);
@@ -286,8 +311,42 @@ ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
     return w;
 }
 
+/* Copies a cut into the snapshot (the writer is not reading it). */
+static int copy_cut(ckptw_t *w, const mnn_cut_ckpt_t *c, size_t nfeat)
+{
+    w->has_cut = c != NULL;
+    if (!c)
+        return 0;
+    w->cut = *c;
+    w->cut.parts = w->parts;
+    for (uint32_t i = 0; i < c->self; i++) {
+        mnn_stage_part_t *p = &w->parts[i];
+        const uint64_t n = c->parts[i].bytes;
+        if (n > w->part_cap[i]) {
+            void *nd = realloc((void *)p->data, (size_t)n);
+            if (!nd)
+                return -1;
+            p->data = nd;
+            w->part_cap[i] = (size_t)n;
+        }
+        if (n)
+            memcpy((void *)p->data, c->parts[i].data, (size_t)n);
+        p->bytes = n;
+        p->index = c->parts[i].index;
+        snprintf(p->program, sizeof p->program, "%s", c->parts[i].program);
+    }
+    if (c->pending) {
+        memcpy(w->px, c->px, c->pending * nfeat * sizeof(float));
+        memcpy(w->py, c->py, c->pending * sizeof(float));
+    }
+    w->cut.px = w->px;
+    w->cut.py = w->py;
+    return 0;
+}
+
 int ckptw_offer(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t *opt,
-                const mnn_train_state_t *st, const char *parent, int wait)
+                const mnn_train_state_t *st, const char *parent, const mnn_cut_ckpt_t *cut,
+                int wait)
 {
     pthread_mutex_lock(&w->mu);
     if ((w->pending || w->writing) && !wait) {
@@ -308,7 +367,14 @@ int ckptw_offer(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t *opt,
                (unsigned long long)st->step, mono_now() - t0);
     w->snap_st = *st;
     snprintf(w->parent, sizeof w->parent, "%s", parent ? parent : "");
+    if (copy_cut(w, cut, m->spec.input) < 0) {
+        pthread_mutex_unlock(&w->mu);
+        warnx_("checkpoint at step %llu skipped: out of memory for the cut's parts",
+               (unsigned long long)st->step);
+        return 0;
+    }
     w->last_step = st->step;
+    w->last_cut = cut ? cut->id : 0;
     w->taken = 1;
     w->pending = 1;
     pthread_cond_broadcast(&w->cv);
@@ -318,6 +384,7 @@ int ckptw_offer(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t *opt,
 
 int ckptw_any(const ckptw_t *w) { return w->taken; }
 uint64_t ckptw_last_step(const ckptw_t *w) { return w->last_step; }
+uint64_t ckptw_last_cut(const ckptw_t *w) { return w->last_cut; }
 
 int ckptw_finish(ckptw_t *w, uint64_t *good_step)
 {
@@ -332,6 +399,10 @@ int ckptw_finish(ckptw_t *w, uint64_t *good_step)
     if (good_step)
         *good_step = w->any_ok ? w->ok_step : UINT64_MAX;
     close_locks(w);
+    for (size_t i = 0; i < MNN_CUT_MAX_STAGES; i++)
+        free((void *)w->parts[i].data);
+    mnn_free(w->px);
+    mnn_free(w->py);
     mnn_optim_free(&w->snap_o);
     mnn_model_free(&w->snap_m);
     pthread_mutex_destroy(&w->mu);

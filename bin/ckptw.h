@@ -23,6 +23,7 @@ typedef struct {
     int fresh;         /* a training from scratch: the roots must hold no
                         * checkpoint yet (another training's) */
     uint64_t first_step; /* the step it starts from (the resumed one's) */
+    uint64_t first_cut;  /* and its cut (0: none) */
 } ckptw_opts_t;
 
 /* Opens the roots (removing crash leftovers) and starts the writer for a
@@ -34,12 +35,16 @@ ckptw_t *ckptw_start(const ckptw_opts_t *o, const mnn_model_t *m,
                      const mnn_optim_t *opt, mnn_diag_t *d);
 /* Takes a snapshot and hands it to the writer.  If the writer is busy:
  * with wait, waits for it; without, skips and returns 0.  Returns 1 when
- * taken.  parent names the previous checkpoint of the lineage (may be NULL). */
+ * taken.  parent names the previous checkpoint of the lineage (may be NULL);
+ * cut (may be NULL) makes it a pipeline's cut, step-N-cID (its parts and
+ * pending records are copied). */
 int ckptw_offer(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t *opt,
-                const mnn_train_state_t *st, const char *parent, int wait);
-/* Whether a checkpoint was taken, and the step of the newest. */
+                const mnn_train_state_t *st, const char *parent, const mnn_cut_ckpt_t *cut,
+                int wait);
+/* Whether a checkpoint was taken, and the step and cut of the newest. */
 int ckptw_any(const ckptw_t *w);
 uint64_t ckptw_last_step(const ckptw_t *w);
+uint64_t ckptw_last_cut(const ckptw_t *w);
 /* Waits until everything offered is written; stops the writer and
  * unlocks the roots.  Returns the number of checkpoints that failed,
  * negated if the newest is among them; *good_step (may be NULL) receives

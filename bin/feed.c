@@ -29,6 +29,12 @@ struct feed {
     int stop;
     int started;
     int wake[2]; /* a byte written to wake[1] interrupts a waiting read */
+    size_t gpos;   /* records of the minibatch under way handed over already */
+    /* cuts: the start line came; the block open (its barrier) */
+    int started_cuts, in_block, noted_stray;
+    uint32_t index;
+    uint64_t last_id;
+    mnn_cut_what_t what;
     uint64_t skipped;
     char first_skip[700];
 };
@@ -88,20 +94,123 @@ static int is_flush(const char *line, size_t len)
     return len == n && !memcmp(line, FEED_FLUSH, n);
 }
 
+/* Fails the stream at the current line: 1 (ended). */
+static int stream_error(struct feed *f, feed_batch_t *b, const char *msg)
+{
+    snprintf(b->msg, sizeof b->msg, "%s:%llu: %s", f->o.name, (unsigned long long)f->lr.lineno,
+             msg);
+    b->end = b->error = 1;
+    return 1;
+}
+
+/* A cut line, as the last stage of the cuts sees it: -1 not one (an
+ * ordinary '#' line), 0 taken, 1 the block ended (the batch ends here), 2
+ * an error (b filled). */
+static int cut_line(struct feed *f, feed_batch_t *b, const char *line, size_t len)
+{
+    mnn_cutline_t l;
+    mnn_diag_t d = {""};
+    int rc = mnn_cutline_parse(line, len, &l, &d);
+    if (rc < 0 && f->started_cuts)
+        return stream_error(f, b, d.msg) + 1;
+    if (rc == 0 || (rc < 0 && !f->started_cuts))
+        return -1;
+    char msg[200];
+    mnn_part_t *cur = b->nparts ? &b->parts[b->nparts - 1] : NULL;
+    if (l.kind != MNN_CUT_START && !f->started_cuts) {
+        /* no pipeline with cuts: a '#' line like any other */
+        if (!f->noted_stray++ && !f->o.quiet)
+            warnx_("%s:%llu: a cut line before any pipeline's start line: ignored (the head "
+                   "of a pipeline with cuts is stream-ingest)", f->o.name,
+                   (unsigned long long)f->lr.lineno);
+        return -1;
+    }
+    /* a part ends where the next cut line begins */
+    if (f->in_block && cur && l.kind != MNN_CUT_DATA && mnn_part_finish(cur, &d) < 0)
+        return stream_error(f, b, d.msg) + 1;
+    switch (l.kind) {
+    case MNN_CUT_START:
+        if (f->started_cuts)
+            return stream_error(f, b, "a second start line") + 1;
+        f->started_cuts = 1;
+        f->index = l.index;
+        f->last_id = l.id;
+        b->start = 1;
+        b->start_from = l.id;
+        b->start_index = l.index;
+        return 0;
+    case MNN_CUT_BARRIER:
+        if (f->in_block || l.id <= f->last_id) {
+            snprintf(msg, sizeof msg, "barrier %llu %s", (unsigned long long)l.id,
+                     f->in_block ? "inside the block of another" : "out of order");
+            return stream_error(f, b, msg) + 1;
+        }
+        f->in_block = 1;
+        f->last_id = l.id;
+        f->what = l.what;
+        b->nparts = 0;
+        return 0;
+    case MNN_CUT_PART:
+        if (!f->in_block || l.id != f->last_id || l.index != b->nparts || l.index >= f->index) {
+            snprintf(msg, sizeof msg, "a part out of place (cut %llu, stage %u; stage %zu of "
+                     "cut %llu was due)", (unsigned long long)l.id, (unsigned)l.index, b->nparts,
+                     (unsigned long long)f->last_id);
+            return stream_error(f, b, msg) + 1;
+        }
+        mnn_part_begin(&b->parts[b->nparts++], &l);
+        return 0;
+    case MNN_CUT_DATA:
+        if (!cur || !f->in_block)
+            return stream_error(f, b, "a part's data outside a part") + 1;
+        if (mnn_part_data(cur, line, len, &d) < 0)
+            return stream_error(f, b, d.msg) + 1;
+        return 0;
+    case MNN_CUT_END:
+        if (!f->in_block || l.id != f->last_id) {
+            snprintf(msg, sizeof msg, "the end of cut %llu, which is not the one open",
+                     (unsigned long long)l.id);
+            return stream_error(f, b, msg) + 1;
+        }
+        if (b->nparts != f->index) {
+            snprintf(msg, sizeof msg, "cut %llu came with the parts of %zu stages, not of the "
+                     "%u before this one: a stage did not take part", (unsigned long long)l.id,
+                     b->nparts, (unsigned)f->index);
+            return stream_error(f, b, msg) + 1;
+        }
+        f->in_block = 0;
+        b->cut = 1;
+        b->cut_id = l.id;
+        b->cut_what = f->what;
+        return 1;
+    default: return -1;
+    }
+}
+
 /* Fills b; returns 1 when the stream has ended (EOF or error). */
 static int fill(struct feed *f, feed_batch_t *b)
 {
     const size_t nfeat = f->o.fmt.nfeat;
     b->n = b->ncom = b->ctext_len = b->ltext_len = 0;
     b->end = b->error = b->flush = 0;
+    b->start = b->cut = 0;
+    b->nparts = 0;
     b->msg[0] = 0;
-    while (b->n < f->o.batch) {
+    /* with cuts, the rest of the minibatch a cut divided */
+    const size_t want = f->o.batch - f->gpos;
+    for (;;) {
+        if (b->n >= want) {
+            f->gpos = 0;
+            return 0;
+        }
         const char *line;
         size_t len;
         if (f->o.eager && (b->n > 0 || b->ncom > 0) && !mnn_lr_ready(&f->lr))
             return 0;
         int rc = mnn_lr_next(&f->lr, &line, &len);
         if (rc == MNN_EOF || rc == MNN_ECANCELED) {
+            if (f->in_block)
+                return stream_error(f, b, "the input ended inside a barrier's block: a stage "
+                                    "before this one went away mid-cut");
             b->end = 1;
             return 1;
         }
@@ -126,18 +235,32 @@ static int fill(struct feed *f, feed_batch_t *b)
         }
         if (len == 0 || (len == 1 && line[0] == '\r'))
             continue;
+        if (line[0] == '#' && f->o.cuts && len > 1 && (line[1] == '!' || line[1] == '=')) {
+            int k = cut_line(f, b, line, len);
+            if (k == 2)
+                return 1;
+            if (k == 1) { /* the batch ends at the cut, the minibatch goes on */
+                f->gpos = (f->gpos + b->n) % f->o.batch;
+                return 0;
+            }
+            if (k == 0)
+                continue;
+        }
         if (line[0] == '#') {
             if (f->o.keep_comments && add_comment(b, line, len) < 0) {
                 snprintf(b->msg, sizeof b->msg, "%s: out of memory", f->o.name);
                 b->end = b->error = 1;
                 return 1;
             }
-            if (is_flush(line, len)) {
+            if (is_flush(line, len) && !f->in_block) {
                 b->flush = 1;
+                f->gpos = 0;
                 return 0;
             }
             continue;
         }
+        if (f->in_block)
+            return stream_error(f, b, "a record inside a barrier's block");
         rc = mnn_record_parse(&f->o.fmt, line, len, b->x + b->n * nfeat, &b->y[b->n], &d);
         if (rc < 0) {
             char msg[700];
@@ -167,7 +290,6 @@ static int fill(struct feed *f, feed_batch_t *b)
         }
         b->n++;
     }
-    return 0;
 }
 
 static void *reader(void *arg)
@@ -199,6 +321,7 @@ feed_t *feed_start(int fd, const feed_opts_t *o)
     if (!f)
         return NULL;
     f->o = *o;
+    f->gpos = o->first_fill < o->batch ? o->first_fill : 0;
     f->wake[0] = f->wake[1] = -1;
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
@@ -288,6 +411,8 @@ void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen)
         free(f->slot[i].ltext);
         free(f->slot[i].loff);
         free(f->slot[i].llen);
+        for (size_t k = 0; k < MNN_CUT_MAX_STAGES; k++)
+            mnn_part_free(&f->slot[i].parts[k]);
     }
     mnn_lr_free(&f->lr);
     if (f->wake[0] >= 0) {

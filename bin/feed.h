@@ -23,6 +23,16 @@ typedef struct {
     char *ltext;
     size_t *loff, *llen;
     int flush;         /* a '#!flush' line ended this batch early */
+    /* pipeline cuts (feed_opts_t.cuts): a start line before this batch's
+     * records, and a barrier's block that ended it */
+    int start;         /* start_from, start_index: the start line's */
+    uint64_t start_from;
+    uint32_t start_index;
+    int cut;           /* a block ended this batch after its n records */
+    uint64_t cut_id;
+    mnn_cut_what_t cut_what;
+    size_t nparts;     /* the upstream stages' parts, verified, in order */
+    mnn_part_t parts[MNN_CUT_MAX_STAGES];
     int end;           /* no batch follows this one */
     int error;         /* the stream stopped on an error: see msg */
     char msg[700];     /* "stdin:LINE: what is wrong" */
@@ -39,7 +49,13 @@ typedef struct {
     int eager;         /* hand over a partial batch when input would block */
     int keep_lines;    /* keep each record's line as it was read */
     int verbose;       /* report every skipped line */
+    int quiet;         /* no notes (errors still) */
     uint64_t skip_records; /* drop this many valid records first (--skip-seen) */
+    int cuts;          /* take part in pipeline cuts as their last stage: check
+                        * the cut lines, decode the parts, end a batch at a
+                        * block's end, and keep batches whole across it */
+    size_t first_fill; /* records already in the first batch (a cut's
+                        * pending ones): the first batch brings the rest */
 } feed_opts_t;
 
 typedef struct feed feed_t;
@@ -57,6 +73,10 @@ void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen);
 /* feed_stop, then "prog: skipped N bad records (first: ...)" on stderr if
  * there were any. */
 void feed_stop_report(feed_t *f);
+
+/* With cuts, the batch after one that a cut ended brings the rest of the
+ * minibatch only (batch - the records the cut left pending), so that
+ * minibatches are the same with cuts or without. */
 
 /* A '#!flush' control line (passed on like any '#' line) ends the batch it
  * is in, so that a program feeding records through a pipe gets its answers

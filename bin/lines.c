@@ -142,13 +142,18 @@ static int cut_line(mnn_linereader_t *lr, const badrec_t *b, cut_stage_t *cs, co
     mnn_diag_t d = {""};
     const unsigned long long no = (unsigned long long)lr->lineno;
     int rc = mnn_cutline_parse(line, len, &l, &d);
-    if (rc < 0)
+    if (rc < 0 && cs->active)
         die(EXIT_RUNTIME, "%s:%llu: %s", b->name, no, d.msg);
-    if (rc == 0)
+    if (rc == 0 || (rc < 0 && !cs->active))
         return 0;
-    if (l.kind != MNN_CUT_START && !cs->active)
-        die(EXIT_RUNTIME, "%s:%llu: a cut line before the pipeline's start line (the head of a "
-            "pipeline with cuts is stream-ingest)", b->name, no);
+    if (l.kind != MNN_CUT_START && !cs->active) {
+        /* no pipeline with cuts: a '#' line like any other */
+        static int noted;
+        if (!noted++ && !b->quiet)
+            warnx_("%s:%llu: a cut line before any pipeline's start line: passed on, no part "
+                   "taken (the head of a pipeline with cuts is stream-ingest)", b->name, no);
+        return 0;
+    }
     switch (l.kind) {
     case MNN_CUT_START:
         if (cs->active)

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,12 +53,20 @@ static noreturn void help(void)
         "                         is replaced at the next save)\n"
         "      --seed S           random seed (default 1) for a new buffer; a loaded\n"
         "                         one goes on with its saved generator\n"
+        "      --resume CKPT      in a pipeline with cuts (stream-ingest at its head):\n"
+        "                         start from this stage's part of the cut CKPT\n"
+        "                         (a directory, a root with latest, or an archive)\n"
+        "      --workdir DIR      where --resume unpacks an archive (default: TMPDIR)\n"
         "      --on-error=MODE    fail (default) or skip bad records, counting them\n"
         "  -q, --quiet            only errors on stderr\n"
         "  -v, --verbose          report loads, saves and counts on stderr\n"
         "  -h, --help             show this help and exit\n"
         "  -V, --version          show the version and exit\n"
         "\n"
+        "In a pipeline with cuts, the buffer's whole state goes downstream as this\n"
+        "stage's part of every cut; SIGTERM and SIGINT then wait for the head's\n"
+        "stop cut (a second one ends it at once).  Without --resume a stage of a\n"
+        "resumed pipeline starts afresh.\n"
         "Replayed records are drawn uniformly, with replacement, from the records\n"
         "buffered before the one just passed.  Every record's first field (the\n"
         "label) must be a number.  Memory: the capacity's worth of records.\n"
@@ -79,9 +88,47 @@ static void unlock_state(void)
     lock_fd = -1;
 }
 
+/* This stage's part of the cut ck replaces the buffer: the one the
+ * pipeline's start line says, from the cut its head resumed from. */
+static void resume_from(mnn_replay_t *b, mnn_ckpt_t *ck, const cut_stage_t *cs, int cap_given,
+                        int verbose)
+{
+    char *buf;
+    size_t len;
+    uint64_t cut;
+    mnn_diag_t d = {""};
+    if (mnn_ckpt_stage_read(ck->dir, cs->index, cs->program, &buf, &len, &cut, &d) < 0)
+        die(EXIT_RUNTIME, "--resume: %s", d.msg);
+    if (cut != cs->from)
+        die(EXIT_RUNTIME, "--resume %s is cut %" PRIu64 ", but the head of the pipeline resumed "
+            "from %s%" PRIu64 "%s: resume every stage from the same cut", ck->src, cut,
+            cs->from ? "cut " : "none (", cs->from, cs->from ? "" : ")");
+    char name[PATH_MAX + 64];
+    snprintf(name, sizeof name, "%s: stage-%" PRIu32 ".%s", ck->src, cs->index, cs->program);
+    if (mnn_replay_parse(b, buf, len, name, cap_given, &d) < 0)
+        die(EXIT_RUNTIME, "--resume: %s", d.msg);
+    free(buf);
+    if (verbose)
+        warnx_("resumed from cut %" PRIu64 ": %zu records buffered (%" PRIu64 " seen)", cut, b->n,
+               b->seen);
+}
+
+/* The buffer's whole state as this stage's part of the cut cs is in. */
+static void pass_part(const mnn_replay_t *b, cut_stage_t *cs)
+{
+    char *data = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&data, &n);
+    if (!f || mnn_replay_write(b, f) < 0 || fclose(f) != 0)
+        die(EXIT_RUNTIME, "cut %" PRIu64 ": cannot write the buffer's state: out of memory",
+            cs->id);
+    cut_pass_end(cs, data, n);
+    free(data);
+}
+
 int main(int argc, char **argv)
 {
-    enum { O_POLICY = 256, O_STATE, O_SAVE, O_FRESH, O_SEED, O_ONERR };
+    enum { O_POLICY = 256, O_STATE, O_SAVE, O_FRESH, O_SEED, O_ONERR, O_RESUME, O_WORKDIR };
     static const struct option longopts[] = {
         {"ratio", required_argument, NULL, 'r'},
         {"capacity", required_argument, NULL, 'c'},
@@ -91,12 +138,14 @@ int main(int argc, char **argv)
         {"fresh", no_argument, NULL, O_FRESH},
         {"seed", required_argument, NULL, O_SEED},
         {"on-error", required_argument, NULL, O_ONERR},
+        {"resume", required_argument, NULL, O_RESUME},
+        {"workdir", required_argument, NULL, O_WORKDIR},
         CLI_COMMON_LONGOPTS};
     double ratio = 1;
     size_t cap = 10000;
     uint64_t seed = 1, save_every = 0;
     mnn_replay_policy_t policy = MNN_REPLAY_RESERVOIR;
-    const char *state = NULL;
+    const char *state = NULL, *resume = NULL, *workdir = NULL;
     int fresh = 0, quiet = 0, verbose = 0, cap_given = 0, c;
     badrec_t bad = {.name = "stdin"};
     cli_init("replay-buffer");
@@ -124,12 +173,18 @@ int main(int argc, char **argv)
         case O_FRESH: fresh = 1; break;
         case O_SEED: seed = opt_u64("--seed", optarg); break;
         case O_ONERR: bad.skip = opt_on_error(optarg); break;
+        case O_RESUME: resume = optarg; break;
+        case O_WORKDIR: workdir = optarg; break;
         case 'q': quiet = bad.quiet = 1; break;
         default: cli_common(c, &quiet, &verbose, help);
         }
     }
     if ((save_every || fresh) && !state)
         usage_error("%s goes with --state", save_every ? "--save-every" : "--fresh");
+    if (resume && fresh)
+        usage_error("--resume and --fresh exclude each other");
+    /* the cut, opened (and verified) before any record goes by */
+    mnn_ckpt_t *ck = resume ? cli_ckpt_open(resume, workdir, 0) : NULL;
     /* SIGTERM, SIGINT: save and stop between records, even while a read
      * waits; caught from now on, while a FIFO opens or the state loads */
     static const int stops[] = {SIGTERM, SIGINT};
@@ -156,7 +211,7 @@ int main(int argc, char **argv)
     mnn_diag_t d = {""};
     if (mnn_replay_init(&b, policy, cap, seed) < 0)
         die(EXIT_RUNTIME, "a buffer of %zu records: %s", cap, mnn_strerror(MNN_EINVAL));
-    if (state && !fresh) {
+    if (state && !fresh && !resume) {
         int rc = mnn_replay_load(&b, state, cap_given, &d);
         if (rc == MNN_EINVAL) /* another policy's buffer */
             die(EXIT_RUNTIME, "%s (--fresh starts a new one)", d.msg);
@@ -175,11 +230,34 @@ int main(int argc, char **argv)
     uint64_t recs = 0, replayed = 0;
     const char *line;
     size_t len;
+    cut_stage_t cs = {.program = "replay-buffer"};
+    int stopped_by_cut = 0;
     for (;;) {
         if (stop_sig)
             break;
-        if (next_record(&lr, &bad, NULL, &line, &len) != 1)
+        int rc = next_record(&lr, &bad, &cs, &line, &len);
+        if (rc == NR_START) {
+            cut_hold_signals();
+            if (ck)
+                resume_from(&b, ck, &cs, cap_given, verbose);
+            continue;
+        }
+        if (rc == NR_BARRIER) {
+            cut_pass_barrier(&cs);
+            continue;
+        }
+        if (rc == NR_END) {
+            pass_part(&b, &cs);
+            continue;
+        }
+        if (rc == 1 && ck && !cs.active)
+            die(EXIT_RUNTIME, "--resume %s: the input does not start with a pipeline's start "
+                "line: resume its head too (stream-ingest --resume)", resume);
+        if (rc != 1) {
+            if (rc == 0)
+                stopped_by_cut = cut_input_ended(&cs, &bad);
             break; /* the end, or a signal */
+        }
         double label;
         if (read_label(&bad, line, len, lr.lineno, &label) < 0)
             continue;
@@ -209,8 +287,14 @@ int main(int argc, char **argv)
         close(fd);
     fflush(stdout);
     out_check();
+    if (ck && !cs.active)
+        die(EXIT_RUNTIME, "--resume %s: the input ended without a pipeline's start line: "
+            "resume its head too (stream-ingest --resume)", resume);
     if (stop_sig && !quiet)
         warnx_("stopping on a signal after %" PRIu64 " records", recs);
+    if (stopped_by_cut && verbose)
+        warnx_("the pipeline %s with cut %" PRIu64, cs.what == MNN_CUT_FINAL ? "ended" : "stopped",
+               cs.id);
     if (state) {
         if (mnn_replay_save(&b, state, &d) < 0)
             die(EXIT_RUNTIME, "cannot save the buffer: %s", d.msg);
@@ -222,6 +306,8 @@ int main(int argc, char **argv)
         warnx_("%" PRIu64 " records passed, %" PRIu64 " replayed; the buffer holds %zu", recs,
                replayed, b.n);
     mnn_replay_free(&b);
+    if (ck)
+        cli_ckpt_close(ck);
     out_close();
     return EXIT_OK;
 }

@@ -130,16 +130,18 @@ static void lineage_name(const mnn_ckpt_t *ck, const char *root, char *out, size
     snprintf(out, size, "%s", sibling && slash ? slash + 1 : real);
 }
 
-/* Offers a checkpoint unless one of this step was taken; the next one names
- * it as its parent.  With wait, waits for the writer instead of skipping. */
+/* Offers a checkpoint (a pipeline's cut when cut is not NULL) unless this
+ * one was taken already; the next one names it as its parent.  With wait,
+ * waits for the writer instead of skipping. */
 static void take_checkpoint(ckptw_t *w, const mnn_model_t *m, const mnn_optim_t *o,
                             const mnn_train_state_t *st, char *parent, size_t size,
-                            int wait)
+                            const mnn_cut_ckpt_t *cut, int wait)
 {
-    if (ckptw_any(w) && ckptw_last_step(w) == st->step)
+    const uint64_t id = cut ? cut->id : 0;
+    if (ckptw_any(w) && ckptw_last_step(w) == st->step && ckptw_last_cut(w) == id)
         return;
-    if (ckptw_offer(w, m, o, st, parent[0] ? parent : NULL, wait))
-        mnn_ckpt_step_name(parent, size, st->step);
+    if (ckptw_offer(w, m, o, st, parent[0] ? parent : NULL, cut, wait))
+        mnn_ckpt_cut_name(parent, size, st->step, id);
 }
 
 
@@ -162,14 +164,16 @@ static noreturn void diverged(ckptw_t *w, const char *root, uint64_t step, uint6
         (unsigned long long)step, (unsigned long long)records, why, last);
 }
 
-/* woken interrupts a wait for input; the others say what was asked */
+/* woken interrupts a wait for input; the others say what was asked
+ * (stop_requested counts: in a pipeline with cuts, the first one waits for
+ * the head's stop cut) */
 static volatile sig_atomic_t stop_requested, ckpt_requested, woken;
 static void on_signal(int sig)
 {
     if (sig == SIGUSR1)
         ckpt_requested = 1;
-    else
-        stop_requested = 1;
+    else if (stop_requested < 2)
+        stop_requested++;
     woken = 1;
 }
 
@@ -220,6 +224,15 @@ typedef struct {
     ckptw_t *writer;      /* NULL without --ckpt-dir */
     char parent[4096];    /* lineage: the checkpoint before the next one */
     uint64_t first_step;
+    /* pipeline cuts: this stage's index (from the start line), the records
+     * of a minibatch that a cut divided (px, py: batch x input), and how
+     * the last cut ended the input (stop or final) */
+    int cut_mode;
+    uint32_t stage;
+    float *px, *py;
+    size_t pn;
+    int cut_ended;
+    uint64_t last_cut;
 } run_t;
 
 static void parse_args(int argc, char **argv, args_t *a)
@@ -368,6 +381,28 @@ static void prepare(args_t *a, run_t *r)
     }
     a->co.fresh = !a->resume;
     a->co.first_step = r->opt.step;
+    r->px = mnn_calloc_aligned(r->spec.batch, r->spec.input * sizeof(float));
+    r->py = mnn_calloc_aligned(r->spec.batch, sizeof(float));
+    if (!r->px || !r->py)
+        die(EXIT_RUNTIME, "out of memory");
+    if (r->resumed && r->resumed->mf.cut) {
+        /* a pipeline's cut: go on with its minibatch where the cut divided it */
+        float *x, *y;
+        if (mnn_ckpt_pending_read(r->resumed->dir, r->spec.input, &x, &y, &r->pn, &d) < 0)
+            die(EXIT_RUNTIME, "%s", d.msg);
+        if (r->pn >= r->spec.batch)
+            die(EXIT_RUNTIME, "%s: %zu pending records: the cut was taken with a larger batch "
+                "than %zu; resume it with its batch", a->resume, r->pn, r->spec.batch);
+        if (r->pn) {
+            memcpy(r->px, x, r->pn * r->spec.input * sizeof(float));
+            memcpy(r->py, y, r->pn * sizeof(float));
+        }
+        mnn_free(x);
+        mnn_free(y);
+        r->cut_mode = 1;
+        r->last_cut = a->co.first_cut = r->resumed->mf.cut;
+        r->stage = r->resumed->mf.cut_stage;
+    }
     if (a->co.root && !(r->writer = ckptw_start(&a->co, &r->model, &r->opt, &d)))
         die(EXIT_RUNTIME, "%s", d.msg);
     /* lineage: each checkpoint names the one before it */
@@ -381,12 +416,119 @@ static void prepare(args_t *a, run_t *r)
 
 }
 
+/* One minibatch (x, y: n records): test, then train; the progress and
+ * the counters. */
+static void learn(const args_t *a, run_t *r, progress_t *p, const float *x, const float *y,
+                  size_t n)
+{
+    mnn_batch_stats_t bs;
+    int rc;
+    if ((rc = mnn_model_train_batch(&r->model, &r->opt, x, y, n, &bs)) < 0)
+        die(EXIT_RUNTIME, "training failed: %s", mnn_strerror(rc));
+    if (!isfinite(bs.loss_sum))
+        diverged(r->writer, a->co.root, r->opt.step, r->st.records_seen + n,
+                 "the loss is not finite");
+    p->records += n;
+    p->records_since += n;
+    p->loss += bs.loss_sum;
+    p->loss_since += bs.loss_sum;
+    p->correct += bs.correct;
+    r->st.records_seen += n;
+    r->st.loss_sum += bs.loss_sum;
+    r->st.correct += bs.correct;
+    r->st.step = r->opt.step;
+    if (!a->quiet && p->records >= p->next_report) {
+        report(p, "");
+        while (p->next_report <= p->records)
+            p->next_report *= 2;
+    }
+}
+
+/* The records of a batch: learned as a minibatch, or, where a cut divided
+ * one, kept with its first records until the rest comes. */
+static void take_records(const args_t *a, run_t *r, progress_t *p, const feed_batch_t *b)
+{
+    const size_t nf = r->spec.input, batch = r->spec.batch;
+    if (!b->n)
+        return;
+    if (r->pn == 0 && (b->n == batch || !b->cut)) {
+        learn(a, r, p, b->x, b->y, b->n);
+        return;
+    }
+    /* the feed brings at most the rest of the divided minibatch */
+    memcpy(r->px + r->pn * nf, b->x, b->n * nf * sizeof(float));
+    memcpy(r->py + r->pn, b->y, b->n * sizeof(float));
+    r->pn += b->n;
+    if (r->pn == batch || !b->cut) { /* whole, or cut short by a flush or the end */
+        learn(a, r, p, r->px, r->py, r->pn);
+        r->pn = 0;
+    }
+}
+
+/* The start line of a pipeline with cuts: this stage's index, and the cut
+ * the head resumed from, which must be the one this training resumed from. */
+static void cut_start(const args_t *a, run_t *r, const feed_batch_t *b)
+{
+    const mnn_ckpt_t *ck = r->resumed;
+    const uint64_t from = ck ? ck->mf.cut : 0;
+    if (b->start_from != from) {
+        if (from)
+            die(EXIT_RUNTIME, "--resume %s is cut %llu, but the head of the pipeline resumed "
+                "from %s%llu: resume every stage from the same cut", a->resume,
+                (unsigned long long)from, b->start_from ? "cut " : "none (",
+                (unsigned long long)b->start_from);
+        die(EXIT_RUNTIME, "the head of the pipeline resumed from cut %llu, but %s: resume "
+            "sgd-train from the same cut (--resume)", (unsigned long long)b->start_from,
+            ck ? "--resume names a checkpoint of sgd-train alone" : "this training starts afresh");
+    }
+    if (from && b->start_index != ck->mf.cut_stage)
+        die(EXIT_RUNTIME, "%s: cut %llu was committed by stage %u, but %u stages take part "
+            "before this one: a pipeline of another shape", a->resume, (unsigned long long)from,
+            (unsigned)ck->mf.cut_stage, (unsigned)b->start_index);
+    r->cut_mode = 1;
+    r->stage = b->start_index;
+    if (!r->writer && !a->quiet)
+        warnx_("the pipeline takes cuts, but without --ckpt-dir they are not committed");
+    else if ((a->ckpt_every || a->ckpt_interval) && !a->quiet)
+        warnx_("in a pipeline with cuts the checkpoints are its cuts: --ckpt-every and "
+               "--ckpt-interval are not used (give stream-ingest --every or --interval)");
+}
+
+/* A barrier's block ended the batch: commit the cut, this training's state
+ * with the records of its divided minibatch and every upstream part. */
+static void cut_commit(const args_t *a, run_t *r, progress_t *p, const feed_batch_t *b)
+{
+    (void)a;
+    if (b->cut_what == MNN_CUT_FINAL && r->pn) {
+        /* the source ended: its last records are a short minibatch */
+        learn(a, r, p, r->px, r->py, r->pn);
+        r->pn = 0;
+    }
+    r->last_cut = b->cut_id;
+    r->cut_ended = b->cut_what != MNN_CUT_GO;
+    if (!r->writer)
+        return;
+    mnn_stage_part_t parts[MNN_CUT_MAX_STAGES];
+    for (size_t i = 0; i < b->nparts; i++) {
+        parts[i].index = b->parts[i].head.index;
+        snprintf(parts[i].program, sizeof parts[i].program, "%s", b->parts[i].head.program);
+        parts[i].data = b->parts[i].data;
+        parts[i].bytes = b->parts[i].len;
+    }
+    mnn_cut_ckpt_t cut = {.id = b->cut_id, .self = r->stage, .self_program = "sgd-train",
+                          .parts = parts, .pending = r->pn, .px = r->px, .py = r->py};
+    r->st.step = r->opt.step;
+    /* the last cut of a run waits for the writer; another one may be skipped
+     * when the writer is still busy (a later cut will do) */
+    take_checkpoint(r->writer, &r->model, &r->opt, &r->st, r->parent, sizeof r->parent, &cut,
+                    b->cut_what != MNN_CUT_GO);
+}
+
 /* Learns from stdin's batches until its end or a signal, taking the
  * checkpoints asked for; reports the progress.  Returns 1 when a signal
  * stopped it before the end of the input. */
 static int train(const args_t *a, run_t *r)
 {
-    int rc;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -396,7 +538,8 @@ static int train(const args_t *a, run_t *r)
     sigaction(SIGUSR1, &sa, NULL);
 
     feed_opts_t fo = {.name = "stdin", .batch = r->spec.batch, .skip_errors = a->skip,
-                      .verbose = a->verbose, .skip_records = a->skip_seen ? r->st.records_seen : 0};
+                      .verbose = a->verbose, .skip_records = a->skip_seen ? r->st.records_seen : 0,
+                      .cuts = 1, .first_fill = r->pn, .quiet = a->quiet};
     fo.fmt.nfeat = r->spec.input;
     fo.fmt.has_label = 1;
     fo.fmt.classes = r->spec.loss == MNN_LOSS_XENT ? r->spec.outputs : 0;
@@ -405,73 +548,83 @@ static int train(const args_t *a, run_t *r)
         die(EXIT_RUNTIME, "cannot start the reader: %s", strerror(errno ? errno : ENOMEM));
 
     progress_t p = {.next_report = r->spec.batch, .classify = r->spec.loss == MNN_LOSS_XENT};
-    int input_ended = 0;
+    int input_ended = 0, first = 1, noted_term = 0, noted_usr1 = 0;
     p.t0 = mono_now();
     double last_ckpt = 0;
     if (!a->quiet)
         fprintf(stderr, "%12s %11s %11s %9s %10s\n", "records", "avg_loss", "since_last",
                 p.classify ? "prog_acc" : "", "rec/s");
     for (;;) {
+        /* a pipeline with cuts stops at its head's stop cut: a first signal
+         * waits for it, a second one stops at once (no checkpoint) */
+        const int must_stop = stop_requested >= (r->cut_mode ? 2 : 1);
+        if (r->cut_mode && stop_requested == 1 && !noted_term && !a->quiet) {
+            warnx_("a signal: this pipeline stops at its head's stop cut (SIGTERM to "
+                   "stream-ingest); going on until it comes (another signal stops now, without "
+                   "a checkpoint)");
+            noted_term = 1;
+        }
+        if (must_stop)
+            break;
+        if (r->cut_mode && ckpt_requested) {
+            ckpt_requested = 0;
+            if (!noted_usr1++ && !a->quiet)
+                warnx_("SIGUSR1: the checkpoints of this pipeline are its cuts; send SIGUSR1 to "
+                       "its head (stream-ingest)");
+        }
         feed_batch_t *b = feed_next(feed, &woken);
         if (!b) { /* a signal while waiting for input */
             woken = 0;
-            if (stop_requested)
-                break;
-            if (ckpt_requested && r->writer) {
+            if (ckpt_requested && r->writer && !r->cut_mode) {
                 ckpt_requested = 0;
                 take_checkpoint(r->writer, &r->model, &r->opt, &r->st, r->parent,
-                                sizeof r->parent, 0);
+                                sizeof r->parent, NULL, 0);
             }
             continue;
         }
-        if (b->n) {
-            mnn_batch_stats_t bs;
-            if ((rc = mnn_model_train_batch(&r->model, &r->opt, b->x, b->y, b->n, &bs)) < 0)
-                die(EXIT_RUNTIME, "training failed: %s", mnn_strerror(rc));
-            if (!isfinite(bs.loss_sum))
-                diverged(r->writer, a->co.root, r->opt.step, r->st.records_seen + b->n,
-                         "the loss is not finite");
-            p.records += b->n;
-            p.records_since += b->n;
-            p.loss += bs.loss_sum;
-            p.loss_since += bs.loss_sum;
-            p.correct += bs.correct;
-            r->st.records_seen += b->n;
-            r->st.loss_sum += bs.loss_sum;
-            r->st.correct += bs.correct;
-            r->st.step = r->opt.step;
-            if (!a->quiet && p.records >= p.next_report) {
-                report(&p, "");
-                while (p.next_report <= p.records)
-                    p.next_report *= 2;
-            }
-        }
-        int end = b->end, error = b->error;
-        if (error)
+        if (b->error)
             die(EXIT_RUNTIME, "%s", b->msg);
+        if (b->start)
+            cut_start(a, r, b);
+        else if (first && r->cut_mode)
+            die(EXIT_RUNTIME, "--resume %s is a pipeline's cut, but stdin does not start with the "
+                "pipeline's start line: resume its head too (stream-ingest --resume)", a->resume);
+        first = 0;
+        if (b->n)
+            r->cut_ended = 0;
+        take_records(a, r, &p, b);
+        if (b->cut)
+            cut_commit(a, r, &p, b);
+        int end = b->end;
         feed_release(feed, b);
         input_ended = end;
-        if (end || stop_requested)
+        if (end)
             break;
-        if (r->writer) {
+        if (r->writer && !r->cut_mode) {
             double t = elapsed(&p.t0);
             if (ckpt_requested || (a->ckpt_every && r->opt.step % a->ckpt_every == 0) ||
                 (a->ckpt_interval && t - last_ckpt >= a->ckpt_interval)) {
                 ckpt_requested = 0;
                 last_ckpt = t;
                 take_checkpoint(r->writer, &r->model, &r->opt, &r->st, r->parent,
-                                sizeof r->parent, 0);
+                                sizeof r->parent, NULL, 0);
             }
         }
     }
     const int stopped_early = stop_requested && !input_ended;
     if (stopped_early && !a->quiet)
         warnx_("stopping on a signal after %llu records, before the end of the input (exit "
-               "status %d)", (unsigned long long)p.records, EXIT_STOPPED);
-    char first[700];
+               "status %d)%s", (unsigned long long)p.records, EXIT_STOPPED,
+               r->cut_mode ? "; no checkpoint: the pipeline's last committed cut is the one to "
+                             "resume from" : "");
+    char first_bad[700];
     uint64_t skipped;
-    feed_stop(feed, &skipped, first, sizeof first);
-    if (p.records == 0 && !stop_requested)
+    feed_stop(feed, &skipped, first_bad, sizeof first_bad);
+    if (input_ended && r->cut_mode && !r->cut_ended)
+        die(EXIT_RUNTIME, "stdin ended %s cut %llu without the pipeline's stop or final cut: the "
+            "head went away; nothing since that cut is committed (resume the pipeline from it)",
+            r->pn || p.records ? "after" : "at", (unsigned long long)r->last_cut);
+    if (p.records == 0 && !stop_requested && !r->cut_mode)
         die(EXIT_RUNTIME, "stdin: no records to learn from%s",
             skipped ? " (all were skipped as bad)" : "");
     if (!a->quiet && p.records_since)
@@ -492,7 +645,7 @@ static int train(const args_t *a, run_t *r)
     }
     if (skipped)
         warnx_("skipped %llu bad record%s (first: %s)", (unsigned long long)skipped,
-               skipped == 1 ? "" : "s", first);
+               skipped == 1 ? "" : "s", first_bad);
 
     return stopped_early;
 }
@@ -514,7 +667,10 @@ int main(int argc, char **argv)
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     if (r.writer) {
-        take_checkpoint(r.writer, &r.model, &r.opt, &r.st, r.parent, sizeof r.parent, 1);
+        /* a pipeline's checkpoints are its cuts, the last one taken already */
+        if (!r.cut_mode)
+            take_checkpoint(r.writer, &r.model, &r.opt, &r.st, r.parent, sizeof r.parent, NULL,
+                            1);
         if (ckptw_finish(r.writer, NULL) < 0)
             die(EXIT_RUNTIME, "the final checkpoint could not be written");
     }
@@ -532,6 +688,8 @@ int main(int argc, char **argv)
         cli_ckpt_close(r.resumed);
     if (a.verbose)
         report_peak_rss();
+    mnn_free(r.px);
+    mnn_free(r.py);
     mnn_optim_free(&r.opt);
     mnn_model_free(&r.model);
     mnn_spec_free(&r.spec);

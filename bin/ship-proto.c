@@ -106,20 +106,18 @@ const char *printable(const char *s)
     return buf;
 }
 
-/* 1 and *step for "step-N.tar.zst" with N as sgd-train writes it. */
-int archive_step(const char *name, uint64_t *step)
+/* 1 and *step, *cut for "step-N.tar.zst" or "step-N-cID.tar.zst" (a
+ * pipeline's cut) with N and ID as sgd-train writes them. */
+int archive_step(const char *name, uint64_t *step, uint64_t *cut)
 {
     const char *ext = ".tar.zst";
     size_t n = strlen(name), e = strlen(ext);
-    char base[64], canon[64];
+    char base[64];
     if (n <= e || n - e >= sizeof base || strcmp(name + n - e, ext))
         return 0;
     memcpy(base, name, n - e);
     base[n - e] = 0;
-    if (strncmp(base, "step-", 5) || mnn_parse_u64(base + 5, step) < 0)
-        return 0;
-    mnn_ckpt_step_name(canon, sizeof canon, *step);
-    return strcmp(canon, base) == 0;
+    return mnn_ckpt_name_parse(base, step, cut) == 0;
 }
 
 /* ---- buffered input with a timeout ------------------------------------------ */

@@ -188,20 +188,30 @@ static int name_from_archive(int fd, char *name, size_t size, char *why, size_t 
     return 0;
 }
 
+/* An archive's place in the order of checkpoints: by step, then cut. */
+typedef struct {
+    uint64_t step, cut;
+} arname_t;
+
+static int newer(const arname_t *a, const arname_t *b)
+{
+    return a->step != b->step ? a->step > b->step : a->cut > b->cut;
+}
+
 /* Keeps the newest `keep` step-*.tar.zst archives of dfd, `shipped` (the
  * archive just acknowledged, whatever its step) and latest's target. */
 static void prune_archives(receiver_t *r, size_t keep, const char *shipped)
 {
     DIR *dp = list_dir(r->dfd);
     struct dirent *de;
-    uint64_t *steps = NULL, s;
+    arname_t *steps = NULL, s;
     size_t n = 0, cap = 0;
     if (!dp)
         return;
     while ((de = readdir(dp)))
-        if (archive_step(de->d_name, &s)) {
+        if (archive_step(de->d_name, &s.step, &s.cut)) {
             if (n == cap) {
-                uint64_t *ns = realloc(steps, (cap = cap ? 2 * cap : 64) * sizeof *ns);
+                arname_t *ns = realloc(steps, (cap = cap ? 2 * cap : 64) * sizeof *ns);
                 if (!ns) { /* a partial list could name new ones as old */
                     closedir(dp);
                     free(steps);
@@ -214,8 +224,8 @@ static void prune_archives(receiver_t *r, size_t keep, const char *shipped)
     closedir(dp);
     /* newest first */
     for (size_t i = 1; i < n; i++)
-        for (size_t j = i; j > 0 && steps[j - 1] < steps[j]; j--) {
-            uint64_t t = steps[j];
+        for (size_t j = i; j > 0 && newer(&steps[j], &steps[j - 1]); j--) {
+            arname_t t = steps[j];
             steps[j] = steps[j - 1];
             steps[j - 1] = t;
         }
@@ -224,7 +234,7 @@ static void prune_archives(receiver_t *r, size_t keep, const char *shipped)
     target[k > 0 ? k : 0] = 0;
     for (size_t i = keep; i < n; i++) {
         char base[64], name[80];
-        mnn_ckpt_step_name(base, sizeof base, steps[i]);
+        mnn_ckpt_cut_name(base, sizeof base, steps[i].step, steps[i].cut);
         snprintf(name, sizeof name, "%s.tar.zst", base);
         if (strcmp(name, shipped) && strcmp(name, target) && unlinkat(r->dfd, name, 0) == 0 &&
             opt.verbose)
@@ -237,14 +247,14 @@ static void prune_archives(receiver_t *r, size_t keep, const char *shipped)
 /* Points DIR/latest at name if it is the newest step archive there. */
 static int update_latest(receiver_t *r, const char *name, char *why, size_t wsize)
 {
-    uint64_t step, cur;
+    arname_t got, cur;
     char target[NAME_MAX_ + 1];
-    if (!archive_step(name, &step))
+    if (!archive_step(name, &got.step, &got.cut))
         return 0;
     ssize_t k = readlinkat(r->dfd, "latest", target, sizeof target - 1);
     if (k > 0) {
         target[k] = 0;
-        if (archive_step(target, &cur) && cur > step)
+        if (archive_step(target, &cur.step, &cur.cut) && newer(&cur, &got))
             return 0;
     }
     mnn_diag_t d = {""};

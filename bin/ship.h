@@ -65,7 +65,7 @@ int name_ok(const char *s);
 void pct_encode(char *out, size_t size, const char *s);
 int pct_decode(char *out, size_t size, const char *s);
 const char *printable(const char *s);
-int archive_step(const char *name, uint64_t *step);
+int archive_step(const char *name, uint64_t *step, uint64_t *cut);
 
 /* Buffered input with a timeout. */
 typedef struct {
