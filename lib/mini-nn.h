@@ -279,6 +279,47 @@ MNN_API long mnn_wres_offer(mnn_wres_t *r, double w);
  * exp(lambda * i): keep the k largest (mnn_topk_push). */
 MNN_API double mnn_decay_key(mnn_rng_t *rng, double lambda, uint64_t i);
 
+/* The samplers' states as text, for a program that saves its whole state
+ * (stream-sample's part in a pipeline cut; mnn_state_put's lines):
+ *
+ *   bernoulli P SEEN NEXT
+ *   reservoir K SEEN NEXT LOGW
+ *   topk K N, then N lines "key KEY SLOT": the heap in its order
+ *   wres XW, then its topk
+ *
+ * The writers: 0 or MNN_EIO.  A reader takes the lines at *p (before end)
+ * into a sampler just made by its init with the parameters (k, p) and the
+ * generator of the one written, and advances *p past them: 0, or
+ * MNN_EFORMAT (not such lines), MNN_EINVAL (a sampler of another k or p),
+ * MNN_ECORRUPT (fields no sampler can have: counts out of range, a heap out
+ * of order, a slot twice), MNN_ENOMEM, d saying which; the sampler then
+ * holds no key and is only to be freed. */
+MNN_API int mnn_bernoulli_write(const mnn_bernoulli_t *b, FILE *f);
+MNN_API int mnn_bernoulli_read(mnn_bernoulli_t *b, const char **p, const char *end,
+                               mnn_diag_t *d);
+MNN_API int mnn_reservoir_write(const mnn_reservoir_t *r, FILE *f);
+MNN_API int mnn_reservoir_read(mnn_reservoir_t *r, const char **p, const char *end,
+                               mnn_diag_t *d);
+MNN_API int mnn_topk_write(const mnn_topk_t *t, FILE *f);
+MNN_API int mnn_topk_read(mnn_topk_t *t, const char **p, const char *end, mnn_diag_t *d);
+MNN_API int mnn_wres_write(const mnn_wres_t *r, FILE *f);
+MNN_API int mnn_wres_read(mnn_wres_t *r, const char **p, const char *end, mnn_diag_t *d);
+
+/* ---- saved states as text lines (state.c) ---------------------------------
+ * A line "TAG W1 W2 ...
+": one word per letter of fmt, each written one way
+ * only, so that a state has one spelling and comes back exactly:
+ *   'u'  a uint64_t, decimal, no leading zeros
+ *   'z'  a size_t, the same
+ *   'x'  a double as the 16 lowercase hex digits of its bits
+ * mnn_state_put takes the values (0, or MNN_EIO on ferror); mnn_state_get
+ * pointers to them, reads the line at *p (before end) and advances *p past
+ * it: 0, or MNN_EFORMAT when it is no such line (another tag, a word
+ * missing, extra or malformed, no '\n' before end), d saying which tag. */
+MNN_API int mnn_state_put(FILE *f, const char *tag, const char *fmt, ...);
+MNN_API int mnn_state_get(const char **p, const char *end, mnn_diag_t *d, const char *tag,
+                          const char *fmt, ...);
+
 /* ---- replay buffers (replay.c) --------------------------------------------
  * A bounded buffer of record lines that a stream passes through: a policy
  * chooses what it keeps, replays are drawn from it uniformly with

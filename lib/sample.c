@@ -9,7 +9,9 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Uniform in (0, 1), both ends excluded (52 random bits and a half): its
  * logarithm is finite and never 0. */
@@ -218,4 +220,140 @@ long mnn_wres_offer(mnn_wres_t *r, double w)
 double mnn_decay_key(mnn_rng_t *rng, double lambda, uint64_t i)
 {
     return lambda * (double)i - log(-log(open01(rng)));
+}
+
+/* ---- the samplers' states as text -------------------------------------------
+ * Each reader checks what the writer's sampler must have had: counts in
+ * range, a heap in order, every field as the sampler's own functions leave
+ * it, so that a state read back goes on as the one written would have. */
+
+#define SEEN_MAX ((uint64_t)1 << 62) /* records a state may say were offered */
+
+/* x in the fewest digits that read back as x, for a message. */
+static const char *shortest(double x, char buf[32])
+{
+    for (int prec = 1; prec < 17; prec++) {
+        snprintf(buf, 32, "%.*g", prec, x);
+        if (strtod(buf, NULL) == x)
+            return buf;
+    }
+    snprintf(buf, 32, "%.17g", x);
+    return buf;
+}
+
+int mnn_bernoulli_write(const mnn_bernoulli_t *b, FILE *f)
+{
+    return mnn_state_put(f, "bernoulli", "xuu", b->p, b->seen, b->next);
+}
+
+int mnn_bernoulli_read(mnn_bernoulli_t *b, const char **p, const char *end, mnn_diag_t *d)
+{
+    double prob;
+    uint64_t seen, next;
+    int rc = mnn_state_get(p, end, d, "bernoulli", "xuu", &prob, &seen, &next);
+    if (rc < 0)
+        return rc;
+    if (memcmp(&prob, &b->p, sizeof prob)) {
+        char was[32], is[32];
+        return mnn_fail(d, MNN_EINVAL, "a sample with probability %s, not %s",
+                        shortest(prob, was), shortest(b->p, is));
+    }
+    if (seen > SEEN_MAX || next < seen || (b->p >= 1 && next != seen))
+        return mnn_fail(d, MNN_ECORRUPT, "a Bernoulli sample's counts out of range");
+    b->seen = seen;
+    b->next = next;
+    return 0;
+}
+
+int mnn_reservoir_write(const mnn_reservoir_t *r, FILE *f)
+{
+    return mnn_state_put(f, "reservoir", "zuux", r->k, r->seen, r->next, r->logw);
+}
+
+int mnn_reservoir_read(mnn_reservoir_t *r, const char **p, const char *end, mnn_diag_t *d)
+{
+    size_t k;
+    uint64_t seen, next;
+    double logw;
+    int rc = mnn_state_get(p, end, d, "reservoir", "zuux", &k, &seen, &next, &logw);
+    if (rc < 0)
+        return rc;
+    if (k != r->k)
+        return mnn_fail(d, MNN_EINVAL, "a reservoir of %zu, not %zu", k, r->k);
+    /* while it fills (and for k 0, forever) nothing is drawn yet */
+    const int filling = seen < k || k == 0;
+    if (seen > SEEN_MAX || (k == 0 && seen) ||
+        (filling ? next != 0 || memcmp(&logw, &(double){0}, sizeof logw)
+                 : next < seen || !isfinite(logw) || logw > 0))
+        return mnn_fail(d, MNN_ECORRUPT, "a reservoir's counts or weight out of range");
+    r->seen = seen;
+    r->next = next;
+    r->logw = logw;
+    return 0;
+}
+
+int mnn_topk_write(const mnn_topk_t *t, FILE *f)
+{
+    int rc = mnn_state_put(f, "topk", "zz", t->k, t->n);
+    for (size_t i = 0; i < t->n && rc == 0; i++)
+        rc = mnn_state_put(f, "key", "xz", t->key[i], t->slot[i]);
+    return rc;
+}
+
+int mnn_topk_read(mnn_topk_t *t, const char **p, const char *end, mnn_diag_t *d)
+{
+    size_t k, n;
+    int rc = mnn_state_get(p, end, d, "topk", "zz", &k, &n);
+    if (rc < 0)
+        return rc;
+    if (k != t->k)
+        return mnn_fail(d, MNN_EINVAL, "a sample of the %zu largest keys, not %zu", k, t->k);
+    if (n > k)
+        return mnn_fail(d, MNN_ECORRUPT, "%zu keys of the %zu largest", n, k);
+    /* the slots are 0 .. n-1, each once (marked in used) */
+    unsigned char *used = calloc(n ? n : 1, 1);
+    if (!used)
+        return mnn_fail(d, MNN_ENOMEM, "out of memory for %zu keys", n);
+    t->n = 0;
+    for (size_t i = 0; i < n; i++) {
+        double key;
+        size_t slot;
+        if ((rc = mnn_state_get(p, end, d, "key", "xz", &key, &slot)) < 0)
+            break;
+        if (isnan(key) || slot >= n || used[slot] || (i && t->key[(i - 1) / 2] > key)) {
+            rc = mnn_fail(d, MNN_ECORRUPT, "key %zu of %zu: %s", i, n,
+                          isnan(key) ? "not a number" : slot >= n || used[slot]
+                          ? "a slot out of range or taken" : "the heap out of order");
+            break;
+        }
+        used[slot] = 1;
+        t->key[i] = key;
+        t->slot[i] = slot;
+    }
+    free(used);
+    if (rc < 0)
+        return rc;
+    t->n = n;
+    return 0;
+}
+
+int mnn_wres_write(const mnn_wres_t *r, FILE *f)
+{
+    int rc = mnn_state_put(f, "wres", "x", r->xw);
+    return rc < 0 ? rc : mnn_topk_write(&r->top, f);
+}
+
+int mnn_wres_read(mnn_wres_t *r, const char **p, const char *end, mnn_diag_t *d)
+{
+    double xw;
+    int rc = mnn_state_get(p, end, d, "wres", "x", &xw);
+    if (rc < 0 || (rc = mnn_topk_read(&r->top, p, end, d)) < 0)
+        return rc;
+    /* nothing to pass over until it is full */
+    if (isnan(xw) || (r->top.n < r->top.k && memcmp(&xw, &(double){0}, sizeof xw))) {
+        r->top.n = 0;
+        return mnn_fail(d, MNN_ECORRUPT, "a weighted sample's jump out of range");
+    }
+    r->xw = xw;
+    return 0;
 }

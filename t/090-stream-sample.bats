@@ -162,9 +162,9 @@ wait_usr1_caught() {
 # ---- modes -----------------------------------------------------------------------
 
 @test "-p 1 copies every record and '#' line, unchanged, in order; empty lines dropped" {
-    printf '# head\n0,1,2\n\n#!ckpt 7\n1 1:0.5 3:2\n2\t3\t4\n# tail\n' >in.txt
+    printf '# head\n0,1,2\n\n#!note 7\n1 1:0.5 3:2\n2\t3\t4\n# tail\n' >in.txt
     run -0 --separate-stderr stream-sample -p 1 in.txt
-    assert_output "$(printf '# head\n0,1,2\n#!ckpt 7\n1 1:0.5 3:2\n2\t3\t4\n# tail')"
+    assert_output "$(printf '# head\n0,1,2\n#!note 7\n1 1:0.5 3:2\n2\t3\t4\n# tail')"
     assert_equal "$stderr" ""
 }
 
@@ -423,24 +423,24 @@ wait_usr1_caught() {
 # ---- '#' lines and emissions ---------------------------------------------------------
 
 @test "'#' lines pass through in order, at their place among the emissions" {
-    { echo '# head'; recs 3; echo '# after 3'; recs 6 | tail -n 3; echo '#!ckpt 6'; recs 7 | tail -n 1; echo '# tail'; } >in.txt
+    { echo '# head'; recs 3; echo '# after 3'; recs 6 | tail -n 3; echo '#!note 6'; recs 7 | tail -n 1; echo '# tail'; } >in.txt
     run -0 stream-sample -k 2 --emit-every 3 in.txt
     skeleton <(printf '%s\n' "$output") >sk
     run -0 cat sk
     assert_output "$(printf '%s\n' '# head' '# stream-sample: 2 of 3 records' R R '# after 3' \
-        '# stream-sample: 2 of 6 records' R R '#!ckpt 6' '# tail' '# stream-sample: 2 of 7 records' R R)"
+        '# stream-sample: 2 of 6 records' R R '#!note 6' '# tail' '# stream-sample: 2 of 7 records' R R)"
     # without --emit-every: the comments as they come, the sample at the end, no marker
     run -0 stream-sample -k 2 in.txt
     skeleton <(printf '%s\n' "$output") >sk
     run -0 cat sk
-    assert_output "$(printf '%s\n' '# head' '# after 3' '#!ckpt 6' '# tail' R R)"
+    assert_output "$(printf '%s\n' '# head' '# after 3' '#!note 6' '# tail' R R)"
     run -0 stream-sample --per-class 1 in.txt
     skeleton <(printf '%s\n' "$output") >sk
     run -0 cat sk
-    assert_output "$(printf '%s\n' '# head' '# after 3' '#!ckpt 6' '# tail' R R R)"
+    assert_output "$(printf '%s\n' '# head' '# after 3' '#!note 6' '# tail' R R R)"
     # Bernoulli and 1 in N: in place among the records
     run -0 stream-sample --every 4 in.txt
-    assert_output "$(printf '%s\n' '# head' '1,1,0.5' '# after 3' '2,5,0.5' '#!ckpt 6' '# tail')"
+    assert_output "$(printf '%s\n' '# head' '1,1,0.5' '# after 3' '2,5,0.5' '#!note 6' '# tail')"
 }
 
 @test "a '#' line reaches the output while the input is still open (-k)" {
@@ -448,12 +448,12 @@ wait_usr1_caught() {
     stream-sample -k 3 <in >out 2>err &
     BG_PID=$!
     exec 7>in
-    printf '1,1\n#!ckpt 1\n2,2\n' >&7
-    wait_for_match out '^#!ckpt 1$' 300 || fail "the '#' line is held back while the input is open"
+    printf '1,1\n#!note 1\n2,2\n' >&7
+    wait_for_match out '^#!note 1$' 300 || fail "the '#' line is held back while the input is open"
     exec 7>&-
     bg_exit 0
     run -0 cat out
-    assert_output "$(printf '#!ckpt 1\n1,1\n2,2')"
+    assert_output "$(printf '#!note 1\n1,1\n2,2')"
 }
 
 @test "--emit-every N: the sample so far after every N records and at the end, each after its marker" {
@@ -649,4 +649,272 @@ wait_usr1_caught() {
     assert_regex "$stderr" '^stream-sample: 100 records read, 10 written'
     run -0 --separate-stderr stream-sample -q -k 10 r.csv
     assert_equal "$stderr" ""
+}
+
+# ---- pipeline cuts -------------------------------------------------------------------
+# Streams as stream-ingest, the head, sends them: a start line, records, and
+# barrier blocks with the head's part (empty here); sgd-train commits the
+# cuts, and t/mkpart hands it any part, so that resumption is tested from a
+# real cut checkpoint, hostile states included.
+
+EMPTY_XXH3=2d06800538d394c2 # XXH3-64 of no bytes: the head's part here
+SAMPLE_MODES=("-p 0.5" "--every 3" "-k 3" "-k 3 --emit-every 5" "-k 3 --weight-col 2"
+    "-k 3 --decay 0.1" "--per-class 2")
+
+# block ID [stop|final]: a barrier's block as the head sends it
+block() {
+    printf '#!ckpt %s\n#!part %s 0 stream-ingest 0 %s\n#!ckpt-end %s\n' "$1${2:+ $2}" "$1" \
+        "$EMPTY_XXH3" "$1"
+}
+
+# recs_from A B: records A..B, as recs makes them
+recs_from() {
+    awk -v a="$1" -v n="$2" 'BEGIN { for (i = a; i <= n; i++) print i % 3 "," i ",0.5" }'
+}
+
+# part_of FILE ID INDEX: the bytes of stage INDEX's part of cut ID in FILE
+part_of() {
+    awk -v h="#!part $2 $3 " 'index($0, h) == 1 { on = 1; next }
+        on && /^#=/ { print substr($0, 3); next } { on = 0 }' "$1" | base64 -d
+}
+
+# after_line FILE LINE: the lines of FILE after the first one that is LINE
+after_line() {
+    awk -v l="$2" 'f { print } $0 == l { f = 1 }' "$1"
+}
+
+# mkpart ARGS...: t/mkpart, built by make check
+mkpart() {
+    [[ -x ${MNN_T:-}/mkpart ]] || skip "t/mkpart is not built (make check builds it)"
+    "$MNN_T/mkpart" "$@"
+}
+
+# commit_state STATE DIR: a cut 1 of stream-sample's state STATE (sealed
+# here), committed by sgd-train into DIR; prints the cut's directory
+commit_state() {
+    mk_reg_spec spec.yaml
+    { echo '#!ckpt-start 0 2'; printf '#!ckpt 1\n#!part 1 0 stream-ingest 0 %s\n' "$EMPTY_XXH3"
+      mkpart --seal 1 1 stream-sample "$1"; echo '#!ckpt-end 1'; echo '#!ckpt 2 stop'
+      printf '#!part 2 0 stream-ingest 0 %s\n' "$EMPTY_XXH3"; mkpart --seal 2 1 stream-sample "$1"
+      echo '#!ckpt-end 2'; } >committed.txt || return 1
+    sgd-train -m spec.yaml --ckpt-dir "$2" -q <committed.txt >/dev/null || return 1
+    echo "$2"/step-*-c1
+}
+
+@test "cuts: the start line goes on with one stage more, the stage's part before each end line, in every mode" {
+    { echo '#!ckpt-start 0 1'; recs_from 1 10; block 1; recs_from 11 20; block 2 final; } >in.txt
+    for m in "${SAMPLE_MODES[@]}"; do
+        # shellcheck disable=SC2086
+        run -0 --separate-stderr stream-sample $m in.txt
+        printf '%s\n' "$output" >out
+        assert_equal "$(head -n 1 out)" '#!ckpt-start 0 2'
+        for id in 1 2; do
+            # the head's part, then this stage's: index 1, stream-sample, then the end
+            run -0 awk -v id="$id" '$0 ~ "^#!ckpt " id "( final)?$" { on = 1 }
+                on && $0 == "#!ckpt-end " id { print "end"; exit }
+                on && /^#!part / { print $2, $3, $4 } on && !/^#=/ && !/^#!part / && !/^#!ckpt / { exit }' out
+            assert_output "$(printf '%s\n' "$id 0 stream-ingest" "$id 1 stream-sample" end)"
+            run -0 --separate-stderr bash -c "$(declare -f part_of); part_of out $id 1 | head -n 2"
+            [[ ${lines[0]} == 'mini-nn stream-sample state 1' ]] || fail "$m: cut $id: not a state: $output"
+            [[ ${lines[1]} == "options ${m% --emit-every*}" ]] || fail "$m: cut $id: options '${lines[1]}'"
+        done
+        assert_equal "$stderr" ""
+    done
+}
+
+@test "cuts: a final cut writes the sample before its barrier, the end of the input none; the sample is the one without cuts" {
+    { echo '#!ckpt-start 0 1'; recs_from 1 10; block 1; recs_from 11 20; block 2 final; } >in.txt
+    for m in "-k 3" "--per-class 2" "-k 3 --weight-col 2" "-k 3 --decay 0.1"; do
+        # shellcheck disable=SC2086
+        run -0 stream-sample $m --seed 9 in.txt
+        printf '%s\n' "$output" >out
+        run -0 after_line out '#!ckpt-end 2'
+        assert_output ""
+        # shellcheck disable=SC2086
+        recs 20 | stream-sample $m --seed 9 >plain
+        run -0 bash -c "awk '/^#!ckpt 2 final\$/ { exit } /^#!ckpt-end 1\$/ { on = 1; next } on' out"
+        assert_output "$(cat plain)"
+    done
+}
+
+@test "cuts: a stop cut and then the end of the input: no sample written, exit 0" {
+    { echo '#!ckpt-start 0 1'; recs_from 1 10; block 1; recs_from 11 20; block 2 stop; } >in.txt
+    for m in "-k 3" "--per-class 2" "-k 3 --emit-every 50"; do
+        # shellcheck disable=SC2086
+        run -0 --separate-stderr stream-sample $m in.txt
+        printf '%s\n' "$output" >out
+        assert_equal "$(grep -vc '^#' out)" 0
+        assert_equal "$(tail -n 1 out)" '#!ckpt-end 2'
+        assert_equal "$stderr" ""
+    done
+}
+
+@test "cuts: the input ends without a stop or final cut after a start line: exit 1, no sample" {
+    { echo '#!ckpt-start 0 1'; recs_from 1 10; block 1; recs_from 11 14; } >in.txt
+    run -1 --separate-stderr stream-sample -k 3 in.txt
+    assert_equal "$(grep -vc '^#' <<<"$output")" 0
+    [[ $stderr == *'in.txt: the input ended 4 records after cut 1, without the pipeline'"'"'s stop or final cut'* ]] ||
+        fail "not the message expected: $stderr"
+    # inside a block: the stages before went away mid-cut
+    { echo '#!ckpt-start 0 1'; recs_from 1 3; echo '#!ckpt 1'; } >in.txt
+    run -1 --separate-stderr stream-sample -p 1 in.txt
+    [[ $stderr == *'in.txt: the input ended inside the block of cut 1'* ]] || fail "$stderr"
+}
+
+@test "cuts: a record inside a block, a part out of place, a malformed cut line: exit 1 naming FILE:LINE" {
+    { echo '#!ckpt-start 0 1'; recs_from 1 2; echo '#!ckpt 1'; recs_from 3 3; } >in.txt
+    run -1 --separate-stderr stream-sample -k 3 in.txt
+    [[ $stderr == 'stream-sample: in.txt:5: a record inside the block of cut 1' ]] || fail "$stderr"
+    # a part of this stage's index or after it comes from nowhere upstream
+    { echo '#!ckpt-start 0 1'; echo '#!ckpt 1'; printf '#!part 1 1 stream-sample 0 %s\n' "$EMPTY_XXH3"; } >in.txt
+    run -1 --separate-stderr stream-sample -k 3 in.txt
+    [[ $stderr == 'stream-sample: in.txt:3: a part out of place (cut 1, stage 1)' ]] || fail "$stderr"
+    { echo '#!ckpt-start 0 1'; printf '#!part 1 0 stream-ingest 0 %s\n' "$EMPTY_XXH3"; } >in.txt
+    run -1 --separate-stderr stream-sample --every 2 in.txt
+    [[ $stderr == 'stream-sample: in.txt:2: a part out of place (cut 1, stage 0)' ]] || fail "$stderr"
+    { echo '#!ckpt-start 0 1'; echo '#!ckpt 1 later'; } >in.txt
+    run -1 --separate-stderr stream-sample -p 0.5 in.txt
+    [[ $stderr == 'stream-sample: in.txt:2: a malformed cut line'* ]] || fail "$stderr"
+}
+
+@test "cuts: resumed from a cut sgd-train committed, the output is the uninterrupted run's, final state included, in every mode" {
+    mk_reg_spec spec.yaml
+    { echo '#!ckpt-start 0 1'; recs_from 1 12; block 1; recs_from 13 40; block 2 final; } >full.txt
+    { echo '#!ckpt-start 1 1'; recs_from 13 40; block 2 final; } >rest.txt
+    local nm=0
+    for m in "${SAMPLE_MODES[@]}"; do
+        nm=$((nm + 1))
+        # shellcheck disable=SC2086
+        stream-sample $m --seed 5 full.txt >out.$nm
+        sgd-train -m spec.yaml --ckpt-dir ck.$nm -q <out.$nm >/dev/null
+        local cut=(ck.$nm/step-*-c1)
+        [[ -d ${cut[0]} ]] || fail "$m: sgd-train committed no cut 1"
+        # the seed is the state's now: another one changes nothing
+        # shellcheck disable=SC2086
+        run -0 --separate-stderr stream-sample $m --seed 77 --resume "${cut[0]}" rest.txt
+        printf '%s\n' "$output" >resumed.$nm
+        assert_equal "$(head -n 1 resumed.$nm)" '#!ckpt-start 1 2'
+        after_line out.$nm '#!ckpt-end 1' >want
+        tail -n +2 resumed.$nm >got
+        cmp want got || fail "$m: the resumed run's output differs from the uninterrupted one's: $(diff want got | head)"
+        assert_equal "$stderr" ""
+    done
+}
+
+@test "cuts: --resume refuses a cut of another sample, another cut than the head's, input without a start line" {
+    mk_reg_spec spec.yaml
+    { echo '#!ckpt-start 0 1'; recs_from 1 12; block 1 stop; } >full.txt
+    stream-sample -k 3 full.txt | sgd-train -m spec.yaml --ckpt-dir ck -q >/dev/null
+    local cut=(ck/step-*-c1)
+    { echo '#!ckpt-start 1 1'; recs_from 13 20; block 2 final; } >rest.txt
+    run -1 --separate-stderr stream-sample -k 4 --resume "${cut[0]}" rest.txt
+    [[ $stderr == *'stage 1 (stream-sample) of cut 1: the state of stream-sample -k 3, not of -k 4'* ]] || fail "$stderr"
+    run -1 --separate-stderr stream-sample -k 3 --decay 0.5 --resume "${cut[0]}" rest.txt
+    [[ $stderr == *'the state of stream-sample -k 3, not of -k 3 --decay 0.5'* ]] || fail "$stderr"
+    run -1 --separate-stderr stream-sample -p 0.5 --resume "${cut[0]}" rest.txt
+    [[ $stderr == *'the state of stream-sample -k 3, not of -p 0.5'* ]] || fail "$stderr"
+    # the head resumed from another cut, or started afresh
+    { echo '#!ckpt-start 2 1'; recs_from 13 20; block 3 final; } >other.txt
+    run -1 --separate-stderr stream-sample -k 3 --resume "${cut[0]}" other.txt
+    [[ $stderr == *'holds cut 1, but the head of the pipeline resumed from another'* ]] || fail "$stderr"
+    { echo '#!ckpt-start 0 1'; recs_from 13 20; block 1 final; } >other.txt
+    run -1 --separate-stderr stream-sample -k 3 --resume "${cut[0]}" other.txt
+    [[ $stderr == *'holds cut 1, but the head of the pipeline started afresh'* ]] || fail "$stderr"
+    # no start line: the head is not stream-ingest, resumed
+    run -1 --separate-stderr stream-sample -k 3 --resume "${cut[0]}" < <(recs 5)
+    [[ $stderr == 'stream-sample: stdin:1: a record before the pipeline'"'"'s start line: with --resume the head must be stream-ingest, resumed from the same cut' ]] || fail "$stderr"
+    run -1 --separate-stderr stream-sample -k 3 --resume "${cut[0]}" </dev/null
+    [[ $stderr == *'the input ended without a pipeline'"'"'s start line'* ]] || fail "$stderr"
+    # a pipeline of another shape: stage 1 is not stream-sample's
+    { echo '#!ckpt-start 1 0'; recs_from 13 20; block 2 final; } >other.txt
+    run -1 --separate-stderr stream-sample -k 3 --resume "${cut[0]}" other.txt
+    [[ $stderr == *'stage 0 of cut 1 is stream-ingest, not stream-sample'* ]] || fail "$stderr"
+    # not a checkpoint; stdin is the data
+    run -1 --separate-stderr stream-sample -k 3 --resume nowhere rest.txt
+    assert_equal "$output" ""
+    run -2 --separate-stderr stream-sample -k 3 --resume - rest.txt
+}
+
+@test "cuts: --resume refuses damaged and hostile states: truncated, a byte flipped, counts of 2^40" {
+    { echo '#!ckpt-start 0 1'; recs_from 1 12; block 1 stop; } >in.txt
+    for m in "-k 3" "-k 3 --decay 0.1" "--per-class 2"; do
+        # shellcheck disable=SC2086
+        stream-sample $m in.txt >out
+        part_of out 1 1 | sed '$d' >state.$(echo "$m" | tr -dc a-z0-9) # less its seal
+    done
+    { echo '#!ckpt-start 1 1'; recs_from 13 20; block 2 final; } >rest.txt
+    # try NAME STATE MESSAGE MODE...: a cut of STATE (sealed) resumed with MODE
+    # fails with MESSAGE, naming the stage
+    try() {
+        local name=$1 state=$2 msg=$3 cut
+        shift 3
+        rm -rf "ck.$name"
+        cut=$(commit_state "$state" "ck.$name") || fail "$name: no cut committed"
+        run -1 --separate-stderr stream-sample "$@" --resume "$cut" rest.txt
+        [[ $stderr == *"$msg"* ]] || fail "$name: '$stderr' does not say '$msg'"
+        [[ $stderr == *'stage 1 (stream-sample) of cut 1: '* ]] || fail "$name: '$stderr' names no stage"
+    }
+    # the seal first: truncated, or a byte flipped (the part's own hash is
+    # right: the cut holds what the stage sent)
+    commit_state state.k3 ck.ok >/dev/null || fail "no cut committed"
+    part_of committed.txt 1 1 >sealed
+    head -c -1 sealed >trunc # the seal's newline gone
+    sed '3s/./X/5' sealed >flipped # a digit of the generator's state
+    local dmg
+    for dmg in trunc flipped; do
+        rm -rf "ck.$dmg"
+        { echo '#!ckpt-start 0 2'; printf '#!ckpt 1 stop\n#!part 1 0 stream-ingest 0 %s\n' "$EMPTY_XXH3"
+          mkpart 1 1 stream-sample "$dmg"; echo '#!ckpt-end 1'; } >"$dmg.txt"
+        sgd-train -m spec.yaml --ckpt-dir "ck.$dmg" -q <"$dmg.txt" >/dev/null
+        local dcut=("ck.$dmg"/step-*-c1)
+        [[ -d ${dcut[0]} ]] || fail "$dmg: no cut committed"
+        run -1 --separate-stderr stream-sample -k 3 --resume "${dcut[0]}" rest.txt
+        case $dmg in
+        trunc) [[ $stderr == *"no 'end' line with its hash: truncated?"* ]] || fail "truncated: $stderr" ;;
+        flipped) [[ $stderr == *'its hash does not match its contents: damaged'* ]] || fail "flipped: $stderr" ;;
+        esac
+    done
+    # sealed but hostile: counts no sampler has, far beyond the state's bytes
+    sed 's/^records 3$/records 1099511627776/' state.k3 >h1
+    try records h1 'records held where its sampler holds' -k 3
+    sed 's/^topk 3 3$/topk 3 1099511627776/' state.k3decay01 >h2
+    try topk h2 '1099511627776 keys of the 3' -k 3 --decay 0.1
+    sed 's/^classes 3$/classes 1099511627776/' state.perclass2 >h3
+    try classes h3 '1099511627776 classes: more than there are class ids' --per-class 2
+    awk '/^record / && !done { $3 = "4294967296"; done = 1 } { print }' state.k3 >h4
+    try length h4 'a record of 4294967296 bytes, more than what follows' -k 3
+    sed 's/^counts 12 /counts 13 /' state.k3 >h5
+    try counts h5 "the sampler's count is not the records'" -k 3
+    sed 's/^mini-nn stream-sample state 1$/mini-nn stream-sample state 2/' state.k3 >h6
+    try version h6 'not a stream-sample state (version 1)' -k 3
+    awk '/^record / && !done { $2 = 5; done = 1 } /^record / { $2 = 5 } { print }' state.k3 >h7
+    try twice h7 'record 5 held twice' -k 3
+    # and the state made by hand, unchanged, resumes
+    cut=$(commit_state state.k3 ck.same)
+    run -0 stream-sample -k 3 --resume "$cut" rest.txt
+}
+
+@test "cuts: SIGTERM does not stop a stage of a pipeline with cuts; the head's stop cut does" {
+    mkfifo in
+    stream-sample -k 2 <in >out 2>err &
+    BG_PID=$!
+    exec 7>in
+    { echo '#!ckpt-start 0 1'; recs_from 1 5; } >&7
+    wait_for_match out '^#!ckpt-start 0 2$' 300 || fail "no start line: $(cat err)"
+    kill -TERM "$BG_PID"
+    sleep 0.2
+    kill -0 "$BG_PID" || fail "stream-sample ended on SIGTERM in a pipeline with cuts"
+    block 1 stop >&7
+    exec 7>&-
+    bg_exit 0
+    run -0 grep -c '^#!part 1 1 stream-sample ' out
+    assert_equal "$(grep -vc '^#' out)" 0
+}
+
+@test "cuts: cut lines before any start line pass through as comments, noted once" {
+    printf '0,1,2\n#!ckpt 1\n#!ckpt-end 1\n1,2,3\n' >in.txt
+    run -0 --separate-stderr stream-sample -p 1 in.txt
+    assert_output "$(printf '0,1,2\n#!ckpt 1\n#!ckpt-end 1\n1,2,3')"
+    [[ $stderr == 'stream-sample: in.txt:2: a cut line before any pipeline'* ]] || fail "$stderr"
+    assert_equal "${#stderr_lines[@]}" 1
 }

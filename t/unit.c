@@ -6494,6 +6494,260 @@ static void test_reservoir(void)
     }
 }
 
+/* ---- samplers' states ----------------------------------------------------------- */
+
+/* A state's lines, written by fn into a memory stream; *len its bytes. */
+#define STATE_TEXT(buf, len, call)                       \
+    do {                                                 \
+        FILE *mf_ = open_memstream(&(buf), &(len));      \
+        int rc_ = mf_ ? (call) : MNN_ENOMEM;             \
+        if (mf_ && fclose(mf_) != 0)                     \
+            rc_ = MNN_EIO;                               \
+        check(rc_ == 0, "state written: %s", #call);     \
+    } while (0)
+
+/* mnn_state_get on one line: its return, and whether all of it was taken. */
+static int state_line(const char *line, const char *tag, const char *fmt, void *a, void *b)
+{
+    const char *p = line, *end = line + strlen(line);
+    mnn_diag_t d = {""};
+    int rc = mnn_state_get(&p, end, &d, tag, fmt, a, b);
+    return rc == 0 && p != end ? -100 : rc;
+}
+
+static void state_lines_checks(void)
+{
+    uint64_t u = 0;
+    double x = 0;
+    size_t z = 0;
+    char *buf = NULL;
+    size_t len = 0;
+    STATE_TEXT(buf, len, mnn_state_put(mf_, "t", "uxz", (uint64_t)UINT64_MAX, -0.1, (size_t)7));
+    check(buf && !strcmp(buf, "t 18446744073709551615 bfb999999999999a 7\n"),
+          "mnn_state_put: decimal words and a double's bits: '%.*s'", len ? (int)len - 1 : 0,
+          buf ? buf : "");
+    const char *p = buf, *end = buf + len;
+    mnn_diag_t d = {""};
+    check(mnn_state_get(&p, end, &d, "t", "uxz", &u, &x, &z) == 0 && p == end &&
+              u == UINT64_MAX && x == -0.1 && z == 7,
+          "mnn_state_get reads back what mnn_state_put wrote, exactly");
+    free(buf);
+    double nz = -0.0;
+    STATE_TEXT(buf, len, mnn_state_put(mf_, "t", "x", nz));
+    p = buf;
+    check(mnn_state_get(&p, buf + len, &d, "t", "x", &x) == 0 && x == 0 && signbit(x),
+          "a double's bits: -0 stays -0");
+    free(buf);
+    static const struct {
+        const char *line, *tag, *fmt;
+    } bad[] = {
+        {"t 01 5\n", "t", "uu"},    /* a leading zero */
+        {"t 1  5\n", "t", "uu"},    /* two spaces */
+        {"t 1 5 \n", "t", "uu"},    /* a trailing space */
+        {"t 1\n", "t", "uu"},       /* a word missing */
+        {"t 1 5 6\n", "t", "uu"},   /* a word too many */
+        {"t -1 5\n", "t", "uu"},    /* a sign */
+        {"t +1 5\n", "t", "uu"},
+        {"t 18446744073709551616 5\n", "t", "uu"}, /* 2^64 */
+        {"t 1 5", "t", "uu"},       /* no newline: truncated */
+        {"tt 1 5\n", "t", "uu"},    /* another tag */
+        {"u 1 5\n", "t", "uu"},
+        {"t 1 3FF0000000000000\n", "t", "ux"}, /* upper case */
+        {"t 1 3ff000000000000\n", "t", "ux"},  /* 15 digits */
+        {"t 1 3ff00000000000000\n", "t", "ux"},/* 17 digits */
+        {"t 1 0x3ff0000000000000\n", "t", "ux"},
+        {"t 1 1.5\n", "t", "ux"},
+        {"", "t", "u"},
+    };
+    int refused = 1;
+    for (size_t i = 0; i < NELEM(bad); i++) {
+        uint64_t a = 0;
+        double b = 0;
+        int rc = state_line(bad[i].line, bad[i].tag, bad[i].fmt, &a, &b);
+        if (rc != MNN_EFORMAT) {
+            diag("'%s' read as '%s %s': %d", bad[i].line, bad[i].tag, bad[i].fmt, rc);
+            refused = 0;
+        }
+    }
+    check(refused, "mnn_state_get refuses every other spelling (%zu of them) with MNN_EFORMAT",
+          NELEM(bad));
+}
+
+/* Reads text into a sampler with rd; returns its code and d's message. */
+#define STATE_READ(rc, d, rd, s, text)                       \
+    do {                                                     \
+        const char *p_ = (text), *e_ = p_ + strlen(p_);      \
+        (rc) = rd((s), &p_, e_, &(d));                       \
+        if ((rc) == 0 && p_ != e_)                           \
+            (rc) = -100;                                     \
+    } while (0)
+
+static void state_reservoir_checks(void)
+{
+    enum { K = 5, N1 = 40, N2 = 500 };
+    mnn_rng_t ra, rb;
+    mnn_rng_seed(&ra, 17);
+    mnn_reservoir_t a, b;
+    mnn_reservoir_init(&a, K, &ra);
+    for (int i = 0; i < N1; i++)
+        mnn_reservoir_offer(&a);
+    char *buf = NULL;
+    size_t len = 0;
+    STATE_TEXT(buf, len, mnn_reservoir_write(&a, mf_));
+    rb = ra;
+    mnn_reservoir_init(&b, K, &rb);
+    mnn_diag_t d = {""};
+    int rc;
+    STATE_READ(rc, d, mnn_reservoir_read, &b, buf);
+    check(rc == 0, "a reservoir's state read back: %s", rc ? d.msg : "ok");
+    int same = 1;
+    for (int i = 0; i < N2; i++)
+        same &= mnn_reservoir_offer(&a) == mnn_reservoir_offer(&b);
+    check(same && a.seen == b.seen && a.next == b.next && !memcmp(&a.logw, &b.logw, sizeof a.logw),
+          "a reservoir read back goes on as the one written (%d more records)", N2);
+    mnn_reservoir_init(&b, K + 1, &rb);
+    STATE_READ(rc, d, mnn_reservoir_read, &b, buf);
+    check(rc == MNN_EINVAL && contains(d.msg, "a reservoir of 5, not 6"),
+          "a reservoir of another k: refused (%s)", d.msg);
+    free(buf);
+    static const char *const bad[] = {
+        "reservoir 5 3 7 0000000000000000\n",            /* filling, but a next drawn */
+        "reservoir 5 3 0 bfe0000000000000\n",            /* filling, but a weight */
+        "reservoir 5 9 8 bfe0000000000000\n",            /* next behind seen */
+        "reservoir 5 9 12 3fe0000000000000\n",           /* log w > 0 */
+        "reservoir 5 9 12 7ff8000000000000\n",           /* NaN */
+        "reservoir 5 9 12 fff0000000000000\n",           /* -inf */
+        "reservoir 5 4611686018427387905 4611686018427387906 bfe0000000000000\n", /* 2^62 + 1 */
+    };
+    int refused = 1;
+    for (size_t i = 0; i < NELEM(bad); i++) {
+        mnn_reservoir_init(&b, K, &rb);
+        STATE_READ(rc, d, mnn_reservoir_read, &b, bad[i]);
+        if (rc != MNN_ECORRUPT) {
+            diag("'%s': %d %s", bad[i], rc, d.msg);
+            refused = 0;
+        }
+    }
+    check(refused, "reservoir states no reservoir has (%zu of them): MNN_ECORRUPT", NELEM(bad));
+}
+
+static void state_bernoulli_checks(void)
+{
+    mnn_rng_t ra, rb;
+    mnn_rng_seed(&ra, 5);
+    mnn_bernoulli_t a, b;
+    mnn_bernoulli_init(&a, 0.3, &ra);
+    for (int i = 0; i < 77; i++)
+        mnn_bernoulli_offer(&a);
+    char *buf = NULL;
+    size_t len = 0;
+    STATE_TEXT(buf, len, mnn_bernoulli_write(&a, mf_));
+    mnn_bernoulli_init(&b, 0.3, &rb); /* it draws its first skip: the state comes after */
+    rb = ra;
+    mnn_diag_t d = {""};
+    int rc;
+    STATE_READ(rc, d, mnn_bernoulli_read, &b, buf);
+    int same = rc == 0;
+    for (int i = 0; i < 1000 && same; i++)
+        same &= mnn_bernoulli_offer(&a) == mnn_bernoulli_offer(&b);
+    check(same, "a Bernoulli sample read back goes on as the one written");
+    mnn_bernoulli_init(&b, nextafter(0.3, 1), &rb);
+    STATE_READ(rc, d, mnn_bernoulli_read, &b, buf);
+    check(rc == MNN_EINVAL, "a Bernoulli sample of a p one bit away: refused (%s)", d.msg);
+    free(buf);
+    mnn_bernoulli_init(&b, 0.3, &rb);
+    STATE_READ(rc, d, mnn_bernoulli_read, &b, "bernoulli 3fd3333333333333 9 8\n");
+    check(rc == MNN_ECORRUPT, "a Bernoulli sample's next behind its count: refused (%s)", d.msg);
+}
+
+static void state_topk_checks(void)
+{
+    enum { K = 6 };
+    mnn_rng_t ra, rb;
+    mnn_rng_seed(&ra, 99);
+    mnn_wres_t a, b;
+    mnn_wres_init(&a, K, &ra);
+    for (int i = 0; i < 300; i++)
+        mnn_wres_offer(&a, 0.5 + (i % 7));
+    char *buf = NULL;
+    size_t len = 0;
+    STATE_TEXT(buf, len, mnn_wres_write(&a, mf_));
+    rb = ra;
+    mnn_wres_init(&b, K, &rb);
+    mnn_diag_t d = {""};
+    int rc;
+    STATE_READ(rc, d, mnn_wres_read, &b, buf);
+    check(rc == 0, "a weighted sample's state read back: %s", rc ? d.msg : "ok");
+    int same = rc == 0;
+    for (int i = 0; i < 3000 && same; i++) {
+        const double w = 0.25 * (1 + i % 11);
+        same &= mnn_wres_offer(&a, w) == mnn_wres_offer(&b, w);
+    }
+    same &= !memcmp(a.top.key, b.top.key, K * sizeof *a.top.key) &&
+            !memcmp(a.top.slot, b.top.slot, K * sizeof *a.top.slot);
+    check(same, "a weighted sample read back goes on as the one written, keys and slots");
+    /* truncated anywhere: refused, never a half state taken */
+    int refused = 1;
+    for (size_t cut = 0; cut + 1 < len; cut++) {
+        char *t = strndup(buf, cut);
+        mnn_wres_free(&b);
+        mnn_wres_init(&b, K, &rb);
+        STATE_READ(rc, d, mnn_wres_read, &b, t);
+        if (rc != MNN_EFORMAT || b.top.n != 0) {
+            diag("cut to %zu of %zu bytes: %d, %zu keys", cut, len, rc, b.top.n);
+            refused = 0;
+        }
+        free(t);
+    }
+    check(refused, "a weighted sample's state cut anywhere (%zu places): MNN_EFORMAT, no keys",
+          len - 1);
+    free(buf);
+    mnn_wres_free(&a);
+    mnn_wres_free(&b);
+
+    mnn_topk_t t;
+    mnn_topk_init(&t, 3);
+    static const struct {
+        const char *text;
+        int code;
+        const char *msg;
+    } bad[] = {
+        {"topk 3 1099511627776\n", MNN_ECORRUPT, "1099511627776 keys of the 3"}, /* 2^40 */
+        {"topk 4 1\nkey 3ff0000000000000 0\n", MNN_EINVAL, "not 3"},
+        {"topk 3 2\nkey 4000000000000000 0\nkey 3ff0000000000000 1\n", MNN_ECORRUPT,
+         "out of order"},
+        {"topk 3 2\nkey 3ff0000000000000 1\nkey 4000000000000000 1\n", MNN_ECORRUPT, "taken"},
+        {"topk 3 2\nkey 3ff0000000000000 0\nkey 4000000000000000 2\n", MNN_ECORRUPT,
+         "out of range"},
+        {"topk 3 1\nkey 7ff8000000000000 0\n", MNN_ECORRUPT, "not a number"},
+        {"topk 3 2\nkey 3ff0000000000000 0\n", MNN_EFORMAT, "no 'key' line"},
+    };
+    int ok = 1;
+    for (size_t i = 0; i < NELEM(bad); i++) {
+        STATE_READ(rc, d, mnn_topk_read, &t, bad[i].text);
+        if (rc != bad[i].code || !contains(d.msg, bad[i].msg) || t.n != 0) {
+            diag("'%s': %d '%s', %zu keys", bad[i].text, rc, d.msg, t.n);
+            ok = 0;
+        }
+    }
+    check(ok, "top-k states no heap has (a count of 2^40, another k, out of order, a slot "
+              "twice or beyond, NaN, a key missing): refused, nothing allocated or taken");
+    mnn_topk_free(&t);
+    mnn_wres_init(&b, 3, &rb);
+    STATE_READ(rc, d, mnn_wres_read, &b, "wres 3ff0000000000000\ntopk 3 1\nkey bff0000000000000 0\n");
+    check(rc == MNN_ECORRUPT && b.top.n == 0, "a weighted sample that jumps before it is full: "
+          "refused (%s)", d.msg);
+    mnn_wres_free(&b);
+}
+
+static void test_sample_state(void)
+{
+    state_lines_checks();
+    state_reservoir_checks();
+    state_bernoulli_checks();
+    state_topk_checks();
+}
+
 static void test_topk(void)
 {
     enum { K = 7, N = 2000 };
@@ -7073,6 +7327,7 @@ int main(void)
     test_topk();
     test_wres();
     test_decay();
+    test_sample_state();
     if (nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
         diag("could not remove %s", tmpdir);
     if (n_failed)
