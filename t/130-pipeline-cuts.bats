@@ -38,7 +38,7 @@ setup() {
 teardown() {
     local p
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    exec 3>&- 2>/dev/null || true
+    exec 7>&- 2>/dev/null || true
 }
 
 # ---- helpers ------------------------------------------------------------------
@@ -63,7 +63,7 @@ start_pipeline() {
     [[ -n ${2:-} ]] && res=(--resume "$2")
     rm -f src.fifo paths
     mkfifo src.fifo
-    exec 3<>src.fifo
+    exec 7<>src.fifo
     (echo $BASHPID >ingest.pid; exec stream-ingest -q --every 50 "${res[@]}" src.fifo) |
         (echo $BASHPID >sample.pid; exec "${STAGES_SAMPLE[@]}" -q "${res[@]}") |
         (echo $BASHPID >replay.pid; exec "${STAGES_REPLAY[@]}" -q "${res[@]}") |
@@ -130,11 +130,11 @@ all_exit() {
 
 @test "SIGTERM to the head: a stop cut, every stage exits 0; resumed from it: the same bytes" {
     start_pipeline ck
-    head -n 230 train.csv >&3
+    head -n 230 train.csv >&7
     wait_cuts 3
     kill -TERM "$HEAD_PID"
     all_exit 0
-    exec 3>&-
+    exec 7>&-
     run -0 grep -E '^cut: \{id: [0-9]+, stage: 3, program: sgd-train, pending: [0-9]+\}$' ck/latest/manifest.yaml
     # the stop cut is in latest, and where the head stopped: no record lost
     run -0 ckpt-resume --inspect ck
@@ -148,12 +148,12 @@ all_exit() {
 
 @test "the README's recipe: kill -TERM of the whole job stops it at one cut; resumed, the same bytes" {
     start_pipeline ck
-    head -n 330 train.csv >&3
+    head -n 330 train.csv >&7
     wait_cuts 4
     # every process of the job gets the signal; only the head acts on it
     kill -TERM "${PIDS[@]}"
     all_exit 0
-    exec 3>&-
+    exec 7>&-
     stream-ingest -q --resume ck --every 50 train.csv |
         "${STAGES_SAMPLE[@]}" -q --resume ck | "${STAGES_REPLAY[@]}" -q --resume ck |
         sgd-train -q --resume ck --ckpt-dir ck >/dev/null
@@ -164,11 +164,11 @@ all_exit() {
     [[ -x $SSHD ]] || fail "$SSHD is not installed (Debian's openssh-server; ./quickstart check installs it)"
     [[ -s $SSH_DIR/port ]] || fail "sshd-loopback could not start sshd: $(cat "$F/sshd-start.err")"
     start_pipeline ck
-    head -n 170 train.csv >&3
+    head -n 170 train.csv >&7
     wait_cuts 2
     kill -TERM "$HEAD_PID"
     all_exit 0
-    exec 3>&-
+    exec 7>&-
     mkdir edge
     run -0 ckpt-ship -q -e "ssh -F $(printf %q "$SSH_DIR/ssh_config")" \
         --receive-path "$(printf %q "$MNN_BIN/ckpt-ship")" ck "loopback:$BATS_TEST_TMPDIR/edge/ship"
@@ -229,11 +229,11 @@ all_exit() {
 
 @test "a stage that dies: no half cut; latest names a complete cut; the rest exit 1" {
     start_pipeline ck
-    head -n 230 train.csv >&3
+    head -n 230 train.csv >&7
     wait_cuts 3
     kill -9 "$(cat replay.pid)"
     all_exit 1
-    exec 3>&-
+    exec 7>&-
     run -0 grep -E 'stdin ended after cut [0-9]+ without the pipeline.s stop or final cut' train.err
     run -0 ckpt-pack --verify ck
     # no temporary or partial directory is taken for a cut

@@ -34,7 +34,7 @@ teardown() {
     local p
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     [[ -n ${FEED_PID:-} ]] && kill -9 "$FEED_PID" 2>/dev/null || true
-    exec 4>&- 2>/dev/null || true
+    exec 8>&- 2>/dev/null || true
 }
 
 # pipeline ROOT SOURCE [INGEST-OPTION]...: the pipeline, to the end of
@@ -127,15 +127,15 @@ crash_and_resume() {
     mkfifo src.fifo
     # the test holds the FIFO open for reading and writing: the feeder blocks,
     # and keeps what it wrote, while no stream-ingest reads
-    exec 4<>src.fifo
-    cat "$F/fm.csv" >&4 &
+    exec 8<>src.fifo
+    cat "$F/fm.csv" >&8 &
     FEED_PID=$!
     crash_and_resume src.fifo --log log --ckpt-dir ck
     # the last run: once the feeder is done and a reader is there, the FIFO's
     # end comes with the test's descriptor closed
     start ck src.fifo --log log --ckpt-dir ck
     wait_gone "$FEED_PID" 600 || fail "the feeder never finished"
-    exec 4>&-
+    exec 8>&-
     local p
     for p in "${PIDS[@]}"; do wait_gone "$p" 600 || fail "pid $p still runs"; done
     wait "$LAST" || fail "the last run failed: $(cat train.err)"
