@@ -245,6 +245,23 @@ int next_record(mnn_linereader_t *lr, const badrec_t *b, cut_stage_t *cs, const 
     }
 }
 
+void cut_read_part(const mnn_ckpt_t *ck, const cut_stage_t *cs, char **buf, size_t *len)
+{
+    uint64_t cut = 0;
+    mnn_diag_t d = {""};
+    if (mnn_ckpt_stage_read(ck->dir, cs->index, cs->program, buf, len, &cut, &d) < 0)
+        die(EXIT_RUNTIME, "--resume: %s", d.msg);
+    if (cut != cs->from) {
+        free(*buf);
+        if (cs->from)
+            die(EXIT_RUNTIME, "--resume %s is cut %llu, but the head of the pipeline resumed from "
+                "cut %llu: resume every stage from the same cut", ck->src,
+                (unsigned long long)cut, (unsigned long long)cs->from);
+        die(EXIT_RUNTIME, "--resume %s is cut %llu, but the head of the pipeline started afresh: "
+            "resume it from the same cut", ck->src, (unsigned long long)cut);
+    }
+}
+
 static volatile sig_atomic_t held_signals;
 
 static void on_held_signal(int sig)

@@ -101,6 +101,12 @@ void cut_pass_end(cut_stage_t *cs, const void *data, size_t n);
  * head went away, and the stage's state since the last cut is in no cut. */
 int cut_input_ended(const cut_stage_t *cs, const badrec_t *b);
 
+/* This stage's part of the cut ck (opened by cli_ckpt_open) for the start
+ * line cs->from and cs->index came with: its bytes in *buf (free it), *len.
+ * Dies naming ck when the cut is not the one the head resumed from, or
+ * holds no part of this program at this index. */
+void cut_read_part(const mnn_ckpt_t *ck, const cut_stage_t *cs, char **buf, size_t *len);
+
 /* From a pipeline's start line on, SIGTERM and SIGINT do not stop a stage
  * that is not the head: the head's stop cut comes through it, and then the
  * end of its input.  A second one ends the program at once, by the signal

@@ -95,14 +95,9 @@ static void resume_from(mnn_replay_t *b, mnn_ckpt_t *ck, const cut_stage_t *cs, 
 {
     char *buf;
     size_t len;
-    uint64_t cut;
     mnn_diag_t d = {""};
-    if (mnn_ckpt_stage_read(ck->dir, cs->index, cs->program, &buf, &len, &cut, &d) < 0)
-        die(EXIT_RUNTIME, "--resume: %s", d.msg);
-    if (cut != cs->from)
-        die(EXIT_RUNTIME, "--resume %s is cut %" PRIu64 ", but the head of the pipeline resumed "
-            "from %s%" PRIu64 "%s: resume every stage from the same cut", ck->src, cut,
-            cs->from ? "cut " : "none (", cs->from, cs->from ? "" : ")");
+    const uint64_t cut = cs->from;
+    cut_read_part(ck, cs, &buf, &len);
     char name[PATH_MAX + 64];
     snprintf(name, sizeof name, "%s: stage-%" PRIu32 ".%s", ck->src, cs->index, cs->program);
     if (mnn_replay_parse(b, buf, len, name, cap_given, &d) < 0)

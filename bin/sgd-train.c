@@ -521,10 +521,10 @@ static void cut_commit(const args_t *a, run_t *r, progress_t *p, const feed_batc
     mnn_cut_ckpt_t cut = {.id = b->cut_id, .self = r->stage, .self_program = "sgd-train",
                           .parts = parts, .pending = r->pn, .px = r->px, .py = r->py};
     r->st.step = r->opt.step;
-    /* the last cut of a run waits for the writer; another one may be skipped
-     * when the writer is still busy (a later cut will do) */
-    take_checkpoint(r->writer, &r->model, &r->opt, &r->st, r->parent, sizeof r->parent, &cut,
-                    b->cut_what != MNN_CUT_GO);
+    /* every barrier is a cut: when the writer is still busy with the one
+     * before, the pipeline waits for it (barriers faster than the disk slow
+     * it down rather than go uncommitted) */
+    take_checkpoint(r->writer, &r->model, &r->opt, &r->st, r->parent, sizeof r->parent, &cut, 1);
 }
 
 /* Learns from stdin's batches until its end or a signal, taking the
@@ -585,8 +585,12 @@ static int train(const args_t *a, run_t *r)
             }
             continue;
         }
-        if (b->error)
+        if (b->error) {
+            /* what was committed before the bad line stays: its writes end first */
+            if (r->writer)
+                ckptw_finish(r->writer, NULL);
             die(EXIT_RUNTIME, "%s", b->msg);
+        }
         if (b->start)
             cut_start(a, r, b);
         else if (first && r->cut_mode)
@@ -623,6 +627,8 @@ static int train(const args_t *a, run_t *r)
     char first_bad[700];
     uint64_t skipped;
     feed_stop(feed, &skipped, first_bad, sizeof first_bad);
+    if (input_ended && r->cut_mode && !r->cut_ended && r->writer)
+        ckptw_finish(r->writer, NULL); /* the cuts so far are written whole */
     if (input_ended && r->cut_mode && !r->cut_ended)
         die(EXIT_RUNTIME, "stdin ended %s cut %llu without the pipeline's stop or final cut: the "
             "head went away; nothing since that cut is committed (resume the pipeline from it)",

@@ -275,7 +275,7 @@ static void skipped_to_cut(size_t n)
 /* Reads the cut's state from --resume CKPT and sets up the skip. */
 static void resume_setup(void)
 {
-    mnn_ckpt_t *ck = cli_ckpt_open(g.ckpt, NULL, 0);
+    mnn_ckpt_t *ck = cli_ckpt_open(g.ckpt, NULL, MNN_OPEN_VERIFY);
     char *buf = NULL, why[300];
     size_t len = 0;
     mnn_diag_t d = {""};

@@ -312,14 +312,8 @@ static void cut_start(sample_t *s, const cut_stage_t *cs, const mnn_ckpt_t *ck,
         return;
     char *buf, err[256];
     size_t len;
-    uint64_t cut = 0;
-    mnn_diag_t d;
-    if (mnn_ckpt_stage_read(ck->dir, cs->index, cs->program, &buf, &len, &cut, &d) < 0)
-        die(EXIT_RUNTIME, "%s", d.msg);
-    if (cut != cs->from)
-        die(EXIT_RUNTIME, "%s holds cut %llu, but the head of the pipeline %s: resume it from "
-            "the same cut", resume, (unsigned long long)cut,
-            cs->from ? "resumed from another" : "started afresh");
+    const uint64_t cut = cs->from;
+    cut_read_part(ck, cs, &buf, &len);
     if (state_load(s, buf, len, err, sizeof err) < 0)
         die(EXIT_RUNTIME, "%s: stage %u (stream-sample) of cut %llu: %s", resume,
             (unsigned)cs->index, (unsigned long long)cut, err);
@@ -411,7 +405,7 @@ int main(int argc, char **argv)
         signal(SIGUSR1, SIG_IGN); /* nothing is held back to emit */
     }
     /* a checkpoint that cannot be opened is an error before any input */
-    const mnn_ckpt_t *ck = resume ? cli_ckpt_open(resume, NULL, 0) : NULL;
+    const mnn_ckpt_t *ck = resume ? cli_ckpt_open(resume, NULL, MNN_OPEN_VERIFY) : NULL;
     const int fd = open_input(argc - optind, argv + optind, &bad);
 
     sample_init(&s, seed);

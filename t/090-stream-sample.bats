@@ -816,10 +816,10 @@ commit_state() {
     # the head resumed from another cut, or started afresh
     { echo '#!ckpt-start 2 1'; recs_from 13 20; block 3 final; } >other.txt
     run -1 --separate-stderr stream-sample -k 3 --resume "${cut[0]}" other.txt
-    [[ $stderr == *'holds cut 1, but the head of the pipeline resumed from another'* ]] || fail "$stderr"
+    [[ $stderr == *'is cut 1, but the head of the pipeline resumed from cut'* ]] || fail "$stderr"
     { echo '#!ckpt-start 0 1'; recs_from 13 20; block 1 final; } >other.txt
     run -1 --separate-stderr stream-sample -k 3 --resume "${cut[0]}" other.txt
-    [[ $stderr == *'holds cut 1, but the head of the pipeline started afresh'* ]] || fail "$stderr"
+    [[ $stderr == *'is cut 1, but the head of the pipeline started afresh'* ]] || fail "$stderr"
     # no start line: the head is not stream-ingest, resumed
     run -1 --separate-stderr stream-sample -k 3 --resume "${cut[0]}" < <(recs 5)
     [[ $stderr == 'stream-sample: stdin:1: a record before the pipeline'"'"'s start line: with --resume the head must be stream-ingest, resumed from the same cut' ]] || fail "$stderr"

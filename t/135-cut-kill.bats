@@ -58,10 +58,10 @@ start() {
     shift 2
     [[ -e $root/latest ]] && res=(--resume "$root")
     rm -f notes paths ./*.pid
-    (echo $BASHPID >1.pid; exec stream-ingest -v --every 1000 "$@" "${res[@]}" "$src" 2>notes) |
-        (echo $BASHPID >2.pid; exec stream-sample -q -p 0.9 --seed 2 "${res[@]}") |
-        (echo $BASHPID >3.pid; exec replay-buffer -q --ratio 0.25 --capacity 500 --seed 4 "${res[@]}") |
-        (echo $BASHPID >4.pid
+    (echo $BASHPID >1.pid; exec 7>&- 8>&-; exec stream-ingest -v --every 1000 "$@" "${res[@]}" "$src" 2>notes) |
+        (echo $BASHPID >2.pid; exec 7>&- 8>&-; exec stream-sample -q -p 0.9 --seed 2 "${res[@]}") |
+        (echo $BASHPID >3.pid; exec 7>&- 8>&-; exec replay-buffer -q --ratio 0.25 --capacity 500 --seed 4 "${res[@]}") |
+        (echo $BASHPID >4.pid; exec 7>&- 8>&-
          if ((${#res[@]})); then exec sgd-train -q "${res[@]}" --ckpt-dir "$root"
          else exec sgd-train -q -m spec.yaml --ckpt-dir "$root"; fi) >paths 2>train.err &
     LAST=$!
