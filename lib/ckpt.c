@@ -379,15 +379,14 @@ static int check_cut(const mnn_cut_ckpt_t *cut, const mnn_model_t *m, mnn_diag_t
     if (!cut)
         return 0;
     if (cut->id == 0 || cut->self >= MNN_CUT_MAX_STAGES || !cut->self_program ||
-        strlen(cut->self_program) >= MNN_CUT_PROGRAM_MAX || cut->pending >= m->spec.batch ||
+        !mnn_plain_program(cut->self_program) || cut->pending >= m->spec.batch ||
         (cut->pending && (!cut->px || !cut->py)))
         return mnn_fail(d, MNN_EINVAL, "an impossible cut (id %" PRIu64 ", stage %" PRIu32
                         ", %zu pending records)", cut->id, cut->self, cut->pending);
     for (uint32_t i = 0; i < cut->self; i++) {
         const mnn_stage_part_t *p = &cut->parts[i];
-        if (p->index != i || !p->program[0] ||
-            strspn(p->program, "abcdefghijklmnopqrstuvwxyz0123456789-_") != strlen(p->program) ||
-            p->bytes > MNN_CUT_MAX_PART)
+        if (p->index != i || !memchr(p->program, 0, sizeof p->program) ||
+            !mnn_plain_program(p->program) || p->bytes > MNN_CUT_MAX_PART)
             return mnn_fail(d, MNN_EINVAL, "cut %" PRIu64 ": stage %" PRIu32 "'s part is not "
                             "one a checkpoint can hold", cut->id, i);
     }
