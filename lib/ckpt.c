@@ -549,12 +549,15 @@ int mnn_ckpt_write_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t 
         rc = mnn_fail_prefix(d, MNN_EINVAL, what);
         goto out;
     }
-    for (size_t i = 0; cut && i < cut->pending * m->spec.input; i++)
-        if (!isfinite(cut->px[i])) {
-            rc = mnn_fail(d, MNN_EINVAL, "%s: not written: a pending record's feature is not "
-                          "finite", dir);
+    for (size_t i = 0; cut && i < cut->pending * (m->spec.input + 1); i++) {
+        const int label = i >= cut->pending * m->spec.input;
+        const float v = label ? cut->py[i - cut->pending * m->spec.input] : cut->px[i];
+        if (!isfinite(v)) {
+            rc = mnn_fail(d, MNN_EINVAL, "%s: not written: a pending record's %s is not "
+                          "finite", dir, label ? "label" : "feature");
             goto out;
         }
+    }
     const char *pdir = dirname(dcopy), *base = basename(bcopy);
     if (!*base || !strcmp(base, "/") || !strcmp(base, ".") || !strcmp(base, "..")) {
         rc = mnn_fail(d, MNN_EINVAL, "%s: not a usable checkpoint name", dir);
