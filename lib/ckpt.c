@@ -323,7 +323,10 @@ typedef struct {
     char hex[17];
 } outfile_t;
 
-/* The files of a checkpoint (with a cut's): at most 3 + 1 + its parts. */
+/* The files of a checkpoint (with a cut's): at most 3 + 1 + its parts,
+ * which a manifest must be able to list. */
+_Static_assert(3 + 1 + (MNN_CUT_MAX_STAGES - 1) <= MNN_MANIFEST_MAX_FILES,
+               "a manifest cannot list the files of the largest cut");
 static size_t plan_files(const mnn_cut_ckpt_t *cut, outfile_t *out)
 {
     size_t n = 0;
