@@ -500,7 +500,11 @@ int mnn_ckpt_same_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t *
         goto out;
     }
     size_t n = plan_files(cut, files);
-    int same = theirs.nfiles == n && theirs.cut == (cut ? cut->id : 0);
+    /* a cut: committed by the same stage, too (the manifest says which) */
+    int same = theirs.nfiles == n && theirs.cut == (cut ? cut->id : 0) &&
+               (!cut || (theirs.cut_stage == cut->self && cut->self_program &&
+                         !strcmp(theirs.cut_program, cut->self_program) &&
+                         theirs.pending == cut->pending));
     for (size_t i = 0; i < n && same; i++) {
         char hex[17];
         uint64_t bytes;
