@@ -323,7 +323,10 @@ typedef struct {
     char hex[17];
 } outfile_t;
 
-/* The files of a checkpoint (with a cut's): at most 3 + 1 + its parts. */
+/* The files of a checkpoint (with a cut's): at most 3 + 1 + its parts,
+ * which a manifest must be able to list. */
+_Static_assert(3 + 1 + (MNN_CUT_MAX_STAGES - 1) <= MNN_MANIFEST_MAX_FILES,
+               "a manifest cannot list the files of the largest cut");
 static size_t plan_files(const mnn_cut_ckpt_t *cut, outfile_t *out)
 {
     size_t n = 0;
@@ -379,15 +382,14 @@ static int check_cut(const mnn_cut_ckpt_t *cut, const mnn_model_t *m, mnn_diag_t
     if (!cut)
         return 0;
     if (cut->id == 0 || cut->self >= MNN_CUT_MAX_STAGES || !cut->self_program ||
-        strlen(cut->self_program) >= MNN_CUT_PROGRAM_MAX || cut->pending >= m->spec.batch ||
+        !mnn_plain_program(cut->self_program) || cut->pending >= m->spec.batch ||
         (cut->pending && (!cut->px || !cut->py)))
         return mnn_fail(d, MNN_EINVAL, "an impossible cut (id %" PRIu64 ", stage %" PRIu32
                         ", %zu pending records)", cut->id, cut->self, cut->pending);
     for (uint32_t i = 0; i < cut->self; i++) {
         const mnn_stage_part_t *p = &cut->parts[i];
-        if (p->index != i || !p->program[0] ||
-            strspn(p->program, "abcdefghijklmnopqrstuvwxyz0123456789-_") != strlen(p->program) ||
-            p->bytes > MNN_CUT_MAX_PART)
+        if (p->index != i || !memchr(p->program, 0, sizeof p->program) ||
+            !mnn_plain_program(p->program) || p->bytes > MNN_CUT_MAX_PART)
             return mnn_fail(d, MNN_EINVAL, "cut %" PRIu64 ": stage %" PRIu32 "'s part is not "
                             "one a checkpoint can hold", cut->id, i);
     }
@@ -498,7 +500,11 @@ int mnn_ckpt_same_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t *
         goto out;
     }
     size_t n = plan_files(cut, files);
-    int same = theirs.nfiles == n && theirs.cut == (cut ? cut->id : 0);
+    /* a cut: committed by the same stage, too (the manifest says which) */
+    int same = theirs.nfiles == n && theirs.cut == (cut ? cut->id : 0) &&
+               (!cut || (theirs.cut_stage == cut->self && cut->self_program &&
+                         !strcmp(theirs.cut_program, cut->self_program) &&
+                         theirs.pending == cut->pending));
     for (size_t i = 0; i < n && same; i++) {
         char hex[17];
         uint64_t bytes;
@@ -550,12 +556,15 @@ int mnn_ckpt_write_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t 
         rc = mnn_fail_prefix(d, MNN_EINVAL, what);
         goto out;
     }
-    for (size_t i = 0; cut && i < cut->pending * m->spec.input; i++)
-        if (!isfinite(cut->px[i])) {
-            rc = mnn_fail(d, MNN_EINVAL, "%s: not written: a pending record's feature is not "
-                          "finite", dir);
+    for (size_t i = 0; cut && i < cut->pending * (m->spec.input + 1); i++) {
+        const int label = i >= cut->pending * m->spec.input;
+        const float v = label ? cut->py[i - cut->pending * m->spec.input] : cut->px[i];
+        if (!isfinite(v)) {
+            rc = mnn_fail(d, MNN_EINVAL, "%s: not written: a pending record's %s is not "
+                          "finite", dir, label ? "label" : "feature");
             goto out;
         }
+    }
     const char *pdir = dirname(dcopy), *base = basename(bcopy);
     if (!*base || !strcmp(base, "/") || !strcmp(base, ".") || !strcmp(base, "..")) {
         rc = mnn_fail(d, MNN_EINVAL, "%s: not a usable checkpoint name", dir);

@@ -219,7 +219,13 @@ int mnn_part_data(mnn_part_t *p, const char *line, size_t len, mnn_diag_t *d)
                         ": more data than the %" PRIu64 " bytes its header says",
                         p->head.index, who, p->head.id, p->head.bytes);
     if (p->cap < p->len + most) {
-        size_t cap = p->len + most > p->cap * 2 ? p->len + most : p->cap * 2;
+        /* doubling, but never past the most the header allows (bytes + 2,
+         * which the check above keeps len + most within) */
+        size_t cap = p->cap * 2, most_ever = (size_t)p->head.bytes + 2;
+        if (cap > most_ever)
+            cap = most_ever;
+        if (cap < p->len + most)
+            cap = p->len + most;
         unsigned char *nd = realloc(p->data, cap);
         if (!nd)
             return mnn_fail(d, MNN_ENOMEM, "out of memory for a part of %" PRIu64 " bytes",

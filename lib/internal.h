@@ -33,6 +33,10 @@ char *mnn_path_join(const char *dir, const char *name);
 int mnn_manifest_read(const char *dir, const mnn_manifest_file_t *f, char **buf, size_t *len,
                       char **path, mnn_diag_t *d);
 
+/* A program name as the cut lines spell it and a manifest holds it: 1 to
+ * MNN_CUT_PROGRAM_MAX - 1 of [a-z0-9_-] (manifest.c). */
+int mnn_plain_program(const char *s);
+
 /* The optimizer names by mnn_opt_type_t, NULL-terminated (optim.c). */
 extern const char *const mnn_opt_names[];
 

@@ -58,11 +58,11 @@ static int manifest_files(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *files,
     return 0;
 }
 
-/* A program name as the cut lines spell it. */
-static int plain_program(const char *s)
+int mnn_plain_program(const char *s)
 {
     size_t n = strlen(s);
-    return n > 0 && n < 32 && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-_") == n;
+    return n > 0 && n < MNN_CUT_PROGRAM_MAX &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-_") == n;
 }
 
 /* cut: {id, stage, program, pending} and stages: [{index, program, file,
@@ -86,7 +86,7 @@ static int manifest_cut(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *root, ya
                              MNN_CUT_MAX_STAGES);
     mf->cut_stage = (uint32_t)v;
     if (!(n = mnn_yaml_get(y, cut, "program")) || mnn_yaml_str(y, n, "program", &str, d) < 0 ||
-        !plain_program(str))
+        !mnn_plain_program(str))
         return mnn_yaml_fail(y, cut, d, MNN_EFORMAT, "cut: a program name is required");
     snprintf(mf->cut_program, sizeof mf->cut_program, "%s", str);
     if (!(n = mnn_yaml_get(y, cut, "pending")) ||
@@ -123,7 +123,7 @@ static int manifest_cut(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *root, ya
         if (v != i)
             return mnn_yaml_fail(y, ni, d, MNN_EFORMAT, "stage %" PRIu64 " where stage %zu "
                                  "belongs", v, i);
-        if (!plain_program(prog))
+        if (!mnn_plain_program(prog))
             return mnn_yaml_fail(y, np, d, MNN_EFORMAT, "program '%s' is not a plain name", prog);
         char want[64];
         snprintf(want, sizeof want, "stage-%zu.%s", i, prog);

@@ -799,7 +799,9 @@ MNN_API int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
                           mnn_train_state_t *st, mnn_diag_t *d);
 
 /* A parsed manifest.yaml. */
-#define MNN_MANIFEST_MAX_FILES 64
+/* the files of the largest cut: 3, pending.safetensors and the parts of
+ * MNN_CUT_MAX_STAGES - 1 upstream stages */
+#define MNN_MANIFEST_MAX_FILES 67
 typedef struct {
     char name[64];  /* a plain file name in the checkpoint directory */
     uint64_t bytes;

@@ -7269,6 +7269,1411 @@ static void test_ckpt_open(void)
         check(0, "truncate %s", arc);
 }
 
+/* ---- pipeline cuts: the lines -------------------------------------------- */
+
+static int cut_parse(const char *s, mnn_cutline_t *l, mnn_diag_t *d)
+{
+    d->msg[0] = 0;
+    return mnn_cutline_parse(s, strlen(s), l, d);
+}
+
+static void test_cutline(void)
+{
+    mnn_cutline_t l;
+    mnn_diag_t d = {""};
+    static const struct {
+        const char *line;
+        mnn_cut_kind_t kind;
+        uint64_t id;
+        mnn_cut_what_t what;
+        uint32_t index;
+        const char *program;
+        uint64_t bytes;
+        const char *xxh3;
+    } good[] = {
+        {"#!ckpt-start 0 0", MNN_CUT_START, 0, MNN_CUT_GO, 0, "", 0, ""},
+        {"#!ckpt-start 7 3", MNN_CUT_START, 7, MNN_CUT_GO, 3, "", 0, ""},
+        {"#!ckpt-start 18446744073709551615 64", MNN_CUT_START, UINT64_MAX, MNN_CUT_GO, 64, "",
+         0, ""},
+        {"#!ckpt 1", MNN_CUT_BARRIER, 1, MNN_CUT_GO, 0, "", 0, ""},
+        {"#!ckpt 42 stop", MNN_CUT_BARRIER, 42, MNN_CUT_STOP, 0, "", 0, ""},
+        {"#!ckpt 9 final", MNN_CUT_BARRIER, 9, MNN_CUT_FINAL, 0, "", 0, ""},
+        {"#!ckpt  5   stop ", MNN_CUT_BARRIER, 5, MNN_CUT_STOP, 0, "", 0, ""},
+        {"#!part 3 0 replay-buffer 1234 0123456789abcdef", MNN_CUT_PART, 3, MNN_CUT_GO, 0,
+         "replay-buffer", 1234, "0123456789abcdef"},
+        {"#!part 18446744073709551615 63 a_b-9 0 ffffffffffffffff", MNN_CUT_PART, UINT64_MAX,
+         MNN_CUT_GO, 63, "a_b-9", 0, "ffffffffffffffff"},
+        {"#!part 2 1 abcdefghijklmnopqrstuvwxyz01234 1073741824 00000000000000a0",
+         MNN_CUT_PART, 2, MNN_CUT_GO, 1, "abcdefghijklmnopqrstuvwxyz01234",
+         (uint64_t)1 << 30, "00000000000000a0"},
+        {"#!ckpt-end 5", MNN_CUT_END, 5, MNN_CUT_GO, 0, "", 0, ""},
+        {"#=", MNN_CUT_DATA, 0, MNN_CUT_GO, 0, "", 0, ""},
+        {"#=QUJD", MNN_CUT_DATA, 0, MNN_CUT_GO, 0, "", 0, ""},
+        {"#!ckpt-start 1 2\r", MNN_CUT_START, 1, MNN_CUT_GO, 2, "", 0, ""},
+        {"#!ckpt 8 stop\r", MNN_CUT_BARRIER, 8, MNN_CUT_STOP, 0, "", 0, ""},
+        {"#!ckpt 8\r", MNN_CUT_BARRIER, 8, MNN_CUT_GO, 0, "", 0, ""},
+        {"#!part 4 2 sgd 7 0123456789abcdef\r", MNN_CUT_PART, 4, MNN_CUT_GO, 2, "sgd", 7,
+         "0123456789abcdef"},
+        {"#!ckpt-end 8\r", MNN_CUT_END, 8, MNN_CUT_GO, 0, "", 0, ""},
+        {"#=QUJD\r", MNN_CUT_DATA, 0, MNN_CUT_GO, 0, "", 0, ""},
+    };
+    fails_t f = {0, 0};
+    for (size_t i = 0; i < NELEM(good); i++) {
+        memset(&l, 0x5a, sizeof l); /* every field is set, not left over */
+        int rc = cut_parse(good[i].line, &l, &d);
+        if (rc != 1 || l.kind != good[i].kind || l.id != good[i].id || l.what != good[i].what ||
+            l.index != good[i].index || strcmp(l.program, good[i].program) ||
+            l.bytes != good[i].bytes || strcmp(l.xxh3, good[i].xxh3))
+            fail_at(&f, "'%s': rc %d, kind %d, id %llu, what %d, index %u, program '%.32s', "
+                    "bytes %llu, xxh3 '%.17s' (\"%s\")", good[i].line, rc, (int)l.kind,
+                    (unsigned long long)l.id, (int)l.what, (unsigned)l.index, l.program,
+                    (unsigned long long)l.bytes, l.xxh3, d.msg);
+    }
+    check(f.bad == 0, "mnn_cutline_parse: start, barriers (plain, stop, final), parts (the "
+                      "largest cut, index, name and size), end and data lines, also with a "
+                      "trailing '\\r': 1 and every field (%zu lines)", NELEM(good));
+
+    static const char *const plain[] = {
+        "", "#", "# a comment", "#!flush", "#!note 1 2 3", "#!partial 1 0 p 0 0123456789abcdef",
+        "#!par 1", "#ckpt 1", " #!ckpt 1", "#-QUJD", "1,2,3", "#\r", "#!flush\r", "#!",
+    };
+    f = (fails_t){0, 0};
+    for (size_t i = 0; i < NELEM(plain); i++) {
+        memset(&l, 0x5a, sizeof l);
+        int rc = cut_parse(plain[i], &l, &d);
+        if (rc != 0 || l.kind != MNN_CUT_NONE)
+            fail_at(&f, "'%s': rc %d, kind %d (\"%s\")", plain[i], rc, (int)l.kind, d.msg);
+    }
+    check(f.bad == 0, "mnn_cutline_parse: '#' comments, '#!flush', '#!note', '#!partial', "
+                      "records and other lines that are no cut line: 0, kind NONE (%zu lines)",
+                      NELEM(plain));
+
+    char longname[128], longline[200];
+    memset(longname, 'a', 32);
+    longname[32] = 0;
+    snprintf(longline, sizeof longline, "#!part 1 0 %s 5 0123456789abcdef", longname);
+    const struct {
+        const char *line, *why;
+    } bad[] = {
+        /* wrong field counts */
+        {"#!ckpt-start", "wrong number of fields"},
+        {"#!ckpt-start 1", "wrong number of fields"},
+        {"#!ckpt-start 1 2 3", "wrong number of fields"},
+        {"#!ckpt", "wrong number of fields"},
+        {"#!ckpt ", "wrong number of fields"},
+        {"#!ckpt 1 stop 2", "wrong number of fields"},
+        {"#!ckpt-end", "wrong number of fields"},
+        {"#!ckpt-end 1 2", "wrong number of fields"},
+        {"#!part 1 0 prog 5", "wrong number of fields"},
+        {"#!part 1 0 prog 5 0123456789abcdef x", "wrong number of fields"},
+        {"#!part 1 0 prog 5 0123456789abcdef x y z", "wrong number of fields"},
+        /* numbers */
+        {"#!ckpt x", "the cut is not a number"},
+        {"#!ckpt 1x", "the cut is not a number"},
+        {"#!ckpt 1.5", "the cut is not a number"},
+        {"#!ckpt 0x10", "the cut is not a number"},
+        {"#!ckpt +1", "the cut is not a number"},
+        {"#!ckpt -1", "the cut is not a number"},
+        {"#!ckpt-end -1", "the cut is not a number"},
+        {"#!ckpt-start +0 1", "the cut is not a number"},
+        {"#!ckpt-start a 1", "the cut is not a number"},
+        {"#!part +1 0 p 5 0123456789abcdef", "the cut is not a number"},
+        {"#!ckpt 18446744073709551616", "the cut is not a number"},
+        {"#!ckpt 99999999999999999999", "the cut is not a number"},
+        {"#!ckpt 1000000000000000000000000000", "the cut is not a number"},
+        {"#!ckpt-end 18446744073709551616", "the cut is not a number"},
+        {"#!ckpt 1\r\r", "the cut is not a number"},
+        {"#!ckpt-start 0 b", "the stage count"},
+        {"#!ckpt-start 0 +1", "the stage count"},
+        {"#!ckpt-start 0 -1", "the stage count"},
+        {"#!ckpt-start 0 65", "the stage count"},
+        {"#!ckpt-start 0 4294967360", "the stage count"},
+        {"#!ckpt-start 0 18446744073709551616", "the stage count"},
+        {"#!part 1 z p 5 0123456789abcdef", "the stage index"},
+        {"#!part 1 -1 p 5 0123456789abcdef", "the stage index"},
+        {"#!part 1 +1 p 5 0123456789abcdef", "the stage index"},
+        {"#!part 1 64 p 5 0123456789abcdef", "the stage index"},
+        {"#!part 1 4294967296 p 5 0123456789abcdef", "the stage index"},
+        {"#!part 1 0 p 5k 0123456789abcdef", "the size"},
+        {"#!part 1 0 p +5 0123456789abcdef", "the size"},
+        {"#!part 1 0 p -5 0123456789abcdef", "the size"},
+        {"#!part 1 0 p 99999999999999999999 0123456789abcdef", "the size"},
+        /* cut 0 */
+        {"#!ckpt 0", "cut 0"},
+        {"#!ckpt 0 stop", "cut 0"},
+        {"#!ckpt 00", "cut 0"},
+        {"#!part 0 0 p 5 0123456789abcdef", "cut 0"},
+        {"#!ckpt-end 0", "cut 0"},
+        /* program names */
+        {"#!part 1 0 Replay 5 0123456789abcdef", "the program name"},
+        {"#!part 1 0 a/b 5 0123456789abcdef", "the program name"},
+        {"#!part 1 0 ../x 5 0123456789abcdef", "the program name"},
+        {"#!part 1 0 'a' 5 0123456789abcdef", "the program name"},
+        {"#!part 1 0 \"a\" 5 0123456789abcdef", "the program name"},
+        {"#!part 1 0 $(x) 5 0123456789abcdef", "the program name"},
+        {"#!part 1 0 a.b 5 0123456789abcdef", "the program name"},
+        {"#!part 1 0 a\tb 5 0123456789abcdef", "the program name"},
+        {longline, "the program name"},
+        /* hashes */
+        {"#!part 1 0 p 5 0123456789abcde", "the hash"},
+        {"#!part 1 0 p 5 0123456789abcdef0", "the hash"},
+        {"#!part 1 0 p 5 0123456789ABCDEF", "the hash"},
+        {"#!part 1 0 p 5 0123456789abcdeg", "the hash"},
+        {"#!part 1 0 p 5 0x23456789abcdef", "the hash"},
+        /* barriers' word */
+        {"#!ckpt 1 stop2", "neither stop nor final"},
+        {"#!ckpt 1 STOP", "neither stop nor final"},
+        {"#!ckpt 1 Final", "neither stop nor final"},
+        {"#!ckpt 1 go", "neither stop nor final"},
+        {"#!ckpt 1 sto", "neither stop nor final"},
+        /* tags nobody knows */
+        {"#!ckptfoo", "unknown"},
+        {"#!ckpt-other 1", "unknown"},
+        {"#!ckpt-", "unknown"},
+        {"#!ckpt-startx 1 2", "unknown"},
+        {"#!ckpt_end 1", "unknown"},
+        {"#!ckpt\t1", "unknown"},
+    };
+    f = (fails_t){0, 0};
+    for (size_t i = 0; i < NELEM(bad); i++) {
+        int rc = cut_parse(bad[i].line, &l, &d);
+        if (rc != MNN_EFORMAT || !contains(d.msg, "a malformed cut line") ||
+            !contains(d.msg, bad[i].why))
+            fail_at(&f, "'%s': rc %d, \"%s\", want \"%s\"", bad[i].line, rc, d.msg, bad[i].why);
+    }
+    check(f.bad == 0, "mnn_cutline_parse refuses wrong field counts, non-numbers, '+1', '-1', "
+                      "20 digits, cut 0, a stage index of 64, a count of 65, program names "
+                      "with uppercase, '/', quotes, '$(x)' or 32 characters, hashes of 15 or 17 "
+                      "digits or uppercase, 'stop2', 'STOP', unknown #!ckpt tags: MNN_EFORMAT "
+                      "saying why (%zu lines)", NELEM(bad));
+    int rc = cut_parse(longline, &l, &d);
+    check(rc == MNN_EFORMAT && contains(d.msg, "...") && strlen(d.msg) < 200,
+          "a long malformed line is shown cut short in the message (\"%s\")", d.msg);
+
+    static const struct {
+        const char *line, *bytes;
+    } huge[] = {
+        {"#!part 1 0 p 1073741825 0123456789abcdef", "1073741825"},
+        {"#!part 1 0 p 4294967296 0123456789abcdef", "4294967296"},
+        {"#!part 1 0 p 18446744073709551615 0123456789abcdef", "18446744073709551615"},
+    };
+    f = (fails_t){0, 0};
+    for (size_t i = 0; i < NELEM(huge); i++) {
+        rc = cut_parse(huge[i].line, &l, &d);
+        if (rc != MNN_ELIMIT || !contains(d.msg, huge[i].bytes))
+            fail_at(&f, "'%s': rc %d, \"%s\"", huge[i].line, rc, d.msg);
+    }
+    check(f.bad == 0, "a part claiming more than MNN_CUT_MAX_PART bytes (1 GiB + 1, 4 GiB, "
+                      "2^64 - 1): MNN_ELIMIT naming the size (%zu lines)", NELEM(huge));
+
+    /* what the writers put is what the parser reads */
+    char *buf = NULL;
+    size_t sz = 0;
+    FILE *mf = open_memstream(&buf, &sz);
+    int wrc = -1;
+    if (mf) {
+        wrc = mnn_cut_put_start(mf, 12, 2) | mnn_cut_put_barrier(mf, 13, MNN_CUT_GO) |
+              mnn_cut_put_barrier(mf, 14, MNN_CUT_STOP) |
+              mnn_cut_put_barrier(mf, 15, MNN_CUT_FINAL) | mnn_cut_put_end(mf, 15);
+        wrc |= fclose(mf);
+    }
+    check(wrc == 0 && buf && !strcmp(buf, "#!ckpt-start 12 2\n#!ckpt 13\n#!ckpt 14 stop\n"
+                                          "#!ckpt 15 final\n#!ckpt-end 15\n"),
+          "mnn_cut_put_start, _barrier (plain, stop, final) and _end write the lines "
+          "(rc %d: \"%s\")", wrc, buf ? buf : "");
+    free(buf);
+    check(!strcmp(mnn_cut_what_name(MNN_CUT_GO), "") &&
+              !strcmp(mnn_cut_what_name(MNN_CUT_STOP), "stop") &&
+              !strcmp(mnn_cut_what_name(MNN_CUT_FINAL), "final"),
+          "mnn_cut_what_name: \"\", stop, final");
+}
+
+/* ---- pipeline cuts: parts ------------------------------------------------- */
+
+/* A part as mnn_cut_put_part writes it, in memory (free it); NULL on failure. */
+static char *part_text(uint64_t id, uint32_t index, const char *program, const void *data,
+                       size_t n, size_t *len)
+{
+    char *buf = NULL;
+    size_t sz = 0;
+    FILE *f = open_memstream(&buf, &sz);
+    if (!f)
+        return NULL;
+    int rc = mnn_cut_put_part(f, id, index, program, data, n);
+    if (fclose(f) != 0 || rc != 0) {
+        free(buf);
+        return NULL;
+    }
+    *len = sz;
+    return buf;
+}
+
+/* Reads text line by line as a stage does (the part's header, then its
+ * data lines): 0 and the bytes in p (mnn_part_free it), or the first error;
+ * *maxcap: the largest p->cap seen; -1000: a line that is not a part's. */
+static int part_read(const char *text, size_t len, mnn_part_t *p, size_t *maxcap, mnn_diag_t *d)
+{
+    const char *s = text, *end = text + len;
+    int begun = 0, rc = 0;
+    memset(p, 0, sizeof *p);
+    *maxcap = 0;
+    d->msg[0] = 0;
+    while (s < end && rc == 0) {
+        const char *nl = memchr(s, '\n', (size_t)(end - s));
+        size_t n = nl ? (size_t)(nl - s) : (size_t)(end - s);
+        mnn_cutline_t l;
+        rc = mnn_cutline_parse(s, n, &l, d);
+        if (rc == 1 && l.kind == MNN_CUT_PART && !begun) {
+            mnn_part_begin(p, &l);
+            begun = 1;
+            rc = 0;
+        } else if (rc == 1 && l.kind == MNN_CUT_DATA && begun) {
+            rc = mnn_part_data(p, s, n, d);
+            if (p->cap > *maxcap)
+                *maxcap = p->cap;
+        } else if (rc >= 0)
+            rc = -1000;
+        s = nl ? nl + 1 : end;
+    }
+    if (rc == 0 && !begun)
+        rc = -1000;
+    return rc == 0 ? mnn_part_finish(p, d) : rc;
+}
+
+/* The starts of text's lines in at[0, *n), at[*n] its end. */
+static void line_starts(const char *text, size_t len, size_t *at, size_t max, size_t *n)
+{
+    *n = 0;
+    for (size_t i = 0; i < len && *n < max; i++)
+        if (i == 0 || text[i - 1] == '\n')
+            at[(*n)++] = i;
+    at[*n] = len;
+}
+
+/* The lines of text in the order given (indices into at), into out. */
+static size_t join_lines(const char *text, const size_t *at, const int *order, size_t k, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < k; i++) {
+        size_t a = at[order[i]], b = at[order[i] + 1];
+        memcpy(out + o, text + a, b - a);
+        o += b - a;
+    }
+    return o;
+}
+
+static void test_cut_part(void)
+{
+    const size_t per = MNN_CUT_LINE / 4 * 3; /* raw bytes per data line */
+    const size_t sizes[] = {0, 1, 2, 3, 4, 5, 47, 48, per - 1, per, per + 1, 2 * per, 200000};
+    unsigned char *data = malloc(200000);
+    char *crlf = malloc(2 * 300000);
+    mnn_diag_t d = {""};
+    if (!check(data && crlf && per == 49152, "cut parts: buffers, %zu raw bytes a line", per)) {
+        free(data);
+        free(crlf);
+        return;
+    }
+    for (size_t i = 0; i < 200000; i++)
+        data[i] = (unsigned char)trng();
+    fails_t f = {0, 0}, fl = {0, 0}, fc = {0, 0};
+    for (size_t k = 0; k < NELEM(sizes); k++) {
+        const size_t n = sizes[k];
+        size_t len = 0, maxcap = 0, nlines = 0, longest = 0;
+        char *text = part_text(7, 2, "replay-buffer", data, n, &len), hex[17], head[128];
+        if (!text) {
+            fail_at(&f, "%zu bytes: mnn_cut_put_part failed", n);
+            continue;
+        }
+        mnn_hash_hex(mnn_hash64(data, n), hex);
+        int hl = snprintf(head, sizeof head, "#!part 7 2 replay-buffer %zu %s\n", n, hex);
+        for (const char *s = text + hl; s < text + len; nlines++) {
+            const char *nl = memchr(s, '\n', (size_t)(text + len - s));
+            size_t ln = nl ? (size_t)(nl - s) : (size_t)(text + len - s);
+            if (ln > longest)
+                longest = ln;
+            if (ln < 2 || memcmp(s, "#=", 2) || !nl)
+                fail_at(&fl, "%zu bytes: line %zu is no data line", n, nlines + 2);
+            s = nl ? nl + 1 : text + len;
+        }
+        if ((size_t)hl > len || memcmp(text, head, (size_t)hl) || nlines != (n + per - 1) / per ||
+            longest > MNN_CUT_LINE + 2)
+            fail_at(&fl, "%zu bytes: header '%.*s', %zu data lines (want %zu), the longest %zu",
+                    n, (int)strcspn(text, "\n"), text, nlines, (n + per - 1) / per, longest);
+        mnn_part_t p;
+        int rc = part_read(text, len, &p, &maxcap, &d);
+        if (rc != 0 || p.len != n || (n && memcmp(p.data, data, n)))
+            fail_at(&f, "%zu bytes: rc %d, %zu bytes back (\"%s\")", n, rc, p.len, d.msg);
+        if (maxcap > n + per)
+            fail_at(&fc, "%zu bytes: a buffer of %zu bytes (more than %zu + one line)", n,
+                    maxcap, n);
+        mnn_part_free(&p);
+        /* the same lines ending in "\r\n" */
+        size_t c = 0;
+        for (size_t i = 0; i < len; i++) {
+            if (text[i] == '\n')
+                crlf[c++] = '\r';
+            crlf[c++] = text[i];
+        }
+        rc = part_read(crlf, c, &p, &maxcap, &d);
+        if (rc != 0 || p.len != n || (n && memcmp(p.data, data, n)))
+            fail_at(&f, "%zu bytes with CRLF: rc %d, %zu bytes back (\"%s\")", n, rc, p.len,
+                    d.msg);
+        mnn_part_free(&p);
+        free(text);
+    }
+    check(fl.bad == 0, "mnn_cut_put_part: the header names the size and XXH3; ceil(n / %zu) "
+                       "data lines of at most MNN_CUT_LINE + 2 characters (%zu sizes)", per,
+          NELEM(sizes));
+    check(f.bad == 0, "a part read back line by line (mnn_cutline_parse, mnn_part_begin, "
+                      "_data, _finish) is the bytes written, with '\\n' and with '\\r\\n' "
+                      "(sizes 0 to 4, 47, 48, a line's -1, +0, +1, two lines, 200000)");
+    check(fc.bad == 0, "reading a part, the buffer never holds more than its bytes and one "
+                       "line (%zu sizes)", NELEM(sizes));
+
+    /* damage to a part of 100000 bytes: lines 0 (header), 1 and 2 (full), 3 (short) */
+    const size_t n = 100000;
+    size_t len = 0, at[8], nl = 0, maxcap;
+    char *text = part_text(7, 2, "replay-buffer", data, n, &len);
+    char *bad = malloc(len + 4 * MNN_CUT_LINE);
+    if (text)
+        line_starts(text, len, at, 7, &nl);
+    if (!check(text && bad && nl == 4, "a part of 100000 bytes in 4 lines (%zu)", nl)) {
+        free(text);
+        free(bad);
+        free(data);
+        free(crlf);
+        return;
+    }
+    char head[128], hex[17];
+    mnn_hash_hex(mnn_hash64(data, n), hex);
+    static const struct {
+        const char *what;
+        int order[6];
+        size_t k;
+        int edit;        /* 0 none; 1 flip a char of line 2; 2 '*' in line 1; 3 '=' in line 1;
+                          * 4 drop the last char of line 3; 5 '==' ending line 1; 6 "AAAA"
+                          * added to line 1; 7 line 1 cut to 1000 characters */
+        int rc1, rc2;    /* the error (either of two) */
+        const char *want;
+    } dmg[] = {
+        {"one base64 character changed", {0, 1, 2, 3}, 4, 1, MNN_ECORRUPT, 0, "hash"},
+        {"the middle data line dropped", {0, 1, 3}, 3, 0, MNN_ECORRUPT, 0, "truncated"},
+        {"the first data line dropped", {0, 2, 3}, 3, 0, MNN_ECORRUPT, 0, "truncated"},
+        {"the last data line dropped", {0, 1, 2}, 3, 0, MNN_ECORRUPT, 0, "truncated"},
+        {"no data line", {0}, 1, 0, MNN_ECORRUPT, 0, "truncated"},
+        {"a full data line twice", {0, 1, 1, 2, 3}, 5, 0, MNN_ELIMIT, MNN_EFORMAT, "stage 2"},
+        {"the last data line twice", {0, 1, 2, 3, 3}, 5, 0, MNN_EFORMAT, MNN_ELIMIT, "stage 2"},
+        {"the lines out of order", {0, 2, 1, 3}, 4, 0, MNN_ECORRUPT, 0, "hash"},
+        {"the short line first", {0, 3, 1, 2}, 4, 0, MNN_EFORMAT, 0, "data after its end"},
+        {"a character that is not base64", {0, 1, 2, 3}, 4, 2, MNN_EFORMAT, 0, "not base64"},
+        {"'=' in the middle of a line", {0, 1, 2, 3}, 4, 3, MNN_EFORMAT, 0, "not base64"},
+        {"a line of a length not a multiple of 4", {0, 1, 2, 3}, 4, 4, MNN_EFORMAT, 0,
+         "wrong length"},
+        {"'==' ending a full line, data after it", {0, 1, 2, 3}, 4, 5, MNN_EFORMAT, 0,
+         "data after its end"},
+        {"a line longer than MNN_CUT_LINE", {0, 1, 2, 3}, 4, 6, MNN_EFORMAT, 0, "wrong length"},
+        {"data after a short line", {0, 1, 2, 3}, 4, 7, MNN_EFORMAT, 0, "data after its end"},
+    };
+    fails_t fd = {0, 0};
+    for (size_t i = 0; i < NELEM(dmg); i++) {
+        size_t bl = join_lines(text, at, dmg[i].order, dmg[i].k, bad);
+        /* the data lines' places in bad */
+        size_t l1 = at[1] - at[0], l2 = l1 + (at[2] - at[1]), l3 = l2 + (at[3] - at[2]);
+        switch (dmg[i].edit) {
+        case 1: bad[l2 + 1000] = bad[l2 + 1000] == 'A' ? 'B' : 'A'; break;
+        case 2: bad[l1 + 2 + 4000] = '*'; break;
+        case 3: bad[l1 + 2 + 4002] = '='; bad[l1 + 2 + 4003] = '='; break;
+        case 4: memmove(bad + bl - 2, bad + bl - 1, 1); bl--; break;
+        case 5: bad[l2 - 2] = '='; bad[l2 - 3] = '='; break;
+        case 6:
+            memmove(bad + l2 + 3, bad + l2 - 1, bl - (l2 - 1));
+            memcpy(bad + l2 - 1, "AAAA", 4);
+            bl += 4;
+            break;
+        case 7:
+            memmove(bad + l1 + 1002, bad + l2 - 1, bl - (l2 - 1));
+            bl -= l2 - 1 - (l1 + 1002);
+            break;
+        }
+        (void)l3;
+        mnn_part_t p;
+        int rc = part_read(bad, bl, &p, &maxcap, &d);
+        if ((rc != dmg[i].rc1 && (!dmg[i].rc2 || rc != dmg[i].rc2)) ||
+            !contains(d.msg, dmg[i].want) || !contains(d.msg, "stage 2 (replay-buffer) of cut 7"))
+            fail_at(&fd, "%s: rc %d, \"%s\"", dmg[i].what, rc, d.msg);
+        else if (maxcap > n + per)
+            fail_at(&fd, "%s: a buffer of %zu bytes", dmg[i].what, maxcap);
+        mnn_part_free(&p);
+    }
+    check(fd.bad == 0, "a damaged part is refused, naming its stage, program and cut: a "
+                       "character changed, lines dropped, twice or out of order, not base64, "
+                       "'=' inside, a wrong length, data after its end (%zu cases)", NELEM(dmg));
+
+    /* more data than the header says */
+    static const struct {
+        size_t claim, lines; /* the header's bytes; full data lines sent */
+    } more[] = {{0, 1}, {1, 1}, {1000, 1}, {per - 1, 1}, {per, 2}, {per + 1, 3}, {100000, 10}};
+    fails_t fm = {0, 0};
+    for (size_t i = 0; i < NELEM(more); i++) {
+        mnn_hash_hex(mnn_hash64(data, more[i].claim), hex);
+        int hl = snprintf(head, sizeof head, "#!part 7 2 replay-buffer %zu %s\n", more[i].claim,
+                          hex);
+        char *t = malloc((size_t)hl + more[i].lines * (MNN_CUT_LINE + 3));
+        if (!t)
+            continue;
+        memcpy(t, head, (size_t)hl);
+        size_t tl = (size_t)hl;
+        for (size_t k = 0; k < more[i].lines; k++) {
+            size_t a = at[1 + k % 2], b = at[2 + k % 2];
+            memcpy(t + tl, text + a, b - a);
+            tl += b - a;
+        }
+        mnn_part_t p;
+        int rc = part_read(t, tl, &p, &maxcap, &d);
+        if (rc != MNN_ELIMIT || !contains(d.msg, "more data than") || maxcap > more[i].claim + per)
+            fail_at(&fm, "%zu bytes claimed, %zu lines sent: rc %d, a buffer of %zu (\"%s\")",
+                    more[i].claim, more[i].lines, rc, maxcap, d.msg);
+        mnn_part_free(&p);
+        free(t);
+    }
+    /* a short line decoding to one byte more than claimed */
+    {
+        mnn_hash_hex(mnn_hash64("", 0), hex);
+        char t[256];
+        int tl = snprintf(t, sizeof t, "#!part 7 2 replay-buffer 1 %s\n#=AAA=\n", hex);
+        mnn_part_t p;
+        int rc = part_read(t, (size_t)tl, &p, &maxcap, &d);
+        if (rc != MNN_ELIMIT || !contains(d.msg, "more data than"))
+            fail_at(&fm, "2 bytes sent for 1: rc %d (\"%s\")", rc, d.msg);
+        mnn_part_free(&p);
+    }
+    check(fm.bad == 0, "more data than the header's bytes (0, 1, 1000, a line's +-1, 100000 "
+                       "claimed; up to 10 lines sent; 2 bytes for 1): MNN_ELIMIT, the buffer "
+                       "never past the claim and one line (%zu cases)", NELEM(more) + 1);
+
+    /* an empty data line; a header whose hash is not the data's */
+    {
+        char t[256];
+        mnn_part_t p;
+        mnn_hash_hex(mnn_hash64("abc", 3), hex);
+        int tl = snprintf(t, sizeof t, "#!part 7 2 replay-buffer 3 %s\n#=\n", hex);
+        int rc = part_read(t, (size_t)tl, &p, &maxcap, &d);
+        check(rc == MNN_EFORMAT && contains(d.msg, "wrong length"),
+              "an empty data line '#=': MNN_EFORMAT (rc %d, \"%s\")", rc, d.msg);
+        mnn_part_free(&p);
+        tl = snprintf(t, sizeof t, "#!part 7 2 replay-buffer 3 %s\n#=YWJj\n", hex);
+        rc = part_read(t, (size_t)tl, &p, &maxcap, &d);
+        int ok = rc == 0 && p.len == 3 && !memcmp(p.data, "abc", 3);
+        mnn_part_free(&p);
+        tl = snprintf(t, sizeof t, "#!part 7 2 replay-buffer 3 %s\n#=YWJk\n", hex);
+        rc = part_read(t, (size_t)tl, &p, &maxcap, &d);
+        check(ok && rc == MNN_ECORRUPT && contains(d.msg, "damaged on the way") &&
+                  contains(d.msg, hex),
+              "'abc' read back; 'abd' under abc's hash: MNN_ECORRUPT naming the hashes (rc %d, "
+              "\"%s\")", rc, d.msg);
+        mnn_part_free(&p);
+    }
+    free(bad);
+    free(text);
+    free(data);
+    free(crlf);
+}
+
+/* ---- pipeline cuts: checkpoints ------------------------------------------ */
+
+/* The fixture of a cut: stage 0 replay-buffer (1000 bytes), 1 stream-sample
+ * (0 bytes), 2 filter_x (100000 bytes); 3 pending records of 6 features. */
+static unsigned char cut_d0[1000], cut_d2[100000];
+static float cut_px[3 * 6], cut_py[3];
+static mnn_stage_part_t cut_parts[3];
+static char cut_hex[3][17];
+
+static void cut_fixture(void)
+{
+    for (size_t i = 0; i < sizeof cut_d0; i++)
+        cut_d0[i] = (unsigned char)trng();
+    for (size_t i = 0; i < sizeof cut_d2; i++)
+        cut_d2[i] = (unsigned char)trng();
+    fill_sym(cut_px, NELEM(cut_px), 3);
+    for (size_t i = 0; i < NELEM(cut_py); i++)
+        cut_py[i] = (float)(i % 3);
+    cut_parts[0] = (mnn_stage_part_t){0, "replay-buffer", cut_d0, sizeof cut_d0};
+    cut_parts[1] = (mnn_stage_part_t){1, "stream-sample", "", 0};
+    cut_parts[2] = (mnn_stage_part_t){2, "filter_x", cut_d2, sizeof cut_d2};
+    for (int i = 0; i < 3; i++)
+        mnn_hash_hex(mnn_hash64(cut_parts[i].data, cut_parts[i].bytes), cut_hex[i]);
+}
+
+static mnn_cut_ckpt_t cut_of(uint64_t id, uint32_t self, size_t pending)
+{
+    return (mnn_cut_ckpt_t){id, self, "sgd-train", cut_parts, pending, cut_px, cut_py};
+}
+
+/* The checks of a cut dir written from cut: its manifest's fields, every
+ * part's bytes, the pending records, the refusals of stage_read; the
+ * failures into f. */
+static void cut_read_back(fails_t *f, const char *dir, const mnn_cut_ckpt_t *cut)
+{
+    mnn_manifest_t mf;
+    mnn_diag_t d = {""};
+    int rc = mnn_manifest_load(&mf, dir, NULL, &d);
+    if (rc != 0 || mf.cut != cut->id || mf.cut_stage != cut->self ||
+        strcmp(mf.cut_program, cut->self_program) || mf.pending != cut->pending ||
+        mf.nstages != cut->self) {
+        fail_at(f, "%s: manifest rc %d, cut %llu, stage %u, program %s, pending %llu, "
+                "%zu stages (\"%s\")", dir, rc, (unsigned long long)mf.cut, (unsigned)mf.cut_stage,
+                mf.cut_program, (unsigned long long)mf.pending, mf.nstages, d.msg);
+        if (rc == 0)
+            mnn_manifest_free(&mf);
+        return;
+    }
+    for (uint32_t i = 0; i < cut->self; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "stage-%u.%s", (unsigned)i, cut->parts[i].program);
+        if (mf.stages[i].index != i || strcmp(mf.stages[i].program, cut->parts[i].program) ||
+            strcmp(mf.stages[i].file, want))
+            fail_at(f, "%s: stage %u: index %u, program %s, file %s", dir, (unsigned)i,
+                    (unsigned)mf.stages[i].index, mf.stages[i].program, mf.stages[i].file);
+    }
+    if ((rc = mnn_manifest_verify_dir(&mf, dir, &d)) != 0)
+        fail_at(f, "%s: mnn_manifest_verify_dir rc %d (\"%s\")", dir, rc, d.msg);
+    mnn_manifest_free(&mf);
+    for (uint32_t i = 0; i < cut->self; i++) {
+        char *buf = NULL;
+        size_t len = 99;
+        uint64_t id = 0;
+        rc = mnn_ckpt_stage_read(dir, i, cut->parts[i].program, &buf, &len, &id, &d);
+        if (rc != 0 || len != cut->parts[i].bytes || id != cut->id ||
+            (len && memcmp(buf, cut->parts[i].data, len)))
+            fail_at(f, "%s: stage %u: rc %d, %zu bytes, cut %llu (\"%s\")", dir, (unsigned)i, rc,
+                    len, (unsigned long long)id, d.msg);
+        free(buf);
+        /* another program than the part's */
+        buf = NULL;
+        d.msg[0] = 0;
+        rc = mnn_ckpt_stage_read(dir, i, "other", &buf, &len, &id, &d);
+        char st_i[32];
+        snprintf(st_i, sizeof st_i, "stage %u ", (unsigned)i);
+        if (rc != MNN_ESHAPE || buf || len || !contains(d.msg, dir) || !contains(d.msg, st_i) ||
+            !contains(d.msg, cut->parts[i].program) || !contains(d.msg, "not other"))
+            fail_at(f, "%s: stage %u as 'other': rc %d, \"%s\"", dir, (unsigned)i, rc, d.msg);
+        free(buf);
+    }
+    /* the committing stage's index, and indices past it */
+    const uint32_t past[] = {cut->self, cut->self + 1, MNN_CUT_MAX_STAGES - 1, UINT32_MAX};
+    for (size_t k = 0; k < NELEM(past); k++) {
+        char *buf = NULL, st_i[32];
+        size_t len = 99;
+        uint64_t id = 0;
+        d.msg[0] = 0;
+        rc = mnn_ckpt_stage_read(dir, past[k], "replay-buffer", &buf, &len, &id, &d);
+        if (past[k] == cut->self)
+            snprintf(st_i, sizeof st_i, "stage %u of cut %llu is %s, the one", (unsigned)cut->self,
+                     (unsigned long long)cut->id, cut->self_program);
+        else
+            snprintf(st_i, sizeof st_i, "stages 0 to %u (%s last)", (unsigned)cut->self,
+                     cut->self_program);
+        if (rc != MNN_ESHAPE || buf || len || !contains(d.msg, dir) || !contains(d.msg, st_i) ||
+            !contains(d.msg, "replay-buffer"))
+            fail_at(f, "%s: stage %u: rc %d, \"%s\", want \"%s\"", dir, (unsigned)past[k], rc,
+                    d.msg, st_i);
+        free(buf);
+    }
+    float *x = (float *)1, *y = (float *)1;
+    size_t n = 99;
+    rc = mnn_ckpt_pending_read(dir, 6, &x, &y, &n, &d);
+    if (rc != 0 || n != cut->pending || (n == 0 && (x || y)) ||
+        (n && (!x || !y || memcmp(x, cut->px, n * 6 * sizeof *x) ||
+               memcmp(y, cut->py, n * sizeof *y))))
+        fail_at(f, "%s: pending: rc %d, %zu records (\"%s\")", dir, rc, n, d.msg);
+    if (rc == 0) {
+        mnn_free(x);
+        mnn_free(y);
+    }
+    d.msg[0] = 0;
+    rc = mnn_ckpt_pending_read(dir, 5, &x, &y, &n, &d);
+    if (cut->pending ? rc != MNN_ESHAPE || x || y || n || !contains(d.msg, "6 features, not 5")
+                     : rc != 0 || n != 0 || x || y)
+        fail_at(f, "%s: pending of 5 features: rc %d, %zu records (\"%s\")", dir, rc, n, d.msg);
+    if (rc == 0 && n) {
+        mnn_free(x);
+        mnn_free(y);
+    }
+}
+
+static void test_ckpt_cut(void)
+{
+    mnn_model_t m, m2;
+    mnn_optim_t o, o2;
+    mnn_train_state_t st, st2;
+    mnn_diag_t d = {""};
+    char root[128], dir[200], name[64], l[512];
+    if (!check(make_trained(&m, &o, &st, MNN_OPT_ADAM, MNN_NORM_RUNNING, 0) == 0 &&
+                   m.spec.batch == 4 && m.spec.input == 6,
+               "cut checkpoints: a model of 6 inputs, batch 4"))
+        return;
+    cut_fixture();
+    tpath(root, sizeof root, "cuts");
+    mkdir(root, 0755);
+    static const struct {
+        uint64_t id;
+        uint32_t self;
+        size_t pending;
+        const char *files;
+    } shapes[] = {
+        {1, 0, 0, "manifest.yaml model.safetensors optimizer.safetensors state.yaml"},
+        {2, 1, 0, "manifest.yaml model.safetensors optimizer.safetensors stage-0.replay-buffer "
+                  "state.yaml"},
+        {3, 3, 3, "manifest.yaml model.safetensors optimizer.safetensors pending.safetensors "
+                  "stage-0.replay-buffer stage-1.stream-sample stage-2.filter_x state.yaml"},
+        {4, 0, 1, "manifest.yaml model.safetensors optimizer.safetensors pending.safetensors "
+                  "state.yaml"},
+        {5, 3, 0, "manifest.yaml model.safetensors optimizer.safetensors stage-0.replay-buffer "
+                  "stage-1.stream-sample stage-2.filter_x state.yaml"},
+        {18446744073709551615ULL, 1, 2, "manifest.yaml model.safetensors optimizer.safetensors "
+                  "pending.safetensors stage-0.replay-buffer state.yaml"},
+    };
+    fails_t fw = {0, 0}, fr = {0, 0};
+    for (size_t i = 0; i < NELEM(shapes); i++) {
+        mnn_cut_ckpt_t cut = cut_of(shapes[i].id, shapes[i].self, shapes[i].pending);
+        mnn_ckpt_cut_name(name, sizeof name, st.step, cut.id);
+        snprintf(dir, sizeof dir, "%s/%s", root, name);
+        int rc = mnn_ckpt_write_cut(dir, &m, &o, &st, NULL, 1700000000, 0, &cut, &d);
+        if (rc != 0 || strcmp(dir_list(dir, l, sizeof l), shapes[i].files)) {
+            fail_at(&fw, "cut %llu: rc %d (\"%s\"), files %s", (unsigned long long)cut.id, rc,
+                    d.msg, l);
+            continue;
+        }
+        memset(&m2, 0, sizeof m2);
+        rc = mnn_ckpt_load(dir, &m2, &o2, &st2, &d);
+        if (rc != 0 || !same_state(&st, &st2) || m2.nparams != m.nparams ||
+            memcmp(m2.params, m.params, m.nparams * sizeof *m.params))
+            fail_at(&fw, "cut %llu: mnn_ckpt_load rc %d (\"%s\")", (unsigned long long)cut.id, rc,
+                    d.msg);
+        if (rc == 0) {
+            mnn_optim_free(&o2);
+            mnn_model_free(&m2);
+        }
+        cut_read_back(&fr, dir, &cut);
+    }
+    check(fw.bad == 0, "mnn_ckpt_write_cut with 0, 1 and 3 upstream parts (one of 0 bytes), "
+                       "pending 0, 1, 2 and 3: exactly the files expected (stage-I.PROGRAM, "
+                       "pending.safetensors only when pending), and mnn_ckpt_load loads it "
+                       "(%zu cuts)", NELEM(shapes));
+    check(fr.bad == 0, "... mnn_manifest_load gives cut, stage, program, pending and the "
+                       "stages; mnn_ckpt_stage_read each part's exact bytes and the cut, and "
+                       "MNN_ESHAPE (naming the checkpoint, the stage and what it holds) for "
+                       "another program, the committing stage's index and indices past it; "
+                       "mnn_ckpt_pending_read the exact records, none for pending 0, "
+                       "MNN_ESHAPE for 5 features (%zu cuts)", NELEM(shapes));
+
+    /* through the root's latest */
+    {
+        int lrc = mnn_ckpt_set_latest(root, "step-00000005-c3", &d);
+        char *buf = NULL;
+        size_t len = 0, n = 0;
+        uint64_t id = 0;
+        float *x = NULL, *y = NULL;
+        int rc = mnn_ckpt_stage_read(root, 2, "filter_x", &buf, &len, &id, &d);
+        int prc = mnn_ckpt_pending_read(root, 6, &x, &y, &n, &d);
+        check(lrc == 0 && rc == 0 && id == 3 && len == sizeof cut_d2 &&
+                  !memcmp(buf, cut_d2, len) && prc == 0 && n == 3 &&
+                  !memcmp(x, cut_px, sizeof cut_px),
+              "mnn_ckpt_stage_read and mnn_ckpt_pending_read of a root: its latest's (rc %d, "
+              "%d, \"%s\")", rc, prc, d.msg);
+        free(buf);
+        mnn_free(x);
+        mnn_free(y);
+    }
+
+    /* a checkpoint that is no cut */
+    {
+        snprintf(dir, sizeof dir, "%s/step-00000005", root);
+        int wrc = mnn_ckpt_write(dir, &m, &o, &st, NULL, 1700000000, 0, &d);
+        char *buf = NULL;
+        size_t len = 7, n = 7;
+        uint64_t id = 7;
+        float *x = NULL, *y = NULL;
+        mnn_manifest_t mf;
+        int mrc = mnn_manifest_load(&mf, dir, NULL, &d);
+        int nocut = mrc == 0 && mf.cut == 0 && mf.nstages == 0 && mf.pending == 0;
+        if (mrc == 0)
+            mnn_manifest_free(&mf);
+        d.msg[0] = 0;
+        int rc = mnn_ckpt_stage_read(dir, 0, "replay-buffer", &buf, &len, &id, &d);
+        int prc = mnn_ckpt_pending_read(dir, 6, &x, &y, &n, NULL);
+        check(wrc == 0 && nocut && rc == MNN_ESHAPE && !buf && len == 0 && contains(d.msg, dir) &&
+                  contains(d.msg, "not a pipeline's cut") && contains(d.msg, "replay-buffer") &&
+                  prc == 0 && n == 0 && !x && !y,
+              "a checkpoint of mnn_ckpt_write is no cut (cut 0): mnn_ckpt_stage_read says "
+              "MNN_ESHAPE naming it, mnn_ckpt_pending_read no records (rc %d, %d, \"%s\")", rc,
+              prc, d.msg);
+        free(buf);
+    }
+
+    /* impossible cuts */
+    snprintf(dir, sizeof dir, "%s/step-00000005-c9", root);
+    mnn_stage_part_t bad_parts[3];
+    float bad_px[NELEM(cut_px)], bad_py[NELEM(cut_py)];
+    enum { P_SWAP = 1, P_DUP, P_SLASH, P_EMPTY, P_UPPER, P_HUGE, X_NAN, X_INF, Y_NAN };
+    static const struct {
+        const char *what;
+        uint64_t id;
+        uint32_t self;
+        const char *self_program;
+        size_t pending;
+        int nopx, nopy, edit;
+    } imp[] = {
+        {"cut 0", 0, 3, "sgd-train", 3, 0, 0, 0},
+        {"parts out of index order", 9, 3, "sgd-train", 3, 0, 0, P_SWAP},
+        {"two parts of index 0", 9, 3, "sgd-train", 3, 0, 0, P_DUP},
+        {"a part's program with '/'", 9, 3, "sgd-train", 3, 0, 0, P_SLASH},
+        {"a part's program empty", 9, 3, "sgd-train", 3, 0, 0, P_EMPTY},
+        {"a part's program in uppercase", 9, 3, "sgd-train", 3, 0, 0, P_UPPER},
+        {"a part of MNN_CUT_MAX_PART + 1 bytes", 9, 3, "sgd-train", 3, 0, 0, P_HUGE},
+        {"the committing program with '/'", 9, 3, "sgd/train", 3, 0, 0, 0},
+        {"the committing program empty", 9, 3, "", 3, 0, 0, 0},
+        {"the committing program NULL", 9, 3, NULL, 3, 0, 0, 0},
+        {"the committing program with a newline", 9, 3, "sgd\nstep: 9", 3, 0, 0, 0},
+        {"the committing program of 32 characters", 9, 3, "abcdefghijklmnopqrstuvwxyz012345",
+         3, 0, 0, 0},
+        {"pending as many as the batch", 9, 3, "sgd-train", 4, 0, 0, 0},
+        {"pending more than the batch", 9, 3, "sgd-train", 5, 0, 0, 0},
+        {"pending without features", 9, 3, "sgd-train", 3, 1, 0, 0},
+        {"pending without labels", 9, 3, "sgd-train", 3, 0, 1, 0},
+        {"a pending feature NaN", 9, 3, "sgd-train", 3, 0, 0, X_NAN},
+        {"a pending feature +Inf", 9, 3, "sgd-train", 3, 0, 0, X_INF},
+        {"a pending label NaN", 9, 3, "sgd-train", 3, 0, 0, Y_NAN},
+        {"the committing stage 64", 9, MNN_CUT_MAX_STAGES, "sgd-train", 3, 0, 0, 0},
+    };
+    fails_t fi = {0, 0};
+    for (size_t i = 0; i < NELEM(imp); i++) {
+        memcpy(bad_parts, cut_parts, sizeof bad_parts);
+        memcpy(bad_px, cut_px, sizeof bad_px);
+        memcpy(bad_py, cut_py, sizeof bad_py);
+        switch (imp[i].edit) {
+        case P_SWAP:
+            bad_parts[0] = cut_parts[1];
+            bad_parts[1] = cut_parts[0];
+            break;
+        case P_DUP: bad_parts[1].index = 0; break;
+        case P_SLASH: snprintf(bad_parts[2].program, sizeof bad_parts[2].program, "a/b"); break;
+        case P_EMPTY: bad_parts[1].program[0] = 0; break;
+        case P_UPPER: snprintf(bad_parts[0].program, sizeof bad_parts[0].program, "Replay"); break;
+        case P_HUGE: bad_parts[0].bytes = MNN_CUT_MAX_PART + 1; break;
+        case X_NAN: bad_px[7] = NAN; break;
+        case X_INF: bad_px[0] = INFINITY; break;
+        case Y_NAN: bad_py[1] = NAN; break;
+        }
+        mnn_cut_ckpt_t cut = {imp[i].id, imp[i].self, imp[i].self_program, bad_parts,
+                              imp[i].pending, imp[i].nopx ? NULL : bad_px,
+                              imp[i].nopy ? NULL : bad_py};
+        d.msg[0] = 0;
+        int rc = mnn_ckpt_write_cut(dir, &m, &o, &st, NULL, 1700000000, 0, &cut, &d);
+        if (rc != MNN_EINVAL || !d.msg[0] || exists(dir) || tmp_left(root, l, sizeof l)[0]) {
+            fail_at(&fi, "%s: rc %d, \"%s\", %s, left: %s", imp[i].what, rc, d.msg,
+                    exists(dir) ? "written" : "not written", tmp_left(root, l, sizeof l));
+            rm_rf(dir);
+        }
+    }
+    check(fi.bad == 0, "mnn_ckpt_write_cut refuses impossible cuts (cut 0; parts out of order, "
+                       "twice, of a program with '/', empty or uppercase, too large; a "
+                       "committing program with '/', empty, NULL, a newline, too long; pending "
+                       ">= batch, without its data, a NaN or Inf feature, a NaN label; stage 64): "
+                       "MNN_EINVAL, nothing written, no .tmp-* left (%zu cases)", NELEM(imp));
+
+    /* the most stages a pipeline has: 63 upstream parts, pending records */
+    {
+        static mnn_stage_part_t many[MNN_CUT_MAX_STAGES - 1];
+        for (uint32_t i = 0; i < NELEM(many); i++) {
+            many[i] = (mnn_stage_part_t){i, "", cut_d0 + i, 1 + i};
+            snprintf(many[i].program, sizeof many[i].program, "stage%u", (unsigned)i);
+        }
+        mnn_cut_ckpt_t cut = {77, MNN_CUT_MAX_STAGES - 1, "sgd-train", many, 3, cut_px, cut_py};
+        snprintf(dir, sizeof dir, "%s/step-00000005-c77", root);
+        int rc = mnn_ckpt_write_cut(dir, &m, &o, &st, NULL, 1700000000, 0, &cut, &d);
+        fails_t fmany = {0, 0};
+        if (rc == 0)
+            cut_read_back(&fmany, dir, &cut);
+        check(rc == 0 && fmany.bad == 0,
+              "a cut of %d upstream parts (the most) and 3 pending records: written, and "
+              "read back (rc %d, \"%s\"; %zu failures)", MNN_CUT_MAX_STAGES - 1, rc, d.msg,
+              fmany.bad);
+    }
+
+    /* mnn_ckpt_same_cut */
+    {
+        snprintf(dir, sizeof dir, "%s/step-00000005-c3", root);
+        mnn_cut_ckpt_t cut = cut_of(3, 3, 3);
+        int rc = mnn_ckpt_same_cut(dir, &m, &o, &st, &cut, &d);
+        check(rc == 0, "mnn_ckpt_same_cut of the cut it was written from: 0 (rc %d, \"%s\")",
+              rc, d.msg);
+        fails_t fs = {0, 0};
+        const char *what[] = {"a part's byte changed",  "a part's first byte changed",
+                              "another pending label",  "another pending feature",
+                              "one pending record fewer", "another cut id",
+                              "no cut",                 "another committing program",
+                              "one part fewer"};
+        for (size_t k = 0; k < NELEM(what); k++) {
+            cut = cut_of(3, 3, 3);
+            const mnn_cut_ckpt_t *cp = &cut;
+            switch (k) {
+            case 0: cut_d2[50000] ^= 1; break;
+            case 1: cut_d0[0] ^= 0x80; break;
+            case 2: cut_py[2] = 0.5f * (cut_py[2] + 1); break;
+            case 3: cut_px[17] += 1; break;
+            case 4: cut.pending = 2; break;
+            case 5: cut.id = 4; break;
+            case 6: cp = NULL; break;
+            case 7: cut.self_program = "other-train"; break;
+            case 8: cut.self = 2; break;
+            }
+            d.msg[0] = 0;
+            rc = mnn_ckpt_same_cut(dir, &m, &o, &st, cp, &d);
+            if (rc != MNN_EEXIST || !contains(d.msg, "another training's state"))
+                fail_at(&fs, "%s: rc %d, \"%s\"", what[k], rc, d.msg);
+            switch (k) {
+            case 0: cut_d2[50000] ^= 1; break;
+            case 1: cut_d0[0] ^= 0x80; break;
+            case 2: cut_py[2] = (float)(2 % 3); break;
+            case 3: cut_px[17] -= 1; break;
+            }
+        }
+        cut = cut_of(3, 3, 3);
+        rc = mnn_ckpt_same_cut(dir, &m, &o, &st, &cut, &d);
+        check(fs.bad == 0 && rc == 0,
+              "mnn_ckpt_same_cut: a part's byte, a pending record, the pending count, the cut "
+              "id, no cut, the committing program, a part fewer: MNN_EEXIST; restored: 0 "
+              "(%zu cases; rc %d)", NELEM(what), rc);
+        snprintf(dir, sizeof dir, "%s/step-00000005", root);
+        rc = mnn_ckpt_same_cut(dir, &m, &o, &st, &cut, &d);
+        int rc2 = mnn_ckpt_same(dir, &m, &o, &st, &d);
+        check(rc == MNN_EEXIST && rc2 == 0,
+              "a checkpoint that is no cut: not the same as a cut (MNN_EEXIST), the same as "
+              "its state (rc %d, %d)", rc, rc2);
+        /* a refused write over a cut leaves it as it was */
+        snprintf(dir, sizeof dir, "%s/step-00000005-c3", root);
+        cut = cut_of(0, 3, 3);
+        rc = mnn_ckpt_write_cut(dir, &m, &o, &st, NULL, 1700000001, 1, &cut, &d);
+        cut = cut_of(3, 3, 3);
+        rc2 = mnn_ckpt_same_cut(dir, &m, &o, &st, &cut, &d);
+        check(rc == MNN_EINVAL && rc2 == 0 && !tmp_left(root, l, sizeof l)[0],
+              "an impossible cut written with replace over a cut: MNN_EINVAL, the cut there "
+              "unchanged (rc %d, %d)", rc, rc2);
+    }
+    mnn_optim_free(&o);
+    mnn_model_free(&m);
+    rm_rf(root);
+}
+
+/* tmpl with @0, @1, @2 replaced by the fixture parts' hashes, into out */
+static const char *with_hashes(const char *tmpl, char *out, size_t size)
+{
+    size_t o = 0;
+    for (const char *p = tmpl; *p && o + 17 < size; p++)
+        if (p[0] == '@' && p[1] >= '0' && p[1] <= '2') {
+            memcpy(out + o, cut_hex[p[1] - '0'], 16);
+            o += 16;
+            p++;
+        } else
+            out[o++] = *p;
+    out[o] = 0;
+    return out;
+}
+
+static void test_ckpt_cut_tamper(void)
+{
+    mnn_model_t m;
+    mnn_optim_t o;
+    mnn_train_state_t st;
+    mnn_diag_t d = {""};
+    mnn_manifest_t mf;
+    char root[128], dir[200], mp[300], fp[300], l[512];
+    if (!check(make_trained(&m, &o, &st, MNN_OPT_SGD, MNN_NORM_NONE, 0) == 0,
+               "tampered cuts: a model"))
+        return;
+    cut_fixture();
+    const mnn_cut_ckpt_t cut = cut_of(3, 3, 3);
+    tpath(root, sizeof root, "cut-tamper");
+    mkdir(root, 0755);
+    int n = 0;
+#define FRESH()                                                                              \
+    (snprintf(dir, sizeof dir, "%s/step-00000005-c%d", root, ++n),                           \
+     snprintf(mp, sizeof mp, "%s/manifest.yaml", dir),                                       \
+     mnn_ckpt_write_cut(dir, &m, &o, &st, NULL, 1700000000, 0, &cut, &d))
+#define S0 "  - {index: 0, program: replay-buffer, file: stage-0.replay-buffer, bytes: 1000, xxh3: @0}\n"
+#define S1 "  - {index: 1, program: stream-sample, file: stage-1.stream-sample, bytes: 0, xxh3: @1}\n"
+#define S2 "  - {index: 2, program: filter_x, file: stage-2.filter_x, bytes: 100000, xxh3: @2}\n"
+    /* the helpers: a harmless edit, resealed, loads; the lines edited are
+     * the lines written */
+    int rc = FRESH(), e = 0;
+    char t[1024];
+    size_t before_len = 0, after_len = 0;
+    char *before = slurp(mp, &before_len), *after;
+    e |= edit_line(mp, "  - {index: 0,", with_hashes(S0, t, sizeof t));
+    e |= edit_line(mp, "  - {index: 1,", with_hashes(S1, t, sizeof t));
+    e |= edit_line(mp, "  - {index: 2,", with_hashes(S2, t, sizeof t));
+    e |= edit_line(mp, "cut: ", "cut: {id: 3, stage: 3, program: sgd-train, pending: 3}\n");
+    after = slurp(mp, &after_len);
+    int same = before && after && before_len == after_len && !memcmp(before, after, after_len);
+    free(before);
+    free(after);
+    e |= edit_line(mp, "tool: ", "tool: somebody else\n") | reseal(dir);
+    int lrc = mnn_manifest_load(&mf, dir, NULL, &d);
+    if (lrc == 0)
+        mnn_manifest_free(&mf);
+    if (!check(rc == 0 && e == 0 && same && lrc == 0,
+               "a cut's cut and stages lines written again as the tests spell them: the same "
+               "bytes; its tool edited and resealed, it loads (rc %d, %d, same %d, %d, \"%s\")",
+               rc, e, same, lrc, d.msg))
+        goto out;
+
+    static const struct {
+        const char *what;
+        const char *prefix[4], *repl[4];
+        int rc;
+        const char *want;
+    } eds[] = {
+        {"a stage's file ../x", {"  - {index: 0,"},
+         {"  - {index: 0, program: replay-buffer, file: ../x, bytes: 1000, xxh3: @0}\n"},
+         MNN_EFORMAT, "its file must be stage-0.replay-buffer"},
+        {"a stage's file /etc/passwd", {"  - {index: 0,"},
+         {"  - {index: 0, program: replay-buffer, file: /etc/passwd, bytes: 1000, xxh3: @0}\n"},
+         MNN_EFORMAT, "its file must be stage-0.replay-buffer"},
+        {"a stage's file stage-0.other", {"  - {index: 0,"},
+         {"  - {index: 0, program: replay-buffer, file: stage-0.other, bytes: 1000, xxh3: @0}\n"},
+         MNN_EFORMAT, "its file must be stage-0.replay-buffer"},
+        {"a stage's file another stage's", {"  - {index: 0,"},
+         {"  - {index: 0, program: replay-buffer, file: stage-2.filter_x, bytes: 100000, "
+          "xxh3: @2}\n"},
+         MNN_EFORMAT, "its file must be stage-0.replay-buffer"},
+        {"a stage's file stage-0.other, listed so in files too",
+         {"  - {index: 0,", "  - {name: stage-0.replay-buffer,"},
+         {"  - {index: 0, program: replay-buffer, file: stage-0.other, bytes: 1000, xxh3: @0}\n",
+          "  - {name: stage-0.other, bytes: 1000, xxh3: @0}\n"},
+         MNN_EFORMAT, "its file must be stage-0.replay-buffer"},
+        {"a files entry ../x for a stage", {"  - {name: stage-0.replay-buffer,"},
+         {"  - {name: ../x, bytes: 1000, xxh3: @0}\n"}, MNN_EFORMAT, "not a plain name"},
+        {"stages 0 and 1 swapped", {"  - {index: 1,", "  - {index: 0,"},
+         {S0, S1}, MNN_EFORMAT, "stage 1 where stage 0 belongs"},
+        {"stage 1 missing", {"  - {index: 1,"}, {""}, MNN_EFORMAT,
+         "2 stages listed before stage 3"},
+        {"stage 1 missing, its file unlisted", {"  - {index: 1,",
+         "  - {name: stage-1.stream-sample,"}, {"", ""}, MNN_EFORMAT,
+         "2 stages listed before stage 3"},
+        {"stage 0 listed twice", {"  - {index: 1,"}, {S0}, MNN_EFORMAT,
+         "stage 0 where stage 1 belongs"},
+        {"stage 1 numbered 3", {"  - {index: 1,"},
+         {"  - {index: 3, program: stream-sample, file: stage-1.stream-sample, bytes: 0, xxh3: "
+          "@1}\n"}, MNN_EFORMAT, "stage 3 where stage 1 belongs"},
+        {"a fourth stage", {"  - {index: 2,"},
+         {S2 "  - {index: 3, program: evil, file: stage-3.evil, bytes: 0, xxh3: @1}\n"},
+         MNN_EFORMAT, "4 stages listed before stage 3"},
+        {"a stage's index not a number", {"  - {index: 0,"},
+         {"  - {index: x, program: replay-buffer, file: stage-0.replay-buffer, bytes: 1000, "
+          "xxh3: @0}\n"}, MNN_EFORMAT, "index"},
+        {"a stage without its xxh3", {"  - {index: 0,"},
+         {"  - {index: 0, program: replay-buffer, file: stage-0.replay-buffer, bytes: 1000}\n"},
+         MNN_EFORMAT, "a stage needs index, program, file, bytes and xxh3"},
+        {"a stage's bytes unlike its files entry", {"  - {index: 0,"},
+         {"  - {index: 0, program: replay-buffer, file: stage-0.replay-buffer, bytes: 1001, "
+          "xxh3: @0}\n"}, MNN_EFORMAT, "same bytes and xxh3"},
+        {"a stage's xxh3 unlike its files entry", {"  - {index: 0,"},
+         {"  - {index: 0, program: replay-buffer, file: stage-0.replay-buffer, bytes: 1000, "
+          "xxh3: @1}\n"}, MNN_EFORMAT, "same bytes and xxh3"},
+        {"a stage's program in uppercase", {"  - {index: 0,", "  - {name: stage-0.replay-buffer,"},
+         {"  - {index: 0, program: Replay, file: stage-0.Replay, bytes: 1000, xxh3: @0}\n",
+          "  - {name: stage-0.Replay, bytes: 1000, xxh3: @0}\n"},
+         MNN_EFORMAT, "program 'Replay' is not a plain name"},
+        {"a stage's program ../x", {"  - {index: 0,"},
+         {"  - {index: 0, program: ../x, file: stage-0.../x, bytes: 1000, xxh3: @0}\n"},
+         MNN_EFORMAT, "program '../x' is not a plain name"},
+        {"no stages list", {"stages:", "  - {index: 0,", "  - {index: 1,", "  - {index: 2,"},
+         {"", "", "", ""}, MNN_EFORMAT, "a cut without its stages list"},
+        {"pending 4, the batch", {"cut: "},
+         {"cut: {id: 3, stage: 3, program: sgd-train, pending: 4}\n"}, MNN_EFORMAT,
+         "below the batch (4)"},
+        {"pending 5", {"cut: "}, {"cut: {id: 3, stage: 3, program: sgd-train, pending: 5}\n"},
+         MNN_EFORMAT, "below the batch (4)"},
+        {"pending -1", {"cut: "}, {"cut: {id: 3, stage: 3, program: sgd-train, pending: -1}\n"},
+         MNN_EFORMAT, "pending"},
+        {"no pending", {"cut: "}, {"cut: {id: 3, stage: 3, program: sgd-train}\n"},
+         MNN_EFORMAT, "pending must be"},
+        {"pending 3 without pending.safetensors", {"  - {name: pending.safetensors,"}, {""},
+         MNN_EFORMAT, "a cut of 3 pending records without pending.safetensors"},
+        {"pending 0 with pending.safetensors", {"cut: "},
+         {"cut: {id: 3, stage: 3, program: sgd-train, pending: 0}\n"}, MNN_ECORRUPT,
+         "pending.safetensors: "},
+        {"pending.safetensors claiming 4 GiB", {"  - {name: pending.safetensors,"},
+         {"  - {name: pending.safetensors, bytes: 4294967296, xxh3: @0}\n"}, MNN_ECORRUPT,
+         "pending.safetensors: 4294967296 bytes"},
+        {"a stage's file claiming 4 GiB", {"  - {index: 2,", "  - {name: stage-2.filter_x,"},
+         {"  - {index: 2, program: filter_x, file: stage-2.filter_x, bytes: 4294967296, "
+          "xxh3: @2}\n", "  - {name: stage-2.filter_x, bytes: 4294967296, xxh3: @2}\n"},
+         MNN_ELIMIT, "stage-2.filter_x: 4294967296 bytes, more than a stage's part may hold"},
+        {"a stage's file claiming 2^64 - 1", {"  - {index: 2,", "  - {name: stage-2.filter_x,"},
+         {"  - {index: 2, program: filter_x, file: stage-2.filter_x, bytes: "
+          "18446744073709551615, xxh3: @2}\n",
+          "  - {name: stage-2.filter_x, bytes: 18446744073709551615, xxh3: @2}\n"},
+         MNN_ELIMIT, "more than a stage's part may hold"},
+        {"files listing stage-3.evil", {"  - {name: stage-2.filter_x,"},
+         {"  - {name: stage-2.filter_x, bytes: 100000, xxh3: @2}\n"
+          "  - {name: stage-3.evil, bytes: 0, xxh3: @1}\n"},
+         MNN_EFORMAT, "lists stage-3.evil"},
+        {"cut 0", {"cut: "}, {"cut: {id: 0, stage: 3, program: sgd-train, pending: 3}\n"},
+         MNN_EFORMAT, "cut: an id > 0 is required"},
+        {"cut -1", {"cut: "}, {"cut: {id: -1, stage: 3, program: sgd-train, pending: 3}\n"},
+         MNN_EFORMAT, "cut: an id > 0 is required"},
+        {"no cut id", {"cut: "}, {"cut: {stage: 3, program: sgd-train, pending: 3}\n"},
+         MNN_EFORMAT, "cut: an id > 0 is required"},
+        {"the cut's stage 64", {"cut: "},
+         {"cut: {id: 3, stage: 64, program: sgd-train, pending: 3}\n"}, MNN_EFORMAT,
+         "a stage below 64"},
+        {"the cut's stage 2 with 3 stages", {"cut: "},
+         {"cut: {id: 3, stage: 2, program: sgd-train, pending: 3}\n"}, MNN_EFORMAT,
+         "3 stages listed before stage 2"},
+        {"the cut's program with '/'", {"cut: "},
+         {"cut: {id: 3, stage: 3, program: sgd/train, pending: 3}\n"}, MNN_EFORMAT,
+         "a program name is required"},
+        {"the cut a number", {"cut: "}, {"cut: 3\n"}, MNN_EFORMAT, "cut"},
+    };
+    fails_t f = {0, 0};
+    for (size_t i = 0; i < NELEM(eds); i++) {
+        rc = FRESH();
+        e = 0;
+        for (size_t k = 0; k < 4 && eds[i].prefix[k]; k++)
+            e |= edit_line(mp, eds[i].prefix[k], with_hashes(eds[i].repl[k], t, sizeof t));
+        e |= reseal(dir);
+        d.msg[0] = 0;
+        lrc = mnn_manifest_load(&mf, dir, NULL, &d);
+        if (lrc == 0)
+            mnn_manifest_free(&mf);
+        if (rc || e || lrc != eds[i].rc || !contains(d.msg, eds[i].want) ||
+            !contains(d.msg, "manifest.yaml"))
+            fail_at(&f, "%s: rc %d, edits %d, load %d, \"%s\", want %d \"%s\"", eds[i].what, rc,
+                    e, lrc, d.msg, eds[i].rc, eds[i].want);
+        rm_rf(dir);
+    }
+    check(f.bad == 0, "a cut's manifest edited and resealed: a stage's file ../x, elsewhere, "
+                      "another program's or another stage's, stages swapped, missing, twice, "
+                      "renumbered or extra, a stage's bytes or xxh3 unlike its files entry, "
+                      "bad program names, no stages, pending >= batch or missing, pending "
+                      "without its file or a file without pending, 4 GiB files, an unknown "
+                      "stage file, cut 0, a bad cut stage or program: each refused by "
+                      "mnn_manifest_load with a message (%zu cases)", NELEM(eds));
+
+    /* a stage another program's, consistently so: it loads, and is that program's */
+    {
+        rc = FRESH();
+        char from[300], to[300], *buf = NULL;
+        snprintf(from, sizeof from, "%s/stage-0.replay-buffer", dir);
+        snprintf(to, sizeof to, "%s/stage-0.other", dir);
+        e = rename(from, to);
+        e |= edit_line(mp, "  - {index: 0,", with_hashes("  - {index: 0, program: other, file: "
+                                                         "stage-0.other, bytes: 1000, xxh3: @0}\n",
+                                                         t, sizeof t));
+        e |= edit_line(mp, "  - {name: stage-0.replay-buffer,",
+                       with_hashes("  - {name: stage-0.other, bytes: 1000, xxh3: @0}\n", t,
+                                   sizeof t));
+        e |= reseal(dir);
+        size_t len = 0;
+        uint64_t id = 0;
+        int rc1 = mnn_ckpt_stage_read(dir, 0, "replay-buffer", &buf, &len, &id, &d);
+        int ok1 = rc1 == MNN_ESHAPE && contains(d.msg, "is other, not replay-buffer");
+        free(buf);
+        buf = NULL;
+        int rc2 = mnn_ckpt_stage_read(dir, 0, "other", &buf, &len, &id, &d);
+        check(rc == 0 && e == 0 && ok1 && rc2 == 0 && len == sizeof cut_d0 &&
+                  !memcmp(buf, cut_d0, len),
+              "a cut whose stage 0 is, consistently, program 'other': replay-buffer is refused "
+              "(MNN_ESHAPE), 'other' gets the bytes (rc %d, %d, \"%s\")", rc1, rc2, d.msg);
+        free(buf);
+    }
+
+    /* the files themselves */
+    static const struct {
+        const char *what, *file;
+        int how; /* 0 a byte flipped, 1 removed, 2 truncated, 3 a link to a copy, 4 a directory */
+        const char *want;
+    } dam[] = {
+        {"stage 0's file with a byte flipped", "stage-0.replay-buffer", 0, "hash does not match"},
+        {"stage 2's file with a byte flipped", "stage-2.filter_x", 0, "hash does not match"},
+        {"stage 0's file removed", "stage-0.replay-buffer", 1, "missing"},
+        {"stage 1's file (0 bytes) removed", "stage-1.stream-sample", 1, "missing"},
+        {"stage 0's file truncated", "stage-0.replay-buffer", 2, "size does not match"},
+        {"stage 0's file a link to a copy", "stage-0.replay-buffer", 3, "not a regular file"},
+        {"stage 1's file a directory", "stage-1.stream-sample", 4, "not a regular file"},
+    };
+    f = (fails_t){0, 0};
+    for (size_t i = 0; i < NELEM(dam); i++) {
+        rc = FRESH();
+        snprintf(fp, sizeof fp, "%s/%s", dir, dam[i].file);
+        uint32_t index = (uint32_t)(dam[i].file[6] - '0');
+        const char *prog = strchr(dam[i].file, '.') + 1;
+        e = 0;
+        if (dam[i].how == 0)
+            flip_byte(fp, 500);
+        else if (dam[i].how == 1 || dam[i].how == 4)
+            e = unlink(fp) | (dam[i].how == 4 ? mkdir(fp, 0755) : 0);
+        else if (dam[i].how == 2)
+            e = truncate(fp, 999);
+        else {
+            char copy[300];
+            snprintf(copy, sizeof copy, "%s/copy-%zu", root, i);
+            e = rename(fp, copy) | symlink(copy, fp);
+        }
+        char *buf = NULL;
+        size_t len = 0;
+        uint64_t id = 0;
+        d.msg[0] = 0;
+        int src = mnn_ckpt_stage_read(dir, index, prog, &buf, &len, &id, &d);
+        int ok = src == MNN_ECORRUPT && !buf && contains(d.msg, fp) && contains(d.msg, dam[i].want);
+        free(buf);
+        char msg[sizeof d.msg];
+        snprintf(msg, sizeof msg, "%s", d.msg);
+        lrc = mnn_manifest_load(&mf, dir, NULL, &d);
+        int vrc = lrc == 0 ? mnn_manifest_verify_dir(&mf, dir, &d) : lrc;
+        if (lrc == 0)
+            mnn_manifest_free(&mf);
+        ok = ok && vrc == MNN_ECORRUPT && contains(d.msg, fp) && contains(d.msg, dam[i].want);
+        int src2 = mnn_ckpt_same_cut(dir, &m, &o, &st, &cut, NULL);
+        if (rc || e || !ok || src2 != MNN_ECORRUPT)
+            fail_at(&f, "%s: stage_read %d \"%s\"; verify_dir %d \"%s\"; same_cut %d", dam[i].what,
+                    src, msg, vrc, d.msg, src2);
+        rm_rf(dir);
+    }
+    check(f.bad == 0, "a cut's stage file with a byte flipped, removed, truncated, a link to a "
+                      "copy or a directory: mnn_ckpt_stage_read and mnn_manifest_verify_dir "
+                      "say MNN_ECORRUPT naming the file, mnn_ckpt_same_cut refuses (%zu cases)",
+          NELEM(dam));
+
+    /* the pending records damaged, or fewer than the file holds */
+    {
+        float *x = NULL, *y = NULL;
+        size_t np = 0;
+        rc = FRESH();
+        snprintf(fp, sizeof fp, "%s/pending.safetensors", dir);
+        flip_byte(fp, -5);
+        d.msg[0] = 0;
+        int prc = mnn_ckpt_pending_read(dir, 6, &x, &y, &np, &d);
+        check(rc == 0 && prc == MNN_ECORRUPT && !x && !y && np == 0 && contains(d.msg, fp) &&
+                  contains(d.msg, "hash does not match"),
+              "pending.safetensors with a byte flipped: MNN_ECORRUPT naming it (rc %d, \"%s\")",
+              prc, d.msg);
+        rc = FRESH();
+        e = edit_line(mp, "cut: ", "cut: {id: 3, stage: 3, program: sgd-train, pending: 2}\n") |
+            reseal(dir);
+        d.msg[0] = 0;
+        prc = mnn_ckpt_pending_read(dir, 6, &x, &y, &np, &d);
+        check(rc == 0 && e == 0 && prc < 0 && !x && !y && np == 0 &&
+                  contains(d.msg, "pending.safetensors"),
+              "a cut's pending edited to 2 (resealed) while its file holds 3: "
+              "mnn_ckpt_pending_read refuses (rc %d, \"%s\")", prc, d.msg);
+        /* a NaN feature in the file, rehashed */
+        rc = FRESH();
+        snprintf(fp, sizeof fp, "%s/pending.safetensors", dir);
+        size_t len = 0;
+        char *buf = slurp(fp, &len);
+        e = -1;
+        if (buf && len > 40) {
+            /* x precedes y in the data: x's last feature sits 3 labels before the end */
+            const float v = NAN;
+            memcpy(buf + len - 16, &v, 4);
+            e = write_bytes(fp, buf, len) | set_entry(dir, "pending.safetensors", NULL);
+        }
+        free(buf);
+        d.msg[0] = 0;
+        prc = mnn_ckpt_pending_read(dir, 6, &x, &y, &np, &d);
+        check(rc == 0 && e == 0 && prc == MNN_ECORRUPT && !x && !y && np == 0 &&
+                  contains(d.msg, "is not finite"),
+              "a NaN among the pending features (rehashed): MNN_ECORRUPT (rc %d, \"%s\")", prc,
+              d.msg);
+    }
+
+    /* files nobody listed: not read, not trusted, not copied */
+    {
+        mnn_cut_ckpt_t c1 = cut_of(3, 1, 0);
+        snprintf(dir, sizeof dir, "%s/step-00000005-c100", root);
+        rc = mnn_ckpt_write_cut(dir, &m, &o, &st, NULL, 1700000000, 0, &c1, &d);
+        char src[300];
+        rc |= FRESH(); /* a cut with pending records, whose file is put into the other */
+        snprintf(src, sizeof src, "%s/pending.safetensors", dir);
+        size_t len = 0;
+        char *pend = slurp(src, &len);
+        snprintf(dir, sizeof dir, "%s/step-00000005-c100", root);
+        e = !pend;
+        snprintf(fp, sizeof fp, "%s/pending.safetensors", dir);
+        e |= pend ? write_bytes(fp, pend, len) : -1;
+        snprintf(fp, sizeof fp, "%s/stage-1.evil", dir);
+        e |= write_bytes(fp, "evil", 4);
+        snprintf(fp, sizeof fp, "%s/stage-0.replay-buffer.orig", dir);
+        e |= write_bytes(fp, "orig", 4);
+        free(pend);
+        lrc = mnn_manifest_load(&mf, dir, NULL, &d);
+        int vrc = -1;
+        size_t nf = 0;
+        if (lrc == 0) {
+            nf = mf.nfiles;
+            vrc = mnn_manifest_verify_dir(&mf, dir, &d);
+            mnn_manifest_free(&mf);
+        }
+        float *x = NULL, *y = NULL;
+        size_t np = 9;
+        int prc = mnn_ckpt_pending_read(dir, 6, &x, &y, &np, &d);
+        char *buf = NULL;
+        size_t blen = 0;
+        uint64_t id = 0;
+        int src1 = mnn_ckpt_stage_read(dir, 1, "evil", &buf, &blen, &id, &d);
+        free(buf);
+        buf = NULL;
+        int src0 = mnn_ckpt_stage_read(dir, 0, "replay-buffer", &buf, &blen, &id, &d);
+        int part_ok = src0 == 0 && blen == sizeof cut_d0 && !memcmp(buf, cut_d0, blen);
+        free(buf);
+        char dst[300];
+        snprintf(dst, sizeof dst, "%s/copied", root);
+        int crc = mnn_ckpt_copy(dir, dst, &d);
+        check(rc == 0 && e == 0 && lrc == 0 && nf == 4 && vrc == 0 && prc == 0 && np == 0 &&
+                  !x && !y && src1 == MNN_ESHAPE && part_ok && crc == 0 &&
+                  !strcmp(dir_list(dst, l, sizeof l), "manifest.yaml model.safetensors "
+                          "optimizer.safetensors stage-0.replay-buffer state.yaml"),
+              "a cut (1 stage, pending 0) given an unlisted pending.safetensors, stage-1.evil "
+              "and a stray file: none is read (no pending records, stage 1 refused, stage 0 "
+              "its listed bytes) or copied (rc %d, %d, %d, %d, %d, %d; copy: %s)", lrc, vrc, prc,
+              src1, src0, crc, l);
+    }
+#undef S0
+#undef S1
+#undef S2
+#undef FRESH
+out:
+    mnn_optim_free(&o);
+    mnn_model_free(&m);
+    rm_rf(root);
+}
+
+/* ---- pipeline cuts: names and roots ---------------------------------------- */
+
+static void test_ckpt_cut_names(void)
+{
+    static const struct {
+        uint64_t step, cut;
+        const char *name;
+    } names[] = {
+        {12, 0, "step-00000012"},
+        {12, 3, "step-00000012-c3"},
+        {0, 1, "step-00000000-c1"},
+        {12, 10, "step-00000012-c10"},
+        {123456789, 0, "step-123456789"},
+        {UINT64_MAX, UINT64_MAX, "step-18446744073709551615-c18446744073709551615"},
+    };
+    fails_t f = {0, 0};
+    for (size_t i = 0; i < NELEM(names); i++) {
+        char buf[64];
+        uint64_t s = 99, c = 99;
+        mnn_ckpt_cut_name(buf, sizeof buf, names[i].step, names[i].cut);
+        int rc = mnn_ckpt_name_parse(names[i].name, &s, &c);
+        if (strcmp(buf, names[i].name) || rc != 0 || s != names[i].step || c != names[i].cut)
+            fail_at(&f, "%s: written %s, parsed rc %d, step %llu, cut %llu", names[i].name, buf,
+                    rc, (unsigned long long)s, (unsigned long long)c);
+    }
+    check(f.bad == 0, "mnn_ckpt_cut_name and mnn_ckpt_name_parse: step-N and step-N-cID both "
+                      "ways (%zu names)", NELEM(names));
+    static const char *const refused[] = {
+        "step-12", "step-0000012", "step-000000012", "step-00000012-c0", "step-00000012-c03",
+        "step-00000012-x3", "step-00000012-C3", "step-00000012-c", "step-00000012-",
+        "step-00000012-c3-c4", "step-00000012-c3-", "step-00000012x", "step-00000012-c3x",
+        "step-00000012 ", "step-00000012-c3 ", "step-00000012-c+3", "step-00000012-c-3",
+        "step-+0000012", "step--00000012", "step-", "step", "", "Step-00000012",
+        "latest", ".tmp-step-00000012", "step-00000012/", "step-00000012-c3/",
+        "step-00000012-c18446744073709551616", "step-18446744073709551616",
+        "step-00000012--c3", "step-00000012-cc3", " step-00000012",
+    };
+    f = (fails_t){0, 0};
+    for (size_t i = 0; i < NELEM(refused); i++) {
+        uint64_t s, c;
+        int rc = mnn_ckpt_name_parse(refused[i], &s, &c);
+        if (rc != -1)
+            fail_at(&f, "'%s': rc %d", refused[i], rc);
+    }
+    check(f.bad == 0, "mnn_ckpt_name_parse refuses every other spelling: step-12, -c0, -c03, "
+                      "-x3, -c, -c3-c4, trailing junk, signs, overflow (%zu names)",
+          NELEM(refused));
+
+    /* a root of steps and cuts: ordered by step, then cut (as numbers) */
+    char root[128], p[256], l[512];
+    mnn_diag_t d = {""};
+    tpath(root, sizeof root, "cut-prune");
+    int setup = mkdir(root, 0755);
+    static const char *const dirs[] = {
+        "step-00000004",    "step-00000005-c9", "step-00000006", "step-00000006-c1",
+        "step-00000006-c2", "step-00000006-c10",
+        /* not names written here: never counted, never removed */
+        "step-00000006-c02", "step-00000009-c0", "step-9",
+    };
+    for (size_t i = 0; i < NELEM(dirs); i++) {
+        snprintf(p, sizeof p, "%s/%s", root, dirs[i]);
+        setup |= mkdir(p, 0755);
+        snprintf(p, sizeof p, "%s/%s/manifest.yaml", root, dirs[i]);
+        setup |= write_bytes(p, "m", 1);
+    }
+    setup |= mnn_ckpt_set_latest(root, "step-00000005-c9", &d);
+    uint64_t newest = 0;
+    int rc = mnn_ckpt_root_newest(root, &newest, &d);
+    check(setup == 0 && rc == 1 && newest == 6,
+          "mnn_ckpt_root_newest of a root of steps and cuts: step 6, not the unwritten "
+          "spellings step-00000009-c0 and step-9 (rc %d, %llu)", rc, (unsigned long long)newest);
+    size_t removed = 0;
+    rc = mnn_ckpt_prune(root, 2, &removed, &d);
+    check(rc == 0 && removed == 3 &&
+              !strcmp(dir_list(root, l, sizeof l), "latest step-00000005-c9 step-00000006-c02 "
+                      "step-00000006-c10 step-00000006-c2 step-00000009-c0 step-9"),
+          "mnn_ckpt_prune keep 2: step-00000006-c10 and -c2 (cut 10 after cut 2) stay, and "
+          "step-00000005-c9 that latest names; step-00000004, step-00000006 and -c1 go; other "
+          "spellings stay (rc %d, removed %zu, left: %s)", rc, removed, l);
+    rc = mnn_ckpt_prune(root, 1, &removed, &d);
+    check(rc == 0 && removed == 1 &&
+              !strcmp(dir_list(root, l, sizeof l), "latest step-00000005-c9 step-00000006-c02 "
+                      "step-00000006-c10 step-00000009-c0 step-9"),
+          "mnn_ckpt_prune keep 1: the newest (step-00000006-c10) and latest's stay (rc %d, "
+          "removed %zu, left: %s)", rc, removed, l);
+    int lrc = mnn_ckpt_set_latest(root, "step-00000006-c10", &d);
+    rc = mnn_ckpt_prune(root, 1, &removed, &d);
+    check(lrc == 0 && rc == 0 && removed == 1 &&
+              !strcmp(dir_list(root, l, sizeof l), "latest step-00000006-c02 step-00000006-c10 "
+                      "step-00000009-c0 step-9"),
+          "mnn_ckpt_prune keep 1 with latest the newest: step-00000005-c9 goes, older than "
+          "step 6's cuts (rc %d, removed %zu, left: %s)", rc, removed, l);
+    /* step-N is older than step-N-c1; step-N-c9 older than step-(N+1) */
+    rm_rf(root);
+    setup = mkdir(root, 0755);
+    static const char *const two[][2] = {
+        {"step-00000007", "step-00000007-c1"},
+        {"step-00000007-c9", "step-00000008"},
+        {"step-00000007-c2", "step-00000007-c11"},
+        {"step-00000099", "step-00000100-c1"},
+    };
+    fails_t fp = {0, 0};
+    for (size_t i = 0; i < NELEM(two); i++) {
+        for (int k = 1; k >= 0; k--) {
+            snprintf(p, sizeof p, "%s/%s", root, two[i][k]);
+            setup |= mkdir(p, 0755);
+        }
+        setup |= mnn_ckpt_set_latest(root, two[i][1], &d);
+        rc = mnn_ckpt_prune(root, 1, &removed, &d);
+        char want[128];
+        snprintf(want, sizeof want, "latest %s", two[i][1]);
+        if (setup || rc || removed != 1 || strcmp(dir_list(root, l, sizeof l), want))
+            fail_at(&fp, "%s and %s: rc %d, removed %zu, left: %s", two[i][0], two[i][1], rc,
+                    removed, l);
+        snprintf(p, sizeof p, "%s/%s", root, two[i][1]);
+        rm_rf(p);
+    }
+    check(fp.bad == 0, "mnn_ckpt_prune keep 1 of two: step-N before step-N-c1, step-N-c9 "
+                       "before step-(N+1), -c2 before -c11 (%zu pairs)", NELEM(two));
+    rm_rf(root);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -7321,6 +8726,11 @@ int main(void)
     test_ckpt_prune();
     test_ckpt_open();
     test_ckpt_same();
+    test_cutline();
+    test_cut_part();
+    test_ckpt_cut();
+    test_ckpt_cut_tamper();
+    test_ckpt_cut_names();
     test_reservoir();
     test_replay();
     test_bernoulli();
