@@ -501,7 +501,6 @@ static void cut_start(const args_t *a, run_t *r, const feed_batch_t *b)
  * with the records of its divided minibatch and every upstream part. */
 static void cut_commit(const args_t *a, run_t *r, progress_t *p, const feed_batch_t *b)
 {
-    (void)a;
     if (b->cut_what == MNN_CUT_FINAL && r->pn) {
         /* the source ended: its last records are a short minibatch */
         learn(a, r, p, r->px, r->py, r->pn);
