@@ -672,8 +672,13 @@ int main(int argc, char **argv)
     /* the last update may have been the one that diverged */
     if (mnn_state_check(&r.model, &r.opt, &d) < 0)
         diverged(r.writer, a.co.root, r.opt.step, r.st.records_seen, d.msg);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
+    /* a pipeline's last cut is being written: a signal (the whole job
+     * told to stop) must not end it halfway; otherwise these signals have
+     * their default action again while the last checkpoint is written */
+    if (!r.cut_mode) {
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+    }
     if (r.writer) {
         /* a pipeline's checkpoints are its cuts, the last one taken already */
         if (!r.cut_mode)
