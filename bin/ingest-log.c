@@ -72,7 +72,8 @@ static void list_segments(ilog_t *l)
             l->segs[l->nsegs++] = at;
         }
     closedir(dh);
-    qsort(l->segs, l->nsegs, sizeof *l->segs, by_offset);
+    if (l->nsegs > 1) /* none: segs is still NULL, which qsort may not take */
+        qsort(l->segs, l->nsegs, sizeof *l->segs, by_offset);
 }
 
 /* Reads n bytes at fd's position: n, or fewer at the end of the file. */

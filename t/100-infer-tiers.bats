@@ -1543,7 +1543,7 @@ EOF
 
 @test "--stats-json to a fifo is written into it, not replaced" {
     mkfifo s.fifo
-    cat s.fifo >got.json &
+    timeout 60 cat s.fifo >got.json & # bounded: infer may fail before it opens the fifo
     run -0 --separate-stderr infer -m "$A" --eval -q --stats-json s.fifo <test.csv
     wait
     [[ -p s.fifo ]] || fail "the fifo was replaced"

@@ -43,7 +43,7 @@ head_bg() {
     stream-ingest "$@" in.fifo >out 2>err 3>&- 5>&- &
     HEAD_PID=$!
     BG_PID=$HEAD_PID
-    exec 5>in.fifo
+    open_writer 5 in.fifo "$HEAD_PID" || fail "stream-ingest did not open in.fifo: $(cat err)"
     wait_for_match out '^#!ckpt-start ' || fail "no start line: $(cat err)"
 }
 
@@ -60,10 +60,10 @@ pipe_bg() {
     { (echo $BASHPID >head.pid; exec stream-ingest "$@" in.fifo 2>err) |
         sgd-train -q "${train[@]}" --ckpt-dir "$root" >paths; } 3>&- 5>&- &
     BG_PID=$!
-    exec 5>in.fifo
     local n=100
     until [[ -s head.pid ]]; do ((n-- > 0)) || fail "the head never started"; sleep 0.05; done
     HEAD_PID=$(cat head.pid)
+    open_writer 5 in.fifo "$HEAD_PID" || fail "stream-ingest did not open in.fifo: $(cat err)"
 }
 
 # feed FROM TO: lines FROM to TO of d.csv into the FIFO

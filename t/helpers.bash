@@ -168,6 +168,33 @@ wait_for_match() {
     return 1
 }
 
+# open_writer FD FIFO PID [TENTHS]: open FIFO for writing on FD, and wait
+# until process PID has it open (default: at most 30 s).  A plain
+# `exec 5>FIFO` blocks until a reader comes, for ever if PID failed before it
+# opened the FIFO; this one fails instead, once PID is gone or the time is
+# up.  While it waits, a read-write descriptor of its own lets both opens
+# (the test's and PID's) go through at once.
+open_writer() {
+    local fd=$1 fifo=$2 pid=$3 n=${4:-300} want l hold
+    want=$(realpath -- "$fifo") || return 1
+    exec {hold}<>"$fifo"
+    eval "exec $fd>\"\$fifo\""
+    while ((n-- > 0)); do
+        for l in /proc/"$pid"/fd/*; do
+            if [[ $(readlink -- "$l" 2>/dev/null) == "$want" ]]; then
+                exec {hold}>&-
+                return 0
+            fi
+        done
+        [[ -d /proc/$pid/fd ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null ||
+            break
+        sleep 0.1
+    done
+    exec {hold}>&-
+    eval "exec $fd>&-"
+    return 1
+}
+
 # wait_caught PID SIGNUM [TENTHS]: wait until process PID catches signal
 # SIGNUM (its bit in SigCgt of /proc/PID/status; default at most 30 s), so
 # that the signal cannot kill it before its handler is set
