@@ -7,6 +7,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -190,6 +191,32 @@ void *xrealloc(void *p, size_t n, size_t size)
     if (!q)
         die(EXIT_RUNTIME, "out of memory");
     return q;
+}
+
+static ssize_t membuf_write(void *cookie, const char *buf, size_t n)
+{
+    membuf_t *m = cookie;
+    if (m->cap - m->len < n)
+        m->p = xrealloc(m->p, m->cap = grow_cap(m->cap, m->len + n), 1);
+    memcpy(m->p + m->len, buf, n);
+    m->len += n;
+    return (ssize_t)n;
+}
+
+void pipe_widen(int fd)
+{
+    struct stat sb;
+    if (fstat(fd, &sb) == 0 && S_ISFIFO(sb.st_mode))
+        (void)fcntl(fd, F_SETPIPE_SZ, 1 << 20);
+}
+
+FILE *membuf_open(membuf_t *m)
+{
+    m->len = 0;
+    FILE *f = fopencookie(m, "w", (cookie_io_functions_t){.write = membuf_write});
+    if (!f)
+        die(EXIT_RUNTIME, "out of memory");
+    return f;
 }
 
 double mono_now(void)

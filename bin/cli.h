@@ -64,6 +64,24 @@ int64_t cli_created(void);
 size_t grow_cap(size_t cap, size_t need);
 void *xrealloc(void *p, size_t n, size_t size);
 
+/* A FILE that writes into memory kept from one use to the next:
+ * membuf_open starts m over (m->len = 0); after fclose, m->p holds m->len
+ * bytes.  Unlike open_memstream's, the memory is not given back and grown
+ * again at every use: a state written at every cut faults no page in anew.
+ * Dies when out of memory. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} membuf_t;
+FILE *membuf_open(membuf_t *m);
+
+/* In a pipeline with cuts, a stage holds the records back while it
+ * snapshots its state at a barrier: pipe_widen makes the pipe on fd (if it
+ * is one) hold 1 MiB, so that the stages after it go on meanwhile with
+ * what was sent before.  Best effort: a limit (pipe-max-size) or another
+ * kind of file leaves it as it is. */
+void pipe_widen(int fd);
+
 /* Seconds on the monotonic clock. */
 double mono_now(void);
 

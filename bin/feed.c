@@ -126,13 +126,15 @@ static int cut_line(struct feed *f, feed_batch_t *b, const char *line, size_t le
         return -1;
     }
     /* a part ends where the next cut line begins */
-    if (f->in_block && cur && l.kind != MNN_CUT_DATA && mnn_part_finish(cur, &d) < 0)
+    if (f->in_block && cur && l.kind != MNN_CUT_DATA && !cur->head.in_file &&
+        mnn_part_finish(cur, &d) < 0)
         return stream_error(f, b, d.msg) + 1;
     switch (l.kind) {
     case MNN_CUT_START:
         if (f->started_cuts)
             return stream_error(f, b, "a second start line") + 1;
         f->started_cuts = 1;
+        pipe_widen(f->lr.fd);
         f->index = l.index;
         f->last_id = l.id;
         b->start = 1;
@@ -158,6 +160,16 @@ static int cut_line(struct feed *f, feed_batch_t *b, const char *line, size_t le
             return stream_error(f, b, msg) + 1;
         }
         mnn_part_begin(&b->parts[b->nparts++], &l);
+        if (!l.in_file)
+            return 0;
+        if (!f->o.parts_root) {
+            snprintf(msg, sizeof msg, "the part of stage %u of cut %llu is in a file (its "
+                     "--ckpt-dir), and this stage has no --ckpt-dir to find it in",
+                     (unsigned)l.index, (unsigned long long)l.id);
+            return stream_error(f, b, msg) + 1;
+        }
+        if (mnn_part_load(&b->parts[b->nparts - 1], f->o.parts_root, &d) < 0)
+            return stream_error(f, b, d.msg) + 1;
         return 0;
     case MNN_CUT_DATA:
         if (!cur || !f->in_block)

@@ -51,6 +51,8 @@ typedef struct {
     int verbose;       /* report every skipped line */
     int quiet;         /* no notes (errors still) */
     uint64_t skip_records; /* drop this many valid records first (--skip-seen) */
+    const char *parts_root; /* --ckpt-dir: where upstream parts left in
+                             * files are (NULL: none may be) */
     int cuts;          /* take part in pipeline cuts as their last stage: check
                         * the cut lines, decode the parts, end a batch at a
                         * block's end, and keep batches whole across it */

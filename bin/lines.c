@@ -177,6 +177,7 @@ static int cut_line(mnn_linereader_t *lr, const badrec_t *b, cut_stage_t *cs, co
         cs->from = cs->id = l.id;
         mnn_cut_put_start(stdout, l.id, l.index + 1);
         fflush(stdout);
+        pipe_widen(STDOUT_FILENO);
         return NR_START;
     case MNN_CUT_BARRIER:
         if (cs->in_block || l.id <= cs->id)
@@ -291,7 +292,14 @@ void cut_pass_barrier(const cut_stage_t *cs)
 
 void cut_pass_end(cut_stage_t *cs, const void *data, size_t n)
 {
-    mnn_cut_put_part(stdout, cs->id, cs->index, cs->program, data, n);
+    mnn_diag_t d = {""};
+    if (!cs->root)
+        mnn_cut_put_part(stdout, cs->id, cs->index, cs->program, data, n);
+    else if (mnn_cut_part_save(cs->root, cs->id, cs->index, cs->program, data, n, &d) < 0)
+        die(EXIT_RUNTIME, "cut %llu: --ckpt-dir %s: %s", (unsigned long long)cs->id, cs->root,
+            d.msg);
+    else
+        mnn_cut_put_part_ref(stdout, cs->id, cs->index, cs->program, data, n);
     mnn_cut_put_end(stdout, cs->id);
     fflush(stdout);
     out_check();

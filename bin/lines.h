@@ -60,6 +60,8 @@ int signal_taken(int sig);
  * CHECKPOINTS), kept by next_record as the cut lines pass. */
 typedef struct {
     const char *program; /* this stage's name in its parts */
+    const char *root;    /* --ckpt-dir: parts left in ROOT/.parts (NULL: in
+                          * the stream) */
     int active;          /* a start line came: the stage takes part */
     uint32_t index;      /* its index in the pipeline (from the start line) */
     uint64_t from;       /* the cut the head resumed from; 0: none */
@@ -91,8 +93,9 @@ enum {
  * fatal. */
 int next_record(mnn_linereader_t *lr, const badrec_t *b, cut_stage_t *cs, const char **line,
                 size_t *len);
-/* Writes the barrier cs->id; and this stage's part (n bytes of its state)
- * then the block's end line, flushed. */
+/* Writes the barrier cs->id; and this stage's part (n bytes of its state:
+ * in the stream, or with cs->root in a file there and a line pointing at
+ * it) then the block's end line, flushed. */
 void cut_pass_barrier(const cut_stage_t *cs);
 void cut_pass_end(cut_stage_t *cs, const void *data, size_t n);
 /* At the end of the input: 1 when it is a pipeline's that stopped (or

@@ -56,6 +56,11 @@ static noreturn void help(void)
         "      --resume CKPT      in a pipeline with cuts (stream-ingest at its head):\n"
         "                         start from this stage's part of the cut CKPT\n"
         "                         (a directory, a root with latest, or an archive)\n"
+        "      --ckpt-dir DIR     in a pipeline with cuts: leave this stage's part of\n"
+        "                         each cut in DIR/.parts for the last stage, sgd-train\n"
+        "                         --ckpt-dir DIR (the same DIR, on this machine), to\n"
+        "                         take into the cut, instead of sending it down the\n"
+        "                         stream (a stage behind an ssh hop sends it)\n"
         "      --workdir DIR      where --resume unpacks an archive (default: TMPDIR)\n"
         "      --on-error=MODE    fail (default) or skip bad records, counting them\n"
         "  -q, --quiet            only errors on stderr\n"
@@ -111,19 +116,18 @@ static void resume_from(mnn_replay_t *b, mnn_ckpt_t *ck, const cut_stage_t *cs, 
 /* The buffer's whole state as this stage's part of the cut cs is in. */
 static void pass_part(const mnn_replay_t *b, cut_stage_t *cs)
 {
-    char *data = NULL;
-    size_t n = 0;
-    FILE *f = open_memstream(&data, &n);
-    if (!f || mnn_replay_write(b, f) < 0 || fclose(f) != 0)
+    static membuf_t m; /* kept from cut to cut */
+    FILE *f = membuf_open(&m);
+    if (mnn_replay_write(b, f) < 0 || fclose(f) != 0)
         die(EXIT_RUNTIME, "cut %" PRIu64 ": cannot write the buffer's state: out of memory",
             cs->id);
-    cut_pass_end(cs, data, n);
-    free(data);
+    cut_pass_end(cs, m.p, m.len);
 }
 
 int main(int argc, char **argv)
 {
-    enum { O_POLICY = 256, O_STATE, O_SAVE, O_FRESH, O_SEED, O_ONERR, O_RESUME, O_WORKDIR };
+    enum { O_POLICY = 256, O_STATE, O_SAVE, O_FRESH, O_SEED, O_ONERR, O_RESUME, O_WORKDIR,
+           O_CKDIR };
     static const struct option longopts[] = {
         {"ratio", required_argument, NULL, 'r'},
         {"capacity", required_argument, NULL, 'c'},
@@ -135,12 +139,13 @@ int main(int argc, char **argv)
         {"on-error", required_argument, NULL, O_ONERR},
         {"resume", required_argument, NULL, O_RESUME},
         {"workdir", required_argument, NULL, O_WORKDIR},
+        {"ckpt-dir", required_argument, NULL, O_CKDIR},
         CLI_COMMON_LONGOPTS};
     double ratio = 1;
     size_t cap = 10000;
     uint64_t seed = 1, save_every = 0;
     mnn_replay_policy_t policy = MNN_REPLAY_RESERVOIR;
-    const char *state = NULL, *resume = NULL, *workdir = NULL;
+    const char *state = NULL, *resume = NULL, *workdir = NULL, *ckdir = NULL;
     int fresh = 0, quiet = 0, verbose = 0, cap_given = 0, c;
     badrec_t bad = {.name = "stdin"};
     cli_init("replay-buffer");
@@ -170,6 +175,11 @@ int main(int argc, char **argv)
         case O_ONERR: bad.skip = opt_on_error(optarg); break;
         case O_RESUME: resume = optarg; break;
         case O_WORKDIR: workdir = optarg; break;
+        case O_CKDIR:
+            if (!*optarg)
+                usage_error("--ckpt-dir: empty directory name");
+            ckdir = optarg;
+            break;
         case 'q': quiet = bad.quiet = 1; break;
         default: cli_common(c, &quiet, &verbose, help);
         }
@@ -226,7 +236,7 @@ int main(int argc, char **argv)
     uint64_t recs = 0, replayed = 0;
     const char *line;
     size_t len;
-    cut_stage_t cs = {.program = "replay-buffer"};
+    cut_stage_t cs = {.program = "replay-buffer", .root = ckdir};
     int stopped_by_cut = 0;
     for (;;) {
         if (stop_sig)

@@ -44,12 +44,10 @@ static void put_records(FILE *f, const held_t *h)
     }
 }
 
-void state_save(const sample_t *s, char **buf, size_t *len)
+void state_save(const sample_t *s, membuf_t *m)
 {
     char opts[128];
-    FILE *f = open_memstream(buf, len);
-    if (!f)
-        die(EXIT_RUNTIME, "out of memory for the sample's state");
+    FILE *f = membuf_open(m);
     sample_options(s, opts, sizeof opts);
     fprintf(f, "%s\noptions %s\n", STATE_MAGIC, opts);
     mnn_state_put(f, "rng", "uuuu", s->rng.s[0], s->rng.s[1], s->rng.s[2], s->rng.s[3]);
@@ -79,12 +77,10 @@ void state_save(const sample_t *s, char **buf, size_t *len)
     const int failed = ferror(f);
     if (fclose(f) != 0 || failed)
         die(EXIT_RUNTIME, "out of memory for the sample's state");
-    char *sealed = realloc(*buf, *len + SEAL_LEN + 1);
-    if (!sealed)
-        die(EXIT_RUNTIME, "out of memory for the sample's state");
-    *buf = sealed;
-    snprintf(sealed + *len, SEAL_LEN + 1, "end %016" PRIx64 "\n", mnn_hash64(sealed, *len));
-    *len += SEAL_LEN;
+    if (m->cap - m->len < SEAL_LEN + 1)
+        m->p = xrealloc(m->p, m->cap = m->len + SEAL_LEN + 1, 1);
+    snprintf(m->p + m->len, SEAL_LEN + 1, "end %016" PRIx64 "\n", mnn_hash64(m->p, m->len));
+    m->len += SEAL_LEN;
 }
 
 /* ---- reading it back ------------------------------------------------------------ */

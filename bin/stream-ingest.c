@@ -448,6 +448,7 @@ int main(int argc, char **argv)
     int seg_given = 0, c;
     cli_init("stream-ingest");
     out_setup();
+    pipe_widen(STDOUT_FILENO); /* its output always carries cuts */
     while ((c = getopt_long(argc, argv, "qvhV", longopts, NULL)) != -1) {
         switch (c) {
         case O_EVERY: g.every = opt_size("--every", optarg, 1, SIZE_MAX); break;

@@ -52,6 +52,11 @@ static noreturn void help(void)
         "      --resume CKPT      in a pipeline with cuts: go on from this stage's state\n"
         "                         in the cut CKPT (a directory or an archive), the one\n"
         "                         the head of the pipeline resumes from\n"
+        "      --ckpt-dir DIR     in a pipeline with cuts: leave this stage's part of\n"
+        "                         each cut in DIR/.parts for the last stage, sgd-train\n"
+        "                         --ckpt-dir DIR (the same DIR, on this machine), to\n"
+        "                         take into the cut, instead of sending it down the\n"
+        "                         stream (a stage behind an ssh hop sends it)\n"
         "      --on-error=MODE    fail (default) or skip bad records, counting them\n"
         "  -q, --quiet            only errors on stderr\n"
         "  -v, --verbose          report the records read and written on stderr\n"
@@ -323,20 +328,19 @@ static void cut_start(sample_t *s, const cut_stage_t *cs, const mnn_ckpt_t *ck,
 /* This stage's part of the cut whose block ends: its whole state. */
 static void cut_end(const sample_t *s, cut_stage_t *cs)
 {
-    char *buf;
-    size_t len;
-    state_save(s, &buf, &len);
-    if (len > MNN_CUT_MAX_PART)
+    static membuf_t m; /* kept from cut to cut */
+    state_save(s, &m);
+    if (m.len > MNN_CUT_MAX_PART)
         die(EXIT_RUNTIME, "cut %llu: the sample's state is %zu bytes, more than the %llu a "
-            "stage's part may have", (unsigned long long)cs->id, len,
+            "stage's part may have", (unsigned long long)cs->id, m.len,
             (unsigned long long)MNN_CUT_MAX_PART);
-    cut_pass_end(cs, buf, len);
-    free(buf);
+    cut_pass_end(cs, m.p, m.len);
 }
 
 int main(int argc, char **argv)
 {
-    enum { O_EVERY = 256, O_WCOL, O_DECAY, O_PERCLASS, O_EMIT, O_SEED, O_ONERR, O_RESUME };
+    enum { O_EVERY = 256, O_WCOL, O_DECAY, O_PERCLASS, O_EMIT, O_SEED, O_ONERR, O_RESUME,
+           O_CKDIR };
     static const struct option longopts[] = {
         {"probability", required_argument, NULL, 'p'},
         {"every", required_argument, NULL, O_EVERY},
@@ -348,10 +352,11 @@ int main(int argc, char **argv)
         {"seed", required_argument, NULL, O_SEED},
         {"on-error", required_argument, NULL, O_ONERR},
         {"resume", required_argument, NULL, O_RESUME},
+        {"ckpt-dir", required_argument, NULL, O_CKDIR},
         CLI_COMMON_LONGOPTS};
     static sample_t s = {.mode = M_NONE}; /* its samplers point at its rng */
     uint64_t emit_every = 0, seed = 1;
-    const char *resume = NULL;
+    const char *resume = NULL, *ckdir = NULL;
     int verbose = 0, modes = 0, c;
     cli_init("stream-sample");
     out_setup();
@@ -381,6 +386,11 @@ int main(int argc, char **argv)
             if (!*optarg || !strcmp(optarg, "-"))
                 usage_error("--resume: a checkpoint directory or archive, not stdin");
             resume = optarg;
+            break;
+        case O_CKDIR:
+            if (!*optarg)
+                usage_error("--ckpt-dir: empty directory name");
+            ckdir = optarg;
             break;
         default: cli_common(c, &bad.quiet, &verbose, help);
         }
@@ -415,7 +425,7 @@ int main(int argc, char **argv)
         die(EXIT_RUNTIME, "out of memory");
     lr.cancel_fd = usr1_fd;
 
-    cut_stage_t cs = {.program = "stream-sample"};
+    cut_stage_t cs = {.program = "stream-sample", .root = ckdir};
     const char *line;
     size_t len;
     int usr1_held = 0; /* a SIGUSR1 inside a cut's block: the emission after it */

@@ -70,9 +70,9 @@ int by_rec(const void *a, const void *b);
  * spelling for each sample. */
 void sample_options(const sample_t *s, char *buf, size_t size);
 
-/* The whole state of s (sample-state.c): in *buf (free it), *len bytes;
- * dies out of memory. */
-void state_save(const sample_t *s, char **buf, size_t *len);
+/* The whole state of s (sample-state.c): in m (membuf_open's); dies out
+ * of memory. */
+void state_save(const sample_t *s, membuf_t *m);
 /* Restores s (just made by sample_init with the options of the state) from
  * the state data[0, size): 0, or -1 with what is wrong in err. */
 int state_load(sample_t *s, const char *data, size_t size, char *err, size_t errsize);

@@ -3,6 +3,11 @@
  * lines, the header naming its size and XXH3), and the end of a barrier's
  * block.  Only the lines; what a stage does with them is the program's. */
 #include "internal.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <inttypes.h>
 #include <stdlib.h>
@@ -69,7 +74,7 @@ int mnn_cutline_parse(const char *line, size_t len, mnn_cutline_t *l, mnn_diag_t
         {"#!ckpt-start", MNN_CUT_START, 2, 2},
         {"#!ckpt-end", MNN_CUT_END, 1, 1},
         {"#!ckpt", MNN_CUT_BARRIER, 1, 2},
-        {"#!part", MNN_CUT_PART, 5, 5},
+        {"#!part", MNN_CUT_PART, 5, 6},
     };
     size_t t = 0, tl = 0;
     for (; t < sizeof tags / sizeof tags[0]; t++) {
@@ -85,7 +90,7 @@ int mnn_cutline_parse(const char *line, size_t len, mnn_cutline_t *l, mnn_diag_t
     }
     const char *w[6];
     size_t wl[6];
-    size_t n = split(line + tl, line + len, w, wl, 5);
+    size_t n = split(line + tl, line + len, w, wl, 6); /* 7: too many */
     if (n < tags[t].min || n > tags[t].max)
         return bad(line, len, d, "wrong number of fields");
     l->kind = tags[t].kind;
@@ -127,6 +132,9 @@ int mnn_cutline_parse(const char *line, size_t len, mnn_cutline_t *l, mnn_diag_t
         if (wl[4] != 16 || strspn(w[4], "0123456789abcdef") < 16)
             return bad(line, len, d, "the hash");
         memcpy(l->xxh3, w[4], 16);
+        if (n == 6 && (wl[5] != 4 || memcmp(w[5], "file", 4)))
+            return bad(line, len, d, "neither data lines nor 'file'");
+        l->in_file = n == 6;
         break;
     case MNN_CUT_END:
         if (l->id == 0)
@@ -182,6 +190,119 @@ int mnn_cut_put_part(FILE *f, uint64_t id, uint32_t index, const char *program,
         fwrite(out, 1, o, f);
     }
     return ferror(f) ? MNN_EIO : 0;
+}
+
+void mnn_cut_part_name(char *buf, size_t size, uint64_t id, uint32_t index, const char *program)
+{
+    snprintf(buf, size, "c%" PRIu64 "-s%" PRIu32 ".%s", id, index, program);
+}
+
+/* ROOT/.parts, open (created first when create), or -1 and d filled */
+static int parts_dir(const char *root, int create, mnn_diag_t *d)
+{
+    if (create && mkdir(root, 0777) != 0 && errno != EEXIST) /* the committer may not yet have */
+        return mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(errno)), -1;
+    int rfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (rfd < 0) {
+        int e = errno;
+        mnn_fail(d, MNN_EIO, "%s: %s", root, strerror(e));
+        errno = e;
+        return -1;
+    }
+    if (create && mkdirat(rfd, MNN_CUT_PARTS, 0777) != 0 && errno != EEXIST) {
+        int e = errno;
+        close(rfd);
+        return mnn_fail(d, MNN_EIO, "%s/%s: %s", root, MNN_CUT_PARTS, strerror(e)), -1;
+    }
+    int fd = openat(rfd, MNN_CUT_PARTS, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int e = errno;
+    close(rfd);
+    if (fd < 0)
+        mnn_fail(d, MNN_EIO, "%s/%s: %s", root, MNN_CUT_PARTS, strerror(e));
+    errno = e; /* for a caller's own message */
+    return fd;
+}
+
+int mnn_cut_part_save(const char *root, uint64_t id, uint32_t index, const char *program,
+                      const void *data, size_t n, mnn_diag_t *d)
+{
+    char name[MNN_CUT_PROGRAM_MAX + 48], tmp[sizeof name + 32];
+    mnn_cut_part_name(name, sizeof name, id, index, program);
+    snprintf(tmp, sizeof tmp, ".%s.tmp-%ld", name, (long)getpid());
+    int dfd = parts_dir(root, 1, d);
+    if (dfd < 0)
+        return MNN_EIO;
+    int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0666);
+    int rc = fd < 0 || mnn_write_all(fd, data, n) < 0 ? -1 : 0;
+    int e = errno;
+    if (fd >= 0 && close(fd) != 0 && rc == 0)
+        rc = -1, e = errno;
+    if (rc == 0 && renameat(dfd, tmp, dfd, name) != 0)
+        rc = -1, e = errno;
+    if (rc < 0)
+        unlinkat(dfd, tmp, 0);
+    close(dfd);
+    if (rc < 0)
+        return mnn_fail(d, MNN_EIO, "%s/%s/%s: %s", root, MNN_CUT_PARTS, name, strerror(e));
+    return 0;
+}
+
+int mnn_cut_put_part_ref(FILE *f, uint64_t id, uint32_t index, const char *program,
+                         const void *data, size_t n)
+{
+    char hex[17];
+    mnn_hash_hex(mnn_hash64(n ? data : "", n), hex);
+    fprintf(f, "#!part %" PRIu64 " %" PRIu32 " %s %zu %s file\n", id, index, program, n, hex);
+    return ferror(f) ? MNN_EIO : 0;
+}
+
+int mnn_part_load(mnn_part_t *p, const char *root, mnn_diag_t *d)
+{
+    char name[MNN_CUT_PROGRAM_MAX + 48];
+    mnn_cut_part_name(name, sizeof name, p->head.id, p->head.index, p->head.program);
+    int dfd = parts_dir(root, 0, d);
+    int fd = dfd < 0 ? -1 : openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    struct stat sb;
+    int rc = 0;
+    if (fd < 0 || fstat(fd, &sb) != 0)
+        rc = mnn_fail(d, MNN_EIO, "the part of stage %" PRIu32 " (%s) of cut %" PRIu64 ": %s/%s/%s: "
+                      "%s%s", p->head.index, p->head.program, p->head.id, root, MNN_CUT_PARTS,
+                      name, strerror(errno), errno == ENOENT ? " (the stage and this one must "
+                      "share one --ckpt-dir)" : "");
+    else if (!S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != p->head.bytes)
+        rc = mnn_fail(d, MNN_ECORRUPT, "the part of stage %" PRIu32 " (%s) of cut %" PRIu64
+                      ": %s/%s/%s is %s, and its header says %" PRIu64 " bytes", p->head.index,
+                      p->head.program, p->head.id, root, MNN_CUT_PARTS, name,
+                      S_ISREG(sb.st_mode) ? "another size" : "no regular file", p->head.bytes);
+    if (rc == 0 && p->cap < p->head.bytes) {
+        unsigned char *nd = realloc(p->data, p->head.bytes ? (size_t)p->head.bytes : 1);
+        if (!nd)
+            rc = mnn_fail(d, MNN_ENOMEM, "out of memory for a part of %" PRIu64 " bytes",
+                          p->head.bytes);
+        else
+            p->data = nd, p->cap = (size_t)p->head.bytes;
+    }
+    p->len = 0;
+    while (rc == 0 && p->len < p->head.bytes) {
+        ssize_t r = read(fd, p->data + p->len, (size_t)p->head.bytes - p->len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            rc = mnn_fail(d, MNN_EIO, "%s/%s/%s: %s", root, MNN_CUT_PARTS, name,
+                          r < 0 ? strerror(errno) : "shorter than it was");
+        else
+            p->len += (size_t)r;
+    }
+    if (fd >= 0)
+        close(fd);
+    p->pad = 1; /* no data lines may follow */
+    if (rc == 0)
+        rc = mnn_part_finish(p, d);
+    if (rc == 0 && unlinkat(dfd, name, 0) != 0)
+        rc = mnn_fail(d, MNN_EIO, "%s/%s/%s: %s", root, MNN_CUT_PARTS, name, strerror(errno));
+    if (dfd >= 0)
+        close(dfd);
+    return rc;
 }
 
 void mnn_part_begin(mnn_part_t *p, const mnn_cutline_t *head)

@@ -858,6 +858,10 @@ MNN_API void mnn_manifest_free(mnn_manifest_t *mf);
  *   #!part ID INDEX PROGRAM BYTES XXH3    a stage's part, followed by
  *   #=BASE64                   BYTES bytes in lines of at most
  *                              MNN_CUT_LINE characters
+ *   #!part ID INDEX PROGRAM BYTES XXH3 file    a stage's part left in a
+ *                              file, ROOT/.parts/cID-sINDEX.PROGRAM, where
+ *                              ROOT is the --ckpt-dir the stage and the
+ *                              committing stage share (no data lines)
  *   #!ckpt-end ID              the end of the barrier's block
  *
  * A stage trusts a part only when its bytes match the XXH3 of its header. */
@@ -886,6 +890,7 @@ typedef struct {
     char program[MNN_CUT_PROGRAM_MAX]; /* PART */
     uint64_t bytes;       /* PART */
     char xxh3[17];        /* PART */
+    int in_file;          /* PART: its data is in a file (mnn_part_load) */
 } mnn_cutline_t;
 
 /* Classifies a line (len bytes, no '\n'): 1 and *l filled for a cut line,
@@ -900,6 +905,18 @@ MNN_API int mnn_cut_put_barrier(FILE *f, uint64_t id, mnn_cut_what_t what);
 MNN_API int mnn_cut_put_part(FILE *f, uint64_t id, uint32_t index, const char *program,
                              const void *data, size_t n);
 MNN_API int mnn_cut_put_end(FILE *f, uint64_t id);
+/* A part left in a file: mnn_cut_part_save writes the n bytes as
+ * ROOT/.parts/cID-sINDEX.PROGRAM (ROOT and ROOT/.parts created when missing; a
+ * temporary name, then a rename, but no fsync: the committing stage
+ * copies the bytes into the cut, which it makes durable); then
+ * mnn_cut_put_part_ref writes the header line that points at it. */
+#define MNN_CUT_PARTS ".parts"
+MNN_API void mnn_cut_part_name(char *buf, size_t size, uint64_t id, uint32_t index,
+                               const char *program);
+MNN_API int mnn_cut_part_save(const char *root, uint64_t id, uint32_t index, const char *program,
+                              const void *data, size_t n, mnn_diag_t *d);
+MNN_API int mnn_cut_put_part_ref(FILE *f, uint64_t id, uint32_t index, const char *program,
+                                 const void *data, size_t n);
 MNN_API const char *mnn_cut_what_name(mnn_cut_what_t what); /* "", "stop", "final" */
 
 /* A part being received: header, then data lines, then done. */
@@ -919,6 +936,11 @@ MNN_API int mnn_part_data(mnn_part_t *p, const char *line, size_t len, mnn_diag_
 /* The part is complete: its size and hash match the header, else
  * MNN_ECORRUPT. */
 MNN_API int mnn_part_finish(const mnn_part_t *p, mnn_diag_t *d);
+/* For a part in a file (head.in_file): reads ROOT/.parts/NAME (a regular
+ * file, no link, of exactly the header's size), checks it (mnn_part_finish)
+ * and then removes it.  0, or MNN_EIO (missing, unreadable), MNN_ECORRUPT
+ * (another size, another hash: the file is kept), MNN_ENOMEM. */
+MNN_API int mnn_part_load(mnn_part_t *p, const char *root, mnn_diag_t *d);
 MNN_API void mnn_part_free(mnn_part_t *p);
 
 /* ---- cuts as checkpoints (ckpt.c) -----------------------------------------

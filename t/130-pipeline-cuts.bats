@@ -79,6 +79,17 @@ start_pipeline() {
     HEAD_PID=$(cat ingest.pid)
 }
 
+# start_pipeline_dirs ROOT: start_pipeline ROOT, with --ckpt-dir ROOT on
+# stream-sample and replay-buffer too
+start_pipeline_dirs() {
+    local saved_s=("${STAGES_SAMPLE[@]}") saved_r=("${STAGES_REPLAY[@]}")
+    STAGES_SAMPLE+=(--ckpt-dir "$1")
+    STAGES_REPLAY+=(--ckpt-dir "$1")
+    start_pipeline "$1"
+    STAGES_SAMPLE=("${saved_s[@]}")
+    STAGES_REPLAY=("${saved_r[@]}")
+}
+
 wait_for_file() {
     local n=100
     until [[ -s $1 ]]; do ((n-- > 0)) || fail "$1 never appeared"; sleep 0.05; done
@@ -179,6 +190,69 @@ all_exit() {
         "${STAGES_SAMPLE[@]}" -q --resume edge/ship | "${STAGES_REPLAY[@]}" -q --resume edge/ship |
         sgd-train -q --resume edge/ship --ckpt-dir edge/ck >/dev/null
     same_cut_end edge/ck "$F/ref"
+}
+
+@test "--ckpt-dir on the stateful stages: their parts go through ROOT/.parts; the same cuts" {
+    stream-ingest -q --every 50 train.csv | "${STAGES_SAMPLE[@]}" -q --ckpt-dir ck |
+        "${STAGES_REPLAY[@]}" -q --ckpt-dir ck >stream.txt
+    # in the stream: one line each, no data; the files in ck/.parts
+    run -0 grep -c '^#!part [0-9]* [12] [a-z-]* [0-9]* [0-9a-f]\{16\} file$' stream.txt
+    assert_output 26
+    run -0 grep -c '^#=' stream.txt
+    assert_output 13 # stream-ingest's own parts, in the stream
+    assert_equal "$(ls -A ck/.parts | wc -l)" 26
+    sgd-train -q -m spec.yaml --ckpt-dir ck <stream.txt >/dev/null
+    # taken into the cuts: the same bytes as parts sent in the stream
+    same_cut_end ck "$F/ref"
+    local c
+    for c in "$F"/ref/step-*; do
+        diff -r -x manifest.yaml "$c" "ck/${c##*/}" || fail "${c##*/} differs"
+    done
+    run -0 ls -A ck/.parts
+    assert_output ''
+    # stopped with SIGTERM and resumed, --ckpt-dir on every stage
+    rm -r ck
+    start_pipeline_dirs ck
+    head -n 230 train.csv >&7
+    wait_cuts 3
+    kill -TERM "$HEAD_PID"
+    all_exit 0
+    exec 7>&-
+    stream-ingest -q --resume ck --every 50 train.csv |
+        "${STAGES_SAMPLE[@]}" -q --resume ck --ckpt-dir ck |
+        "${STAGES_REPLAY[@]}" -q --resume ck --ckpt-dir ck |
+        sgd-train -q --resume ck --ckpt-dir ck >/dev/null
+    same_cut_end ck "$F/ref"
+}
+
+@test "--ckpt-dir: a stage's part where the committing stage does not look, or tampered with, is refused" {
+    # another directory than sgd-train's: the first cut fails, naming the file
+    run -1 --separate-stderr sh -c "stream-ingest -q --every 50 train.csv |
+        ${STAGES_REPLAY[*]} -q --ckpt-dir elsewhere | sgd-train -q -m spec.yaml --ckpt-dir ck"
+    assert_regex "$stderr" 'stdin:[0-9]+: the part of stage 1 \(replay-buffer\) of cut 1: ck/\.parts/c1-s1\.replay-buffer: No such file or directory \(the stage and this one must share one --ckpt-dir\)'
+    [[ ! -e ck/latest ]] || fail "a cut was committed"
+    # no --ckpt-dir on sgd-train: it cannot take a part left in a file
+    stream-ingest -q --every 50 train.csv | "${STAGES_REPLAY[@]}" -q --ckpt-dir ck >stream.txt
+    run -1 --separate-stderr sgd-train -q -m spec.yaml -o model <stream.txt
+    assert_regex "$stderr" 'the part of stage 1 of cut 1 is in a file \(its --ckpt-dir\), and this stage has no --ckpt-dir'
+    # a byte of a part changed on disk before it was taken: that cut is not committed
+    stream-ingest -q --every 50 train.csv | "${STAGES_REPLAY[@]}" -q --ckpt-dir ck2 >stream.txt
+    printf 'X' | dd of=ck2/.parts/c2-s1.replay-buffer bs=1 seek=30 conv=notrunc 2>/dev/null
+    run -1 --separate-stderr sgd-train -q -m spec.yaml --ckpt-dir ck2 <stream.txt
+    assert_regex "$stderr" 'the part of stage 1 \(replay-buffer\) of cut 2: hash [0-9a-f]{16}, but its header says'
+    run -0 grep -E '^cut: \{id: 1, ' ck2/latest/manifest.yaml
+    [[ -e ck2/.parts/c2-s1.replay-buffer ]] || fail "the damaged part was not kept for a look"
+    # a link in its place, to the right bytes: not followed
+    stream-ingest -q --every 50 train.csv | "${STAGES_REPLAY[@]}" -q --ckpt-dir ck3 >stream.txt
+    mv ck3/.parts/c1-s1.replay-buffer real
+    ln -s "$PWD/real" ck3/.parts/c1-s1.replay-buffer
+    run -1 --separate-stderr sgd-train -q -m spec.yaml --ckpt-dir ck3 <stream.txt
+    assert_regex "$stderr" 'c1-s1\.replay-buffer: Too many levels of symbolic links'
+    # --ckpt-dir with no name
+    run -2 --separate-stderr replay-buffer --ckpt-dir '' </dev/null
+    assert_regex "$stderr" 'empty directory name'
+    run -2 --separate-stderr stream-sample -p 0.5 --ckpt-dir '' </dev/null
+    assert_regex "$stderr" 'empty directory name'
 }
 
 @test "a stage behind an ssh hop takes part: its state travels in the stream" {

@@ -5,7 +5,9 @@
 # chosen from what the pipeline did (right after a cut is committed, while
 # the next barrier is on its way, a few barriers later) and resumed from
 # ck/latest each time: the final model and every stage's final state are
-# those of a run that never stopped, byte for byte.  (The same with a FIFO
+# those of a run that never stopped, byte for byte.  stream-sample sends its
+# part in the stream, replay-buffer leaves its in ROOT/.parts (--ckpt-dir):
+# both ways are killed at every moment.  (The same with a FIFO
 # fed once and stream-ingest --log is not here yet: a kill between the
 # head's read and its log write loses that read; see the issue's notes.)
 
@@ -46,7 +48,7 @@ pipeline() {
     [[ -n ${RES:-} ]] && res=(--resume "$RES")
     stream-ingest -q --every 500 "$@" "${res[@]}" "$src" |
         stream-sample -q -p 0.9 --seed 2 "${res[@]}" |
-        replay-buffer -q --ratio 0.25 --capacity 500 --seed 4 "${res[@]}" |
+        replay-buffer -q --ratio 0.25 --capacity 500 --seed 4 --ckpt-dir "$root" "${res[@]}" |
         if [[ -n ${RES:-} ]]; then sgd-train -q --resume "$RES" --ckpt-dir "$root"
         else sgd-train -q -m spec.yaml --ckpt-dir "$root"; fi
 }
@@ -61,7 +63,7 @@ start() {
     rm -f notes paths ./*.pid
     (echo $BASHPID >1.pid; exec 7>&- 8>&-; exec stream-ingest -v --every 500 "$@" "${res[@]}" "$src" 2>notes) |
         (echo $BASHPID >2.pid; exec 7>&- 8>&-; exec stream-sample -q -p 0.9 --seed 2 "${res[@]}") |
-        (echo $BASHPID >3.pid; exec 7>&- 8>&-; exec replay-buffer -q --ratio 0.25 --capacity 500 --seed 4 "${res[@]}") |
+        (echo $BASHPID >3.pid; exec 7>&- 8>&-; exec replay-buffer -q --ratio 0.25 --capacity 500 --seed 4 --ckpt-dir "$root" "${res[@]}") |
         (echo $BASHPID >4.pid; exec 7>&- 8>&-
          if ((${#res[@]})); then exec sgd-train -q "${res[@]}" --ckpt-dir "$root"
          else exec sgd-train -q -m spec.yaml --ckpt-dir "$root"; fi) >paths 2>train.err &
@@ -77,12 +79,14 @@ start() {
 
 # until_count FILE REGEX N: until FILE has N lines matching REGEX (0), or
 # the pipeline ended (1); 2 after 60 s
+# (polled every 20 ms: the pipeline commits a cut every few milliseconds, and
+# a coarser poll would let it run far past the moment)
 until_count() {
-    local n=600
+    local n=3000
     until (($(grep -cE -- "$2" "$1" 2>/dev/null || true) >= $3)); do
         kill -0 "$LAST" 2>/dev/null || return 1
         ((n-- > 0)) || { echo "waited 60 s for $3 lines like $2 in $1" >&2; return 2; }
-        sleep 0.1
+        sleep 0.02
     done
 }
 

@@ -7332,6 +7332,16 @@ static void test_cutline(void)
     check(f.bad == 0, "mnn_cutline_parse: start, barriers (plain, stop, final), parts (the "
                       "largest cut, index, name and size), end and data lines, also with a "
                       "trailing '\\r': 1 and every field (%zu lines)", NELEM(good));
+    {
+        mnn_cutline_t a, b;
+        int ra = cut_parse("#!part 3 1 replay-buffer 12 0123456789abcdef file\r", &a, &d);
+        int rb = cut_parse("#!part 3 1 replay-buffer 12 0123456789abcdef", &b, &d);
+        check(ra == 1 && a.kind == MNN_CUT_PART && a.in_file == 1 && a.bytes == 12 &&
+                  a.index == 1 && !strcmp(a.program, "replay-buffer") && rb == 1 &&
+                  b.in_file == 0,
+              "mnn_cutline_parse: a part's header with 'file' says its data is in a file; "
+              "without, in the stream");
+    }
 
     static const char *const plain[] = {
         "", "#", "# a comment", "#!flush", "#!note 1 2 3", "#!partial 1 0 p 0 0123456789abcdef",
@@ -7365,8 +7375,14 @@ static void test_cutline(void)
         {"#!ckpt-end", "wrong number of fields"},
         {"#!ckpt-end 1 2", "wrong number of fields"},
         {"#!part 1 0 prog 5", "wrong number of fields"},
-        {"#!part 1 0 prog 5 0123456789abcdef x", "wrong number of fields"},
+        {"#!part 1 0 prog 5 0123456789abcdef file x", "wrong number of fields"},
         {"#!part 1 0 prog 5 0123456789abcdef x y z", "wrong number of fields"},
+        /* a part in a file: the word 'file', nothing else */
+        {"#!part 1 0 prog 5 0123456789abcdef x", "neither data lines nor 'file'"},
+        {"#!part 1 0 prog 5 0123456789abcdef File", "neither data lines nor 'file'"},
+        {"#!part 1 0 prog 5 0123456789abcdef files", "neither data lines nor 'file'"},
+        {"#!part 1 0 prog 5 0123456789abcdef fil", "neither data lines nor 'file'"},
+        {"#!part 1 0 prog 5 0123456789abcdef ../file", "neither data lines nor 'file'"},
         /* numbers */
         {"#!ckpt x", "the cut is not a number"},
         {"#!ckpt 1x", "the cut is not a number"},
@@ -7778,6 +7794,99 @@ static void test_cut_part(void)
     free(text);
     free(data);
     free(crlf);
+}
+
+/* A part left in a file: saved, pointed at, loaded (and then removed);
+ * missing, shorter, other bytes, a link, a directory: refused, a damaged
+ * file kept for a look. */
+static void test_cut_part_file(void)
+{
+    char root[128], path[256], line[256];
+    snprintf(root, sizeof root, "%s/parts-root", tmpdir); /* made by the save */
+    static const char data[] = "the state of a stage\n";
+    const size_t n = sizeof data - 1;
+    mnn_diag_t d = {""};
+    int rc = mnn_cut_part_save(root, 9, 1, "replay-buffer", data, n, &d);
+    snprintf(path, sizeof path, "%s/.parts/c9-s1.replay-buffer", root);
+    struct stat sb;
+    check(rc == 0 && stat(path, &sb) == 0 && (size_t)sb.st_size == n,
+          "mnn_cut_part_save: ROOT and ROOT/.parts made, ROOT/.parts/c9-s1.replay-buffer "
+          "written (rc %d, \"%s\")", rc, d.msg);
+    FILE *f = fmemopen(line, sizeof line, "w");
+    rc = f ? mnn_cut_put_part_ref(f, 9, 1, "replay-buffer", data, n) : MNN_EIO;
+    if (f)
+        fclose(f);
+    char hex[17];
+    mnn_hash_hex(mnn_hash64(data, n), hex);
+    char want[128];
+    snprintf(want, sizeof want, "#!part 9 1 replay-buffer %zu %s file\n", n, hex);
+    check(rc == 0 && !strcmp(line, want), "mnn_cut_put_part_ref: the header with 'file', no data "
+          "lines (%s)", rc == 0 && !strcmp(line, want) ? "as wanted" : line);
+    mnn_cutline_t l;
+    mnn_part_t p = {0};
+    int pr = mnn_cutline_parse(line, strlen(line) - 1, &l, &d);
+    mnn_part_begin(&p, &l);
+    rc = mnn_part_load(&p, root, &d);
+    check(pr == 1 && l.in_file && rc == 0 && p.len == n && !memcmp(p.data, data, n) &&
+              stat(path, &sb) != 0 && errno == ENOENT,
+          "mnn_part_load: the bytes back, checked, and the file removed (rc %d, \"%s\")", rc,
+          d.msg);
+    /* the file gone (or never written): a clear error naming it */
+    mnn_part_begin(&p, &l);
+    rc = mnn_part_load(&p, root, &d);
+    check(rc == MNN_EIO && contains(d.msg, "c9-s1.replay-buffer") &&
+              contains(d.msg, "share one --ckpt-dir"),
+          "mnn_part_load: no file: MNN_EIO naming it and saying why (rc %d, \"%s\")", rc,
+          d.msg);
+    /* one byte other under the same size: the hash; one byte short: the size */
+    static const char other[] = "the state of a stagE\n";
+    const char *const bodies[] = {other, "the state of a stage"};
+    const char *const says[] = {"damaged on the way", "another size"};
+    for (int i = 0; i < 2; i++) {
+        mnn_cut_part_save(root, 9, 1, "replay-buffer", bodies[i], strlen(bodies[i]), &d);
+        mnn_part_begin(&p, &l);
+        rc = mnn_part_load(&p, root, &d);
+        check(rc == MNN_ECORRUPT && contains(d.msg, says[i]) && stat(path, &sb) == 0,
+              "mnn_part_load: %s: MNN_ECORRUPT, the file kept (rc %d, \"%s\")",
+              i ? "one byte short" : "another byte", rc, d.msg);
+        unlink(path);
+    }
+    /* a link to the right bytes, and a directory by the name: refused */
+    char target[256];
+    snprintf(target, sizeof target, "%s/elsewhere", tmpdir);
+    f = fopen(target, "w");
+    if (f) {
+        fwrite(data, 1, n, f);
+        fclose(f);
+    }
+    int setup = symlink(target, path);
+    mnn_part_begin(&p, &l);
+    rc = mnn_part_load(&p, root, &d);
+    struct stat tb;
+    check(setup == 0 && rc == MNN_EIO && lstat(path, &sb) == 0 && stat(target, &tb) == 0,
+          "mnn_part_load: a link by the name is not followed; both stay (rc %d, \"%s\")", rc,
+          d.msg);
+    unlink(path);
+    setup = mkdir(path, 0700);
+    mnn_part_begin(&p, &l);
+    rc = mnn_part_load(&p, root, &d);
+    check(setup == 0 && rc == MNN_ECORRUPT && contains(d.msg, "no regular file"),
+          "mnn_part_load: a directory by the name: MNN_ECORRUPT (rc %d, \"%s\")", rc, d.msg);
+    rmdir(path);
+    /* ROOT/.parts a link out of ROOT: not followed */
+    char parts[256];
+    snprintf(parts, sizeof parts, "%s/.parts", root);
+    rmdir(parts);
+    setup = symlink(tmpdir, parts);
+    rc = mnn_cut_part_save(root, 9, 1, "replay-buffer", data, n, &d);
+    int rc2 = mnn_part_load(&p, root, &d);
+    check(setup == 0 && rc == MNN_EIO && rc2 == MNN_EIO,
+          "ROOT/.parts a link elsewhere: neither saved nor loaded through it (rc %d, %d)", rc,
+          rc2);
+    unlink(parts);
+    unlink(target);
+    rmdir(root);
+    mnn_part_free(&p);
 }
 
 /* ---- pipeline cuts: checkpoints ------------------------------------------ */
@@ -8728,6 +8837,7 @@ int main(void)
     test_ckpt_same();
     test_cutline();
     test_cut_part();
+    test_cut_part_file();
     test_ckpt_cut();
     test_ckpt_cut_tamper();
     test_ckpt_cut_names();
