@@ -160,7 +160,8 @@ all_exit() {
 }
 
 @test "the README's recipe: kill -TERM of the whole job stops it at one cut; resumed, the same bytes" {
-    start_pipeline ck
+    # as the README: the stateful stages with --ckpt-dir ck
+    start_pipeline_dirs ck
     head -n 330 train.csv >&7
     wait_cuts 4
     # every process of the job gets the signal; only the head acts on it
@@ -168,7 +169,8 @@ all_exit() {
     all_exit 0
     exec 7>&-
     stream-ingest -q --resume ck --every 50 train.csv |
-        "${STAGES_SAMPLE[@]}" -q --resume ck | "${STAGES_REPLAY[@]}" -q --resume ck |
+        "${STAGES_SAMPLE[@]}" -q --resume ck --ckpt-dir ck |
+        "${STAGES_REPLAY[@]}" -q --resume ck --ckpt-dir ck |
         sgd-train -q --resume ck --ckpt-dir ck >/dev/null
     same_cut_end ck "$F/ref"
 }
