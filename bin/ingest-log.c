@@ -93,6 +93,31 @@ static size_t read_full(int fd, void *buf, size_t n, const char *what, const cha
     return got;
 }
 
+/* All n bytes at offset at of fd, over short writes and EINTR: 0 or -1. */
+static int pwrite_all(int fd, const void *buf, size_t n, uint64_t at)
+{
+    while (n) {
+        ssize_t w = pwrite(fd, buf, n, (off_t)at);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        buf = (const char *)buf + w, n -= (size_t)w, at += (uint64_t)w;
+    }
+    return 0;
+}
+
+/* A frame's header for the n bytes of data at source offset at. */
+static void frame_header(unsigned char *h, const unsigned char *data, size_t n, uint64_t at)
+{
+    memcpy(h, magic, 4);
+    for (int i = 0; i < 4; i++)
+        h[4 + i] = (unsigned char)(n >> (8 * i));
+    put64(h + 8, at);
+    put64(h + 16, mnn_hash64(data, n));
+    put64(h + 24, mnn_hash64(h, 24));
+}
+
 /* The next frame of segment fd (named name), which should begin at source
  * offset at: 1 and its data in buf (*n bytes), 0 at the segment's clean
  * end, -1 for a torn or damaged frame (*why says what). */
@@ -132,6 +157,44 @@ static int open_seg(ilog_t *l, size_t i, int flags, char *name, size_t size)
     return fd;
 }
 
+/* The last frame of the log, at byte good of segment fd, when its header
+ * is not a written one (zeros: a hole; or not its hash: a torn write) and
+ * data follows it to the segment's end: the frame ilog_splice was logging
+ * when the process died.  Its data was moved there from the source by the
+ * kernel, which holds it nowhere else: it is kept, under a header written
+ * now.  1 when so, 0 for any other frame (a torn write of ilog_append's,
+ * dropped by the caller; the source can be read again). */
+static int salvage(ilog_t *l, int fd, const char *name, uint64_t good, uint64_t size,
+                   unsigned char *buf)
+{
+    unsigned char h[ILOG_HDR];
+    if (size <= good + ILOG_HDR || size - good - ILOG_HDR > ILOG_MAX_FRAME)
+        return 0;
+    if (pread(fd, h, ILOG_HDR, (off_t)good) != ILOG_HDR)
+        return 0;
+    if (!memcmp(h, magic, 4) && get64(h + 24) == mnn_hash64(h, 24))
+        return 0; /* a whole header: its data is what is short or damaged */
+    const size_t n = (size_t)(size - good - ILOG_HDR);
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, buf + got, n - got, (off_t)(good + ILOG_HDR + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            die(EXIT_RUNTIME, "--log %s: %s: %s", l->dir, name, r < 0 ? strerror(errno) : "short");
+        got += (size_t)r;
+    }
+    frame_header(h, buf, n, l->end);
+    if (pwrite_all(fd, h, ILOG_HDR, good) < 0)
+        die(EXIT_RUNTIME, "--log %s: %s: %s", l->dir, name, strerror(errno));
+    if (!l->quiet)
+        warnx_("--log %s: %s: the last frame's header was not written at byte %" PRIu64 " (a "
+               "stop while it was logged): its %zu bytes, taken from the source, kept", l->dir,
+               name, good, n);
+    l->end += n;
+    return 1;
+}
+
 /* Checks every frame of every segment, sets l->end and l->size, and cuts
  * a torn last frame of the last segment off (a crash while it was
  * written); anything else amiss is fatal. */
@@ -159,6 +222,10 @@ static void check_all(ilog_t *l)
         if (rc < 0 && !last)
             die(EXIT_RUNTIME, "--log %s: %s, byte %" PRIu64 ": %s (the log is damaged)", l->dir,
                 name, good, why);
+        if (rc < 0 && salvage(l, fd, name, good, (uint64_t)sb.st_size, buf)) {
+            good = (uint64_t)sb.st_size;
+            rc = 0;
+        }
         if (rc < 0) {
             if (!l->quiet)
                 warnx_("--log %s: %s: %s at byte %" PRIu64 ": %" PRIu64 " bytes dropped (a torn "
@@ -198,7 +265,7 @@ void ilog_open(ilog_t *l, const char *dir, const char *root, uint64_t seg_max, i
     check_all(l);
     if (l->nsegs && l->size < seg_max) { /* the last segment goes on */
         char name[32];
-        l->fd = open_seg(l, l->nsegs - 1, O_WRONLY | O_APPEND, name, sizeof name);
+        l->fd = open_seg(l, l->nsegs - 1, O_RDWR, name, sizeof name);
     }
 }
 
@@ -207,7 +274,7 @@ static void new_segment(ilog_t *l)
 {
     char name[32];
     seg_name(name, sizeof name, l->end);
-    l->fd = openat(l->dfd, name, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+    l->fd = openat(l->dfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
                    0666);
     if (l->fd < 0 || mnn_fsync_dirfd(l->dfd) < 0)
         die(EXIT_RUNTIME, "--log %s: %s: %s", l->dir, name, strerror(errno));
@@ -220,20 +287,62 @@ static void new_segment(ilog_t *l)
     ilog_cleanup(l);
 }
 
+static void logged(ilog_t *l, size_t n);
+
 void ilog_append(ilog_t *l, unsigned char *frame, size_t n)
 {
     if (n == 0 || n > ILOG_MAX_FRAME)
         die(EXIT_RUNTIME, "internal error: a frame of %zu bytes", n);
     if (l->fd < 0)
         new_segment(l);
-    memcpy(frame, magic, 4);
-    for (int i = 0; i < 4; i++)
-        frame[4 + i] = (unsigned char)(n >> (8 * i));
-    put64(frame + 8, l->end);
-    put64(frame + 16, mnn_hash64(frame + ILOG_HDR, n));
-    put64(frame + 24, mnn_hash64(frame, 24));
-    if (mnn_write_all(l->fd, frame, ILOG_HDR + n) < 0)
+    frame_header(frame, frame + ILOG_HDR, n, l->end);
+    if (pwrite_all(l->fd, frame, ILOG_HDR + n, l->size) < 0)
         die(EXIT_RUNTIME, "--log %s: cannot log what was read: %s", l->dir, strerror(errno));
+    logged(l, n);
+}
+
+size_t ilog_splice(ilog_t *l, int src, unsigned char *frame, size_t n, const char *name)
+{
+    if (n == 0 || n > ILOG_MAX_FRAME)
+        die(EXIT_RUNTIME, "internal error: a frame of %zu bytes", n);
+    if (l->fd < 0)
+        new_segment(l);
+    /* the data first, behind room for its header (a hole until then) */
+    loff_t pos = (loff_t)(l->size + ILOG_HDR);
+    ssize_t r;
+    do
+        r = splice(src, NULL, l->fd, &pos, n, SPLICE_F_MOVE);
+    while (r < 0 && errno == EINTR);
+    if (r < 0 && errno == EAGAIN)
+        return (size_t)-1;
+    if (r < 0)
+        die(EXIT_RUNTIME, "%s: cannot move what came into --log %s: %s", name, l->dir,
+            strerror(errno));
+    if (r == 0)
+        return 0;
+    unsigned char *data = frame + ILOG_HDR;
+    size_t got = 0;
+    while (got < (size_t)r) { /* a copy to pass on, from the page cache */
+        ssize_t k = pread(l->fd, data + got, (size_t)r - got,
+                          (off_t)(l->size + ILOG_HDR + got));
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            die(EXIT_RUNTIME, "--log %s: reading back what was logged: %s", l->dir,
+                k < 0 ? strerror(errno) : "short");
+        got += (size_t)k;
+    }
+    frame_header(frame, data, (size_t)r, l->end);
+    if (pwrite_all(l->fd, frame, ILOG_HDR, l->size) < 0)
+        die(EXIT_RUNTIME, "--log %s: cannot log what was read: %s", l->dir, strerror(errno));
+    logged(l, (size_t)r);
+    return (size_t)r;
+}
+
+/* n bytes of data were logged in a frame: the counts, and a full segment
+ * closed. */
+static void logged(ilog_t *l, size_t n)
+{
     l->size += ILOG_HDR + n;
     l->end += n;
     if (l->size >= l->seg_max) { /* full: durable before the next begins */

@@ -70,7 +70,10 @@ int state_parse(const char *buf, size_t len, ingest_state_t *s, char *why, size_
  * lowercase hex), each a sequence of frames: a header of ILOG_HDR bytes
  * (magic "MNL1", length of the data u32, its source offset u64, its XXH3-64
  * u64, the XXH3-64 of the header's first 24 bytes u64; little-endian) and
- * the data.  A reader trusts only frames whose hashes match. */
+ * the data.  A reader trusts only frames whose hashes match, but for one:
+ * the last frame of the log, when its header was never written whole and
+ * data follows it (ilog_splice moves the data in first: that data is the
+ * source's, and only there); it is given its header when the log opens. */
 #define ILOG_HDR 32
 #define ILOG_MAX_FRAME ((size_t)1 << 20) /* data bytes of one frame, at most */
 
@@ -106,6 +109,15 @@ void ilog_open(ilog_t *l, const char *dir, const char *root, uint64_t seg_max, i
  * of it is passed on.  A full segment is fsynced, and the next one made
  * (its directory fsynced).  Dies on error. */
 void ilog_append(ilog_t *l, unsigned char *frame, size_t n);
+/* For a source that is a pipe or a FIFO, whose bytes nothing can read
+ * again: moves up to n bytes from src into a new frame with splice(2), so
+ * that what leaves the pipe is in the log in the same step (a kill cannot
+ * come between), then writes the frame's header; the data, read back, in
+ * frame + ILOG_HDR.  Returns the bytes, 0 at the end of src, (size_t)-1
+ * when src has nothing now (EAGAIN).  A header that a stop kept from being
+ * written is written when the log is opened again (the data kept).  name:
+ * src's, for messages.  Dies on error. */
+size_t ilog_splice(ilog_t *l, int src, unsigned char *frame, size_t n, const char *name);
 /* Removes the segments whose bytes all lie before the block of the newest
  * committed cut's position (ROOT/latest, stage 0); trouble is only noted. */
 void ilog_cleanup(ilog_t *l);

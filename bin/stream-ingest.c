@@ -88,6 +88,7 @@ static struct {
     uint64_t file_read;  /* its bytes read */
     unsigned char *frame; /* ILOG_HDR bytes for the log's header, then a chunk */
     size_t rsize;        /* bytes read at once */
+    int piped;           /* the current file is a pipe or a FIFO */
     char *buf;           /* read, not yet passed: buf[start, end) */
     size_t cap, start, end;
     /* what passed */
@@ -334,13 +335,12 @@ static void open_file(void)
 {
     g.bad.name = file_name(g.fi);
     g.file_read = 0;
-    if (!strcmp(g.files[g.fi], "-")) {
+    if (!strcmp(g.files[g.fi], "-"))
         g.fd = STDIN_FILENO;
-        return;
-    }
-    g.fd = open(g.files[g.fi], O_RDONLY | O_CLOEXEC);
-    if (g.fd < 0)
+    else if ((g.fd = open(g.files[g.fi], O_RDONLY | O_CLOEXEC)) < 0)
         die(EXIT_RUNTIME, "%s: %s", g.files[g.fi], strerror(errno));
+    struct stat sb;
+    g.piped = fstat(g.fd, &sb) == 0 && S_ISFIFO(sb.st_mode);
 }
 
 /* After a replay of the log: the live source goes on at the log's end, a
@@ -392,15 +392,25 @@ static int get_chunk(void)
         drain_signal_pipe(g.wake);
         return -1;
     }
-    ssize_t r = read(g.fd, data, g.rsize);
-    if (r < 0 && (errno == EINTR || errno == EAGAIN))
-        return -1;
-    if (r < 0)
-        die(EXIT_RUNTIME, "%s: %s", g.bad.name, strerror(errno));
+    ssize_t r;
+    if (g.logging && g.piped) {
+        /* a pipe's bytes can be read once: out of it and into the log in
+         * one step */
+        size_t n = ilog_splice(&g.log, g.fd, g.frame, g.rsize, g.bad.name);
+        if (n == (size_t)-1)
+            return -1;
+        r = (ssize_t)n;
+    } else {
+        r = read(g.fd, data, g.rsize);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN))
+            return -1;
+        if (r < 0)
+            die(EXIT_RUNTIME, "%s: %s", g.bad.name, strerror(errno));
+        if (r > 0 && g.logging) /* in the log before any of it is passed on */
+            ilog_append(&g.log, g.frame, (size_t)r);
+    }
     if (r == 0)
         return 0;
-    if (g.logging) /* in the log before any of it is passed on */
-        ilog_append(&g.log, g.frame, (size_t)r);
     g.file_read += (uint64_t)r;
     take(data, (size_t)r);
     return 1;

@@ -455,6 +455,54 @@ EOF
     assert_regex "$stderr" 'damaged'
 }
 
+@test "--log on a FIFO: a frame whose header a kill kept from being written keeps its data" {
+    need python3 python3
+    fixture
+    ref
+    local how
+    # the whole header a hole (killed between the data and its header), or
+    # half of it written
+    for how in hole torn; do
+        rm -rf ck L
+        pipe_bg ck -m spec.yaml -- --every 5 --log L --ckpt-dir ck --log-segment 4096
+        feed_cuts 2 5
+        local before
+        before=$(log_bytes L)
+        feed 11 13
+        local n=100
+        until (($(log_bytes L) > before)); do ((n-- > 0)) || fail "not logged"; sleep 0.1; done
+        kill -9 "$HEAD_PID"
+        bg_exit 1
+        HEAD_PID=
+        exec 5>&-
+        # records 11 to 13 are in the last frame, and nowhere else (the FIFO
+        # gave them up): its header made as a kill would have left it
+        python3 - L "$how" <<'PYEOF2' || fail "no last frame to unwrite"
+import os, struct, sys
+d, how = sys.argv[1], sys.argv[2]
+seg = os.path.join(d, sorted(os.listdir(d))[-1])
+b = bytearray(open(seg, 'rb').read())
+i = last = 0
+while i < len(b):
+    last = i
+    i += 32 + struct.unpack('<I', b[i + 4:i + 8])[0]
+end = 32 if how == 'hole' else 13
+b[last:last + end] = bytes(end)
+open(seg, 'wb').write(b)
+PYEOF2
+        # resumed on the FIFO, which goes on with record 14: 11 to 13 come
+        # from the log alone
+        pipe_bg ck --resume ck -- --every 5 --log L --ckpt-dir ck --log-segment 4096 --resume ck
+        feed 14 40
+        exec 5>&-
+        bg_exit 0
+        HEAD_PID=
+        run -0 cat err
+        assert_output --regexp "^stream-ingest: --log L: seg-[0-9a-f]{16}: the last frame's header was not written at byte [0-9]+ \(a stop while it was logged\): its $(sed -n 11,13p d.csv | wc -c) bytes, taken from the source, kept"
+        same_end ck
+    done
+}
+
 @test "--log: the segments before the newest committed cut's block are removed" {
     mk_spec spec.yaml
     mk_data 3000 >d.csv

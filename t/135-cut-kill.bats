@@ -7,9 +7,9 @@
 # ck/latest each time: the final model and every stage's final state are
 # those of a run that never stopped, byte for byte.  stream-sample sends its
 # part in the stream, replay-buffer leaves its in ROOT/.parts (--ckpt-dir):
-# both ways are killed at every moment.  (The same with a FIFO
-# fed once and stream-ingest --log is not here yet: a kill between the
-# head's read and its log write loses that read; see the issue's notes.)
+# both ways are killed at every moment.  The same with a source that cannot
+# be read again, a FIFO fed once, and stream-ingest --log: what the FIFO
+# gave up is in the log (splice), and the resumed head replays it.
 
 load helpers
 bats_require_minimum_version 1.5.0
@@ -128,5 +128,25 @@ crash_and_resume() {
     crash_and_resume "$F/fm.csv"
     # the rest, to the end
     RES=ck pipeline ck "$F/fm.csv" >/dev/null
+    same_cut_end ck "$F/ref"
+}
+
+@test "the same with a FIFO fed once and --log: nothing that left the FIFO is lost" {
+    rm -f src.fifo
+    mkfifo src.fifo
+    # the test holds the FIFO open (fd 8), so that what is in it outlives a
+    # killed reader, as a sensor's pipe would; cat feeds it once
+    exec 8<>src.fifo
+    cat "$F/fm.csv" >src.fifo 8>&- &
+    FEED_PID=$!
+    crash_and_resume src.fifo --log L --ckpt-dir ck
+    # the rest: resumed once more; when the feeder is done, the FIFO ends
+    start ck src.fifo --log L --ckpt-dir ck
+    wait_gone "$FEED_PID" 3000 || fail "the feeder did not finish in 300 s: $(tail -n 3 notes train.err)"
+    exec 8>&-
+    local p
+    for p in "${PIDS[@]}"; do wait_gone "$p" 3000 || fail "pid $p still runs: $(tail -n 3 notes train.err)"; done
+    wait "$LAST" || fail "the last run failed: $(cat train.err)"
+    PIDS=()
     same_cut_end ck "$F/ref"
 }
