@@ -41,7 +41,8 @@ static noreturn void help(void)
         "with a start line, and barriers (#!ckpt ID) go between the records, each\n"
         "with stream-ingest's part, the source position.  A barrier comes\n"
         "\n"
-        "      --every N          after every N records (counted from the source's start)\n"
+        "      --every N          after every N records (counted from the source's start;\n"
+        "                         at the source's end, the final one stands for it)\n"
         "      --interval S       every S seconds (also while the source is idle)\n"
         "                         when something passed since the last barrier\n"
         "                         on SIGUSR1; one of kind stop on SIGTERM or SIGINT, then\n"
@@ -102,6 +103,9 @@ static struct {
     /* cuts */
     uint64_t cut;        /* the last barrier's id */
     uint64_t cut_bytes;  /* pos.bytes at the last barrier */
+    int due;             /* --every's barrier, held until another line comes
+                          * or the source would wait: at the source's end, the
+                          * last barrier stands for it */
     double tick;         /* --interval: when the next one is due */
     int wake;            /* the signal pipe */
     /* --log */
@@ -147,6 +151,7 @@ static void barrier(mnn_cut_what_t what)
     fflush(stdout);
     out_check();
     g.cut_bytes = s.bytes;
+    g.due = 0;
     if (g.interval > 0)
         g.tick = mono_now() + g.interval;
     if (g.verbose && !g.quiet)
@@ -194,6 +199,8 @@ static void between(void)
 /* One source line of n bytes at p (its '\n' included when nl). */
 static void line(const char *p, size_t n, int nl)
 {
+    if (g.due)
+        barrier(MNN_CUT_GO);
     if (g.pos.file != g.fi) { /* the first line of a new file */
         g.pos.file = g.fi;
         g.pos.offset = g.pos.line = 0;
@@ -224,7 +231,7 @@ static void line(const char *p, size_t n, int nl)
         return;
     g.pos.records++;
     if (g.every && g.pos.records % g.every == 0)
-        barrier(MNN_CUT_GO);
+        g.due = 1;
 }
 
 /* Passes every whole line buffered, minding signals between them. */
@@ -375,6 +382,8 @@ static int get_chunk(void)
     struct pollfd pf[2] = {{.fd = g.fd, .events = POLLIN}, {.fd = g.wake, .events = POLLIN}};
     int pr = poll(pf, 2, 0);
     if (pr == 0) { /* it would wait: what passed goes on first */
+        if (g.due)
+            barrier(MNN_CUT_GO);
         fflush(stdout);
         out_check();
         int ms = -1;

@@ -181,6 +181,36 @@ fixture() {
     assert_output 4
 }
 
+@test "--every at the source's end: the final cut stands for it; one that falls due goes out before the next line or a wait" {
+    # 10 records, --every 5: one cut at record 5 and the final one, not two at 10
+    mk_data 10 >d.csv
+    stream-ingest --every 5 d.csv >out
+    run -0 records_before_barriers out
+    assert_output "$(printf '5 #!ckpt 1\n10 #!ckpt 2 final')"
+    # FILEs of 5 records each: the barrier after the first one's last record
+    # lies there (its position: the end of file 1), before the comment after it
+    mk_data 5 >a.csv
+    { mk_data 5; printf '# note\n'; } >b.csv
+    stream-ingest --every 5 a.csv b.csv >out
+    run -0 records_before_barriers out
+    assert_output "$(printf '5 #!ckpt 1\n10 #!ckpt 2\n10 #!ckpt 3 final')"
+    run -0 grep -A4 '^#!ckpt-end 2$' out
+    assert_line --index 1 '# note'
+    run -0 part 1 out
+    assert_line 'file: 0'
+    assert_line 'records: 5'
+    # a pipe that has nothing more yet: the barrier does not wait for it
+    head_bg --every 2
+    printf '1,a\n2,b\n' >&5
+    wait_for_match out '^#!ckpt-end 1$' || fail "the barrier due after record 2 waited for the source"
+    printf '3,c\n' >&5
+    exec 5>&-
+    bg_exit 0
+    HEAD_PID=
+    run -0 records_before_barriers out
+    assert_output "$(printf '2 #!ckpt 1\n3 #!ckpt 2 final')"
+}
+
 @test "the part: its header's hash, the position and the XXH3 of the source" {
     mk_data 10 >d.csv
     printf '# a comment\n' >>d.csv
