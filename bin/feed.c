@@ -14,13 +14,25 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NSLOTS 3
+#define MIN_SLOTS 3
 #define MAX_SKIP_WARNINGS 5
+/* the most features a ring read ahead may hold (mnn_train_memory counts
+ * 16 MiB for the reader) */
+#define AHEAD_BYTES ((size_t)8 << 20)
+/* filled batches that may hold upstream parts at once: the ring reads on
+ * behind them, but not past a third cut (parts can be large) */
+#define PART_SLOTS 2
 
 struct feed {
     feed_opts_t o;
     mnn_linereader_t lr;
-    feed_batch_t slot[NSLOTS];
+    feed_batch_t *slot;
+    size_t nslots;
+    size_t part_slots; /* filled slots that hold parts */
+    /* the buffers of parts handed back, for the next cut's parts */
+    unsigned char *spare[MNN_CUT_MAX_STAGES];
+    size_t spare_cap[MNN_CUT_MAX_STAGES];
+    size_t nspare;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -159,7 +171,17 @@ static int cut_line(struct feed *f, feed_batch_t *b, const char *line, size_t le
                      (unsigned long long)f->last_id);
             return stream_error(f, b, msg) + 1;
         }
-        mnn_part_begin(&b->parts[b->nparts++], &l);
+        mnn_part_t *p = &b->parts[b->nparts++];
+        if (!p->data) {
+            pthread_mutex_lock(&f->mu);
+            if (f->nspare) {
+                f->nspare--;
+                p->data = f->spare[f->nspare];
+                p->cap = f->spare_cap[f->nspare];
+            }
+            pthread_mutex_unlock(&f->mu);
+        }
+        mnn_part_begin(p, &l);
         if (!l.in_file)
             return 0;
         if (!f->o.parts_root) {
@@ -309,17 +331,18 @@ static void *reader(void *arg)
     struct feed *f = arg;
     for (;;) {
         pthread_mutex_lock(&f->mu);
-        while (f->filled == NSLOTS && !f->stop)
+        while ((f->filled == f->nslots || f->part_slots >= PART_SLOTS) && !f->stop)
             pthread_cond_wait(&f->cv, &f->mu);
         if (f->stop) {
             pthread_mutex_unlock(&f->mu);
             return NULL;
         }
-        feed_batch_t *b = &f->slot[(f->head + f->filled) % NSLOTS];
+        feed_batch_t *b = &f->slot[(f->head + f->filled) % f->nslots];
         pthread_mutex_unlock(&f->mu);
         int done = fill(f, b);
         pthread_mutex_lock(&f->mu);
         f->filled++;
+        f->part_slots += b->nparts > 0;
         pthread_cond_broadcast(&f->cv);
         pthread_mutex_unlock(&f->mu);
         if (done)
@@ -340,7 +363,19 @@ feed_t *feed_start(int fd, const feed_opts_t *o)
     if (mnn_lr_init(&f->lr, fd, 0) < 0 || pipe2(f->wake, O_CLOEXEC) != 0)
         goto fail;
     f->lr.cancel_fd = f->wake[0];
-    for (int i = 0; i < NSLOTS; i++) {
+    /* three batches, or, where asked, o->ahead records if their features
+     * fit in AHEAD_BYTES */
+    const size_t row = o->fmt.nfeat * sizeof(float), per = o->batch * (row ? row : 1);
+    f->nslots = MIN_SLOTS;
+    if (o->ahead > MIN_SLOTS * o->batch) {
+        size_t want = (o->ahead + o->batch - 1) / o->batch, most = AHEAD_BYTES / per;
+        f->nslots = want < most ? want : most;
+        if (f->nslots < MIN_SLOTS)
+            f->nslots = MIN_SLOTS;
+    }
+    if (!(f->slot = calloc(f->nslots, sizeof *f->slot)))
+        goto fail;
+    for (size_t i = 0; i < f->nslots; i++) {
         f->slot[i].x = mnn_calloc_aligned(o->batch, o->fmt.nfeat * sizeof(float));
         f->slot[i].y = mnn_calloc_aligned(o->batch, sizeof(float));
         if (!f->slot[i].x || !f->slot[i].y)
@@ -391,7 +426,24 @@ void feed_release(feed_t *f, feed_batch_t *b)
 {
     (void)b;
     pthread_mutex_lock(&f->mu);
-    f->head = (f->head + 1) % NSLOTS;
+    /* a cut's parts were taken (copied): their buffers serve the next cut,
+     * so that only the batches in flight hold parts */
+    if (b->nparts)
+        f->part_slots--;
+    for (size_t k = 0; k < MNN_CUT_MAX_STAGES; k++) {
+        mnn_part_t *p = &b->parts[k];
+        if (!p->data)
+            continue;
+        if (f->nspare < MNN_CUT_MAX_STAGES) {
+            f->spare[f->nspare] = p->data;
+            f->spare_cap[f->nspare++] = p->cap;
+        } else {
+            free(p->data);
+        }
+        p->data = NULL;
+        p->cap = 0;
+    }
+    f->head = (f->head + 1) % f->nslots;
     f->filled--;
     pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
@@ -414,7 +466,7 @@ void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen)
         *skipped = f->skipped;
         snprintf(first, firstlen, "%s", f->first_skip);
     }
-    for (int i = 0; i < NSLOTS; i++) {
+    for (size_t i = 0; f->slot && i < f->nslots; i++) {
         mnn_free(f->slot[i].x);
         mnn_free(f->slot[i].y);
         free(f->slot[i].cpos);
@@ -426,6 +478,9 @@ void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen)
         for (size_t k = 0; k < MNN_CUT_MAX_STAGES; k++)
             mnn_part_free(&f->slot[i].parts[k]);
     }
+    free(f->slot);
+    for (size_t k = 0; k < f->nspare; k++)
+        free(f->spare[k]);
     mnn_lr_free(&f->lr);
     if (f->wake[0] >= 0) {
         close(f->wake[0]);

@@ -58,6 +58,9 @@ typedef struct {
                         * block's end, and keep batches whole across it */
     size_t first_fill; /* records already in the first batch (a cut's
                         * pending ones): the first batch brings the rest */
+    size_t ahead;      /* records to read ahead of the consumer (0: three
+                        * batches); at most 8 MiB of features, at least
+                        * three batches */
 } feed_opts_t;
 
 typedef struct feed feed_t;
@@ -84,5 +87,11 @@ void feed_stop_report(feed_t *f);
  * is in, so that a program feeding records through a pipe gets its answers
  * without waiting for a full batch, at places the input itself fixes. */
 #define FEED_FLUSH "#!flush"
+/* sgd-train's read-ahead: at a cut every stateful stage before it holds its
+ * output back while it writes its part (replay-buffer's 2,000 records of
+ * Fashion-MNIST: some 10 ms), and the training goes on meanwhile with the
+ * records read ahead of it (2,048 of them: about 40 ms of fmnist-mlp.yaml)
+ * instead of waiting for the stream (t/130, share/mini-nn/bench/cuts) */
+#define FEED_CUT_AHEAD 2048
 
 #endif

@@ -542,7 +542,7 @@ static int train(const args_t *a, run_t *r)
     feed_opts_t fo = {.name = "stdin", .batch = r->spec.batch, .skip_errors = a->skip,
                       .verbose = a->verbose, .skip_records = a->skip_seen ? r->st.records_seen : 0,
                       .cuts = 1, .first_fill = r->pn, .quiet = a->quiet,
-                      .parts_root = a->co.root};
+                      .parts_root = a->co.root, .ahead = FEED_CUT_AHEAD};
     fo.fmt.nfeat = r->spec.input;
     fo.fmt.has_label = 1;
     fo.fmt.classes = r->spec.loss == MNN_LOSS_XENT ? r->spec.outputs : 0;

@@ -93,7 +93,7 @@ uint64_t mnn_train_memory(const mnn_spec_t *s, size_t batch)
             widest = s->layers[i].units;
     }
     return per * 4 * (uint64_t)nparams + 4 * (uint64_t)batch * (acts + 2 * widest + s->outputs) +
-           ((uint64_t)16 << 20); /* code, reader buffers */
+           ((uint64_t)16 << 20); /* code, reader buffers (a ring of at most 8 MiB) */
 }
 
 /* Fields validation can point at; marks[] keeps where each was read. */

@@ -227,6 +227,43 @@ all_exit() {
     same_cut_end ck "$F/ref"
 }
 
+# peak_train_kb EVERY [RB-OPTS...]: sgd-train's peak resident memory (KiB)
+# at the end of stream-ingest --every EVERY wide.csv | replay-buffer
+# --capacity 3000 RB-OPTS | sgd-train (the wide records of the test below)
+peak_train_kb() {
+    local every=$1
+    shift
+    rm -rf ck kb
+    stream-ingest -q --every "$every" wide.csv |
+        replay-buffer -q --ratio 0.2 --capacity 3000 --seed 1 "$@" |
+        /usr/bin/time -o kb -f %M sgd-train -q -m wide.yaml --ckpt-dir ck >/dev/null ||
+        return 1
+    [[ -e ck/latest/stage-1.replay-buffer ]] || return 1
+    tail -n 1 kb
+}
+
+@test "sgd-train reads ahead across cuts, but holds the parts of a few cuts at a time" {
+    # replay-buffer's part: 3,000 records of 200 features, about 4 MB; a cut
+    # every 100 records, faster than sgd-train's writer commits them, would
+    # pile up in its read-ahead (2,048 records: 512 batches of 4) unbounded
+    [[ -x /usr/bin/time ]] || fail "/usr/bin/time is not installed (Debian's time; ./quickstart check installs it)"
+    mk_spec wide.yaml
+    sed -i 's/^input: 4$/input: 200/' wide.yaml
+    awk 'BEGIN { s = 7; for (i = 0; i < 6000; i++) { line = i % 3
+        for (j = 0; j < 200; j++) { s = (s * 16807) % 2147483647; line = line sprintf(",%.4f", s / 2147483647) }
+        print line } }' >wide.csv
+    local once many inband part
+    once=$(peak_train_kb 100000 --ckpt-dir ck) || fail "the run with one cut failed"
+    part=$(($(stat -c %s ck/latest/stage-1.replay-buffer) / 1024))
+    many=$(peak_train_kb 100 --ckpt-dir ck) || fail "the run with 60 cuts failed"
+    assert_equal "$(ls ck/step-*/manifest.yaml | wc -l)" 60
+    inband=$(peak_train_kb 100) || fail "the run with 60 cuts in the stream failed"
+    echo "part $part KiB; sgd-train peak: $once KiB with one cut, $many with 60, $inband with 60 in the stream" >&3
+    # the run with 60 cuts: at most a few parts more than the run with one
+    assert [ "$many" -lt $((once + 6 * part)) ]
+    assert [ "$inband" -lt $((once + 6 * part)) ]
+}
+
 @test "--ckpt-dir: a stage's part where the committing stage does not look, or tampered with, is refused" {
     # another directory than sgd-train's: the first cut fails, naming the file
     run -1 --separate-stderr sh -c "stream-ingest -q --every 50 train.csv |
