@@ -660,6 +660,45 @@ MNN_API int mnn_ensemble_predict(mnn_ensemble_t *e, const float *x, size_t B, fl
 /* Frees the scratch (not the members). */
 MNN_API void mnn_ensemble_free(mnn_ensemble_t *e);
 
+/* ---- merging models (merge.c) ---------------------------------------------
+ * K models' tensors combined coordinate by coordinate (ckpt-merge), each a
+ * tensor of n floats at a time:
+ *   fedavg        sum_k w_k x_k / sum_k w_k, accumulated in double in the
+ *                 order given (a caller that wants the same bytes from the
+ *                 same inputs in any order puts them in a fixed order)
+ *   median        the middle value, the mean of the two middle ones for an
+ *                 even K (weights ignored)
+ *   trimmed-mean  the mean of what is left when the floor(trim K) smallest
+ *                 and as many largest are dropped (weights ignored)
+ * Every value is rounded to float once, at the end. */
+#define MNN_MERGE_MAX 256
+typedef enum { MNN_MERGE_FEDAVG, MNN_MERGE_MEDIAN, MNN_MERGE_TRIMMED } mnn_merge_mode_t;
+typedef struct {
+    mnn_merge_mode_t mode;
+    double trim; /* trimmed-mean: the share dropped at each end, [0, 0.5) */
+} mnn_merge_t;
+/* where a merge met a value that is not finite: model input (K: the
+ * result), coordinate at */
+typedef struct {
+    size_t input, at;
+} mnn_merge_bad_t;
+/* "fedavg", "median", "trimmed-mean"; MNN_EINVAL for any other name. */
+MNN_API int mnn_merge_parse(const char *name, mnn_merge_mode_t *mode);
+MNN_API const char *mnn_merge_name(mnn_merge_mode_t mode);
+/* The values trimmed-mean drops at each end of K. */
+MNN_API size_t mnn_merge_trimmed(size_t K, double trim);
+/* 0, or MNN_EINVAL (d says why): K outside 1..MNN_MERGE_MAX, a trim outside
+ * [0, 0.5) or one that leaves nothing, for fedavg a weight that is negative
+ * or not finite, or weights summing to 0 (w NULL: all equal, none checked). */
+MNN_API int mnn_merge_check(const mnn_merge_t *o, const double *w, size_t K, mnn_diag_t *d);
+/* out[j] = the merge of x[0][j] .. x[K-1][j], j < n (w: K weights, used by
+ * fedavg; NULL: all equal).  0, or MNN_EINVAL: mnn_merge_check's
+ * refusals, or a value of an input (or of the result) that is not finite,
+ * *bad saying where when bad is not NULL.  out may not alias an input. */
+MNN_API int mnn_merge_tensor(const mnn_merge_t *o, const float *const *x, const double *w,
+                             size_t K, size_t n, float *out, mnn_merge_bad_t *bad,
+                             mnn_diag_t *d);
+
 /* ---- optimizers (optim.c) ------------------------------------------------- */
 
 typedef struct mnn_optim {

@@ -1314,6 +1314,116 @@ static void test_calib(void)
 }
 
 /* ensemble.c: averages, anytime, a single model's exits */
+static void test_merge(void)
+{
+    mnn_diag_t d;
+    mnn_merge_mode_t mode;
+    check(mnn_merge_parse("fedavg", &mode) == 0 && mode == MNN_MERGE_FEDAVG &&
+              mnn_merge_parse("median", &mode) == 0 && mode == MNN_MERGE_MEDIAN &&
+              mnn_merge_parse("trimmed-mean", &mode) == 0 && mode == MNN_MERGE_TRIMMED &&
+              mnn_merge_parse("mean", &mode) == MNN_EINVAL &&
+              !strcmp(mnn_merge_name(MNN_MERGE_TRIMMED), "trimmed-mean"),
+          "merge modes: fedavg, median, trimmed-mean by name, nothing else");
+    /* five models of three values; the fifth is a bad node's (x 100) */
+    const float a[] = {1, -2, 0.5f}, b[] = {2, -1, 0.25f}, c[] = {3, 0, 0},
+                e[] = {4, 1, -0.25f}, bad[] = {100, 200, 50};
+    const float *const x[] = {a, b, c, e, bad};
+    float out[3];
+    const double w[] = {1, 1, 2, 0, 0};
+    mnn_merge_t avg = {MNN_MERGE_FEDAVG, 0}, med = {MNN_MERGE_MEDIAN, 0},
+                tm = {MNN_MERGE_TRIMMED, 0.2};
+    int rc = mnn_merge_tensor(&avg, x, w, 5, 3, out, NULL, &d);
+    /* (1 + 2 + 2 * 3) / 4, (-2 - 1 + 0) / 4, (0.5 + 0.25) / 4 */
+    check(rc == 0 && out[0] == 2.25f && out[1] == -0.75f && out[2] == 0.1875f,
+          "fedavg: the weighted mean, a weight of 0 leaves a model out (%g %g %g)", out[0],
+          out[1], out[2]);
+    rc = mnn_merge_tensor(&avg, x, NULL, 4, 3, out, NULL, &d);
+    check(rc == 0 && out[0] == 2.5f && out[1] == -0.5f && out[2] == 0.125f,
+          "fedavg without weights: the plain mean (%g %g %g)", out[0], out[1], out[2]);
+    rc = mnn_merge_tensor(&med, x, NULL, 5, 3, out, NULL, &d);
+    check(rc == 0 && out[0] == 3 && out[1] == 0 && out[2] == 0.25f,
+          "median of 5 with a model x 100: the middle value (%g %g %g)", out[0], out[1],
+          out[2]);
+    rc = mnn_merge_tensor(&med, x, NULL, 4, 3, out, NULL, &d);
+    check(rc == 0 && out[0] == 2.5f && out[1] == -0.5f && out[2] == 0.125f,
+          "median of 4: the mean of the two middle values (%g %g %g)", out[0], out[1], out[2]);
+    rc = mnn_merge_tensor(&tm, x, NULL, 5, 3, out, NULL, &d);
+    /* trim 0.2 of 5: one dropped at each end, the mean of the middle three */
+    check(rc == 0 && out[0] == 3 && out[1] == 0 && out[2] == 0.25f && mnn_merge_trimmed(5, 0.2) == 1,
+          "trimmed-mean 0.2 of 5: the bad model dropped (%g %g %g)", out[0], out[1], out[2]);
+    rc = mnn_merge_tensor(&avg, x, NULL, 5, 3, out, NULL, &d);
+    check(rc == 0 && out[0] > 20, "fedavg is moved by the bad model (%g), as documented", out[0]);
+    /* the order of the inputs: median and trimmed-mean do not depend on it */
+    const float *const rev[] = {bad, e, c, b, a};
+    float o2[3];
+    int same = 1;
+    for (int m = 0; m < 2; m++) {
+        const mnn_merge_t *o = m ? &tm : &med;
+        same &= mnn_merge_tensor(o, x, NULL, 5, 3, out, NULL, &d) == 0 &&
+                mnn_merge_tensor(o, rev, NULL, 5, 3, o2, NULL, &d) == 0 &&
+                !memcmp(out, o2, sizeof out);
+    }
+    check(same, "median and trimmed-mean: the same bytes whatever the order of the inputs");
+    /* refusals */
+    const float nan_v[] = {1, NAN, 0}, inf_v[] = {INFINITY, 0, 0};
+    const float *const xn[] = {a, nan_v}, *const xi[] = {inf_v, a};
+    mnn_merge_bad_t where = {99, 99};
+    rc = mnn_merge_tensor(&med, xn, NULL, 2, 3, out, &where, &d);
+    check(rc == MNN_EINVAL && where.input == 1 && where.at == 1 && strstr(d.msg, "model 2") &&
+              strstr(d.msg, "not finite"),
+          "a NaN in model 2: refused, naming it and where (%s)", d.msg);
+    rc = mnn_merge_tensor(&avg, xi, NULL, 2, 3, out, &where, &d);
+    check(rc == MNN_EINVAL && where.input == 0 && where.at == 0,
+          "an infinity in model 1: refused (%s)", d.msg);
+    const float big[] = {3e38f, 0, 0};
+    const float *const xb[] = {big, big};
+    const double wb[] = {1, 1};
+    float res[3];
+    rc = mnn_merge_tensor(&avg, xb, wb, 2, 3, res, &where, &d);
+    check(rc == 0 && res[0] == 3e38f, "fedavg of two values near the float limit: no overflow "
+          "(accumulated in double)");
+    const double wneg[] = {1, -1}, wnan[] = {NAN, 1}, wzero[] = {0, 0};
+    check(mnn_merge_check(&avg, wneg, 2, &d) == MNN_EINVAL &&
+              mnn_merge_check(&avg, wnan, 2, &d) == MNN_EINVAL &&
+              mnn_merge_check(&avg, wzero, 2, &d) == MNN_EINVAL &&
+              strstr(d.msg, "sum to 0"),
+          "fedavg weights that are negative, NaN or all 0: refused (%s)", d.msg);
+    mnn_merge_t t5 = {MNN_MERGE_TRIMMED, 0.5}, t4 = {MNN_MERGE_TRIMMED, 0.4},
+                tneg = {MNN_MERGE_TRIMMED, -0.1};
+    check(mnn_merge_check(&t5, NULL, 5, &d) == MNN_EINVAL &&
+              mnn_merge_check(&tneg, NULL, 5, &d) == MNN_EINVAL &&
+              mnn_merge_check(&t4, NULL, 4, &d) == 0 &&
+              mnn_merge_check(&t4, NULL, 2, &d) == 0 && mnn_merge_trimmed(2, 0.4) == 0 &&
+              mnn_merge_check(&avg, NULL, 0, &d) == MNN_EINVAL &&
+              mnn_merge_check(&avg, NULL, MNN_MERGE_MAX + 1, &d) == MNN_EINVAL,
+          "trims of 0.5 or below 0, and 0 or too many models: refused");
+    mnn_merge_t t3 = {MNN_MERGE_TRIMMED, 0.34};
+    check(mnn_merge_check(&t3, NULL, 3, &d) == 0 && mnn_merge_trimmed(3, 0.34) == 1,
+          "trimmed-mean 0.34 of 3: one dropped at each end, the median left");
+    /* many inputs: fedavg of K copies of one tensor is that tensor */
+    enum { KMANY = MNN_MERGE_MAX, N = 1000 };
+    float *one = xalloc(N), *got = xalloc(N);
+    const float **xs = calloc(KMANY, sizeof *xs);
+    double *ws = calloc(KMANY, sizeof *ws);
+    if (!xs || !ws)
+        exit(99);
+    for (size_t j = 0; j < N; j++)
+        one[j] = (float)j / 7.0f - 50.0f;
+    for (size_t k = 0; k < KMANY; k++)
+        xs[k] = one, ws[k] = (double)(k % 5 + 1);
+    int ok = 1;
+    for (int m = 0; m < 3; m++) {
+        mnn_merge_t o = {(mnn_merge_mode_t)m, 0.1};
+        ok &= mnn_merge_tensor(&o, xs, ws, KMANY, N, got, NULL, &d) == 0 &&
+              !memcmp(got, one, N * sizeof(float));
+    }
+    check(ok, "%d copies of one tensor merge into it in every mode", KMANY);
+    free(one);
+    free(got);
+    free(xs);
+    free(ws);
+}
+
 static void test_ensemble(void)
 {
     mnn_layer_spec_t layers[] = {{6, MNN_ACT_RELU}, {3, MNN_ACT_NONE}};
@@ -8821,6 +8931,7 @@ int main(void)
     test_fs_atomic_steps();
     test_hash();
     test_spec();
+    test_merge();
     test_train_memory();
     test_yaml_limits();
     test_spec_limits();
