@@ -7,11 +7,13 @@
 #include "infer.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 volatile sig_atomic_t hup;
@@ -118,12 +120,78 @@ static fwd_t *start_forward(const run_opts_t *o, size_t K, out_t *out)
 
 /* ---- the loop ----------------------------------------------------------------- */
 
+/* --forwarded FILE: the records forwarded, appended as they came, one
+ * write(2) of whole lines per batch. */
+typedef struct {
+    const char *path;
+    int fd;
+    char *buf;
+    size_t len, cap;
+} fwdlog_t;
+
+/* Opens FILE for appending (created 0666 & ~umask); a last line that an
+ * earlier run left without its newline (killed mid-write) is ended first,
+ * so that no record is glued to it. */
+static void fwdlog_open(fwdlog_t *l, const char *path, int quiet)
+{
+    l->path = path;
+    l->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0666);
+    struct stat sb;
+    if (l->fd < 0 || fstat(l->fd, &sb) != 0)
+        die(EXIT_RUNTIME, "--forwarded %s: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode))
+        return; /* a FIFO, a terminal: written as it is */
+    char last = '\n';
+    if (sb.st_size > 0) {
+        int rfd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (rfd < 0 || pread(rfd, &last, 1, sb.st_size - 1) != 1)
+            die(EXIT_RUNTIME, "--forwarded %s: %s", path, strerror(errno));
+        close(rfd);
+    }
+    if (last != '\n') {
+        if (!quiet)
+            warnx_("--forwarded %s: its last line had no newline (a run cut short): ended "
+                   "before the records of this one", path);
+        if (mnn_write_all(l->fd, "\n", 1) < 0)
+            die(EXIT_RUNTIME, "--forwarded %s: %s", path, strerror(errno));
+    }
+}
+
+static void fwdlog_add(fwdlog_t *l, const char *line, size_t len)
+{
+    if (l->len + len + 1 > l->cap) {
+        l->cap = grow_cap(l->cap, l->len + len + 1);
+        l->buf = xrealloc(l->buf, l->cap, 1);
+    }
+    memcpy(l->buf + l->len, line, len);
+    l->buf[l->len + len] = '\n';
+    l->len += len + 1;
+}
+
+static void fwdlog_flush(fwdlog_t *l)
+{
+    if (l->fd < 0 || !l->len)
+        return;
+    if (mnn_write_all(l->fd, l->buf, l->len) < 0)
+        die(EXIT_RUNTIME, "--forwarded %s: %s", l->path, strerror(errno));
+    l->len = 0;
+}
+
+static void fwdlog_close(fwdlog_t *l)
+{
+    fwdlog_flush(l);
+    if (l->fd >= 0 && close(l->fd) != 0)
+        die(EXIT_RUNTIME, "--forwarded %s: %s", l->path, strerror(errno));
+    l->fd = -1;
+    free(l->buf);
+}
+
 /* One batch: its '#' lines and answers in order, each to the forwarder
  * (which emits them in order once the remote answers are in) or straight
  * to the output path. */
 static void answer(const run_opts_t *o, models_t *ms, fwd_t *fw, const out_t *out,
                    const feed_batch_t *b, const float *probs, const uint8_t *stage,
-                   double t_in)
+                   double t_in, fwdlog_t *log)
 {
     const size_t K = out->K;
     size_t ci = 0;
@@ -152,6 +220,8 @@ static void answer(const run_opts_t *o, models_t *ms, fwd_t *fw, const out_t *ou
         }
         if (fw) {
             int send = e.crit < o->threshold;
+            if (send && log->fd >= 0)
+                fwdlog_add(log, b->ltext + b->loff[i], b->llen[i]);
             fwd_push(fw, &e, send ? b->ltext + b->loff[i] : NULL, send ? b->llen[i] : 0);
         } else
             out_record(out, &e, p, b->y[i]);
@@ -179,6 +249,9 @@ void run(models_t *ms, run_opts_t *o)
                                               o->verbose);
     if (o->eval)
         out.st = stats_new(K, out.classify, o->coverage != NULL);
+    fwdlog_t log = {.fd = -1};
+    if (o->forwarded)
+        fwdlog_open(&log, o->forwarded, o->quiet);
     fwd_t *fw = o->forward ? start_forward(o, K, &out) : NULL;
     feed_t *feed = feed_start(STDIN_FILENO, &fo);
     if (!feed)
@@ -199,7 +272,8 @@ void run(models_t *ms, run_opts_t *o)
         int rc = models_predict(ms, b, o->linebuf, probs, stage);
         if (rc < 0)
             die(EXIT_RUNTIME, "inference failed: %s", mnn_strerror(rc));
-        answer(o, ms, fw, &out, b, probs, stage, t_in);
+        answer(o, ms, fw, &out, b, probs, stage, t_in, &log);
+        fwdlog_flush(&log);
         records += b->n;
         if (fw)
             fwd_batch_end(fw);
@@ -213,6 +287,7 @@ void run(models_t *ms, run_opts_t *o)
             /* the lines of the records before it are written first */
             if (fw)
                 fwd_finish(fw, NULL);
+            fwdlog_close(&log);
             out_check();
             fflush(stdout);
             die(EXIT_RUNTIME, "%s", b->msg);
@@ -224,6 +299,7 @@ void run(models_t *ms, run_opts_t *o)
     uint64_t restarts = 0;
     if (fw)
         fwd_finish(fw, &restarts);
+    fwdlog_close(&log);
     out_close();
     feed_stop_report(feed);
     if (out.st && stats_count(out.st) == 0)

@@ -52,6 +52,8 @@ static noreturn void help(void)
         "      --calibration FILE records to choose that threshold from\n"
         "      --window N         forwarded records in flight, at most (default 256);\n"
         "                         beyond it the local answer is kept (fallback:shed)\n"
+        "      --forwarded FILE   append every record it forwards to FILE, as it came\n"
+        "                         (label and all): the traffic of the tier behind\n"
         "      --deadline MS      wait at most MS for a remote answer, then keep the\n"
         "                         local one (fallback:timeout; default 1000); counted\n"
         "                         from when CMD is up (its first line)\n"
@@ -133,7 +135,7 @@ static void parse_args(int argc, char **argv, args_t *a)
     enum {
         O_PROBA = 256, O_EVAL, O_NOLABEL, O_LINEBUF, O_BATCH, O_THREADS, O_ONERR, O_WEIGHTS,
         O_ANYTIME, O_EXIT_T, O_CRIT, O_THRESHOLD, O_FRACTION, O_CALDATA, O_WINDOW,
-        O_DEADLINE, O_STATS, O_COVERAGE, O_CALIBRATE, O_START
+        O_DEADLINE, O_STATS, O_COVERAGE, O_CALIBRATE, O_START, O_FORWARDED
     };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
@@ -144,6 +146,7 @@ static void parse_args(int argc, char **argv, args_t *a)
         {"forward", required_argument, NULL, 'f'},
         {"threshold", required_argument, NULL, O_THRESHOLD},
         {"forward-fraction", required_argument, NULL, O_FRACTION},
+        {"forwarded", required_argument, NULL, O_FORWARDED},
         {"calibration", required_argument, NULL, O_CALDATA},
         {"window", required_argument, NULL, O_WINDOW},
         {"deadline", required_argument, NULL, O_DEADLINE},
@@ -179,6 +182,7 @@ static void parse_args(int argc, char **argv, args_t *a)
         case O_THRESHOLD: a->r.threshold = opt_float("--threshold", optarg); break;
         case O_FRACTION: a->r.fraction = opt_float("--forward-fraction", optarg); break;
         case O_CALDATA: a->r.caldata = optarg; break;
+        case O_FORWARDED: a->r.forwarded = optarg; break;
         case O_WINDOW:
             a->r.window = opt_size("--window", optarg, 1, 1 << 20);
             a->window_given = 1;
@@ -244,6 +248,12 @@ static void check_args(int argc, char **argv, args_t *a)
         usage_error("%s needs --forward CMD",
                     !isnan(a->r.threshold) ? "--threshold"
                     : !isnan(a->r.fraction) ? "--forward-fraction" : "--calibration");
+    if (a->r.forwarded && !a->r.forward)
+        usage_error("--forwarded needs --forward CMD");
+    if (a->r.forwarded && !a->r.forwarded[0])
+        usage_error("--forwarded: an empty file name");
+    if (a->r.forwarded && !strcmp(a->r.forwarded, "-"))
+        usage_error("--forwarded -: stdout carries the answers; give a file");
     if (a->r.forward && isnan(a->r.threshold) && isnan(a->r.fraction))
         usage_error("--forward needs --threshold T or --forward-fraction F");
     if (!isnan(a->r.fraction) && !(a->r.fraction >= 0 && a->r.fraction <= 1))

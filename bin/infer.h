@@ -87,6 +87,7 @@ typedef struct {
     float threshold;         /* forward below it */
     const char *caldata;     /* --calibration FILE */
     float fraction;          /* --forward-fraction */
+    const char *forwarded;   /* --forwarded FILE, or NULL */
     size_t window, deadline_ms;
     double start_timeout;
     const char *stats_json, *coverage;

@@ -334,6 +334,46 @@ no_process() {
     (($(tier_count out.txt remote) > 0)) || fail "nothing was forwarded"
 }
 
+@test "--forwarded FILE: exactly the records forwarded, as they came, appended; a cut line is ended" {
+    # tab-separated with trailing zeros and '#' lines: the bytes as read, no '#' line
+    tr , '\t' <test.csv | sed -E 's/(\.[0-9]+)(\t|$)/\100\2/g' |
+        awk '{ print } NR % 9 == 0 { print "# note " NR }' >test.tsv
+    run -0 --separate-stderr timeout 30 infer -m "$A" --batch 7 --forward "infer -m '$B'" \
+        --threshold 0.7 --forwarded fw.tsv <test.tsv
+    printf '%s\n' "${lines[@]}" >out.txt
+    assert_equal "$stderr" ""
+    # the lines of the records that went out (tier remote), in order
+    run -0 diff fw.tsv <(grep -v '^#' test.tsv | paste -d '|' - <(grep -v '^#' out.txt) |
+        awk -F'|' '$2 ~ /,remote$/ { print $1 }')
+    local n
+    n=$(below "$F/A.out" 0.7)
+    assert_equal "$(wc -l <fw.tsv)" "$n"
+    # a second run appends; every record forwarded: the whole stream
+    timeout 30 infer -m "$A" --forward "infer -m '$B'" --threshold 1.01 --forwarded fw.tsv \
+        <test.tsv >/dev/null
+    assert_equal "$(wc -l <fw.tsv)" $((n + 150))
+    run -0 diff <(tail -n 150 fw.tsv) <(grep -v '^#' test.tsv)
+    # a file whose last line a killed run cut short: ended first, with a warning
+    printf '0\t0.12' >cut.tsv
+    run -0 --separate-stderr timeout 30 infer -m "$A" --forward "infer -m '$B'" \
+        --threshold 1.01 --forwarded cut.tsv <test.tsv
+    assert_regex "$stderr" '^infer: --forwarded cut.tsv: its last line had no newline'
+    assert_equal "$(head -n 1 cut.tsv)" "$(printf '0\t0.12')"
+    run -0 diff <(tail -n +2 cut.tsv) <(grep -v '^#' test.tsv)
+    # no --forward; stdout; a directory; no name
+    run -2 --separate-stderr infer -m "$A" --forwarded x <test.csv
+    assert_regex "$stderr" '--forwarded needs --forward CMD'
+    run -2 --separate-stderr infer -m "$A" --forward cat --threshold 0.5 --forwarded - <test.csv
+    assert_regex "$stderr" 'stdout carries the answers'
+    run -2 --separate-stderr infer -m "$A" --forward cat --threshold 0.5 --forwarded '' <test.csv
+    assert_regex "$stderr" 'empty file name'
+    mkdir d
+    run -1 --separate-stderr timeout 30 infer -m "$A" --forward "infer -m '$B'" --threshold 0.5 \
+        --forwarded d <test.csv
+    assert_regex "$stderr" '^infer: --forwarded d: Is a directory'
+    assert_output ''
+}
+
 @test "--threshold 0 keeps every record local, 1.01 forwards every one" {
     run -0 --separate-stderr timeout 30 infer -m "$A" --forward "infer -m '$B'" --threshold 0 <test.csv
     printf '%s\n' "${lines[@]}" >out0.txt
