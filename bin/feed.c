@@ -29,10 +29,9 @@ struct feed {
     feed_batch_t *slot;
     size_t nslots;
     size_t part_slots; /* filled slots that hold parts */
-    /* the buffers of parts handed back, for the next cut's parts */
+    /* a buffer handed back for each stage, for that stage's next part */
     unsigned char *spare[MNN_CUT_MAX_STAGES];
     size_t spare_cap[MNN_CUT_MAX_STAGES];
-    size_t nspare;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -174,11 +173,10 @@ static int cut_line(struct feed *f, feed_batch_t *b, const char *line, size_t le
         mnn_part_t *p = &b->parts[b->nparts++];
         if (!p->data) {
             pthread_mutex_lock(&f->mu);
-            if (f->nspare) {
-                f->nspare--;
-                p->data = f->spare[f->nspare];
-                p->cap = f->spare_cap[f->nspare];
-            }
+            p->data = f->spare[l.index];
+            p->cap = f->spare_cap[l.index];
+            f->spare[l.index] = NULL;
+            f->spare_cap[l.index] = 0;
             pthread_mutex_unlock(&f->mu);
         }
         mnn_part_begin(p, &l);
@@ -364,8 +362,8 @@ feed_t *feed_start(int fd, const feed_opts_t *o)
         goto fail;
     f->lr.cancel_fd = f->wake[0];
     /* three batches, or, where asked, o->ahead records if their features
-     * fit in AHEAD_BYTES */
-    const size_t row = o->fmt.nfeat * sizeof(float), per = o->batch * (row ? row : 1);
+     * and the slots fit in AHEAD_BYTES */
+    const size_t per = o->batch * o->fmt.nfeat * sizeof(float) + sizeof(feed_batch_t);
     f->nslots = MIN_SLOTS;
     if (o->ahead > MIN_SLOTS * o->batch) {
         size_t want = (o->ahead + o->batch - 1) / o->batch, most = AHEAD_BYTES / per;
@@ -424,7 +422,6 @@ feed_batch_t *feed_next(feed_t *f, volatile sig_atomic_t *interrupt)
 
 void feed_release(feed_t *f, feed_batch_t *b)
 {
-    (void)b;
     pthread_mutex_lock(&f->mu);
     /* a cut's parts were taken (copied): their buffers serve the next cut,
      * so that only the batches in flight hold parts */
@@ -434,9 +431,10 @@ void feed_release(feed_t *f, feed_batch_t *b)
         mnn_part_t *p = &b->parts[k];
         if (!p->data)
             continue;
-        if (f->nspare < MNN_CUT_MAX_STAGES) {
-            f->spare[f->nspare] = p->data;
-            f->spare_cap[f->nspare++] = p->cap;
+        if (!f->spare[k] || f->spare_cap[k] < p->cap) { /* the larger one stays */
+            free(f->spare[k]);
+            f->spare[k] = p->data;
+            f->spare_cap[k] = p->cap;
         } else {
             free(p->data);
         }
@@ -479,7 +477,7 @@ void feed_stop(feed_t *f, uint64_t *skipped, char *first, size_t firstlen)
             mnn_part_free(&f->slot[i].parts[k]);
     }
     free(f->slot);
-    for (size_t k = 0; k < f->nspare; k++)
+    for (size_t k = 0; k < MNN_CUT_MAX_STAGES; k++)
         free(f->spare[k]);
     mnn_lr_free(&f->lr);
     if (f->wake[0] >= 0) {

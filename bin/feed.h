@@ -59,7 +59,7 @@ typedef struct {
     size_t first_fill; /* records already in the first batch (a cut's
                         * pending ones): the first batch brings the rest */
     size_t ahead;      /* records to read ahead of the consumer (0: three
-                        * batches); at most 8 MiB of features, at least
+                        * batches); at most 8 MiB of features and slots, at least
                         * three batches */
 } feed_opts_t;
 

@@ -131,21 +131,30 @@ typedef struct {
 
 /* Opens FILE for appending (created 0666 & ~umask); a last line that an
  * earlier run left without its newline (killed mid-write) is ended first,
- * so that no record is glued to it. */
+ * so that no record is glued to it.  A FIFO must have its reader already
+ * (no waiting for one before the first record). */
 static void fwdlog_open(fwdlog_t *l, const char *path, int quiet)
 {
     l->path = path;
-    l->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0666);
+    l->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0666);
+    if (l->fd < 0 && errno == ENXIO)
+        die(EXIT_RUNTIME, "--forwarded %s: a FIFO that nothing reads", path);
     struct stat sb;
-    if (l->fd < 0 || fstat(l->fd, &sb) != 0)
+    if (l->fd < 0 || fstat(l->fd, &sb) != 0 ||
+        fcntl(l->fd, F_SETFL, fcntl(l->fd, F_GETFL) & ~O_NONBLOCK) != 0)
         die(EXIT_RUNTIME, "--forwarded %s: %s", path, strerror(errno));
     if (!S_ISREG(sb.st_mode))
         return; /* a FIFO, a terminal: written as it is */
     char last = '\n';
     if (sb.st_size > 0) {
-        int rfd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (rfd < 0 || pread(rfd, &last, 1, sb.st_size - 1) != 1)
+        /* the same file (not one put in its place), its last byte */
+        struct stat rb;
+        int rfd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (rfd < 0 || fstat(rfd, &rb) != 0)
             die(EXIT_RUNTIME, "--forwarded %s: %s", path, strerror(errno));
+        if (rb.st_dev != sb.st_dev || rb.st_ino != sb.st_ino ||
+            pread(rfd, &last, 1, sb.st_size - 1) != 1)
+            die(EXIT_RUNTIME, "--forwarded %s: changed while it was opened", path);
         close(rfd);
     }
     if (last != '\n') {

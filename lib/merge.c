@@ -74,10 +74,20 @@ int mnn_merge_tensor(const mnn_merge_t *o, const float *const *x, const double *
     int rc = mnn_merge_check(o, w, K, d);
     if (rc < 0)
         return rc;
-    double sum_w = 0;
-    if (o->mode == MNN_MERGE_FEDAVG)
+    /* fedavg's weights scaled by a power of two (exactly) so that the
+     * largest is in [0.5, 1): weights of any size neither overflow nor
+     * vanish in the products, and the result is that of the weights given */
+    double ws[MNN_MERGE_MAX], sum_w = 0;
+    if (o->mode == MNN_MERGE_FEDAVG) {
+        double most = 0;
         for (size_t k = 0; k < K; k++)
-            sum_w += w ? w[k] : 1;
+            if ((w ? w[k] : 1) > most)
+                most = w ? w[k] : 1;
+        int e;
+        (void)frexp(most, &e);
+        for (size_t k = 0; k < K; k++)
+            sum_w += ws[k] = ldexp(w ? w[k] : 1, -e);
+    }
     const size_t cut = o->mode == MNN_MERGE_TRIMMED ? mnn_merge_trimmed(K, o->trim) : 0;
     double v[MNN_MERGE_MAX];
     for (size_t j = 0; j < n; j++) {
@@ -95,7 +105,7 @@ int mnn_merge_tensor(const mnn_merge_t *o, const float *const *x, const double *
             /* in the order given: the caller fixes it (ckpt-merge sorts
              * its inputs), so that the same inputs give the same bytes */
             for (size_t k = 0; k < K; k++)
-                r += (w ? w[k] : 1) * v[k];
+                r += ws[k] * v[k];
             r /= sum_w;
         } else {
             sort_small(v, K);
@@ -107,13 +117,9 @@ int mnn_merge_tensor(const mnn_merge_t *o, const float *const *x, const double *
                 r /= (double)(K - 2 * cut);
             }
         }
+        /* a mean of finite floats with weights >= 0 lies between the
+         * smallest and the largest: a float */
         out[j] = (float)r;
-        if (!isfinite(out[j])) {
-            if (bad)
-                bad->input = K, bad->at = j;
-            return mnn_fail(d, MNN_EINVAL, "value %zu of the merge is %g (beyond a float)", j,
-                            r);
-        }
     }
     return 0;
 }

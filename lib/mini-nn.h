@@ -677,8 +677,7 @@ typedef struct {
     mnn_merge_mode_t mode;
     double trim; /* trimmed-mean: the share dropped at each end, [0, 0.5) */
 } mnn_merge_t;
-/* where a merge met a value that is not finite: model input (K: the
- * result), coordinate at */
+/* where a merge met a value that is not finite: model input, coordinate at */
 typedef struct {
     size_t input, at;
 } mnn_merge_bad_t;
@@ -692,9 +691,10 @@ MNN_API size_t mnn_merge_trimmed(size_t K, double trim);
  * or not finite, or weights summing to 0 (w NULL: all equal, none checked). */
 MNN_API int mnn_merge_check(const mnn_merge_t *o, const double *w, size_t K, mnn_diag_t *d);
 /* out[j] = the merge of x[0][j] .. x[K-1][j], j < n (w: K weights, used by
- * fedavg; NULL: all equal).  0, or MNN_EINVAL: mnn_merge_check's
- * refusals, or a value of an input (or of the result) that is not finite,
- * *bad saying where when bad is not NULL.  out may not alias an input. */
+ * fedavg, whose result does not depend on their scale; NULL: all equal).
+ * 0, or MNN_EINVAL: mnn_merge_check's refusals, or a value of an input that
+ * is not finite, *bad saying where when bad is not NULL.  out may not alias
+ * an input. */
 MNN_API int mnn_merge_tensor(const mnn_merge_t *o, const float *const *x, const double *w,
                              size_t K, size_t n, float *out, mnn_merge_bad_t *bad,
                              mnn_diag_t *d);

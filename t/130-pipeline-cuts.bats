@@ -236,10 +236,11 @@ peak_train_kb() {
     local every=$1
     shift
     rm -rf ck kb
-    stream-ingest -q --every "$every" wide.csv |
-        replay-buffer -q --ratio 0.2 --capacity 3000 --seed 1 "$@" |
+    # bounded: a reader that waited for ever would fail the test, not hang it
+    timeout 300 stream-ingest -q --every "$every" wide.csv |
+        timeout 300 replay-buffer -q --ratio 0.2 --capacity 3000 --seed 1 "$@" |
         ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=0 \
-            /usr/bin/time -o kb -f %M sgd-train -q -m wide.yaml --ckpt-dir ck >/dev/null ||
+            timeout 300 /usr/bin/time -o kb -f %M sgd-train -q -m wide.yaml --ckpt-dir ck >/dev/null ||
         return 1
     [[ -e ck/latest/stage-1.replay-buffer ]] || return 1
     tail -n 1 kb

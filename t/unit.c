@@ -1313,7 +1313,7 @@ static void test_calib(void)
     free(y);
 }
 
-/* ensemble.c: averages, anytime, a single model's exits */
+/* merge.c: fedavg, median, trimmed mean, refusals */
 static void test_merge(void)
 {
     mnn_diag_t d;
@@ -1344,9 +1344,36 @@ static void test_merge(void)
     check(rc == 0 && out[0] == 3 && out[1] == 0 && out[2] == 0.25f,
           "median of 5 with a model x 100: the middle value (%g %g %g)", out[0], out[1],
           out[2]);
-    rc = mnn_merge_tensor(&med, x, NULL, 4, 3, out, NULL, &d);
+    const float *const shuf[] = {e, a, c, b};
+    rc = mnn_merge_tensor(&med, shuf, NULL, 4, 3, out, NULL, &d);
     check(rc == 0 && out[0] == 2.5f && out[1] == -0.5f && out[2] == 0.125f,
-          "median of 4: the mean of the two middle values (%g %g %g)", out[0], out[1], out[2]);
+          "median of 4 out of order: the mean of the two middle values (%g %g %g)", out[0],
+          out[1], out[2]);
+    rc = mnn_merge_tensor(&tm, x, NULL, 1, 3, out, NULL, &d);
+    int one_ok = rc == 0 && !memcmp(out, a, sizeof out);
+    one_ok &= mnn_merge_tensor(&med, x, NULL, 1, 3, out, NULL, &d) == 0 && !memcmp(out, a, sizeof out);
+    one_ok &= mnn_merge_tensor(&avg, x, w, 1, 3, out, NULL, &d) == 0 && !memcmp(out, a, sizeof out);
+    check(one_ok, "one model merges into itself in every mode");
+    /* trimmed-mean of 6 uneven values, trim 0.2: one dropped at each end,
+     * the mean of the middle four, which is not their median */
+    const float u0[] = {-50}, u1[] = {1}, u2[] = {2}, u3[] = {4}, u4[] = {9}, u5[] = {1000};
+    const float *const tx[] = {u3, u5, u0, u2, u4, u1};
+    rc = mnn_merge_tensor(&tm, tx, NULL, 6, 1, out, NULL, &d);
+    check(rc == 0 && out[0] == 4 && mnn_merge_trimmed(6, 0.2) == 1,
+          "trimmed-mean 0.2 of 6: (1 + 2 + 4 + 9) / 4 = 4 (%g)", out[0]);
+    mnn_merge_t tm34 = {MNN_MERGE_TRIMMED, 0.34};
+    rc = mnn_merge_tensor(&tm34, tx, NULL, 6, 1, out, NULL, &d);
+    check(rc == 0 && out[0] == 3 && mnn_merge_trimmed(6, 0.34) == 2,
+          "trimmed-mean 0.34 of 6: two dropped at each end, (2 + 4) / 2 = 3 (%g)", out[0]);
+    /* the weights' scale does not matter: tiny, huge, ordinary */
+    const double wt[] = {5e-324, 1.5e-323}, wh[] = {1e300, 3e300}, wo[] = {1, 3};
+    float r1[3], r2[3], r3[3];
+    rc = mnn_merge_tensor(&avg, x, wt, 2, 3, r1, NULL, &d);
+    rc |= mnn_merge_tensor(&avg, x, wh, 2, 3, r2, NULL, &d);
+    rc |= mnn_merge_tensor(&avg, x, wo, 2, 3, r3, NULL, &d);
+    check(rc == 0 && r3[0] == 1.75f && !memcmp(r1, r3, sizeof r1) && !memcmp(r2, r3, sizeof r2),
+          "fedavg weights 1:3 as denormals, near 1e300 or small integers: the same bytes "
+          "(%g %g %g)", r1[0], r2[0], r3[0]);
     rc = mnn_merge_tensor(&tm, x, NULL, 5, 3, out, NULL, &d);
     /* trim 0.2 of 5: one dropped at each end, the mean of the middle three */
     check(rc == 0 && out[0] == 3 && out[1] == 0 && out[2] == 0.25f && mnn_merge_trimmed(5, 0.2) == 1,
@@ -1424,6 +1451,7 @@ static void test_merge(void)
     free(ws);
 }
 
+/* ensemble.c: averages, anytime, a single model's exits */
 static void test_ensemble(void)
 {
     mnn_layer_spec_t layers[] = {{6, MNN_ACT_RELU}, {3, MNN_ACT_NONE}};
