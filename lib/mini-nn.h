@@ -1154,6 +1154,37 @@ MNN_API int mnn_st_get(const mnn_st_file_t *f, const char *name, int f64, size_t
 MNN_API const char *mnn_st_meta(const mnn_st_file_t *f, const char *key);
 MNN_API void mnn_st_close(mnn_st_file_t *f);
 
+/* A safetensors file read one tensor at a time, in file order, so that a
+ * reader holds one tensor rather than the file (ckpt-merge).  Open checks
+ * the size and the header as mnn_st_parse does; every byte is hashed as it
+ * is read, and what was read is to be trusted only once mnn_st_stream_finish
+ * returned 0: every tensor read, nothing after them, XXH3 as given. */
+typedef struct mnn_st_stream mnn_st_stream_t;
+typedef struct {
+    const char *name;
+    int f32, f64;        /* the dtype: F32, F64, or another (both 0) */
+    size_t ndim;
+    const size_t *shape; /* ndim sizes */
+    uint64_t bytes;
+} mnn_st_info_t;
+/* path: a regular file (no link followed) of exactly `bytes` bytes whose
+ * XXH3 should be xxh3 (16 hex digits: its manifest's).  0, or MNN_EIO,
+ * MNN_ECORRUPT (another size), MNN_EFORMAT, MNN_ELIMIT, MNN_ENOMEM. */
+MNN_API int mnn_st_stream_open(mnn_st_stream_t **out, const char *path, uint64_t bytes,
+                               const char *xxh3, mnn_diag_t *d);
+/* The tensors, and the i-th in file order (MNN_EINVAL past the last). */
+MNN_API size_t mnn_st_stream_count(const mnn_st_stream_t *s);
+MNN_API int mnn_st_stream_info(const mnn_st_stream_t *s, size_t i, mnn_st_info_t *info);
+MNN_API const char *mnn_st_stream_meta(const mnn_st_stream_t *s, const char *key);
+/* The next tensor's bytes into buf (its info's bytes long): 0, MNN_EOF (none
+ * left), MNN_EIO, MNN_ECORRUPT (the file ended inside it). */
+MNN_API int mnn_st_stream_read(mnn_st_stream_t *s, void *buf, mnn_diag_t *d);
+/* 0 when every tensor was read and the file's hash is the one given;
+ * MNN_EINVAL (tensors left), MNN_ECORRUPT (another hash, the file grew),
+ * MNN_EIO. */
+MNN_API int mnn_st_stream_finish(mnn_st_stream_t *s, mnn_diag_t *d);
+MNN_API void mnn_st_stream_close(mnn_st_stream_t *s);
+
 /* Checks every weight, optimizer moment and normalization statistic (o may
  * be NULL): MNN_ECORRUPT naming the first that is not finite, or a second
  * moment or variance that is negative. */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -418,4 +419,184 @@ void mnn_st_close(mnn_st_file_t *f)
     free(f->buf);
     free(f->path);
     free(f);
+}
+
+/* ---- reading one tensor at a time ------------------------------------------
+ * The header is read and checked as mnn_st_parse checks it; the tensors then
+ * come in file order, every byte hashed on the way, and nothing read is to
+ * be trusted before mnn_st_stream_finish compared the hash with the one
+ * given (a manifest's). */
+
+struct mnn_st_stream {
+    mnn_st_file_t *f;   /* the header: entries by name, no data */
+    st_entry_t **order; /* the entries in file order */
+    size_t next;
+    int fd;
+    uint64_t bytes;     /* the file's size, as the manifest says */
+    char xxh3[17];
+    mnn_hash_t *h;
+};
+
+/* Reads exactly n bytes at the current offset: 0, MNN_EIO (errno), or
+ * MNN_ECORRUPT (the file ended first). */
+static int read_exact(int fd, void *buf, size_t n)
+{
+    char *p = buf;
+    while (n) {
+        ssize_t r = read(fd, p, n > ((size_t)1 << 30) ? (size_t)1 << 30 : n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return MNN_EIO;
+        if (r == 0)
+            return MNN_ECORRUPT;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+void mnn_st_stream_close(mnn_st_stream_t *s)
+{
+    if (!s)
+        return;
+    if (s->fd >= 0)
+        close(s->fd);
+    mnn_hash_free(s->h);
+    free(s->order);
+    mnn_st_close(s->f);
+    free(s);
+}
+
+static int cmp_entry_begin(const void *a, const void *b)
+{
+    return cmp_begin(*(const st_entry_t *const *)a, *(const st_entry_t *const *)b);
+}
+
+int mnn_st_stream_open(mnn_st_stream_t **out, const char *path, uint64_t bytes,
+                       const char *xxh3, mnn_diag_t *d)
+{
+    *out = NULL;
+    mnn_st_stream_t *s = calloc(1, sizeof *s);
+    if (!s || !(s->f = calloc(1, sizeof *s->f)) || !(s->f->path = strdup(path)) ||
+        !(s->h = mnn_hash_new())) {
+        if (s)
+            s->fd = -1;
+        mnn_st_stream_close(s);
+        return mnn_fail(d, MNN_ENOMEM, "%s: out of memory", path);
+    }
+    s->bytes = bytes;
+    snprintf(s->xxh3, sizeof s->xxh3, "%s", xxh3);
+    s->fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    struct stat sb;
+    int rc;
+    if (s->fd < 0 || fstat(s->fd, &sb) != 0) {
+        rc = mnn_fail(d, MNN_EIO, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (!S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != bytes) {
+        rc = mnn_fail(d, MNN_ECORRUPT, "%s: %s, and its manifest says %llu bytes", path,
+                      S_ISREG(sb.st_mode) ? "another size" : "no regular file",
+                      (unsigned long long)bytes);
+        goto fail;
+    }
+    unsigned char le[8];
+    if (bytes < 8 || read_exact(s->fd, le, 8) < 0) {
+        rc = mnn_fail(d, MNN_EFORMAT, "%s: truncated (no header)", path);
+        goto fail;
+    }
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = hlen << 8 | le[i];
+    if (hlen > bytes - 8) {
+        rc = mnn_fail(d, MNN_EFORMAT, "%s: header claims %llu bytes but the file has %llu after "
+                      "the length", path, (unsigned long long)hlen,
+                      (unsigned long long)(bytes - 8));
+        goto fail;
+    }
+    if (hlen > ST_MAX_HEADER) {
+        rc = mnn_fail(d, MNN_ELIMIT, "%s: a header of %llu bytes, more than the %llu this "
+                      "reader takes", path, (unsigned long long)hlen,
+                      (unsigned long long)ST_MAX_HEADER);
+        goto fail;
+    }
+    if (!(s->f->buf = malloc(hlen ? (size_t)hlen : 1))) {
+        rc = mnn_fail(d, MNN_ENOMEM, "%s: out of memory", path);
+        goto fail;
+    }
+    if ((rc = read_exact(s->fd, s->f->buf, (size_t)hlen)) < 0) {
+        rc = mnn_fail(d, rc == MNN_EIO ? MNN_EIO : MNN_ECORRUPT, "%s: %s", path,
+                      rc == MNN_EIO ? strerror(errno) : "the file ended inside its header");
+        goto fail;
+    }
+    mnn_hash_update(s->h, le, 8);
+    mnn_hash_update(s->h, s->f->buf, (size_t)hlen);
+    s->f->len = (size_t)hlen;
+    s->f->data_len = (size_t)(bytes - 8 - hlen);
+    if ((rc = parse_header(s->f, s->f->buf, (size_t)hlen, d)) < 0)
+        goto fail;
+    if (!(s->order = malloc((s->f->n ? s->f->n : 1) * sizeof *s->order))) {
+        rc = mnn_fail(d, MNN_ENOMEM, "%s: out of memory", path);
+        goto fail;
+    }
+    for (size_t i = 0; i < s->f->n; i++)
+        s->order[i] = &s->f->e[i];
+    qsort(s->order, s->f->n, sizeof *s->order, cmp_entry_begin);
+    *out = s;
+    return 0;
+fail:
+    mnn_st_stream_close(s);
+    return rc;
+}
+
+size_t mnn_st_stream_count(const mnn_st_stream_t *s) { return s->f->n; }
+
+int mnn_st_stream_info(const mnn_st_stream_t *s, size_t i, mnn_st_info_t *info)
+{
+    if (i >= s->f->n)
+        return MNN_EINVAL;
+    const st_entry_t *e = s->order[i];
+    info->name = e->name;
+    info->f32 = e->f32;
+    info->f64 = e->f64;
+    info->ndim = e->ndim;
+    info->shape = e->shape;
+    info->bytes = (uint64_t)(e->end - e->begin);
+    return 0;
+}
+
+const char *mnn_st_stream_meta(const mnn_st_stream_t *s, const char *key)
+{
+    return mnn_st_meta(s->f, key);
+}
+
+int mnn_st_stream_read(mnn_st_stream_t *s, void *buf, mnn_diag_t *d)
+{
+    if (s->next >= s->f->n)
+        return mnn_fail(d, MNN_EOF, "%s: no tensor left", s->f->path);
+    const st_entry_t *e = s->order[s->next];
+    int rc = read_exact(s->fd, buf, e->end - e->begin);
+    if (rc < 0)
+        return mnn_fail(d, rc, "%s: tensor '%s': %s", s->f->path, e->name,
+                        rc == MNN_EIO ? strerror(errno) : "the file ended inside it");
+    mnn_hash_update(s->h, buf, e->end - e->begin);
+    s->next++;
+    return 0;
+}
+
+int mnn_st_stream_finish(mnn_st_stream_t *s, mnn_diag_t *d)
+{
+    if (s->next != s->f->n)
+        return mnn_fail(d, MNN_EINVAL, "%s: %zu of its %zu tensors read", s->f->path, s->next,
+                        s->f->n);
+    char c, hex[17];
+    ssize_t r = read(s->fd, &c, 1);
+    if (r != 0)
+        return mnn_fail(d, r < 0 ? MNN_EIO : MNN_ECORRUPT, "%s: %s", s->f->path,
+                        r < 0 ? strerror(errno) : "it grew while it was read");
+    mnn_hash_hex(mnn_hash_digest(s->h), hex);
+    if (strcmp(hex, s->xxh3))
+        return mnn_fail(d, MNN_ECORRUPT, "%s: hash %s, but its manifest says %s (damaged)",
+                        s->f->path, hex, s->xxh3);
+    return 0;
 }

@@ -4061,6 +4061,131 @@ static void st_bad(const char *what, uint64_t hlen, const char *hdr, size_t data
         mnn_st_close(f);
 }
 
+/* st_stream_err: mnn_st_stream_open of path with (bytes, xxh3), read to
+ * the end and finished; the first error (0 if none) */
+static int st_stream_err(const char *path, uint64_t bytes, const char *xxh3, mnn_diag_t *d)
+{
+    mnn_st_stream_t *s;
+    int rc = mnn_st_stream_open(&s, path, bytes, xxh3, d);
+    if (rc < 0)
+        return rc;
+    char buf[256];
+    for (size_t i = 0; rc == 0 && i < mnn_st_stream_count(s); i++) {
+        mnn_st_info_t in;
+        rc = mnn_st_stream_info(s, i, &in);
+        if (rc == 0 && in.bytes > sizeof buf)
+            rc = MNN_ELIMIT;
+        if (rc == 0)
+            rc = mnn_st_stream_read(s, buf, d);
+    }
+    if (rc == 0)
+        rc = mnn_st_stream_finish(s, d);
+    mnn_st_stream_close(s);
+    return rc;
+}
+
+static void test_st_stream(void)
+{
+    float a[6] = {1, 2, 3, 4, 5, 6}, b[3] = {-1, 0.5f, 1e-30f};
+    double c[2] = {1.0 / 3, -2};
+    const mnn_st_tensor_t t[] = {
+        {"layers.1.bias", 0, 1, {3, 0}, b},
+        {"layers.0.weight", 0, 2, {2, 3}, a},
+        {"normalize.mean", 1, 1, {2, 0}, c},
+    };
+    const char *meta[] = {"format", "pt", NULL};
+    char path[128], hex[17], bad[128];
+    uint64_t bytes = 0;
+    tpath(path, sizeof path, "stream.safetensors");
+    FILE *fp = fopen(path, "wb");
+    int rc = fp ? mnn_st_write(fp, t, NELEM(t), meta) : -1;
+    if (fp)
+        fclose(fp);
+    rc |= mnn_hash_file(path, hex, &bytes);
+    mnn_diag_t d = {""};
+    mnn_st_stream_t *s = NULL;
+    if (rc == 0)
+        rc = mnn_st_stream_open(&s, path, bytes, hex, &d);
+    if (!check(rc == 0 && s && mnn_st_stream_count(s) == 3, "mnn_st_stream_open (%s)", d.msg))
+        return;
+    /* in file order (by name, as mnn_st_write puts them), the bytes written */
+    mnn_st_info_t in[3];
+    float ra[6], rb[3];
+    double rcv[2];
+    void *bufs[] = {ra, rb, rcv};
+    int ok = 1;
+    for (size_t i = 0; i < 3; i++)
+        ok &= mnn_st_stream_info(s, i, &in[i]) == 0 && mnn_st_stream_read(s, bufs[i], &d) == 0;
+    ok &= !strcmp(in[0].name, "layers.0.weight") && in[0].f32 && in[0].ndim == 2 &&
+          in[0].shape[0] == 2 && in[0].shape[1] == 3 && in[0].bytes == 24 &&
+          !strcmp(in[1].name, "layers.1.bias") && in[1].bytes == 12 &&
+          !strcmp(in[2].name, "normalize.mean") && in[2].f64 && in[2].bytes == 16 &&
+          !memcmp(ra, a, sizeof a) && !memcmp(rb, b, sizeof b) && !memcmp(rcv, c, sizeof c);
+    mnn_st_info_t none;
+    ok &= mnn_st_stream_info(s, 3, &none) == MNN_EINVAL &&
+          mnn_st_stream_read(s, ra, &d) == MNN_EOF &&
+          mnn_st_stream_meta(s, "format") && !strcmp(mnn_st_stream_meta(s, "format"), "pt");
+    check(ok && mnn_st_stream_finish(s, &d) == 0,
+          "mnn_st_stream: the tensors in file order, their shapes and bytes, then the hash (%s)",
+          d.msg);
+    mnn_st_stream_close(s);
+    /* refusals: another hash, another size, tensors left unread */
+    char other[17];
+    snprintf(other, sizeof other, "%s", hex);
+    other[0] = other[0] == '0' ? '1' : '0';
+    rc = st_stream_err(path, bytes, other, &d);
+    check(rc == MNN_ECORRUPT && strstr(d.msg, "manifest says"),
+          "mnn_st_stream: another hash than the manifest's: MNN_ECORRUPT at the end (%s)", d.msg);
+    rc = st_stream_err(path, bytes + 1, hex, &d);
+    check(rc == MNN_ECORRUPT && strstr(d.msg, "another size"),
+          "mnn_st_stream: another size than the manifest's: refused at open (%s)", d.msg);
+    if (mnn_st_stream_open(&s, path, bytes, hex, &d) == 0) {
+        rc = mnn_st_stream_read(s, ra, &d);
+        rc = rc == 0 ? mnn_st_stream_finish(s, &d) : rc;
+        check(rc == MNN_EINVAL, "mnn_st_stream_finish with tensors left: MNN_EINVAL (%s)", d.msg);
+        mnn_st_stream_close(s);
+    }
+    /* a data byte changed after the manifest was written: found at the end */
+    size_t len;
+    char *raw = slurp(path, &len);
+    if (raw) {
+        tpath(bad, sizeof bad, "stream-bad.safetensors");
+        raw[len - 3] ^= 0x40;
+        write_bytes(bad, raw, len);
+        rc = st_stream_err(bad, bytes, hex, &d);
+        check(rc == MNN_ECORRUPT, "mnn_st_stream: a changed tensor byte: MNN_ECORRUPT (%s)", d.msg);
+        raw[len - 3] ^= 0x40;
+        /* a header that claims 4 GiB, its hash "right" */
+        char h4[17];
+        uint64_t b4;
+        memcpy(raw, "\x00\x00\x00\x00\x01\x00\x00\x00", 8);
+        write_bytes(bad, raw, len);
+        mnn_hash_file(bad, h4, &b4);
+        rc = st_stream_err(bad, b4, h4, &d);
+        check(rc == MNN_EFORMAT && strstr(d.msg, "header claims"),
+              "mnn_st_stream: a header claiming 4 GiB: MNN_EFORMAT (%s)", d.msg);
+        /* cut short, with a hash of what is left: its tensors do not fit */
+        memcpy(raw, (char[8]){0}, 8);
+        free(raw);
+        raw = slurp(path, &len);
+        if (raw) {
+            write_bytes(bad, raw, len - 4);
+            mnn_hash_file(bad, h4, &b4);
+            rc = st_stream_err(bad, b4, h4, &d);
+            check(rc == MNN_ECORRUPT, "mnn_st_stream: a file cut short: refused at open (%s)",
+                  d.msg);
+        }
+        free(raw);
+        /* a link to the right bytes: not followed; a directory */
+        tpath(bad, sizeof bad, "stream-link.safetensors");
+        rc = symlink(path, bad) == 0 ? st_stream_err(bad, bytes, hex, &d) : 0;
+        check(rc == MNN_EIO, "mnn_st_stream: a symbolic link is not followed (%s)", d.msg);
+        rc = st_stream_err(tmpdir, bytes, hex, &d);
+        check(rc == MNN_ECORRUPT && strstr(d.msg, "no regular file"),
+              "mnn_st_stream: a directory is no regular file (%s)", d.msg);
+    }
+}
+
 static void test_safetensors(void)
 {
     float a[6] = {1, 2, 3, 4, 5, 6}, b[3] = {-1, 0.5f, 1e-30f};
@@ -8964,6 +9089,7 @@ int main(void)
     test_yaml_limits();
     test_spec_limits();
     test_safetensors();
+    test_st_stream();
     test_st_limits();
     test_ckpt();
     test_state_check();
