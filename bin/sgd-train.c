@@ -328,6 +328,9 @@ static void prepare(args_t *a, run_t *r)
             die(EXIT_RUNTIME, "%s", d.msg);
         if (mnn_ckpt_load(r->resumed->dir, &r->model, &r->opt, &r->st, &d) < 0)
             die(EXIT_RUNTIME, "%s", d.msg);
+        /* lineage: the merge this training descends from goes on in every
+         * checkpoint it writes (ckpt-merge weighs by what was learned since) */
+        mnn_manifest_child_base(&r->resumed->mf, &r->st.base);
         if (mnn_spec_copy(&r->spec, &r->model.spec) < 0)
             die(EXIT_RUNTIME, "out of memory");
     } else if (mnn_spec_load_file(&r->spec, a->spec_path, &d) < 0)

@@ -396,6 +396,28 @@ static int check_cut(const mnn_cut_ckpt_t *cut, const mnn_model_t *m, mnn_diag_t
     return 0;
 }
 
+static int hex16(const char *s)
+{
+    return strnlen(s, 17) == 16 && strspn(s, "0123456789abcdef") == 16;
+}
+
+/* Lineage a reader takes: a base's hash, a merge's checkpoints. */
+static int check_lineage(const mnn_train_state_t *st, mnn_diag_t *d)
+{
+    if (st->base.round && !hex16(st->base.xxh3))
+        return mnn_fail(d, MNN_EINVAL, "a base whose manifest_xxh3 is not 16 hex digits");
+    if (!st->round)
+        return st->nmerged ? mnn_fail(d, MNN_EINVAL, "merged checkpoints without a round") : 0;
+    if (st->nmerged < 1 || st->nmerged > MNN_MERGE_MAX || !st->merged)
+        return mnn_fail(d, MNN_EINVAL, "a round of %zu checkpoints", st->nmerged);
+    for (size_t i = 0; i < st->nmerged; i++)
+        if (!st->merged[i].source || !hex16(st->merged[i].xxh3) ||
+            !isfinite(st->merged[i].weight) || st->merged[i].weight < 0)
+            return mnn_fail(d, MNN_EINVAL, "merged checkpoint %zu: no source, no hash or a "
+                            "bad weight", i + 1);
+    return 0;
+}
+
 static void put_quoted(FILE *f, const char *s)
 {
     fputc('"', f);
@@ -436,6 +458,21 @@ static int write_manifest(const char *tmp, const mnn_model_t *m,
         fputc('\n', f);
     } else
         fputs("parent: null\n", f);
+    if (st->base.round)
+        fprintf(f, "base: {round: %" PRIu32 ", manifest_xxh3: %s, records_seen: %" PRIu64
+                ", step: %" PRIu64 "}\n", st->base.round, st->base.xxh3,
+                st->base.records_seen, st->base.step);
+    if (st->round) {
+        /* a merge: its round and every checkpoint it took, with its weight */
+        fprintf(f, "round: %" PRIu32 "\nmerged:\n", st->round);
+        for (size_t i = 0; i < st->nmerged; i++) {
+            const mnn_merged_t *p = &st->merged[i];
+            fputs("  - {source: ", f);
+            put_quoted(f, p->source);
+            fprintf(f, ", manifest_xxh3: %s, records: %" PRIu64 ", weight: %.17g}\n", p->xxh3,
+                    p->records, p->weight);
+        }
+    }
     if (cut) {
         /* a pipeline's cut: this stage, and every stage before it */
         fprintf(f, "cut: {id: %" PRIu64 ", stage: %" PRIu32 ", program: %s, pending: %zu}\n",
@@ -547,7 +584,7 @@ int mnn_ckpt_write_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t 
     struct stat sb;
     if (!dcopy || !bcopy || !files)
         goto out;
-    if ((rc = check_cut(cut, m, d)) < 0)
+    if ((rc = check_cut(cut, m, d)) < 0 || (rc = check_lineage(st, d)) < 0)
         goto out;
     /* no reader accepts a value that is not finite: none is written */
     if ((rc = mnn_state_check(m, o, d)) < 0) {

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,86 @@ int mnn_plain_program(const char *s)
 /* cut: {id, stage, program, pending} and stages: [{index, program, file,
  * bytes, xxh3}], each upstream stage once and in order, its file listed in
  * files with the same size and hash. */
+static int is_hex16(const char *s)
+{
+    return strlen(s) == 16 && strspn(s, "0123456789abcdef") == 16;
+}
+
+/* A round's number: 1 to UINT32_MAX. */
+static int round_number(mnn_yaml_t *y, yaml_node_t *n, yaml_node_t *in, const char *what,
+                        uint32_t *out, mnn_diag_t *d)
+{
+    uint64_t v;
+    if (!n || mnn_yaml_u64(y, n, what, &v, NULL) < 0 || v == 0 || v > UINT32_MAX)
+        return mnn_yaml_fail(y, n ? n : in, d, MNN_EFORMAT, "%s must be a round from 1 to %" PRIu32,
+                             what, UINT32_MAX);
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* Lineage: `base: {round, manifest_xxh3, records_seen, step}` of a
+ * training that descends from a merge; `round: R` and `merged: [...]` of a
+ * merge. */
+static int manifest_lineage(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *root,
+                            mnn_diag_t *d)
+{
+    int rc;
+    const char *str;
+    yaml_node_t *b = mnn_yaml_get(y, root, "base"), *n;
+    if (b) {
+        if ((rc = mnn_yaml_expect(y, b, YAML_MAPPING_NODE, "base", d)) < 0 ||
+            (rc = round_number(y, mnn_yaml_get(y, b, "round"), b, "base: round",
+                               &mf->base.round, d)) < 0)
+            return rc;
+        if (!(n = mnn_yaml_get(y, b, "manifest_xxh3")) ||
+            mnn_yaml_str(y, n, "manifest_xxh3", &str, NULL) < 0 || !is_hex16(str))
+            return mnn_yaml_fail(y, b, d, MNN_EFORMAT, "base: manifest_xxh3 must be 16 hex "
+                                 "digits");
+        snprintf(mf->base.xxh3, sizeof mf->base.xxh3, "%s", str);
+        if (!(n = mnn_yaml_get(y, b, "records_seen")) ||
+            (rc = mnn_yaml_u64(y, n, "records_seen", &mf->base.records_seen, d)) < 0 ||
+            !(n = mnn_yaml_get(y, b, "step")) ||
+            (rc = mnn_yaml_u64(y, n, "step", &mf->base.step, d)) < 0)
+            return mnn_yaml_fail(y, b, d, MNN_EFORMAT, "base: records_seen and step are "
+                                 "required");
+        if (mf->base.records_seen > mf->records_seen || mf->base.step > mf->step)
+            return mnn_yaml_fail(y, b, d, MNN_EFORMAT, "base: more records or steps than the "
+                                 "checkpoint's own");
+    }
+    if (!(n = mnn_yaml_get(y, root, "round"))) {
+        if (mnn_yaml_get(y, root, "merged"))
+            return mnn_yaml_fail(y, root, d, MNN_EFORMAT, "merged without a round");
+        return 0;
+    }
+    if ((rc = round_number(y, n, root, "round", &mf->round, d)) < 0)
+        return rc;
+    yaml_node_t *m = mnn_yaml_get(y, root, "merged");
+    if (!m || (rc = mnn_yaml_expect(y, m, YAML_SEQUENCE_NODE, "merged", d)) < 0)
+        return m ? rc : mnn_yaml_fail(y, root, d, MNN_EFORMAT, "a round without its merged "
+                                      "list");
+    size_t k = (size_t)(m->data.sequence.items.top - m->data.sequence.items.start);
+    if (k < 1 || k > MNN_MERGE_MAX)
+        return mnn_yaml_fail(y, m, d, MNN_EFORMAT, "merged: from 1 to %d checkpoints",
+                             MNN_MERGE_MAX);
+    for (size_t i = 0; i < k; i++) {
+        yaml_node_t *e = mnn_yaml_node(y, m->data.sequence.items.start[i]), *x;
+        uint64_t records;
+        double w;
+        if ((rc = mnn_yaml_expect(y, e, YAML_MAPPING_NODE, "merged", d)) < 0)
+            return rc;
+        if (!(x = mnn_yaml_get(y, e, "source")) || mnn_yaml_str(y, x, "source", &str, NULL) < 0 ||
+            !(x = mnn_yaml_get(y, e, "manifest_xxh3")) ||
+            mnn_yaml_str(y, x, "manifest_xxh3", &str, NULL) < 0 || !is_hex16(str) ||
+            !(x = mnn_yaml_get(y, e, "records")) || mnn_yaml_u64(y, x, "records", &records, NULL) < 0 ||
+            !(x = mnn_yaml_get(y, e, "weight")) || mnn_yaml_f64(y, x, "weight", &w, NULL) < 0 ||
+            !isfinite(w) || w < 0)
+            return mnn_yaml_fail(y, e, d, MNN_EFORMAT, "merged: each needs source, "
+                                 "manifest_xxh3 (16 hex digits), records and a weight >= 0");
+    }
+    mf->nmerged = k;
+    return 0;
+}
+
 static int manifest_cut(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *root, yaml_node_t *cut,
                         mnn_diag_t *d)
 {
@@ -282,6 +363,9 @@ int mnn_manifest_parse(mnn_manifest_t *mf, const char *text, size_t len,
     mf->has_spec = 1;
     if ((n = mnn_yaml_get(&y, root, "cut")) && (rc = manifest_cut(mf, &y, root, n, d)) < 0)
         goto fail;
+    if ((rc = manifest_lineage(mf, &y, root, d)) < 0)
+        goto fail;
+    snprintf(mf->xxh3, sizeof mf->xxh3, "%.16s", text + len - SEAL_LINE + sizeof MANIFEST_SEAL - 1);
     if ((rc = check_files(mf, name, d)) < 0)
         goto fail;
     mnn_yaml_free(&y);
@@ -450,3 +534,16 @@ int mnn_manifest_read(const char *dir, const mnn_manifest_file_t *f, char **buf,
     return rc;
 }
 
+
+void mnn_manifest_child_base(const mnn_manifest_t *mf, mnn_base_t *base)
+{
+    if (!mf->round) {
+        *base = mf->base;
+        return;
+    }
+    memset(base, 0, sizeof *base);
+    base->round = mf->round;
+    snprintf(base->xxh3, sizeof base->xxh3, "%s", mf->xxh3);
+    base->records_seen = mf->records_seen;
+    base->step = mf->step;
+}

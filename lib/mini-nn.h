@@ -775,7 +775,27 @@ MNN_API int mnn_lr_ready(const mnn_linereader_t *lr);
 
 /* ---- checkpoints (safetensors.c, ckpt.c) ---------------------------------- */
 
-/* Training counters kept in state.yaml. */
+/* Federated lineage.  A checkpoint that ckpt-merge wrote is round R of a
+ * federation (`round: R` in its manifest, with the checkpoints merged);
+ * a training resumed from it, and every checkpoint after that, names it as
+ * its base (`base:`), so that the next merge knows what each one learned
+ * since and whether they started from the same model. */
+typedef struct {
+    uint32_t round;              /* the base's round; 0: no base */
+    char xxh3[17];               /* its manifest_xxh3 */
+    uint64_t records_seen, step; /* its counters */
+} mnn_base_t;
+
+/* One checkpoint a merge took: its source as given, its manifest_xxh3, the
+ * records it learned since its base, and its weight in the merge. */
+typedef struct {
+    const char *source;
+    char xxh3[17];
+    uint64_t records;
+    double weight;
+} mnn_merged_t;
+
+/* Training counters kept in state.yaml (and lineage, in the manifest). */
 typedef struct {
     uint64_t step;         /* optimizer updates */
     uint64_t records_seen; /* records learned from */
@@ -784,6 +804,11 @@ typedef struct {
     mnn_rng_t rng;
     uint32_t threads;      /* BLAS threads the training ran on (1..1024):
                             * a resumption is bit-exact on as many */
+    /* the manifest's lineage (not in state.yaml) */
+    mnn_base_t base;              /* the merge this training descends from */
+    uint32_t round;               /* a merge's own round (ckpt-merge), else 0 */
+    const mnn_merged_t *merged;   /* with round: the checkpoints merged */
+    size_t nmerged;
 } mnn_train_state_t;
 
 /* Writes a checkpoint directory `dir` atomically: everything goes into a
@@ -852,6 +877,10 @@ typedef struct {
     char created[32];       /* as written: YYYY-MM-DDTHH:MM:SSZ */
     uint64_t step, records_seen;
     char *parent;           /* the parent checkpoint, or NULL */
+    char xxh3[17];          /* manifest_xxh3: the hash that names this manifest */
+    uint32_t round;         /* a merge's round, 0 for a training's checkpoint */
+    size_t nmerged;         /* with round: the checkpoints it merged */
+    mnn_base_t base;        /* base.round 0: none */
     mnn_spec_t spec;        /* the model spec (valid when has_spec) */
     int has_spec;
     size_t nfiles;
@@ -881,6 +910,9 @@ MNN_API const mnn_manifest_file_t *mnn_manifest_find(const mnn_manifest_t *mf,
 MNN_API int mnn_manifest_verify_dir(const mnn_manifest_t *mf, const char *dir,
                                     mnn_diag_t *d);
 MNN_API void mnn_manifest_free(mnn_manifest_t *mf);
+/* The base of a training resumed from mf: mf itself when it is a merge (a
+ * round), else mf's own base (none: round 0). */
+MNN_API void mnn_manifest_child_base(const mnn_manifest_t *mf, mnn_base_t *base);
 
 /* ---- pipeline cuts (cut.c) -------------------------------------------------
  * The control lines that carry a consistent checkpoint of a whole pipeline
