@@ -360,11 +360,12 @@ static int write_pending(FILE *f, const mnn_model_t *m, const mnn_cut_ckpt_t *cu
 }
 
 static int write_file(FILE *f, const outfile_t *of, const mnn_model_t *m, const mnn_optim_t *o,
-                      const mnn_train_state_t *st, const mnn_cut_ckpt_t *cut)
+                      const mnn_train_state_t *st, const mnn_cut_ckpt_t *cut,
+                      const mnn_ckpt_writer_t *wr)
 {
     switch (of->kind) {
-    case F_MODEL: return write_model(f, m, o);
-    case F_OPTIM: return write_optim(f, m, o);
+    case F_MODEL: return wr ? wr->model(f, wr->ctx) : write_model(f, m, o);
+    case F_OPTIM: return wr ? wr->optim(f, wr->ctx) : write_optim(f, m, o);
     case F_STATE: return write_state(f, st);
     case F_PENDING: return write_pending(f, m, cut);
     case F_PART:
@@ -431,7 +432,7 @@ static void put_quoted(FILE *f, const char *s)
     fputc('"', f);
 }
 
-static int write_manifest(const char *tmp, const mnn_model_t *m,
+static int write_manifest(const char *tmp, const mnn_spec_t *spec,
                           const mnn_train_state_t *st, const char *parent,
                           int64_t created, const outfile_t *files, size_t nfiles,
                           const mnn_cut_ckpt_t *cut, mnn_diag_t *d)
@@ -485,7 +486,7 @@ static int write_manifest(const char *tmp, const mnn_model_t *m,
                         files[i].name, files[i].bytes, files[i].hex);
     }
     fputs("model:\n", f);
-    mnn_spec_write(&m->spec, f, 2);
+    mnn_spec_write(spec, f, 2);
     fputs("files:\n", f);
     for (size_t i = 0; i < nfiles; i++)
         fprintf(f, "  - {name: %s, bytes: %" PRIu64 ", xxh3: %s}\n", files[i].name,
@@ -513,7 +514,7 @@ static int hash_file(const outfile_t *of, const mnn_model_t *m, const mnn_optim_
         return MNN_ENOMEM;
     }
     setvbuf(f, NULL, _IOFBF, 1 << 20);
-    int rc = write_file(f, of, m, o, st, cut);
+    int rc = write_file(f, of, m, o, st, cut, NULL);
     if (fclose(f) != 0 && rc == 0)
         rc = MNN_EIO;
     mnn_hash_hex(mnn_hash_digest(sink.h), hex);
@@ -574,9 +575,12 @@ int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
     return mnn_ckpt_write_cut(dir, m, o, st, parent, created, replace, NULL, d);
 }
 
-int mnn_ckpt_write_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
-                       const mnn_train_state_t *st, const char *parent,
-                       int64_t created, int replace, const mnn_cut_ckpt_t *cut, mnn_diag_t *d)
+/* The checkpoint dir: its model and optimizer from m and o, or written by
+ * wr (m, o and cut NULL), its state, a cut's files, the manifest. */
+static int write_ckpt(const char *dir, const mnn_spec_t *spec, const mnn_model_t *m,
+                      const mnn_optim_t *o, const mnn_ckpt_writer_t *wr,
+                      const mnn_train_state_t *st, const char *parent, int64_t created,
+                      int replace, const mnn_cut_ckpt_t *cut, mnn_diag_t *d)
 {
     char *dcopy = strdup(dir), *bcopy = strdup(dir), *tmp = NULL;
     outfile_t *files = calloc(4 + (cut ? cut->self : 0), sizeof *files);
@@ -586,8 +590,9 @@ int mnn_ckpt_write_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t 
         goto out;
     if ((rc = check_cut(cut, m, d)) < 0 || (rc = check_lineage(st, d)) < 0)
         goto out;
-    /* no reader accepts a value that is not finite: none is written */
-    if ((rc = mnn_state_check(m, o, d)) < 0) {
+    /* no reader accepts a value that is not finite: none is written (a
+     * writer's files are its own to check) */
+    if (m && (rc = mnn_state_check(m, o, d)) < 0) {
         char what[PATH_MAX + 16];
         snprintf(what, sizeof what, "%s: not written", dir);
         rc = mnn_fail_prefix(d, MNN_EINVAL, what);
@@ -636,7 +641,7 @@ int mnn_ckpt_write_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t 
             free(fp);
             goto fail;
         }
-        rc = write_file(f, &files[i], m, o, st, cut);
+        rc = write_file(f, &files[i], m, o, st, cut, wr);
         rc = close_synced(f, &sink, rc, files[i].hex);
         files[i].bytes = sink.bytes;
         if (rc < 0) {
@@ -646,7 +651,7 @@ int mnn_ckpt_write_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t 
         }
         free(fp);
     }
-    if ((rc = write_manifest(tmp, m, st, parent, created, files, nfiles, cut, d)) < 0)
+    if ((rc = write_manifest(tmp, spec, st, parent, created, files, nfiles, cut, d)) < 0)
         goto fail;
     if (mnn_fsync_dir(tmp) < 0) {
         rc = mnn_fail(d, MNN_EIO, "%s: %s", tmp, strerror(errno));
@@ -691,6 +696,22 @@ out:
     free(dcopy);
     free(bcopy);
     return rc;
+}
+
+int mnn_ckpt_write_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
+                       const mnn_train_state_t *st, const char *parent,
+                       int64_t created, int replace, const mnn_cut_ckpt_t *cut, mnn_diag_t *d)
+{
+    return write_ckpt(dir, &m->spec, m, o, NULL, st, parent, created, replace, cut, d);
+}
+
+int mnn_ckpt_write_with(const char *dir, const mnn_spec_t *spec, const mnn_ckpt_writer_t *wr,
+                        const mnn_train_state_t *st, const char *parent, int64_t created,
+                        mnn_diag_t *d)
+{
+    if (!wr || !wr->model || !wr->optim)
+        return mnn_fail(d, MNN_EINVAL, "%s: no writer of its tensors", dir);
+    return write_ckpt(dir, spec, NULL, NULL, wr, st, parent, created, 0, NULL, d);
 }
 
 /* ---- reading ------------------------------------------------------------ */

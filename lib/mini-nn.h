@@ -819,6 +819,20 @@ typedef struct {
 MNN_API int mnn_ckpt_write(const char *dir, const mnn_model_t *m, const mnn_optim_t *o,
                            const mnn_train_state_t *st, const char *parent,
                            int64_t created, int replace, mnn_diag_t *d);
+/* mnn_ckpt_write for a writer that streams its tensors (ckpt-merge): the
+ * callbacks write model.safetensors and optimizer.safetensors of spec's
+ * model into f (each returns 0, or an error with d-worthy errno or its own
+ * code; what they write must hold finite values: nothing checks them
+ * after), state.yaml comes from st, and the rest is mnn_ckpt_write's
+ * protocol; dir must not exist. */
+typedef struct {
+    int (*model)(FILE *f, void *ctx);
+    int (*optim)(FILE *f, void *ctx);
+    void *ctx;
+} mnn_ckpt_writer_t;
+MNN_API int mnn_ckpt_write_with(const char *dir, const mnn_spec_t *spec,
+                                const mnn_ckpt_writer_t *wr, const mnn_train_state_t *st,
+                                const char *parent, int64_t created, mnn_diag_t *d);
 /* Checkpoint roots: a directory of step-NNNNNNNN checkpoints and a `latest`
  * symbolic link to the newest.  mnn_ckpt_root_open creates root if needed,
  * locks it for the caller, who writes there until it closes *lock_fd
@@ -1169,6 +1183,10 @@ typedef struct {
  * terminated, key/value alternating).  Returns 0 or an error with errno. */
 MNN_API int mnn_st_write(FILE *f, const mnn_st_tensor_t *t, size_t n,
                          const char *const *meta);
+/* mnn_st_write's length and header only (data unused): the caller writes
+ * the tensors' bytes after it, sorted by name. */
+MNN_API int mnn_st_write_header(FILE *f, const mnn_st_tensor_t *t, size_t n,
+                                const char *const *meta);
 
 typedef struct mnn_st_file mnn_st_file_t;
 /* Reads and validates a whole safetensors file in memory. */

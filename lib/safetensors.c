@@ -40,8 +40,10 @@ static int put_all(FILE *f, const void *p, size_t n)
     return fwrite(p, 1, n, f) == n ? 0 : MNN_EIO;
 }
 
-int mnn_st_write(FILE *f, const mnn_st_tensor_t *t, size_t n,
-                 const char *const *meta)
+/* The length and header of t (sorted into order, n of them); with data,
+ * their bytes too. */
+static int st_write(FILE *f, const mnn_st_tensor_t *t, size_t n, const char *const *meta,
+                    int data)
 {
     const mnn_st_tensor_t **order = malloc((n ? n : 1) * sizeof *order);
     char *hdr = NULL;
@@ -89,7 +91,7 @@ int mnn_st_write(FILE *f, const mnn_st_tensor_t *t, size_t n,
     rc = MNN_EIO;
     if (put_all(f, le, 8) < 0 || put_all(f, hdr, hlen) < 0)
         goto out;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; data && i < n; i++)
         if (put_all(f, order[i]->data, tensor_bytes(order[i])) < 0)
             goto out;
     rc = 0;
@@ -99,6 +101,16 @@ out:
     free(hdr);
     free(order);
     return rc;
+}
+
+int mnn_st_write(FILE *f, const mnn_st_tensor_t *t, size_t n, const char *const *meta)
+{
+    return st_write(f, t, n, meta, 1);
+}
+
+int mnn_st_write_header(FILE *f, const mnn_st_tensor_t *t, size_t n, const char *const *meta)
+{
+    return st_write(f, t, n, meta, 0);
 }
 
 /* ---- reading ------------------------------------------------------------ */
