@@ -41,7 +41,8 @@ static noreturn void help(void)
         "share the architecture, the shapes and dtypes; the output takes the other\n"
         "settings of the first input in a fixed order, so that the same inputs in\n"
         "any order give the same bytes.\n"
-        "Exit status: 0 merged, 1 an input refused or an error, 2 usage error.\n"
+        "Exit status: 0 success, 1 data or runtime error (an input refused: nothing\n"
+        "is written), 2 usage error.\n"
         "See ckpt-merge(1).\n",
         prog);
     out_close();

@@ -202,6 +202,8 @@ model_arg() {
         assert_regex "$stderr" "--ratio: '$bad'"
         run -2 --separate-stderr ckpt-ship --bwlimit "$bad" a b
         assert_regex "$stderr" "--bwlimit: '$bad'"
+        run -2 --separate-stderr ckpt-merge --mode trimmed-mean --trim "$bad" -o out a
+        assert_regex "$stderr" "--trim: '$bad'"
     done
     # and what they are meant to take
     run -0 stream-sample -p 1e-0 </dev/null

@@ -6,8 +6,9 @@ bats_require_minimum_version 1.5.0
 load helpers
 
 PAGES=(man/sgd-train.1 man/infer.1 man/ckpt-pack.1 man/ckpt-resume.1 man/ckpt-ship.1 man/stream-sample.1 man/replay-buffer.1
-    man/stream-ingest.1 man/mini-nn.7)
-PROGS=(sgd-train infer ckpt-pack ckpt-resume ckpt-ship stream-sample replay-buffer stream-ingest)
+    man/stream-ingest.1 man/ckpt-merge.1 man/mini-nn.7)
+PROGS=(sgd-train infer ckpt-pack ckpt-resume ckpt-ship stream-sample replay-buffer stream-ingest
+    ckpt-merge)
 
 # lint PAGE: mandoc -Tlint messages, less "referenced manual not found"
 # (the pages are not installed while the tests run, so .Xr cannot resolve)

@@ -1,0 +1,230 @@
+#!/usr/bin/env bats
+# 140-ckpt-merge: federated rounds.  Nodes resume from a round's checkpoint,
+# learn their own records, and ckpt-merge averages them (fedavg by the
+# records each learned since the round, median, trimmed mean); the values
+# are checked against python3's arithmetic on the same files, the lineage in
+# the manifests, and every refusal.  Fixtures: the tiny 3-class model and
+# records of helpers.bash.
+
+load helpers
+bats_require_minimum_version 1.5.0
+
+setup_file() {
+    cd "$BATS_FILE_TMPDIR" || return 1
+    export OPENBLAS_NUM_THREADS=1
+    mk_spec spec.yaml
+    mk_data 600 7 >all.csv
+    head -n 40 all.csv >warm.csv
+    # round 1: a warm-up training made into a round
+    sgd-train -q -m spec.yaml --ckpt-dir init <warm.csv >/dev/null || return 1
+    ckpt-merge -q -o r1 init || return 1
+    # five nodes, shards of 60 to 140 records; node 5 learns garbage (its
+    # labels shifted)
+    local i from=41 n
+    for i in 1 2 3 4 5; do
+        n=$((40 + 20 * i))
+        sed -n "${from},$((from + n - 1))p" all.csv >shard$i.csv
+        from=$((from + n))
+    done
+    awk -F, -v OFS=, '{ $1 = ($1 + 1) % 3; print }' shard5.csv >bad.csv
+    for i in 1 2 3 4; do
+        sgd-train -q --resume r1 --ckpt-dir node$i <shard$i.csv >/dev/null || return 1
+    done
+    sgd-train -q --resume r1 --ckpt-dir node5 <bad.csv >/dev/null || return 1
+}
+
+setup() {
+    cd "$BATS_TEST_TMPDIR" || return 1
+    F=$BATS_FILE_TMPDIR
+}
+
+# tensors CKPT...: each checkpoint's model.safetensors as "name value..."
+# lines, in file order (python3, no numpy)
+PYLOAD='
+import json, struct, sys
+def load(d):
+    raw = open(d + "/model.safetensors", "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    h = json.loads(raw[8:8 + n]); data = raw[8 + n:]
+    out = {}
+    for k, v in h.items():
+        if k == "__metadata__": continue
+        a, b = v["data_offsets"]
+        out[k] = list(struct.unpack("<%df" % ((b - a) // 4), data[a:b]))
+    return out
+def f32(x): return struct.unpack("<f", struct.pack("<f", x))[0]
+'
+
+# check_merge MODE OUT CKPT...: OUT's model is MODE (fedavg with the records
+# in the manifests, median, trimmed-mean 0.2) of the CKPTs, coordinate by
+# coordinate: fedavg to 1e-6 relative, median and trimmed-mean exactly
+check_merge() {
+    python3 -c "$PYLOAD"'
+import re
+mode, out, ins = sys.argv[1], sys.argv[2], sys.argv[3:]
+def learned(d):
+    m = open(d + "/manifest.yaml").read()
+    seen = int(re.search(r"^records_seen: (\d+)$", m, re.M).group(1))
+    b = re.search(r"^base: .*records_seen: (\d+)", m, re.M)
+    return seen - (int(b.group(1)) if b else 0)
+got, xs = load(out), [load(d) for d in ins]
+w = [learned(d) for d in ins]
+worst = 0
+for k, vals in got.items():
+    for j, g in enumerate(vals):
+        v = sorted(x[k][j] for x in xs)
+        if mode == "fedavg":
+            want = sum(wi * x[k][j] for wi, x in zip(w, xs)) / sum(w)
+            err = abs(g - want) / max(1e-6, abs(want))
+            if err > 1e-6: sys.exit("%s[%d]: %r, fedavg %r" % (k, j, g, want))
+        else:
+            if mode == "median":
+                want = v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+            else:
+                c = int(0.2 * len(v)); want = sum(v[c:len(v) - c]) / (len(v) - 2 * c)
+            if g != f32(want): sys.exit("%s[%d]: %r, %s %r" % (k, j, g, mode, f32(want)))
+print("checked %d tensors" % len(got))
+' "$@"
+}
+
+# nodes: the five nodes' checkpoint directories (their latest)
+nodes() {
+    local i
+    for i in "$@"; do echo "$F/node$i/latest"; done
+}
+
+@test "a round: fedavg by the records each node learned since the round, its lineage in the manifest" {
+    run -0 --separate-stderr ckpt-merge -v -o r2 $(nodes 1 2 3 4)
+    assert_regex "$stderr" 'r2: round 2, fedavg of 4 checkpoints, 360 records learned since their base'
+    run -0 check_merge fedavg r2 $(nodes 1 2 3 4)
+    # the lineage: round 2, every node with its hash, records and weight
+    run -0 grep -E '^round: 2$' r2/manifest.yaml
+    run -0 grep -cE '^  - \{source: ".*node[1-4]/latest", manifest_xxh3: [0-9a-f]{16}, records: [0-9]+, weight: [0-9]+\}$' r2/manifest.yaml
+    assert_output 4
+    run -0 grep -E '^records_seen: 400$' r2/manifest.yaml
+    run -0 grep -F "records: 80, weight: 80}" r2/manifest.yaml
+    # the nodes named their base: round 1
+    run -0 grep -E '^base: \{round: 1, manifest_xxh3: [0-9a-f]{16}, records_seen: 40, step: [0-9]+\}$' \
+        "$F/node1/latest/manifest.yaml"
+    # an ordinary checkpoint: verified, answered with, resumed from (and the
+    # training after it names round 2 as its base)
+    run -0 ckpt-pack --verify r2
+    run -0 infer -m r2 --eval <"$F/all.csv"
+    sgd-train -q --resume r2 --ckpt-dir next <"$F/shard1.csv" >/dev/null
+    local h
+    h=$(sed -n 's/^manifest_xxh3: //p' r2/manifest.yaml)
+    run -0 grep -E "^base: \\{round: 2, manifest_xxh3: $h, records_seen: 400, " next/latest/manifest.yaml
+}
+
+@test "the same inputs in any order, as directories, roots or archives: the same bytes" {
+    ckpt-merge -q -o a $(nodes 1 2 3 4)
+    ckpt-merge -q -o b $(nodes 4 2 1 3)
+    ckpt-pack -q -o n3.tar.zst "$F/node3"
+    ckpt-merge -q -o c "$F/node2" n3.tar.zst "$F/node4/latest" "$F/node1"
+    local f
+    for f in model.safetensors optimizer.safetensors state.yaml; do
+        cmp a/$f b/$f || fail "$f differs with the inputs in another order"
+        cmp a/$f c/$f || fail "$f differs with roots and an archive as inputs"
+    done
+}
+
+@test "a node sending garbage: median and trimmed-mean stay near the honest round; fedavg does not" {
+    ckpt-merge -q -o honest $(nodes 1 2 3 4)
+    ckpt-merge -q -o avg $(nodes 1 2 3 4 5)
+    ckpt-merge -q --mode median -o med $(nodes 1 2 3 4 5)
+    ckpt-merge -q --mode trimmed-mean -o tm $(nodes 1 2 3 4 5)
+    run -0 check_merge median med $(nodes 1 2 3 4 5)
+    run -0 check_merge trimmed-mean tm $(nodes 1 2 3 4 5)
+    run -0 check_merge fedavg avg $(nodes 1 2 3 4 5)
+    # accuracy on every record: the robust merges within 2 points of the
+    # honest one
+    local h m t a
+    acc() { infer -m "$1" --eval <"$F/all.csv" 2>&1 >/dev/null | sed -n 's/.*accuracy \([0-9.]*\)$/\1/p' | head -n 1; }
+    h=$(acc honest) m=$(acc med) t=$(acc tm) a=$(acc avg)
+    echo "accuracy: honest $h, median $m, trimmed-mean $t, fedavg with the bad node $a" >&3
+    run -0 awk -v h="$h" -v m="$m" -v t="$t" 'BEGIN { exit !(h - m <= 0.02 && h - t <= 0.02) }'
+    # and fedavg, which weighs the bad node by its records, falls (it is
+    # shown, not a promise: 0.42 against 1.00 here)
+    run -0 awk -v h="$h" -v a="$a" 'BEGIN { exit !(h - a > 0.1) }'
+    # the lineage of a median: every node with weight 1
+    run -0 grep -c ', weight: 1}$' med/manifest.yaml
+    assert_output 5
+}
+
+@test "--weights: fedavg with the weights given; one checkpoint merges into itself" {
+    ckpt-merge -q --weights 1,0 -o w "$F/node1" "$F/node2"
+    run -0 python3 -c "$PYLOAD"'
+a, b = load(sys.argv[1]), load(sys.argv[2])
+sys.exit(0 if a == b else "not node1'"'"'s values")' w "$F/node1/latest"
+    ckpt-merge -q -o one "$F/node3"
+    cmp one/model.safetensors "$F/node3/latest/model.safetensors"
+}
+
+@test "refused, naming the input, nothing written: another architecture, another base, a damaged file" {
+    # another architecture: a layer of 9 units
+    mk_spec other.yaml
+    sed -i 's/dense: 8/dense: 9/' other.yaml
+    sgd-train -q -m other.yaml --ckpt-dir other <"$F/shard1.csv" >/dev/null
+    run -1 --separate-stderr ckpt-merge -o out "$F/node1" other
+    assert_regex "$stderr" '^ckpt-merge: other: another architecture than .*node1 \(a layer.s units or activation\)'
+    # another activation
+    mk_spec act.yaml
+    sed -i 's/activation: relu/activation: tanh/' act.yaml
+    sgd-train -q -m act.yaml --ckpt-dir act <"$F/shard1.csv" >/dev/null
+    run -1 --separate-stderr ckpt-merge -o out "$F/node1" act
+    assert_regex "$stderr" 'act: another architecture'
+    # another base: a node of another round 1, or of none
+    ckpt-merge -q -o r1b "$F/node2"
+    sgd-train -q --resume r1b --ckpt-dir stray <"$F/shard3.csv" >/dev/null
+    run -1 --separate-stderr ckpt-merge -o out "$F/node1" stray
+    assert_regex "$stderr" '^ckpt-merge: stray: started from another base than .*node1 .*--any-parent'
+    run -1 --separate-stderr ckpt-merge -o out "$F/node1" "$F/init"
+    assert_regex "$stderr" 'init: started from another base'
+    run -0 ckpt-merge -q --any-parent -o any "$F/node1" stray
+    run -0 grep -E '^round: 3$' any/manifest.yaml
+    # a byte of a node's model changed after its manifest was written
+    cp -r "$F/node1" n1
+    local f
+    f=$(readlink -f n1/latest)/model.safetensors
+    printf '\x7f' | dd of="$f" bs=1 seek=$(($(stat -c %s "$f") - 2)) conv=notrunc 2>/dev/null
+    run -1 --separate-stderr ckpt-merge -o out n1 "$F/node2"
+    assert_regex "$stderr" 'n1: .*model.safetensors: hash [0-9a-f]{16}, but its manifest says'
+    # nothing written, no temporary left
+    [[ ! -e out ]] || fail "out was written"
+    run -0 bash -c 'ls -A | grep -c "^\.tmp" || true'
+    assert_output 0
+    # an existing output
+    mkdir out
+    run -1 --separate-stderr ckpt-merge -o out "$F/node1"
+    assert_regex "$stderr" 'out: already exists'
+}
+
+@test "usage errors exit 2 and say what is wrong" {
+    run -2 --separate-stderr ckpt-merge "$F/node1"
+    assert_regex "$stderr" '-o DIR is required'
+    run -2 --separate-stderr ckpt-merge -o out
+    assert_regex "$stderr" 'at least one checkpoint'
+    run -2 --separate-stderr ckpt-merge -o '' "$F/node1"
+    assert_regex "$stderr" 'empty directory name'
+    run -2 --separate-stderr ckpt-merge --mode mean -o out "$F/node1"
+    assert_regex "$stderr" '--mode mean: fedavg, median or trimmed-mean'
+    run -2 --separate-stderr ckpt-merge --trim 0.1 -o out "$F/node1"
+    assert_regex "$stderr" '--trim is for --mode trimmed-mean'
+    run -2 --separate-stderr ckpt-merge --mode trimmed-mean --trim 0.5 -o out "$F/node1"
+    assert_regex "$stderr" 'trim 0.5'
+    run -2 --separate-stderr ckpt-merge --weights 1 -o out "$F/node1" "$F/node2"
+    assert_regex "$stderr" '--weights: 1 weights for 2 checkpoints'
+    run -2 --separate-stderr ckpt-merge --weights 1,-1 -o out "$F/node1" "$F/node2"
+    assert_regex "$stderr" 'weight 2 is -1'
+    run -2 --separate-stderr ckpt-merge --weights 0,0 -o out "$F/node1" "$F/node2"
+    assert_regex "$stderr" 'sum to 0'
+    run -2 --separate-stderr ckpt-merge --mode median --weights 1,1 -o out "$F/node1" "$F/node2"
+    assert_regex "$stderr" '--weights is for --mode fedavg'
+    run -2 --separate-stderr ckpt-merge -o out -
+    assert_regex "$stderr" 'give each checkpoint as a file or a directory'
+    [[ ! -e out ]] || fail "out was written"
+    run -0 --separate-stderr ckpt-merge --help
+    assert_line --index 0 'Usage: ckpt-merge [OPTION]... -o DIR CKPT...'
+    run -0 ckpt-merge --version
+    assert_output 'ckpt-merge (mini-nn) 0.1.0'
+}
