@@ -33,7 +33,7 @@ static noreturn void help(void)
         "      --weights W,...    fedavg: these weights, one per CKPT, in order\n"
         "      --any-parent       merge checkpoints that started from other bases\n"
         "  -q, --quiet            no notes on stderr\n"
-        "  -v, --verbose          each input, its weight, and the figures\n"
+        "  -v, --verbose          each input's records and weight\n"
         "  -h, --help             show this help and exit\n"
         "  -V, --version          show the version and exit\n"
         "\n"
@@ -52,6 +52,7 @@ static noreturn void help(void)
 /* One input. */
 typedef struct {
     const char *arg;
+    char source[PATH_MAX];              /* its real path, for the lineage */
     mnn_ckpt_t *ck;
     const mnn_manifest_file_t *file[2]; /* model.safetensors, optimizer.safetensors */
     mnn_st_stream_t *st[2];
@@ -104,7 +105,58 @@ static int cmp_inputs(const void *pa, const void *pb)
         if (c)
             return c;
     }
-    return a->weight < b->weight ? -1 : a->weight > b->weight;
+    if (a->weight != b->weight)
+        return a->weight < b->weight ? -1 : 1;
+    int c = strcmp(a->ck->mf.xxh3, b->ck->mf.xxh3);
+    return c ? c : strcmp(a->source, b->source);
+}
+
+/* 1 if s is valid UTF-8 (what a manifest, YAML, must be). */
+static int utf8(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80 ? 0 : (*p & 0xe0) == 0xc0 && *p >= 0xc2 ? 1
+              : (*p & 0xf0) == 0xe0 ? 2 : (*p & 0xf8) == 0xf0 && *p <= 0xf4 ? 3 : -1;
+        if (n < 0)
+            return 0;
+        p++;
+        for (int i = 0; i < n; i++, p++)
+            if ((*p & 0xc0) != 0x80)
+                return 0;
+    }
+    return 1;
+}
+
+/* The input's state.yaml, checked against its manifest's hash and
+ * counters (what the weights come from must agree with what was learned). */
+static void input_state(const input_t *p, mnn_train_state_t *st)
+{
+    mnn_diag_t d = {""};
+    char path[PATH_MAX + 16], hex[17];
+    char *text = NULL;
+    size_t len = 0;
+    const mnn_manifest_file_t *sf = mnn_manifest_find(&p->ck->mf, "state.yaml");
+    snprintf(path, sizeof path, "%s/state.yaml", p->ck->dir);
+    if (!sf || mnn_read_file(path, 1 << 20, &text, &len, &d) < 0)
+        die(EXIT_RUNTIME, "%s: state.yaml: %s", p->arg, d.msg[0] ? d.msg : "not listed");
+    mnn_hash_hex(mnn_hash64(text, len), hex);
+    if (strcmp(hex, sf->xxh3))
+        die(EXIT_RUNTIME, "%s: state.yaml: hash %s, but its manifest says %s (damaged)", p->arg,
+            hex, sf->xxh3);
+    if (mnn_state_parse(st, text, len, path, &d) < 0)
+        die(EXIT_RUNTIME, "%s: %s", p->arg, d.msg);
+    free(text);
+    if (st->step != p->ck->mf.step || st->records_seen != p->ck->mf.records_seen)
+        die(EXIT_RUNTIME, "%s: state.yaml (step %" PRIu64 ", records_seen %" PRIu64 ") does not "
+            "match its manifest (step %" PRIu64 ", records_seen %" PRIu64 ")", p->arg, st->step,
+            st->records_seen, p->ck->mf.step, p->ck->mf.records_seen);
+}
+
+static void add_u64(uint64_t *sum, uint64_t v, const char *what, const char *arg)
+{
+    if (__builtin_add_overflow(*sum, v, sum))
+        die(EXIT_RUNTIME, "%s: its %s overflow the sum of the inputs'", arg, what);
 }
 
 /* Writes the merge of file f (0 model, 1 optimizer) of every input into
@@ -169,7 +221,7 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
         for (size_t k = 0; rc == 0 && k < K; k++)
             if ((rc = mnn_st_stream_read(mg->in[k].st[fi], x[k], &d)) < 0)
                 warnx_("%s", d.msg);
-        mnn_merge_bad_t bad;
+        mnn_merge_bad_t bad = {0, 0};
         const size_t count = (size_t)(a.bytes / sizeof(float));
         if (rc == 0 && (rc = mnn_merge_tensor(&mg->how, (const float *const *)x, mg->w, K, count,
                                               r, &bad, &d)) < 0)
@@ -199,10 +251,14 @@ static int write_optim(FILE *f, void *ctx) { return merge_file(f, ctx, 1); }
 static size_t parse_weights(const char *s, double *w, size_t max)
 {
     size_t n = 0;
-    char *copy = strdup(s), *save = NULL;
+    char *copy = strdup(s);
     if (!copy)
         die(EXIT_RUNTIME, "out of memory");
-    for (char *p = strtok_r(copy, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+    for (char *p = copy, *next; p; p = next) {
+        if ((next = strchr(p, ',')))
+            *next++ = 0;
+        if (!*p)
+            usage_error("--weights: an empty weight in '%s'", s);
         if (n == max)
             usage_error("--weights: more than %zu", max);
         if (opt_number(p, &w[n]) < 0)
@@ -284,6 +340,16 @@ int main(int argc, char **argv)
         p->arg = argv[optind + (int)k];
         p->ck = cli_ckpt_open(p->arg, NULL, 0);
         const mnn_manifest_t *mf = &p->ck->mf;
+        if (!realpath(p->arg, p->source))
+            snprintf(p->source, sizeof p->source, "%s", p->arg);
+        if (!utf8(p->source))
+            die(EXIT_RUNTIME, "%s: its name is not UTF-8, which the manifest's lineage must be",
+                p->arg);
+        mnn_train_state_t pst;
+        input_state(p, &pst);
+        if (mf->base.round == UINT32_MAX)
+            die(EXIT_RUNTIME, "%s: round %" PRIu32 " is the last there can be", p->arg,
+                mf->base.round);
         if (mf->cut)
             warnx_("%s: a pipeline's cut: only its model is merged (the stages' parts are "
                    "not)", p->arg);
@@ -293,12 +359,17 @@ int main(int argc, char **argv)
         if (mf->spec.normalize == MNN_NORM_RUNNING)
             die(EXIT_RUNTIME, "%s: normalize: running is not merged (its statistics are no "
                 "mean of the nodes')", p->arg);
-        if (k && !any_parent && strcmp(mf->base.xxh3, in[0].ck->mf.base.xxh3))
-            die(EXIT_RUNTIME, "%s: started from another base than %s (%s%s against %s%s); "
-                "--any-parent merges them anyway", p->arg, in[0].arg,
-                mf->base.round ? "round " : "none", mf->base.round ? mf->base.xxh3 : "",
-                in[0].ck->mf.base.round ? "round " : "none",
-                in[0].ck->mf.base.round ? in[0].ck->mf.base.xxh3 : "");
+        if (k && !any_parent && strcmp(mf->base.xxh3, in[0].ck->mf.base.xxh3)) {
+            char mine[64] = "none", theirs[64] = "none";
+            if (mf->base.round)
+                snprintf(mine, sizeof mine, "round %" PRIu32 ", %s", mf->base.round,
+                         mf->base.xxh3);
+            if (in[0].ck->mf.base.round)
+                snprintf(theirs, sizeof theirs, "round %" PRIu32 ", %s",
+                         in[0].ck->mf.base.round, in[0].ck->mf.base.xxh3);
+            die(EXIT_RUNTIME, "%s: started from another base than %s (%s against %s); "
+                "--any-parent merges them anyway", p->arg, in[0].arg, mine, theirs);
+        }
         for (int f = 0; f < 2; f++) {
             if (!(p->file[f] = mnn_manifest_find(mf, files[f])))
                 die(EXIT_RUNTIME, "%s: its manifest lists no %s", p->arg, files[f]);
@@ -308,6 +379,13 @@ int main(int argc, char **argv)
             if (mnn_st_stream_open(&p->st[f], path, p->file[f]->bytes, p->file[f]->xxh3, &d) < 0)
                 die(EXIT_RUNTIME, "%s: %s", p->arg, d.msg);
         }
+        /* the optimizer's step (the learning rate's schedule) is the manifest's */
+        const char *ostep = mnn_st_stream_meta(p->st[1], "step");
+        char want[32];
+        snprintf(want, sizeof want, "%" PRIu64, mf->step);
+        if (!ostep || strcmp(ostep, want))
+            die(EXIT_RUNTIME, "%s: optimizer.safetensors says step %s, its manifest %s", p->arg,
+                ostep ? ostep : "none", want);
         p->learned = mf->records_seen - mf->base.records_seen;
         p->weight = ngiven ? given[k] : (double)p->learned;
         if (mf->base.round > round)
@@ -316,8 +394,8 @@ int main(int argc, char **argv)
             base_records = mf->base.records_seen;
         if (mf->base.step > base_step)
             base_step = mf->base.step;
-        learned += p->learned;
-        steps += mf->step - mf->base.step;
+        add_u64(&learned, p->learned, "records", p->arg);
+        add_u64(&steps, mf->step - mf->base.step, "steps", p->arg);
     }
     if (mg.how.mode == MNN_MERGE_FEDAVG) {
         double sum = 0;
@@ -330,7 +408,7 @@ int main(int argc, char **argv)
     qsort(in, K, sizeof *in, cmp_inputs);
     for (size_t k = 0; k < K; k++) {
         mg.w[k] = in[k].weight;
-        merged[k] = (mnn_merged_t){.source = in[k].arg, .records = in[k].learned,
+        merged[k] = (mnn_merged_t){.source = in[k].source, .records = in[k].learned,
                                    .weight = mg.how.mode == MNN_MERGE_FEDAVG ? in[k].weight : 1};
         snprintf(merged[k].xxh3, sizeof merged[k].xxh3, "%s", in[k].ck->mf.xxh3);
         if (verbose)
@@ -340,25 +418,17 @@ int main(int argc, char **argv)
     mg.in = in;
     mg.k = K;
     mg.verbose = verbose;
-    mg.step = base_step + steps;
+    mg.step = base_step;
+    add_u64(&mg.step, steps, "steps", in[0].arg);
+    uint64_t records = base_records;
+    add_u64(&records, learned, "records", in[0].arg);
 
     /* the state: the first input's random numbers and threads, the counters
      * of everything the inputs learned since their bases */
     mnn_train_state_t st;
-    memset(&st, 0, sizeof st);
-    char state[PATH_MAX];
-    snprintf(state, sizeof state, "%s/state.yaml", in[0].ck->dir);
-    char *text = NULL;
-    size_t len = 0;
-    const mnn_manifest_file_t *sf = mnn_manifest_find(&in[0].ck->mf, "state.yaml");
-    char hex[17];
-    if (!sf || mnn_read_file(state, 1 << 20, &text, &len, &d) < 0 ||
-        (mnn_hash_hex(mnn_hash64(text, len), hex), strcmp(hex, sf->xxh3)) ||
-        mnn_state_parse(&st, text, len, state, &d) < 0)
-        die(EXIT_RUNTIME, "%s: state.yaml: %s", in[0].arg, d.msg[0] ? d.msg : "damaged");
-    free(text);
+    input_state(&in[0], &st);
     st.step = mg.step;
-    st.records_seen = base_records + learned;
+    st.records_seen = records;
     st.loss_sum = 0;
     st.correct = 0;
     memset(&st.base, 0, sizeof st.base);

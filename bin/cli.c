@@ -118,7 +118,7 @@ int opt_on_error(const char *s)
 
 /* The checkpoints cli_ckpt_open opened and not yet closed, closed at exit
  * so that an archive's temporary directory goes with the program. */
-static mnn_ckpt_t *open_ckpts[8];
+static mnn_ckpt_t *open_ckpts[MNN_MERGE_MAX + 8]; /* ckpt-merge's inputs, and a few */
 
 static void close_ckpts(void)
 {

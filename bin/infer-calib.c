@@ -126,6 +126,8 @@ void calibrate(const char *src_arg, const char *outdir, size_t batch, int skip, 
     mnn_diag_t d;
     if (mnn_ckpt_load(ck->dir, &m, &o, &st, &d) < 0)
         die(EXIT_RUNTIME, "%s", d.msg);
+    /* the lineage goes on: a calibrated node keeps its round's base */
+    mnn_manifest_child_base(&ck->mf, &st.base);
     /* the parent: the checkpoint directory, or the archive it came from */
     char parent[PATH_MAX];
     const char *from = ck->archive ? ck->src : ck->dir;

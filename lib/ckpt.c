@@ -405,8 +405,10 @@ static int hex16(const char *s)
 /* Lineage a reader takes: a base's hash, a merge's checkpoints. */
 static int check_lineage(const mnn_train_state_t *st, mnn_diag_t *d)
 {
-    if (st->base.round && !hex16(st->base.xxh3))
-        return mnn_fail(d, MNN_EINVAL, "a base whose manifest_xxh3 is not 16 hex digits");
+    if (st->base.round && (!hex16(st->base.xxh3) || st->base.records_seen > st->records_seen ||
+                           st->base.step > st->step))
+        return mnn_fail(d, MNN_EINVAL, "a base whose manifest_xxh3 is not 16 hex digits, or "
+                        "with more records or steps than the checkpoint");
     if (!st->round)
         return st->nmerged ? mnn_fail(d, MNN_EINVAL, "merged checkpoints without a round") : 0;
     if (st->nmerged < 1 || st->nmerged > MNN_MERGE_MAX || !st->merged)

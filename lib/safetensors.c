@@ -330,6 +330,26 @@ out:
     return rc;
 }
 
+/* The header length in le (8 bytes, little-endian), of a file with avail
+ * bytes after them: 0, or MNN_EFORMAT (more than there is), MNN_ELIMIT. */
+static int header_len(const unsigned char *le, uint64_t avail, const char *name,
+                      uint64_t *hlen, mnn_diag_t *d)
+{
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--)
+        n = n << 8 | le[i];
+    if (n > avail)
+        return mnn_fail(d, MNN_EFORMAT, "%s: header claims %llu bytes but the file has %llu "
+                        "after the length", name, (unsigned long long)n,
+                        (unsigned long long)avail);
+    if (n > ST_MAX_HEADER)
+        return mnn_fail(d, MNN_ELIMIT, "%s: a header of %llu bytes, more than the %llu this "
+                        "reader takes", name, (unsigned long long)n,
+                        (unsigned long long)ST_MAX_HEADER);
+    *hlen = n;
+    return 0;
+}
+
 int mnn_st_parse(mnn_st_file_t **out, char *buf, size_t len, const char *name, mnn_diag_t *d)
 {
     mnn_st_file_t *f = calloc(1, sizeof *f);
@@ -348,19 +368,8 @@ int mnn_st_parse(mnn_st_file_t **out, char *buf, size_t len, const char *name, m
         goto fail;
     }
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = hlen << 8 | (unsigned char)f->buf[i];
-    if (hlen > f->len - 8) {
-        mnn_fail(d, rc, "%s: header claims %llu bytes but the file has %zu after the length",
-                 name, (unsigned long long)hlen, f->len - 8);
+    if ((rc = header_len((const unsigned char *)f->buf, f->len - 8, name, &hlen, d)) < 0)
         goto fail;
-    }
-    if (hlen > ST_MAX_HEADER) {
-        rc = mnn_fail(d, MNN_ELIMIT, "%s: a header of %llu bytes, more than the %llu this "
-                      "reader takes", name, (unsigned long long)hlen,
-                      (unsigned long long)ST_MAX_HEADER);
-        goto fail;
-    }
     f->data = f->buf + 8 + hlen;
     f->data_len = f->len - 8 - (size_t)hlen;
     if ((rc = parse_header(f, f->buf + 8, (size_t)hlen, d)) < 0)
@@ -518,20 +527,8 @@ int mnn_st_stream_open(mnn_st_stream_t **out, const char *path, uint64_t bytes,
         goto fail;
     }
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = hlen << 8 | le[i];
-    if (hlen > bytes - 8) {
-        rc = mnn_fail(d, MNN_EFORMAT, "%s: header claims %llu bytes but the file has %llu after "
-                      "the length", path, (unsigned long long)hlen,
-                      (unsigned long long)(bytes - 8));
+    if ((rc = header_len(le, bytes - 8, path, &hlen, d)) < 0)
         goto fail;
-    }
-    if (hlen > ST_MAX_HEADER) {
-        rc = mnn_fail(d, MNN_ELIMIT, "%s: a header of %llu bytes, more than the %llu this "
-                      "reader takes", path, (unsigned long long)hlen,
-                      (unsigned long long)ST_MAX_HEADER);
-        goto fail;
-    }
     if (!(s->f->buf = malloc(hlen ? (size_t)hlen : 1))) {
         rc = mnn_fail(d, MNN_ENOMEM, "%s: out of memory", path);
         goto fail;

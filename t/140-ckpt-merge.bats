@@ -42,8 +42,8 @@ setup() {
 # lines, in file order (python3, no numpy)
 PYLOAD='
 import json, struct, sys
-def load(d):
-    raw = open(d + "/model.safetensors", "rb").read()
+def load(d, name="model.safetensors"):
+    raw = open(d + "/" + name, "rb").read()
     n = struct.unpack("<Q", raw[:8])[0]
     h = json.loads(raw[8:8 + n]); data = raw[8 + n:]
     out = {}
@@ -55,9 +55,10 @@ def load(d):
 def f32(x): return struct.unpack("<f", struct.pack("<f", x))[0]
 '
 
-# check_merge MODE OUT CKPT...: OUT's model is MODE (fedavg with the records
-# in the manifests, median, trimmed-mean 0.2) of the CKPTs, coordinate by
-# coordinate: fedavg to 1e-6 relative, median and trimmed-mean exactly
+# check_merge MODE OUT CKPT...: OUT's model and optimizer moments are MODE
+# (fedavg with the records in the manifests, median, trimmed-mean 0.2) of
+# the CKPTs', coordinate by coordinate: fedavg to 1e-6 relative, median and
+# trimmed-mean exactly
 check_merge() {
     python3 -c "$PYLOAD"'
 import re
@@ -67,23 +68,26 @@ def learned(d):
     seen = int(re.search(r"^records_seen: (\d+)$", m, re.M).group(1))
     b = re.search(r"^base: .*records_seen: (\d+)", m, re.M)
     return seen - (int(b.group(1)) if b else 0)
-got, xs = load(out), [load(d) for d in ins]
 w = [learned(d) for d in ins]
-worst = 0
-for k, vals in got.items():
+n = 0
+for name in ("model.safetensors", "optimizer.safetensors"):
+  got, xs = load(out, name), [load(d, name) for d in ins]
+  n += len(got)
+  for k, vals in got.items():
     for j, g in enumerate(vals):
-        v = sorted(x[k][j] for x in xs)
-        if mode == "fedavg":
-            want = sum(wi * x[k][j] for wi, x in zip(w, xs)) / sum(w)
-            err = abs(g - want) / max(1e-6, abs(want))
-            if err > 1e-6: sys.exit("%s[%d]: %r, fedavg %r" % (k, j, g, want))
+      v = sorted(x[k][j] for x in xs)
+      if mode == "fedavg":
+        want = sum(wi * x[k][j] for wi, x in zip(w, xs)) / sum(w)
+        err = abs(g - want) / max(1e-6, abs(want))
+        if err > 1e-6: sys.exit("%s %s[%d]: %r, fedavg %r" % (name, k, j, g, want))
+      else:
+        if mode == "median":
+          want = v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
         else:
-            if mode == "median":
-                want = v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
-            else:
-                c = int(0.2 * len(v)); want = sum(v[c:len(v) - c]) / (len(v) - 2 * c)
-            if g != f32(want): sys.exit("%s[%d]: %r, %s %r" % (k, j, g, mode, f32(want)))
-print("checked %d tensors" % len(got))
+          c = int(0.2 * len(v)); want = sum(v[c:len(v) - c]) / (len(v) - 2 * c)
+        if g != f32(want): sys.exit("%s %s[%d]: %r, %s %r" % (name, k, j, g, mode, f32(want)))
+if n < 8: sys.exit("only %d tensors" % n)
+print("checked %d tensors" % n)
 ' "$@"
 }
 
@@ -99,7 +103,7 @@ nodes() {
     run -0 check_merge fedavg r2 $(nodes 1 2 3 4)
     # the lineage: round 2, every node with its hash, records and weight
     run -0 grep -E '^round: 2$' r2/manifest.yaml
-    run -0 grep -cE '^  - \{source: ".*node[1-4]/latest", manifest_xxh3: [0-9a-f]{16}, records: [0-9]+, weight: [0-9]+\}$' r2/manifest.yaml
+    run -0 grep -cE '^  - \{source: ".*/node[1-4]/step-[0-9]+", manifest_xxh3: [0-9a-f]{16}, records: [0-9]+, weight: [0-9]+\}$' r2/manifest.yaml
     assert_output 4
     run -0 grep -E '^records_seen: 400$' r2/manifest.yaml
     run -0 grep -F "records: 80, weight: 80}" r2/manifest.yaml
@@ -114,18 +118,38 @@ nodes() {
     local h
     h=$(sed -n 's/^manifest_xxh3: //p' r2/manifest.yaml)
     run -0 grep -E "^base: \\{round: 2, manifest_xxh3: $h, records_seen: 400, " next/latest/manifest.yaml
+    # a node calibrated (infer --calibrate) keeps its base: it can still be merged
+    infer -q -m "$F/node1" --calibrate -o cal <"$F/shard1.csv"
+    run -0 grep -E '^base: \{round: 1, ' cal/manifest.yaml
+    run -0 ckpt-merge -q -o r2c cal "$F/node2"
 }
 
-@test "the same inputs in any order, as directories, roots or archives: the same bytes" {
+@test "the same inputs in any order, by other paths, as directories, roots or archives: the same bytes" {
+    export SOURCE_DATE_EPOCH=1700000000
     ckpt-merge -q -o a $(nodes 1 2 3 4)
     ckpt-merge -q -o b $(nodes 4 2 1 3)
+    (cd "$F" && ckpt-merge -q -o "$BATS_TEST_TMPDIR/b2" ./node3/latest node2/../node2/latest \
+        node1/latest "$F/node4/latest")
     ckpt-pack -q -o n3.tar.zst "$F/node3"
     ckpt-merge -q -o c "$F/node2" n3.tar.zst "$F/node4/latest" "$F/node1"
     local f
-    for f in model.safetensors optimizer.safetensors state.yaml; do
+    for f in model.safetensors optimizer.safetensors state.yaml manifest.yaml; do
         cmp a/$f b/$f || fail "$f differs with the inputs in another order"
+        cmp a/$f b2/$f || fail "$f differs with the inputs named by other paths"
+    done
+    for f in model.safetensors optimizer.safetensors state.yaml; do
         cmp a/$f c/$f || fail "$f differs with roots and an archive as inputs"
     done
+    # the same checkpoint twice, by two paths: tied, and still one order
+    ckpt-merge -q -o t1 "$F/node1/latest" "$F/node1/./latest"
+    ckpt-merge -q -o t2 "$F/node1/./latest" "$F/node1/latest"
+    cmp t1/manifest.yaml t2/manifest.yaml
+    # more inputs than a few: the five nodes and five copies of them
+    local i more=()
+    for i in 1 2 3 4 5; do cp -r "$F/node$i" copy$i; more+=("$F/node$i/latest" copy$i/latest); done
+    run -0 --separate-stderr ckpt-merge -o ten --mode median "${more[@]}"
+    assert_regex "$stderr" 'median of 10 checkpoints'
+    run -0 check_merge median ten "${more[@]}"
 }
 
 @test "a node sending garbage: median and trimmed-mean stay near the honest round; fedavg does not" {
@@ -193,6 +217,25 @@ sys.exit(0 if a == b else "not node1'"'"'s values")' w "$F/node1/latest"
     [[ ! -e out ]] || fail "out was written"
     run -0 bash -c 'ls -A | grep -c "^\.tmp" || true'
     assert_output 0
+    # counters the manifest says and state.yaml does not (a resealed
+    # manifest claiming 2^64 - 1 records, to outweigh every node)
+    cp -r "$F/node2" n2
+    f=$(readlink -f n2/latest)/manifest.yaml
+    sed -i 's/^records_seen: .*/records_seen: 18446744073709551615/' "$f"
+    reseal "$f"
+    run -1 --separate-stderr ckpt-merge -o out "$F/node1" n2
+    assert_regex "$stderr" "n2: state.yaml \(step [0-9]+, records_seen [0-9]+\) does not match its manifest \(step [0-9]+, records_seen 18446744073709551615\)"
+    # a damaged state.yaml
+    cp -r "$F/node3" n3
+    f=$(readlink -f n3/latest)/state.yaml
+    sed -i 's/^threads: 1$/threads: 2/' "$f"
+    run -1 --separate-stderr ckpt-merge -o out "$F/node1" n3
+    assert_regex "$stderr" 'n3: state.yaml: hash [0-9a-f]{16}, but its manifest says'
+    # a name that is not UTF-8
+    cp -r "$F/node4" $'n\xe9'
+    run -1 --separate-stderr ckpt-merge -o out "$F/node1" $'n\xe9'
+    assert_regex "$stderr" 'is not UTF-8'
+    [[ ! -e out ]] || fail "out was written"
     # an existing output
     mkdir out
     run -1 --separate-stderr ckpt-merge -o out "$F/node1"
@@ -216,6 +259,8 @@ sys.exit(0 if a == b else "not node1'"'"'s values")' w "$F/node1/latest"
     assert_regex "$stderr" '--weights: 1 weights for 2 checkpoints'
     run -2 --separate-stderr ckpt-merge --weights 1,-1 -o out "$F/node1" "$F/node2"
     assert_regex "$stderr" 'weight 2 is -1'
+    run -2 --separate-stderr ckpt-merge --weights 1,,2 -o out "$F/node1" "$F/node2"
+    assert_regex "$stderr" 'an empty weight'
     run -2 --separate-stderr ckpt-merge --weights 0,0 -o out "$F/node1" "$F/node2"
     assert_regex "$stderr" 'sum to 0'
     run -2 --separate-stderr ckpt-merge --mode median --weights 1,1 -o out "$F/node1" "$F/node2"
