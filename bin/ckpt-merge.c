@@ -71,6 +71,10 @@ typedef struct {
 
 static const char *const files[2] = {"model.safetensors", "optimizer.safetensors"};
 
+/* Tensors are merged in parts of at most this many bytes: the memory of a
+ * merge is (inputs + 1) parts, whatever the model */
+#define PART_BYTES ((size_t)4 << 20)
+
 /* The same network: layers, activations, exits, input handling, loss and
  * the optimizer's kind (its moments); NULL, or what differs. */
 static const char *other_architecture(const mnn_spec_t *a, const mnn_spec_t *b)
@@ -201,13 +205,14 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
             }
         }
     }
+    const size_t part = most < PART_BYTES ? (most ? (size_t)most : 4) : PART_BYTES;
     for (size_t k = 0; rc == 0 && k < K; k++)
-        if (!(x[k] = malloc(most ? (size_t)most : 1)))
+        if (!(x[k] = malloc(part)))
             rc = MNN_ENOMEM;
-    if (rc == 0 && !(r = malloc(most ? (size_t)most : 1)))
+    if (rc == 0 && !(r = malloc(part)))
         rc = MNN_ENOMEM;
     if (rc == MNN_ENOMEM)
-        warnx_("out of memory for %zu tensors of %" PRIu64 " bytes", K + 1, most);
+        warnx_("out of memory for %zu buffers of %zu bytes", K + 1, part);
     char step[32];
     snprintf(step, sizeof step, "%" PRIu64, mg->step);
     const char *opt = mnn_st_stream_meta(s0, "optimizer");
@@ -218,19 +223,29 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
     for (size_t i = 0; rc == 0 && i < n; i++) {
         mnn_st_info_t a;
         mnn_st_stream_info(s0, i, &a);
-        for (size_t k = 0; rc == 0 && k < K; k++)
-            if ((rc = mnn_st_stream_read(mg->in[k].st[fi], x[k], &d)) < 0)
-                warnx_("%s", d.msg);
-        mnn_merge_bad_t bad = {0, 0};
-        const size_t count = (size_t)(a.bytes / sizeof(float));
-        if (rc == 0 && (rc = mnn_merge_tensor(&mg->how, (const float *const *)x, mg->w, K, count,
-                                              r, &bad, &d)) < 0)
-            warnx_("%s: %s: tensor '%s', value %zu is not finite: not merged", mg->in[bad.input].arg,
-                   files[fi], a.name, bad.at);
-        if (rc == 0 && fwrite(r, 1, (size_t)a.bytes, out) != a.bytes) {
-            rc = MNN_EIO;
-            warnx_("%s: %s", files[fi], strerror(errno));
-        }
+        /* part by part (a tensor of no bytes too: the readers pass it) */
+        uint64_t at = 0;
+        do {
+            const size_t want = a.bytes - at < part ? (size_t)(a.bytes - at) : part;
+            for (size_t k = 0; rc == 0 && k < K; k++) {
+                size_t got;
+                if ((rc = mnn_st_stream_read_part(mg->in[k].st[fi], x[k], want, &got, &d)) < 0)
+                    warnx_("%s", d.msg);
+                else if (got != want) /* the tensors' sizes were checked alike */
+                    rc = MNN_ESHAPE;
+            }
+            mnn_merge_bad_t bad = {0, 0};
+            if (rc == 0 && (rc = mnn_merge_tensor(&mg->how, (const float *const *)x, mg->w, K,
+                                                  want / sizeof(float), r, &bad, &d)) < 0)
+                warnx_("%s: %s: tensor '%s', value %" PRIu64 " is not finite: not merged",
+                       mg->in[bad.input].arg, files[fi], a.name,
+                       at / sizeof(float) + (uint64_t)bad.at);
+            if (rc == 0 && want && fwrite(r, 1, want, out) != want) {
+                rc = MNN_EIO;
+                warnx_("%s: %s", files[fi], strerror(errno));
+            }
+            at += want;
+        } while (rc == 0 && at < a.bytes);
     }
     /* trusted only now: every byte read matched its manifest's hash */
     for (size_t k = 0; rc == 0 && k < K; k++)

@@ -68,6 +68,46 @@ static void sort_small(double *v, size_t K)
     }
 }
 
+#define BLOCK 512
+
+/* fedavg, a block of coordinates at a time (the inner loops vectorize):
+ * each coordinate's sum still runs over the inputs in the order given. */
+static int fedavg(const float *const *x, const double *ws, double sum_w, size_t K, size_t n,
+                  float *out, mnn_merge_bad_t *bad, mnn_diag_t *d)
+{
+    double acc[BLOCK];
+    for (size_t j0 = 0; j0 < n; j0 += BLOCK) {
+        const size_t m = n - j0 < BLOCK ? n - j0 : BLOCK;
+        for (size_t j = 0; j < m; j++)
+            acc[j] = 0;
+        for (size_t k = 0; k < K; k++) {
+            const float *xk = x[k] + j0;
+            int finite = 1;
+            for (size_t j = 0; j < m; j++)
+                finite &= isfinite(xk[j]) != 0;
+            if (!finite) {
+                /* the first value that is not, by coordinate, then input */
+                for (size_t j = 0; j < m; j++)
+                    for (size_t i = 0; i < K; i++)
+                        if (!isfinite(x[i][j0 + j])) {
+                            if (bad)
+                                bad->input = i, bad->at = j0 + j;
+                            return mnn_fail(d, MNN_EINVAL, "model %zu: value %zu is %g (not "
+                                            "finite)", i + 1, j0 + j, x[i][j0 + j]);
+                        }
+            }
+            const double w = ws[k];
+            for (size_t j = 0; j < m; j++)
+                acc[j] += w * xk[j];
+        }
+        /* a mean of finite floats with weights >= 0 lies between the
+         * smallest and the largest: a float */
+        for (size_t j = 0; j < m; j++)
+            out[j0 + j] = (float)(acc[j] / sum_w);
+    }
+    return 0;
+}
+
 int mnn_merge_tensor(const mnn_merge_t *o, const float *const *x, const double *w, size_t K,
                      size_t n, float *out, mnn_merge_bad_t *bad, mnn_diag_t *d)
 {
@@ -90,6 +130,8 @@ int mnn_merge_tensor(const mnn_merge_t *o, const float *const *x, const double *
     }
     const size_t cut = o->mode == MNN_MERGE_TRIMMED ? mnn_merge_trimmed(K, o->trim) : 0;
     double v[MNN_MERGE_MAX];
+    if (o->mode == MNN_MERGE_FEDAVG)
+        return fedavg(x, ws, sum_w, K, n, out, bad, d);
     for (size_t j = 0; j < n; j++) {
         for (size_t k = 0; k < K; k++) {
             v[k] = x[k][j];
@@ -101,21 +143,13 @@ int mnn_merge_tensor(const mnn_merge_t *o, const float *const *x, const double *
             }
         }
         double r = 0;
-        if (o->mode == MNN_MERGE_FEDAVG) {
-            /* in the order given: the caller fixes it (ckpt-merge sorts
-             * its inputs), so that the same inputs give the same bytes */
-            for (size_t k = 0; k < K; k++)
-                r += ws[k] * v[k];
-            r /= sum_w;
+        sort_small(v, K);
+        if (o->mode == MNN_MERGE_MEDIAN) {
+            r = K % 2 ? v[K / 2] : (v[K / 2 - 1] + v[K / 2]) / 2;
         } else {
-            sort_small(v, K);
-            if (o->mode == MNN_MERGE_MEDIAN) {
-                r = K % 2 ? v[K / 2] : (v[K / 2 - 1] + v[K / 2]) / 2;
-            } else {
-                for (size_t k = cut; k < K - cut; k++)
-                    r += v[k];
-                r /= (double)(K - 2 * cut);
-            }
+            for (size_t k = cut; k < K - cut; k++)
+                r += v[k];
+            r /= (double)(K - 2 * cut);
         }
         /* a mean of finite floats with weights >= 0 lies between the
          * smallest and the largest: a float */

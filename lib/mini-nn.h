@@ -1229,6 +1229,11 @@ MNN_API const char *mnn_st_stream_meta(const mnn_st_stream_t *s, const char *key
 /* The next tensor's bytes into buf (its info's bytes long): 0, MNN_EOF (none
  * left), MNN_EIO, MNN_ECORRUPT (the file ended inside it). */
 MNN_API int mnn_st_stream_read(mnn_st_stream_t *s, void *buf, mnn_diag_t *d);
+/* The next at most max bytes of the tensor under way (the next one when
+ * the last was read whole), *got of them: a tensor read in parts, so that
+ * a reader holds max bytes of it.  Errors as mnn_st_stream_read. */
+MNN_API int mnn_st_stream_read_part(mnn_st_stream_t *s, void *buf, size_t max, size_t *got,
+                                    mnn_diag_t *d);
 /* 0 when every tensor was read and the file's hash is the one given;
  * MNN_EINVAL (tensors left), MNN_ECORRUPT (another hash, the file grew),
  * MNN_EIO. */

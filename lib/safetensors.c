@@ -452,6 +452,7 @@ struct mnn_st_stream {
     mnn_st_file_t *f;   /* the header: entries by name, no data */
     st_entry_t **order; /* the entries in file order */
     size_t next;
+    size_t done;        /* bytes of tensor `next` read already */
     int fd;
     uint64_t bytes;     /* the file's size, as the manifest says */
     char xxh3[17];
@@ -579,18 +580,36 @@ const char *mnn_st_stream_meta(const mnn_st_stream_t *s, const char *key)
     return mnn_st_meta(s->f, key);
 }
 
-int mnn_st_stream_read(mnn_st_stream_t *s, void *buf, mnn_diag_t *d)
+int mnn_st_stream_read_part(mnn_st_stream_t *s, void *buf, size_t max, size_t *got,
+                            mnn_diag_t *d)
 {
+    *got = 0;
     if (s->next >= s->f->n)
         return mnn_fail(d, MNN_EOF, "%s: no tensor left", s->f->path);
     const st_entry_t *e = s->order[s->next];
-    int rc = read_exact(s->fd, buf, e->end - e->begin);
+    size_t n = e->end - e->begin - s->done;
+    if (n > max)
+        n = max;
+    int rc = read_exact(s->fd, buf, n);
     if (rc < 0)
         return mnn_fail(d, rc, "%s: tensor '%s': %s", s->f->path, e->name,
                         rc == MNN_EIO ? strerror(errno) : "the file ended inside it");
-    mnn_hash_update(s->h, buf, e->end - e->begin);
-    s->next++;
+    mnn_hash_update(s->h, buf, n);
+    *got = n;
+    if ((s->done += n) == e->end - e->begin) {
+        s->next++;
+        s->done = 0;
+    }
     return 0;
+}
+
+int mnn_st_stream_read(mnn_st_stream_t *s, void *buf, mnn_diag_t *d)
+{
+    if (s->next < s->f->n && s->done)
+        return mnn_fail(d, MNN_EINVAL, "%s: tensor '%s' is read in parts", s->f->path,
+                        s->order[s->next]->name);
+    size_t got;
+    return mnn_st_stream_read_part(s, buf, SIZE_MAX, &got, d);
 }
 
 int mnn_st_stream_finish(mnn_st_stream_t *s, mnn_diag_t *d)
