@@ -365,7 +365,7 @@ int main(int argc, char **argv)
         if (mf->base.round == UINT32_MAX)
             die(EXIT_RUNTIME, "%s: round %" PRIu32 " is the last there can be", p->arg,
                 mf->base.round);
-        if (mf->cut)
+        if (mf->cut && !quiet)
             warnx_("%s: a pipeline's cut: only its model is merged (the stages' parts are "
                    "not)", p->arg);
         const char *why = k ? other_architecture(&in[0].ck->mf.spec, &mf->spec) : NULL;
