@@ -137,24 +137,8 @@ static int utf8(const char *s)
 static void input_state(const input_t *p, mnn_train_state_t *st)
 {
     mnn_diag_t d = {""};
-    char path[PATH_MAX + 16], hex[17];
-    char *text = NULL;
-    size_t len = 0;
-    const mnn_manifest_file_t *sf = mnn_manifest_find(&p->ck->mf, "state.yaml");
-    snprintf(path, sizeof path, "%s/state.yaml", p->ck->dir);
-    if (!sf || mnn_read_file(path, 1 << 20, &text, &len, &d) < 0)
-        die(EXIT_RUNTIME, "%s: state.yaml: %s", p->arg, d.msg[0] ? d.msg : "not listed");
-    mnn_hash_hex(mnn_hash64(text, len), hex);
-    if (strcmp(hex, sf->xxh3))
-        die(EXIT_RUNTIME, "%s: state.yaml: hash %s, but its manifest says %s (damaged)", p->arg,
-            hex, sf->xxh3);
-    if (mnn_state_parse(st, text, len, path, &d) < 0)
+    if (mnn_ckpt_load_state(p->ck->dir, &p->ck->mf, st, &d) < 0)
         die(EXIT_RUNTIME, "%s: %s", p->arg, d.msg);
-    free(text);
-    if (st->step != p->ck->mf.step || st->records_seen != p->ck->mf.records_seen)
-        die(EXIT_RUNTIME, "%s: state.yaml (step %" PRIu64 ", records_seen %" PRIu64 ") does not "
-            "match its manifest (step %" PRIu64 ", records_seen %" PRIu64 ")", p->arg, st->step,
-            st->records_seen, p->ck->mf.step, p->ck->mf.records_seen);
 }
 
 static void add_u64(uint64_t *sum, uint64_t v, const char *what, const char *arg)

@@ -861,6 +861,24 @@ out:
     return rc;
 }
 
+int mnn_ckpt_load_state(const char *dir, const mnn_manifest_t *mf, mnn_train_state_t *st,
+                        mnn_diag_t *d)
+{
+    char *buf = NULL, *path = NULL;
+    size_t len;
+    int rc = mnn_manifest_read(dir, mnn_manifest_find(mf, ckpt_files[2]), &buf, &len, &path, d);
+    if (rc == 0)
+        rc = mnn_state_parse(st, buf, len, path, d);
+    if (rc == 0 && (st->step != mf->step || st->records_seen != mf->records_seen))
+        rc = mnn_fail(d, MNN_ECORRUPT, "%s: state.yaml (step %" PRIu64 ", records_seen %" PRIu64
+                      ") and the manifest (step %" PRIu64 ", records_seen %" PRIu64
+                      ") disagree", dir, st->step, st->records_seen, mf->step,
+                      mf->records_seen);
+    free(buf);
+    free(path);
+    return rc;
+}
+
 int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
                   mnn_train_state_t *st, mnn_diag_t *d)
 {
@@ -902,19 +920,8 @@ int mnn_ckpt_load(const char *dir, mnn_model_t *m, mnn_optim_t *o,
             goto out;
         }
     }
-    if (st) {
-        if ((rc = mnn_manifest_read(real, mnn_manifest_find(&mf, ckpt_files[2]), &buf, &len, &path,
-                              d)) < 0 ||
-            (rc = mnn_state_parse(st, buf, len, path, d)) < 0)
-            goto out;
-        if (st->step != mf.step || st->records_seen != mf.records_seen) {
-            rc = mnn_fail(d, MNN_ECORRUPT, "%s: state.yaml (step %" PRIu64 ", records_seen %"
-                          PRIu64 ") and the manifest (step %" PRIu64 ", records_seen %" PRIu64
-                          ") disagree", real, st->step, st->records_seen, mf.step,
-                          mf.records_seen);
-            goto out;
-        }
-    }
+    if (st && (rc = mnn_ckpt_load_state(real, &mf, st, d)) < 0)
+        goto out;
     /* no reader accepts a value that is not finite */
     if ((rc = mnn_state_check(m, o, d)) < 0)
         rc = mnn_fail_prefix(d, MNN_ECORRUPT, real);

@@ -927,6 +927,13 @@ MNN_API void mnn_manifest_free(mnn_manifest_t *mf);
 /* The base of a training resumed from mf: mf itself when it is a merge (a
  * round), else mf's own base (none: round 0). */
 MNN_API void mnn_manifest_child_base(const mnn_manifest_t *mf, mnn_base_t *base);
+/* The state of the checkpoint directory dir whose manifest is mf (parsed,
+ * `state.yaml` listed, as mnn_manifest_parse leaves it): state.yaml read
+ * and checked against the manifest's size and hash, and its step and
+ * records_seen against the manifest's (MNN_ECORRUPT), as mnn_ckpt_load
+ * checks it. */
+MNN_API int mnn_ckpt_load_state(const char *dir, const mnn_manifest_t *mf,
+                                mnn_train_state_t *st, mnn_diag_t *d);
 
 /* ---- pipeline cuts (cut.c) -------------------------------------------------
  * The control lines that carry a consistent checkpoint of a whole pipeline

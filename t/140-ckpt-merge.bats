@@ -224,13 +224,13 @@ sys.exit(0 if a == b else "not node1'"'"'s values")' w "$F/node1/latest"
     sed -i 's/^records_seen: .*/records_seen: 18446744073709551615/' "$f"
     reseal "$f"
     run -1 --separate-stderr ckpt-merge -o out "$F/node1" n2
-    assert_regex "$stderr" "n2: state.yaml \(step [0-9]+, records_seen [0-9]+\) does not match its manifest \(step [0-9]+, records_seen 18446744073709551615\)"
+    assert_regex "$stderr" "n2: .*: state.yaml \(step [0-9]+, records_seen [0-9]+\) and the manifest \(step [0-9]+, records_seen 18446744073709551615\) disagree"
     # a damaged state.yaml
     cp -r "$F/node3" n3
     f=$(readlink -f n3/latest)/state.yaml
     sed -i 's/^threads: 1$/threads: 2/' "$f"
     run -1 --separate-stderr ckpt-merge -o out "$F/node1" n3
-    assert_regex "$stderr" 'n3: state.yaml: hash [0-9a-f]{16}, but its manifest says'
+    assert_regex "$stderr" 'n3: .*/state.yaml: hash does not match the manifest \(xxh3 [0-9a-f]{16}; the manifest says [0-9a-f]{16}\)'
     # a name that is not UTF-8
     cp -r "$F/node4" $'n\xe9'
     run -1 --separate-stderr ckpt-merge -o out "$F/node1" $'n\xe9'
