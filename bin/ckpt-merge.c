@@ -66,7 +66,6 @@ typedef struct {
     mnn_merge_t how;
     double *w;
     uint64_t step;
-    int verbose;
 } merge_t;
 
 static const char *const files[2] = {"model.safetensors", "optimizer.safetensors"};
@@ -416,7 +415,6 @@ int main(int argc, char **argv)
     }
     mg.in = in;
     mg.k = K;
-    mg.verbose = verbose;
     mg.step = base_step;
     add_u64(&mg.step, steps, "steps", in[0].arg);
     uint64_t records = base_records;
