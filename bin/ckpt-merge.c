@@ -93,7 +93,8 @@ static const char *other_architecture(const mnn_spec_t *a, const mnn_spec_t *b)
             return "the early exits";
     if (a->input_scale != b->input_scale || a->normalize != b->normalize)
         return "input_scale or normalize";
-    if (a->opt.type != b->opt.type || (a->opt.average > 0) != (b->opt.average > 0))
+    if (a->opt.type != b->opt.type || (a->opt.average > 0) != (b->opt.average > 0) ||
+        (a->opt.prox > 0) != (b->opt.prox > 0))
         return "the optimizer (its moments)";
     return NULL;
 }

@@ -40,7 +40,8 @@ static noreturn void help(void)
         "      --resume CKPT      go on from a checkpoint (directory or archive) with\n"
         "                         its model, optimizer and counters, bit for bit\n"
         "      --skip-seen        skip the records_seen records at the start of the\n"
-        "                         input (the resumed training replays its input)\n"
+        "                         input (the resumed training replays its input; a\n"
+        "                         node of a federation: those since its round)\n"
         "      --workdir DIR      where --resume unpacks an archive (default: TMPDIR)\n"
         "      --ckpt-dir DIR     write checkpoints DIR/step-N, DIR/latest: periodic,\n"
         "                         on SIGUSR1, on SIGTERM/SIGINT and at the end; a\n"
@@ -56,6 +57,9 @@ static noreturn void help(void)
         "                         (0: off) and write it as the model\n"
         "      --momentum X       SGD momentum\n"
         "      --weight-decay X   L2 weight decay\n"
+        "      --prox MU          FedProx: add MU/2 ||w - w0||^2 to the loss, w0 the\n"
+        "                         weights this round started from (the merge resumed\n"
+        "                         from, or the initial weights); 0: off\n"
         "      --optimizer NAME   sgd or adam\n"
         "      --batch N          records per step\n"
         "      --seed N           seed of the weight initialisation\n"
@@ -202,6 +206,15 @@ static void report(progress_t *p, const char *tag)
     p->records_since = p->correct_since = 0;
 }
 
+/* The records --skip-seen skips: those the input replayed held, which for
+ * a node of a federation are the ones learned since its round (its base). */
+static uint64_t seen_since_base(const mnn_train_state_t *st)
+{
+    return st->base.round && st->base.records_seen <= st->records_seen
+               ? st->records_seen - st->base.records_seen
+               : st->records_seen;
+}
+
 /* What the command line asks for. */
 typedef struct {
     const char *spec_path, *out, *resume, *workdir;
@@ -209,7 +222,7 @@ typedef struct {
     uint64_t ckpt_every;        /* steps between checkpoints; 0: none */
     double ckpt_interval;       /* seconds between checkpoints; 0: none */
     int skip_seen, force, quiet, verbose, skip;
-    const char *o_lr, *o_mom, *o_wd, *o_opt, *o_batch, *o_seed, *o_decay, *o_avg;
+    const char *o_lr, *o_mom, *o_wd, *o_opt, *o_batch, *o_seed, *o_decay, *o_avg, *o_prox;
     size_t threads;             /* --threads; 0: not given */
 } args_t;
 
@@ -239,7 +252,7 @@ static void parse_args(int argc, char **argv, args_t *a)
 {
     enum { O_LR = 256, O_MOMENTUM, O_WD, O_OPT, O_BATCH, O_SEED, O_THREADS, O_ONERR,
            O_DECAY, O_AVG, O_RESUME, O_SKIPSEEN, O_WORKDIR, O_CKDIR, O_CKEVERY, O_CKINT,
-           O_CKLOCAL, O_KEEP };
+           O_CKLOCAL, O_KEEP, O_PROX };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
         {"out", required_argument, NULL, 'o'},
@@ -257,6 +270,7 @@ static void parse_args(int argc, char **argv, args_t *a)
         {"keep", required_argument, NULL, O_KEEP},
         {"momentum", required_argument, NULL, O_MOMENTUM},
         {"weight-decay", required_argument, NULL, O_WD},
+        {"prox", required_argument, NULL, O_PROX},
         {"optimizer", required_argument, NULL, O_OPT},
         {"batch", required_argument, NULL, O_BATCH},
         {"seed", required_argument, NULL, O_SEED},
@@ -286,6 +300,7 @@ static void parse_args(int argc, char **argv, args_t *a)
         case O_KEEP: a->co.keep = opt_size("--keep", optarg, 1, SIZE_MAX); break;
         case O_MOMENTUM: a->o_mom = optarg; break;
         case O_WD: a->o_wd = optarg; break;
+        case O_PROX: a->o_prox = optarg; break;
         case O_OPT: a->o_opt = optarg; break;
         case O_BATCH: a->o_batch = optarg; break;
         case O_SEED: a->o_seed = optarg; break;
@@ -345,6 +360,8 @@ static void prepare(args_t *a, run_t *r)
         r->spec.opt.momentum = opt_float("--momentum", a->o_mom);
     if (a->o_wd)
         r->spec.opt.weight_decay = opt_float("--weight-decay", a->o_wd);
+    if (a->o_prox)
+        r->spec.opt.prox = opt_float("--prox", a->o_prox);
     if (a->o_opt && mnn_opt_parse(a->o_opt, &r->spec.opt.type) < 0)
         usage_error("--optimizer: '%s' is not one of sgd, adam", a->o_opt);
     if (a->o_batch)
@@ -385,6 +402,12 @@ static void prepare(args_t *a, run_t *r)
         mnn_rng_seed(&r->st.rng, r->spec.seed);
         mnn_model_init_weights(&r->model, &r->st.rng);
     }
+    /* prox's anchor: the weights a round starts from (a merge resumed from,
+     * or the first weights), kept in the checkpoints of the round, so that
+     * a round resumed part-way goes on towards the same one */
+    if (!(r->opt.spec.prox > 0) || !a->resume || r->resumed->mf.round || !r->opt.anchor)
+        if ((rc = mnn_optim_anchor(&r->opt, r->model.params)) < 0)
+            die(EXIT_RUNTIME, "cannot allocate the model: %s", mnn_strerror(rc));
     a->co.fresh = !a->resume;
     a->co.first_step = r->opt.step;
     r->px = mnn_calloc_aligned(r->spec.batch, r->spec.input * sizeof(float));
@@ -543,7 +566,7 @@ static int train(const args_t *a, run_t *r)
     sigaction(SIGUSR1, &sa, NULL);
 
     feed_opts_t fo = {.name = "stdin", .batch = r->spec.batch, .skip_errors = a->skip,
-                      .verbose = a->verbose, .skip_records = a->skip_seen ? r->st.records_seen : 0,
+                      .verbose = a->verbose, .skip_records = a->skip_seen ? seen_since_base(&r->st) : 0,
                       .cuts = 1, .first_fill = r->pn, .quiet = a->quiet,
                       .parts_root = a->co.root, .ahead = FEED_CUT_AHEAD};
     fo.fmt.nfeat = r->spec.input;

@@ -189,6 +189,8 @@ int mnn_state_check(const mnn_model_t *m, const mnn_optim_t *o, mnn_diag_t *d)
             rc = bad_values(m, o->m2, 1, "exp_avg_sq", d);
         if (rc == 0 && o->avg)
             rc = bad_values(m, o->avg, 0, "average", d);
+        if (rc == 0 && o->anchor)
+            rc = bad_values(m, o->anchor, 0, "prox_anchor", d);
     }
     for (size_t c = 0; rc == 0 && m->norm_mean && c < m->spec.input; c++)
         if (!isfinite(m->norm_mean[c]) || !isfinite(m->norm_m2[c]) || m->norm_m2[c] < 0)
@@ -236,7 +238,9 @@ out:
 }
 
 /* The buffers of optimizer.safetensors, by tensor-name suffix: the moments,
- * and the raw training weights when model.safetensors holds their average. */
+ * the raw training weights when model.safetensors holds their average, and
+ * prox's anchor (mnn_opt_buffers of them). */
+#define OPT_BUFS 4
 static size_t optim_buffers(const mnn_optim_t *o, float **bufs, const char **suffix,
                             float *params)
 {
@@ -252,13 +256,17 @@ static size_t optim_buffers(const mnn_optim_t *o, float **bufs, const char **suf
         suffix[k] = "param";
         bufs[k++] = params;
     }
+    if (o->spec.prox > 0) {
+        suffix[k] = "prox_anchor";
+        bufs[k++] = o->anchor;
+    }
     return k;
 }
 
 static int write_optim(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
 {
-    /* up to 3 buffers, a weight and a bias for every layer and exit head */
-    size_t L = m->spec.nlayers, E = m->spec.nexits, n = 6 * (L + E);
+    /* up to OPT_BUFS buffers, a weight and a bias for every layer and exit head */
+    size_t L = m->spec.nlayers, E = m->spec.nexits, n = 2 * OPT_BUFS * (L + E);
     mnn_st_tensor_t *t = calloc(n, sizeof *t);
     char (*names)[64] = calloc(n, sizeof *names);
     char step[32];
@@ -266,8 +274,8 @@ static int write_optim(FILE *f, const mnn_model_t *m, const mnn_optim_t *o)
     if (!t || !names)
         goto out;
     const int adam = o->spec.type == MNN_OPT_ADAM;
-    const char *suffix[3];
-    float *bufs[3];
+    const char *suffix[OPT_BUFS];
+    float *bufs[OPT_BUFS];
     size_t nb = optim_buffers(o, bufs, suffix, m->params), k = 0;
     for (size_t which = 0; which < nb; which++) {
         const float *buf = bufs[which];
@@ -791,8 +799,8 @@ static int load_optim(mnn_model_t *m, mnn_optim_t *o, char *buf, size_t len,
      * and read the raw ones back into the model */
     if (o->avg)
         memcpy(o->avg, m->params, m->nparams * sizeof(float));
-    const char *suffix[3];
-    float *bufs[3];
+    const char *suffix[OPT_BUFS];
+    float *bufs[OPT_BUFS];
     size_t nb = optim_buffers(o, bufs, suffix, m->params);
     for (size_t which = 0; which < nb && rc == 0; which++)
         rc = get_params(m, f, suffix[which], bufs[which], d);

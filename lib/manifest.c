@@ -253,7 +253,7 @@ static int check_files(const mnn_manifest_t *mf, const char *name, mnn_diag_t *d
     if (mnn_spec_params(s, &np) < 0)
         return mnn_fail(d, MNN_EOVERFLOW, "%s: the model is too large", name);
     const uint64_t L = s->nlayers + s->nexits;
-    const uint64_t nbuf = 1 + (s->opt.type == MNN_OPT_ADAM) + (s->opt.average > 0);
+    const uint64_t nbuf = mnn_opt_buffers(&s->opt);
     /* model: weights, biases and the normalization statistics (F64); the
      * optimizer: each buffer, for each of them.  A header holds at most
      * 256 bytes per tensor and 1 KiB of metadata. */

@@ -463,6 +463,9 @@ typedef struct {
     float average;      /* 0: off; else the decay in [0,1) of an exponential
                          * moving average of the weights, which is the model
                          * written for inference */
+    float prox;         /* FedProx's mu, >= 0 (0: off): prox * (w - anchor) is
+                         * added to the gradient, the anchor being the weights
+                         * the round started from (mnn_optim_anchor) */
 } mnn_opt_spec_t;
 
 /* Early-exit heads a spec may have at most. */
@@ -707,8 +710,14 @@ typedef struct mnn_optim {
     float *m1;    /* sgd: velocity; adam: first moment */
     float *m2;    /* adam: second moment; NULL for sgd */
     float *avg;   /* moving average of the weights, NULL unless averaging */
+    float *anchor; /* prox's anchor, NULL unless spec.prox > 0 */
     uint64_t step; /* updates applied so far */
 } mnn_optim_t;
+
+/* The parameter-sized buffers an optimizer of this spec keeps (and
+ * optimizer.safetensors holds): moments, the raw weights when averaging,
+ * prox's anchor. */
+MNN_API unsigned mnn_opt_buffers(const mnn_opt_spec_t *spec);
 
 MNN_API int mnn_optim_init(mnn_optim_t *o, const mnn_opt_spec_t *spec, size_t n);
 MNN_API void mnn_optim_free(mnn_optim_t *o);
@@ -719,6 +728,9 @@ MNN_API const float *mnn_optim_weights(const mnn_optim_t *o, const float *params
 /* The learning rate of the next update (schedule applied). */
 MNN_API float mnn_optim_lr(const mnn_optim_t *o);
 MNN_API void mnn_optim_step(mnn_optim_t *o, float *params, const float *grads);
+/* Makes params the anchor of prox (a new round starts from them), when
+ * o->spec.prox > 0; without prox it frees the anchor.  0 or MNN_ENOMEM. */
+MNN_API int mnn_optim_anchor(mnn_optim_t *o, const float *params);
 
 /* ---- records (record.c) -------------------------------------------------- */
 

@@ -22,18 +22,26 @@ const char *mnn_opt_name(mnn_opt_type_t t)
     return (unsigned)t <= MNN_OPT_ADAM ? mnn_opt_names[t] : "?";
 }
 
+unsigned mnn_opt_buffers(const mnn_opt_spec_t *spec)
+{
+    return 1u + (spec->type == MNN_OPT_ADAM) + (spec->average > 0) + (spec->prox > 0);
+}
+
 int mnn_optim_init(mnn_optim_t *o, const mnn_opt_spec_t *spec, size_t n)
 {
     o->spec = *spec;
     o->n = n;
     o->step = 0;
-    o->m2 = o->avg = NULL;
+    o->m2 = o->avg = o->anchor = NULL;
     o->m1 = mnn_calloc_aligned(n, sizeof(float));
     if (spec->type == MNN_OPT_ADAM)
         o->m2 = mnn_calloc_aligned(n, sizeof(float));
     if (spec->average > 0)
         o->avg = mnn_calloc_aligned(n, sizeof(float));
-    if (!o->m1 || (spec->type == MNN_OPT_ADAM && !o->m2) || (spec->average > 0 && !o->avg)) {
+    if (spec->prox > 0)
+        o->anchor = mnn_calloc_aligned(n, sizeof(float));
+    if (!o->m1 || (spec->type == MNN_OPT_ADAM && !o->m2) || (spec->average > 0 && !o->avg) ||
+        (spec->prox > 0 && !o->anchor)) {
         mnn_optim_free(o);
         return MNN_ENOMEM;
     }
@@ -45,20 +53,37 @@ void mnn_optim_free(mnn_optim_t *o)
     mnn_free(o->m1);
     mnn_free(o->m2);
     mnn_free(o->avg);
-    o->m1 = o->m2 = o->avg = NULL;
+    mnn_free(o->anchor);
+    o->m1 = o->m2 = o->avg = o->anchor = NULL;
 }
 
 int mnn_optim_copy_state(mnn_optim_t *dst, const mnn_optim_t *src)
 {
-    if (dst->n != src->n || !dst->m2 != !src->m2 || !dst->avg != !src->avg)
+    if (dst->n != src->n || !dst->m2 != !src->m2 || !dst->avg != !src->avg ||
+        !dst->anchor != !src->anchor)
         return MNN_ESHAPE;
     memcpy(dst->m1, src->m1, src->n * sizeof(float));
     if (src->m2)
         memcpy(dst->m2, src->m2, src->n * sizeof(float));
     if (src->avg)
         memcpy(dst->avg, src->avg, src->n * sizeof(float));
+    if (src->anchor)
+        memcpy(dst->anchor, src->anchor, src->n * sizeof(float));
     dst->step = src->step;
     dst->spec = src->spec;
+    return 0;
+}
+
+int mnn_optim_anchor(mnn_optim_t *o, const float *params)
+{
+    if (!(o->spec.prox > 0)) {
+        mnn_free(o->anchor);
+        o->anchor = NULL;
+        return 0;
+    }
+    if (!o->anchor && !(o->anchor = mnn_calloc_aligned(o->n, sizeof(float))))
+        return MNN_ENOMEM;
+    memcpy(o->anchor, params, o->n * sizeof(float));
     return 0;
 }
 
@@ -88,17 +113,24 @@ float mnn_optim_lr(const mnn_optim_t *o)
     return (float)(o->spec.lr / (1.0 + (double)o->spec.lr_decay * (double)o->step));
 }
 
-void mnn_optim_step(mnn_optim_t *o, float *restrict w, const float *restrict g)
+/* The update of every parameter; with prox, its gradient
+ * prox * (w - anchor) joins g (prox is a constant where this is inlined:
+ * the loop without it is the one it was). */
+static inline void update(mnn_optim_t *o, float *restrict w, const float *restrict g,
+                          const float lr, const int prox)
 {
-    const float lr = mnn_optim_lr(o), wd = o->spec.weight_decay;
+    const float wd = o->spec.weight_decay, pm = o->spec.prox;
     const size_t n = o->n;
+    const float *restrict a = o->anchor;
     float *restrict m1 = o->m1;
-    o->step++;
     if (o->spec.type == MNN_OPT_SGD) {
         /* v = mu*v + (g + wd*w);  w -= lr*v */
         const float mu = o->spec.momentum;
         for (size_t i = 0; i < n; i++) {
-            float v = mu * m1[i] + (g[i] + wd * w[i]);
+            float gi = g[i] + wd * w[i];
+            if (prox)
+                gi += pm * (w[i] - a[i]);
+            float v = mu * m1[i] + gi;
             m1[i] = v;
             w[i] -= lr * v;
         }
@@ -111,6 +143,8 @@ void mnn_optim_step(mnn_optim_t *o, float *restrict w, const float *restrict g)
         float *restrict m2 = o->m2;
         for (size_t i = 0; i < n; i++) {
             float gi = g[i] + wd * w[i];
+            if (prox)
+                gi += pm * (w[i] - a[i]);
             float m = b1 * m1[i] + (1.0f - b1) * gi;
             float v = b2 * m2[i] + (1.0f - b2) * gi * gi;
             m1[i] = m;
@@ -118,6 +152,16 @@ void mnn_optim_step(mnn_optim_t *o, float *restrict w, const float *restrict g)
             w[i] -= lr * (m * c1) / (sqrtf(v * c2) + eps);
         }
     }
+}
+
+void mnn_optim_step(mnn_optim_t *o, float *restrict w, const float *restrict g)
+{
+    const float lr = mnn_optim_lr(o); /* the rate of this update: before the count */
+    o->step++;
+    if (o->anchor && o->spec.prox > 0)
+        update(o, w, g, lr, 1);
+    else
+        update(o, w, g, lr, 0);
     if (o->avg)
         update_average(o, w);
 }

@@ -84,7 +84,7 @@ uint64_t mnn_train_memory(const mnn_spec_t *s, size_t batch)
     if (mnn_spec_params(s, &nparams) < 0)
         return UINT64_MAX;
     uint64_t per = 2; /* params + grads */
-    per += 1 + (s->opt.type == MNN_OPT_ADAM) + (s->opt.average > 0); /* moments, average */
+    per += mnn_opt_buffers(&s->opt); /* moments, average, anchor */
     per *= 2;                                                         /* the snapshot */
     uint64_t widest = s->input, acts = s->input;
     for (size_t i = 0; i < s->nlayers; i++) {
@@ -98,7 +98,7 @@ uint64_t mnn_train_memory(const mnn_spec_t *s, size_t batch)
 
 /* Fields validation can point at; marks[] keeps where each was read. */
 enum { F_ROOT, F_INPUT, F_SCALE, F_OUTPUTS, F_LAYERS, F_EXITS, F_EXIT_W, F_TEMP,
-       F_LR, F_MOMENTUM, F_WD, F_BETA1, F_BETA2, F_EPS, F_DECAY, F_AVG, F_BATCH,
+       F_LR, F_MOMENTUM, F_WD, F_BETA1, F_BETA2, F_EPS, F_DECAY, F_AVG, F_PROX, F_BATCH,
        F_NFIELDS };
 
 /* *field: what is wrong; *item: which entry of exits or exit_weights, or
@@ -173,6 +173,8 @@ static int validate(const mnn_spec_t *s, int *field, size_t *item, mnn_diag_t *d
         return BAD(F_DECAY, "lr_decay must be a finite number >= 0");
     if (!(o->average >= 0 && o->average < 1))
         return BAD(F_AVG, "average must be in [0, 1) (0: off)");
+    if (!(o->prox >= 0) || !isfinite(o->prox))
+        return BAD(F_PROX, "prox must be a finite number >= 0 (0: off)");
     if (s->batch < 1 || s->batch > (1u << 20))
         return BAD(F_BATCH, "batch must be between 1 and 1048576");
     size_t np;
@@ -312,7 +314,8 @@ static int opt_pair(reader_t *r, void *ctx, const char *key, yaml_node_t *k,
         {"lr", &o->lr, F_LR},           {"momentum", &o->momentum, F_MOMENTUM},
         {"weight_decay", &o->weight_decay, F_WD}, {"beta1", &o->beta1, F_BETA1},
         {"beta2", &o->beta2, F_BETA2},  {"eps", &o->eps, F_EPS},
-        {"lr_decay", &o->lr_decay, F_DECAY}, {"average", &o->average, F_AVG}};
+        {"lr_decay", &o->lr_decay, F_DECAY}, {"average", &o->average, F_AVG},
+        {"prox", &o->prox, F_PROX}};
     if (!strcmp(key, "type")) {
         int t, rc = get_enum(r, v, "optimizer type", mnn_opt_names, &t);
         o->type = (mnn_opt_type_t)t;
@@ -466,7 +469,8 @@ static int root_pair(reader_t *r, void *ctx, const char *key, yaml_node_t *k,
     if (!strcmp(key, "optimizer")) {
         r->marks[F_LR] = v;
         return walk_map(r, v, "optimizer",
-                        "type, lr, momentum, weight_decay, beta1, beta2, eps, lr_decay, average",
+                        "type, lr, momentum, weight_decay, beta1, beta2, eps, lr_decay, average, "
+                        "prox",
                         opt_pair, &c->opt);
     }
     if (!strcmp(key, "batch")) {
@@ -610,15 +614,19 @@ int mnn_spec_write(const mnn_spec_t *s, FILE *f, int ind)
         fprintf(f, "%*stemperature: %.9g\n", ind, "", (double)s->temperature);
     if (o->type == MNN_OPT_SGD)
         fprintf(f, "%*soptimizer: {type: sgd, lr: %.9g, momentum: %.9g, "
-                   "weight_decay: %.9g, lr_decay: %.9g, average: %.9g}\n",
+                   "weight_decay: %.9g, lr_decay: %.9g, average: %.9g",
                 ind, "", (double)o->lr, (double)o->momentum,
                 (double)o->weight_decay, (double)o->lr_decay, (double)o->average);
     else
         fprintf(f, "%*soptimizer: {type: adam, lr: %.9g, beta1: %.9g, beta2: %.9g, "
-                   "eps: %.9g, weight_decay: %.9g, lr_decay: %.9g, average: %.9g}\n",
+                   "eps: %.9g, weight_decay: %.9g, lr_decay: %.9g, average: %.9g",
                 ind, "", (double)o->lr, (double)o->beta1, (double)o->beta2,
                 (double)o->eps, (double)o->weight_decay, (double)o->lr_decay,
                 (double)o->average);
+    /* written only when on: the specs written before it existed stay as they were */
+    if (o->prox > 0)
+        fprintf(f, ", prox: %.9g", (double)o->prox);
+    fputs("}\n", f);
     fprintf(f, "%*sbatch: %zu\n", ind, "", s->batch);
     fprintf(f, "%*sseed: %llu\n", ind, "", (unsigned long long)s->seed);
     return ferror(f) ? MNN_EIO : 0;

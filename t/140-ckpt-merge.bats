@@ -242,6 +242,64 @@ sys.exit(0 if a == b else "not node1'"'"'s values")' w "$F/node1/latest"
     assert_regex "$stderr" 'out: already exists'
 }
 
+# anchored CKPT ANCHOR: CKPT's prox anchors are ANCHOR's weights, bit for bit
+anchored() {
+    python3 -c "$PYLOAD"'
+o, m = load(sys.argv[1], "optimizer.safetensors"), load(sys.argv[2])
+for k, v in m.items():
+    a = o.get(k + ".prox_anchor")
+    if a != v: sys.exit("%s.prox_anchor is not %s of %s" % (k, k, sys.argv[2]))
+print("%d anchors" % len(m))
+' "$@"
+}
+
+# dist CKPT REF: the distance between two checkpoints' weights
+dist() {
+    python3 -c "$PYLOAD"'
+a, b = load(sys.argv[1]), load(sys.argv[2])
+print(sum((x - y) ** 2 for k in a for x, y in zip(a[k], b[k])) ** 0.5)
+' "$@"
+}
+
+@test "sgd-train --prox: anchored at the round, bit-exact resumed part-way, pulled towards it; the next round anchors anew" {
+    sgd-train -q --resume "$F/r1" --prox 0.2 --ckpt-dir p --ckpt-every 3 <"$F/shard1.csv" >/dev/null
+    grep -q 'prox: 0.200000003' p/latest/manifest.yaml
+    anchored p/latest "$F/r1"
+    # stopped part-way through the round: resumed from an early checkpoint,
+    # its shard replayed (--skip-seen skips what it learned since the round,
+    # not the round's own records), the spec carrying --prox: the same bytes
+    local mid
+    mid=$(ls -d p/step-* | head -n 1)
+    [ -n "$mid" ] && [ "$(basename "$mid")" != "$(readlink p/latest)" ]
+    anchored "$mid" "$F/r1"
+    sgd-train -q --resume "$mid" --skip-seen --ckpt-dir q <"$F/shard1.csv" >/dev/null
+    cmp p/latest/model.safetensors q/latest/model.safetensors
+    cmp p/latest/optimizer.safetensors q/latest/optimizer.safetensors
+    # the pull: a strong prox keeps the node nearer the round than none
+    sgd-train -q --resume "$F/r1" --prox 5 -o strong <"$F/shard1.csv" >/dev/null
+    sgd-train -q --resume "$F/r1" -o free <"$F/shard1.csv" >/dev/null
+    python3 -c 'import sys; a, b = map(float, sys.argv[1:]); sys.exit(not a < 0.8 * b)' \
+        "$(dist strong "$F/r1")" "$(dist free "$F/r1")"
+    # the next round: nodes with prox merge (their anchors with them); a
+    # training resumed from the merge anchors at the merge's weights
+    sgd-train -q --resume "$F/r1" --prox 0.2 -o other <"$F/shard2.csv" >/dev/null
+    ckpt-merge -q -o r2 p other
+    run -1 ckpt-merge -q -o mixed p free
+    [[ $output == *"another architecture"*"optimizer"* ]]
+    sgd-train -q --resume r2 -o n2 <"$F/shard3.csv" >/dev/null
+    anchored n2 r2
+    # --prox 0 on resume: no anchor kept, none in the spec
+    sgd-train -q --resume r2 --prox 0 -o off <"$F/shard3.csv" >/dev/null
+    ! grep -q prox off/manifest.yaml
+    ! grep -q prox_anchor off/optimizer.safetensors
+    run -2 sgd-train -q --resume r2 --prox -1 -o bad <"$F/shard3.csv"
+    [[ $output == *"prox must be a finite number >= 0"* ]]
+    mk_spec bad.yaml
+    sed -i 's/momentum: 0.9}/momentum: 0.9, prox: -0.5}/' bad.yaml
+    run -1 sgd-train -q -m bad.yaml <"$F/shard3.csv"
+    [[ $output == *"bad.yaml:"*"prox must be a finite number >= 0"* ]]
+}
+
 @test "usage errors exit 2 and say what is wrong" {
     run -2 --separate-stderr ckpt-merge "$F/node1"
     assert_regex "$stderr" '-o DIR is required'

@@ -1712,6 +1712,35 @@ static void test_optim(void)
         mnn_optim_free(&o);
     }
 
+    /* FedProx: prox * (w - anchor) joins the gradient; the anchor is the
+     * weights at the round's start, so the first step is the plain one */
+    os.prox = 0.5f;
+    memcpy(w, (float[3]){1, -2, 0.5f}, sizeof w);
+    if (check(mnn_optim_init(&o, &os, 3) == 0 && o.anchor && mnn_opt_buffers(&os) == 2,
+              "mnn_optim_init(sgd, prox): an anchor, two buffers")) {
+        check(mnn_optim_anchor(&o, w) == 0 && o.anchor[1] == -2, "mnn_optim_anchor copies w");
+        mnn_optim_step(&o, w, g1);
+        check(near3(w, (double[3]){0.95, -2.025, 0.6}, 1e-6), "sgd prox 0.5, step 1 at the "
+              "anchor: the plain step");
+        mnn_optim_step(&o, w, g2);
+        check(near3(o.m1, (double[3]){0.325, 0.5125, 1.15}, 1e-6) &&
+                  near3(w, (double[3]){0.9175, -2.07625, 0.485}, 1e-6),
+              "sgd prox 0.5, step 2: v = 0.9 v + g + 0.5 (w - anchor)");
+        mnn_optim_t c;
+        mnn_opt_spec_t plain = os;
+        plain.prox = 0;
+        if (check(mnn_optim_init(&c, &plain, 3) == 0, "mnn_optim_init(sgd)")) {
+            check(mnn_optim_copy_state(&c, &o) == MNN_ESHAPE, "copy_state: an anchor into an "
+                  "optimizer without one is refused");
+            mnn_optim_free(&c);
+        }
+        o.spec.prox = 0;
+        check(mnn_optim_anchor(&o, w) == 0 && !o.anchor, "mnn_optim_anchor without prox frees "
+              "the anchor");
+        mnn_optim_free(&o);
+    }
+    os.prox = 0;
+
     os.weight_decay = 0.01f;
     memcpy(w, (float[3]){1, -2, 0.5f}, sizeof w);
     if (check(mnn_optim_init(&o, &os, 3) == 0, "mnn_optim_init(sgd, weight_decay)")) {
