@@ -32,6 +32,16 @@ static noreturn void help(void)
         "                         each end (0 <= F < 0.5; default 0.2)\n"
         "      --weights W,...    fedavg: these weights, one per CKPT, in order\n"
         "      --any-parent       merge checkpoints that started from other bases\n"
+        "      --base CKPT        the round the inputs started from (checked against\n"
+        "                         their manifests; needed by the server's options)\n"
+        "      --server-lr X      FedOpt: the round is BASE + X * (the merge - BASE)\n"
+        "                         (default 1: the merge itself)\n"
+        "      --server-momentum B  FedOpt with momentum: m = B * m + (merge - BASE),\n"
+        "                         the round BASE + X * m; m kept in the merged\n"
+        "                         checkpoint's server.safetensors (0 <= B < 1)\n"
+        "      --staleness A      asynchronous rounds: inputs that started from older\n"
+        "                         rounds are merged, weighed down by (1 + s)^-A, s the\n"
+        "                         rounds they are behind (fedavg)\n"
         "  -q, --quiet            no notes on stderr\n"
         "  -v, --verbose          each input's records and weight\n"
         "  -h, --help             show this help and exit\n"
@@ -57,8 +67,18 @@ typedef struct {
     const mnn_manifest_file_t *file[2]; /* model.safetensors, optimizer.safetensors */
     mnn_st_stream_t *st[2];
     uint64_t learned;                   /* records since its base */
+    uint32_t behind;                    /* rounds its base is behind the merge's */
     double weight;
 } input_t;
+
+/* The server's momentum of one tensor (--server-momentum): what the base
+ * kept in its server.safetensors, updated by this round. */
+typedef struct {
+    char name[64];
+    size_t n;
+    float *v;
+    int used;
+} moment_t;
 
 typedef struct {
     input_t *in;
@@ -66,6 +86,14 @@ typedef struct {
     mnn_merge_t how;
     double *w;
     uint64_t step;
+    /* FedOpt (--server-lr, --server-momentum): the round's weights are
+     * base + lr * m, m = momentum * m_base + (merge - base); base: the
+     * base's model and optimizer files, NULL when the merge is plain */
+    double server_lr, server_mom;
+    mnn_st_stream_t *base[2];
+    const char *base_arg;
+    moment_t *mom;
+    size_t nmom, capmom;
 } merge_t;
 
 static const char *const files[2] = {"model.safetensors", "optimizer.safetensors"};
@@ -147,6 +175,91 @@ static void add_u64(uint64_t *sum, uint64_t v, const char *what, const char *arg
         die(EXIT_RUNTIME, "%s: its %s overflow the sum of the inputs'", arg, what);
 }
 
+/* The tensors the server's update moves: the weights (model.safetensors)
+ * and the raw weights an averaging optimizer keeps (suffix .param); the
+ * moments of the nodes' optimizer are merged as they are. */
+static int server_moves(int fi, const char *name)
+{
+    size_t n = strlen(name);
+    return fi == 0 || (n > 6 && !strcmp(name + n - 6, ".param"));
+}
+
+/* The momentum of tensor name (n floats): the base's, or a new one at 0. */
+static moment_t *moment(merge_t *mg, const char *name, size_t n)
+{
+    for (size_t i = 0; i < mg->nmom; i++)
+        if (!strcmp(mg->mom[i].name, name)) {
+            mg->mom[i].used++;
+            return mg->mom[i].n == n && mg->mom[i].used == 1 ? &mg->mom[i] : NULL;
+        }
+    if (mg->nmom == mg->capmom) {
+        size_t cap = mg->capmom ? 2 * mg->capmom : 16;
+        moment_t *m = realloc(mg->mom, cap * sizeof *m);
+        if (!m)
+            die(EXIT_RUNTIME, "out of memory");
+        mg->mom = m;
+        mg->capmom = cap;
+    }
+    moment_t *m = &mg->mom[mg->nmom];
+    if (strlen(name) >= sizeof m->name || !(m->v = calloc(n ? n : 1, sizeof(float))))
+        die(EXIT_RUNTIME, "out of memory");
+    strcpy(m->name, name);
+    m->n = n;
+    m->used = 1;
+    mg->nmom++;
+    return m;
+}
+
+/* The server's momentum kept by the base (its server.safetensors), checked
+ * against its manifest's hash. */
+static void load_moments(merge_t *mg, const mnn_ckpt_t *base)
+{
+    const mnn_manifest_file_t *f = mnn_manifest_find(&base->mf, "server.safetensors");
+    if (!f)
+        return; /* a base without momentum: it starts at 0 */
+    char path[PATH_MAX];
+    mnn_diag_t d = {""};
+    mnn_st_stream_t *st;
+    if (snprintf(path, sizeof path, "%s/%s", base->dir, f->name) >= (int)sizeof path)
+        die(EXIT_RUNTIME, "%s: path too long", mg->base_arg);
+    if (mnn_st_stream_open(&st, path, f->bytes, f->xxh3, &d) < 0)
+        die(EXIT_RUNTIME, "%s: %s", mg->base_arg, d.msg);
+    for (size_t i = 0; i < mnn_st_stream_count(st); i++) {
+        mnn_st_info_t a;
+        mnn_st_stream_info(st, i, &a);
+        if (!a.f32 || a.bytes % 4)
+            die(EXIT_RUNTIME, "%s: server.safetensors: tensor '%s' is not F32", mg->base_arg,
+                a.name);
+        moment_t *m = moment(mg, a.name, (size_t)(a.bytes / 4));
+        if (!m)
+            die(EXIT_RUNTIME, "%s: server.safetensors: tensor '%s' twice", mg->base_arg, a.name);
+        m->used = 0; /* until the merge meets its tensor */
+        if (mnn_st_stream_read(st, m->v, &d) < 0)
+            die(EXIT_RUNTIME, "%s", d.msg);
+    }
+    if (mnn_st_stream_finish(st, &d) < 0)
+        die(EXIT_RUNTIME, "%s: %s", mg->base_arg, d.msg);
+    mnn_st_stream_close(st);
+}
+
+/* r (the merge of n values) becomes the server's step from the base's b:
+ * m = momentum * m + (r - b), r = b + lr * m, in double, rounded once
+ * (m NULL: no momentum);
+ * the index of a value that is not finite, or n. */
+static size_t server_step(const merge_t *mg, float *r, const float *b, float *m, size_t n)
+{
+    for (size_t j = 0; j < n; j++) {
+        const double mj = (m ? mg->server_mom * (double)m[j] : 0) + ((double)r[j] - (double)b[j]);
+        const double w = (double)b[j] + mg->server_lr * mj;
+        if (!isfinite((float)mj) || !isfinite((float)w))
+            return j;
+        if (m)
+            m[j] = (float)mj;
+        r[j] = (float)w;
+    }
+    return n;
+}
+
 /* Writes the merge of file f (0 model, 1 optimizer) of every input into
  * out: the header of the first, then tensor by tensor.  0, or an error
  * (message printed). */
@@ -157,7 +270,8 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
     mnn_st_stream_t *s0 = mg->in[0].st[fi];
     const size_t n = mnn_st_stream_count(s0);
     mnn_st_tensor_t *t = calloc(n ? n : 1, sizeof *t);
-    float **x = calloc(K, sizeof *x), *r = NULL;
+    float **x = calloc(K, sizeof *x), *r = NULL, *bx = NULL;
+    mnn_st_stream_t *bs = mg->base[fi];
     int rc = t && x ? 0 : MNN_ENOMEM;
     uint64_t most = 0;
     /* every input's tensors: the same names, dtypes and shapes, in the
@@ -188,15 +302,23 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
                 break;
             }
         }
+        mnn_st_info_t c;
+        if (rc == 0 && bs &&
+            (mnn_st_stream_count(bs) != n || mnn_st_stream_info(bs, i, &c) < 0 ||
+             strcmp(a.name, c.name) || !c.f32 || c.ndim != a.ndim || c.bytes != a.bytes)) {
+            warnx_("%s: %s: its tensors are not those of %s (tensor '%s': another name, dtype "
+                   "or shape)", mg->base_arg, files[fi], mg->in[0].arg, a.name);
+            rc = MNN_ESHAPE;
+        }
     }
     const size_t part = most < PART_BYTES ? (most ? (size_t)most : 4) : PART_BYTES;
     for (size_t k = 0; rc == 0 && k < K; k++)
         if (!(x[k] = malloc(part)))
             rc = MNN_ENOMEM;
-    if (rc == 0 && !(r = malloc(part)))
+    if (rc == 0 && (!(r = malloc(part)) || (bs && !(bx = malloc(part)))))
         rc = MNN_ENOMEM;
     if (rc == MNN_ENOMEM)
-        warnx_("out of memory for %zu buffers of %zu bytes", K + 1, part);
+        warnx_("out of memory for %zu buffers of %zu bytes", K + 2, part);
     char step[32];
     snprintf(step, sizeof step, "%" PRIu64, mg->step);
     const char *opt = mnn_st_stream_meta(s0, "optimizer");
@@ -207,6 +329,14 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
     for (size_t i = 0; rc == 0 && i < n; i++) {
         mnn_st_info_t a;
         mnn_st_stream_info(s0, i, &a);
+        const int moves = bs && server_moves(fi, a.name), keep = moves && mg->server_mom > 0;
+        moment_t *m = keep ? moment(mg, a.name, a.bytes / 4) : NULL;
+        if (keep && !m) {
+            warnx_("%s: server.safetensors: tensor '%s' is not the shape of the model's",
+                   mg->base_arg, a.name);
+            rc = MNN_ESHAPE;
+            break;
+        }
         /* part by part (a tensor of no bytes too: the readers pass it) */
         uint64_t at = 0;
         do {
@@ -218,12 +348,26 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
                 else if (got != want) /* the tensors' sizes were checked alike */
                     rc = MNN_ESHAPE;
             }
+            size_t got;
+            if (rc == 0 && bs && (rc = mnn_st_stream_read_part(bs, bx, want, &got, &d)) < 0)
+                warnx_("%s", d.msg);
+            else if (rc == 0 && bs && got != want)
+                rc = MNN_ESHAPE;
             mnn_merge_bad_t bad = {0, 0};
             if (rc == 0 && (rc = mnn_merge_tensor(&mg->how, (const float *const *)x, mg->w, K,
                                                   want / sizeof(float), r, &bad, &d)) < 0)
                 warnx_("%s: %s: tensor '%s', value %" PRIu64 " is not finite: not merged",
                        mg->in[bad.input].arg, files[fi], a.name,
                        at / sizeof(float) + (uint64_t)bad.at);
+            const size_t nf = want / sizeof(float);
+            size_t j;
+            if (rc == 0 && moves &&
+                (j = server_step(mg, r, bx, m ? m->v + at / sizeof(float) : NULL, nf)) < nf) {
+                warnx_("%s: tensor '%s', value %" PRIu64 ": the server's step (--server-lr %g, "
+                       "--server-momentum %g) is not finite: not merged", files[fi], a.name,
+                       at / sizeof(float) + (uint64_t)j, mg->server_lr, mg->server_mom);
+                rc = MNN_EINVAL;
+            }
             if (rc == 0 && want && fwrite(r, 1, want, out) != want) {
                 rc = MNN_EIO;
                 warnx_("%s: %s", files[fi], strerror(errno));
@@ -235,16 +379,43 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
     for (size_t k = 0; rc == 0 && k < K; k++)
         if ((rc = mnn_st_stream_finish(mg->in[k].st[fi], &d)) < 0)
             warnx_("%s: %s", mg->in[k].arg, d.msg);
+    if (rc == 0 && bs && (rc = mnn_st_stream_finish(bs, &d)) < 0)
+        warnx_("%s: %s", mg->base_arg, d.msg);
     for (size_t k = 0; x && k < K; k++)
         free(x[k]);
     free(x);
     free(r);
+    free(bx);
     free(t);
     return rc;
 }
 
 static int write_model(FILE *f, void *ctx) { return merge_file(f, ctx, 0); }
 static int write_optim(FILE *f, void *ctx) { return merge_file(f, ctx, 1); }
+
+/* server.safetensors: the server's momentum of every tensor it moves. */
+static int write_server(FILE *f, void *ctx)
+{
+    const merge_t *mg = ctx;
+    for (size_t i = 0; i < mg->nmom; i++)
+        if (!mg->mom[i].used) {
+            warnx_("%s: server.safetensors: tensor '%s' is none of the model's", mg->base_arg,
+                   mg->mom[i].name);
+            return MNN_ESHAPE;
+        }
+    mnn_st_tensor_t *t = calloc(mg->nmom ? mg->nmom : 1, sizeof *t);
+    if (!t)
+        return MNN_ENOMEM;
+    for (size_t i = 0; i < mg->nmom; i++)
+        t[i] = (mnn_st_tensor_t){mg->mom[i].name, 0, 1, {mg->mom[i].n, 0}, mg->mom[i].v};
+    char lr[32], mom[32];
+    snprintf(lr, sizeof lr, "%.17g", mg->server_lr);
+    snprintf(mom, sizeof mom, "%.17g", mg->server_mom);
+    const char *meta[] = {"format", "pt", "server_lr", lr, "server_momentum", mom, NULL};
+    int rc = mnn_st_write(f, t, mg->nmom, meta);
+    free(t);
+    return rc;
+}
 
 /* Parses "W,W,..." into w (at most max): the count. */
 static size_t parse_weights(const char *s, double *w, size_t max)
@@ -272,19 +443,24 @@ static size_t parse_weights(const char *s, double *w, size_t max)
 
 int main(int argc, char **argv)
 {
-    enum { O_MODE = 256, O_TRIM, O_WEIGHTS, O_ANY };
+    enum { O_MODE = 256, O_TRIM, O_WEIGHTS, O_ANY, O_BASE, O_SLR, O_SMOM, O_STALE };
     static const struct option longopts[] = {
         {"output", required_argument, NULL, 'o'},
         {"mode", required_argument, NULL, O_MODE},
         {"trim", required_argument, NULL, O_TRIM},
         {"weights", required_argument, NULL, O_WEIGHTS},
         {"any-parent", no_argument, NULL, O_ANY},
+        {"base", required_argument, NULL, O_BASE},
+        {"server-lr", required_argument, NULL, O_SLR},
+        {"server-momentum", required_argument, NULL, O_SMOM},
+        {"staleness", required_argument, NULL, O_STALE},
         CLI_COMMON_LONGOPTS};
     const char *output = NULL;
     static double given[MNN_MERGE_MAX];
     size_t ngiven = 0;
     int quiet = 0, verbose = 0, any_parent = 0, trim_given = 0, c;
-    merge_t mg = {.how = {MNN_MERGE_FEDAVG, 0.2}};
+    merge_t mg = {.how = {MNN_MERGE_FEDAVG, 0.2}, .server_lr = 1};
+    double stale = -1; /* --staleness; < 0: not given */
 
     cli_init("ckpt-merge");
     out_setup();
@@ -302,6 +478,21 @@ int main(int argc, char **argv)
             break;
         case O_WEIGHTS: ngiven = parse_weights(optarg, given, MNN_MERGE_MAX); break;
         case O_ANY: any_parent = 1; break;
+        case O_BASE: mg.base_arg = optarg; break;
+        case O_SLR:
+            if (opt_number(optarg, &mg.server_lr) < 0 || !(mg.server_lr > 0) ||
+                !isfinite(mg.server_lr))
+                usage_error("--server-lr: '%s' is not a finite number > 0", optarg);
+            break;
+        case O_SMOM:
+            if (opt_number(optarg, &mg.server_mom) < 0 || !(mg.server_mom >= 0 &&
+                                                            mg.server_mom < 1))
+                usage_error("--server-momentum: '%s' is not a number in [0, 1)", optarg);
+            break;
+        case O_STALE:
+            if (opt_number(optarg, &stale) < 0 || !(stale >= 0) || !isfinite(stale))
+                usage_error("--staleness: '%s' is not a finite number >= 0", optarg);
+            break;
         default: cli_common(c, &quiet, &verbose, help);
         }
     }
@@ -320,6 +511,14 @@ int main(int argc, char **argv)
         usage_error("--weights is for --mode fedavg");
     if (ngiven && ngiven != K)
         usage_error("--weights: %zu weights for %zu checkpoints", ngiven, K);
+    const int server = mg.server_lr != 1 || mg.server_mom > 0;
+    if (server && !mg.base_arg)
+        usage_error("--server-lr and --server-momentum need --base CKPT (the round the inputs "
+                    "started from)");
+    if (stale >= 0 && mg.how.mode != MNN_MERGE_FEDAVG)
+        usage_error("--staleness is for --mode fedavg (it weighs the inputs)");
+    if (mg.base_arg && !strcmp(mg.base_arg, "-"))
+        usage_error("--base -: give the checkpoint as a file or a directory");
     mnn_diag_t d = {""};
     if (mnn_merge_check(&mg.how, ngiven ? given : NULL, K, &d) < 0)
         usage_error("%s", d.msg);
@@ -358,17 +557,6 @@ int main(int argc, char **argv)
         if (mf->spec.normalize == MNN_NORM_RUNNING)
             die(EXIT_RUNTIME, "%s: normalize: running is not merged (its statistics are no "
                 "mean of the nodes')", p->arg);
-        if (k && !any_parent && strcmp(mf->base.xxh3, in[0].ck->mf.base.xxh3)) {
-            char mine[64] = "none", theirs[64] = "none";
-            if (mf->base.round)
-                snprintf(mine, sizeof mine, "round %" PRIu32 ", %s", mf->base.round,
-                         mf->base.xxh3);
-            if (in[0].ck->mf.base.round)
-                snprintf(theirs, sizeof theirs, "round %" PRIu32 ", %s",
-                         in[0].ck->mf.base.round, in[0].ck->mf.base.xxh3);
-            die(EXIT_RUNTIME, "%s: started from another base than %s (%s against %s); "
-                "--any-parent merges them anyway", p->arg, in[0].arg, mine, theirs);
-        }
         for (int f = 0; f < 2; f++) {
             if (!(p->file[f] = mnn_manifest_find(mf, files[f])))
                 die(EXIT_RUNTIME, "%s: its manifest lists no %s", p->arg, files[f]);
@@ -396,6 +584,63 @@ int main(int argc, char **argv)
         add_u64(&learned, p->learned, "records", p->arg);
         add_u64(&steps, mf->step - mf->base.step, "steps", p->arg);
     }
+    /* the round the merge follows: --base's, else the newest the inputs
+     * started from; the base every input must have started from */
+    mnn_ckpt_t *bck = NULL;
+    const char *ref = NULL, *ref_arg = NULL;
+    if (mg.base_arg) {
+        bck = cli_ckpt_open(mg.base_arg, NULL, 0);
+        const char *why = other_architecture(&in[0].ck->mf.spec, &bck->mf.spec);
+        if (why)
+            die(EXIT_RUNTIME, "%s: another architecture than %s (%s)", mg.base_arg, in[0].arg,
+                why);
+        if (!bck->mf.round)
+            die(EXIT_RUNTIME, "%s: not a round (a checkpoint ckpt-merge wrote): no base of a "
+                "federation", mg.base_arg);
+        round = bck->mf.round;
+        base_records = bck->mf.records_seen;
+        base_step = bck->mf.step;
+        ref = bck->mf.xxh3;
+        ref_arg = mg.base_arg;
+    } else {
+        for (size_t k = 0; k < K && !ref; k++)
+            if (in[k].ck->mf.base.round == round) {
+                ref = in[k].ck->mf.base.xxh3;
+                ref_arg = in[k].arg;
+            }
+    }
+    if (round == UINT32_MAX)
+        die(EXIT_RUNTIME, "%s: round %" PRIu32 " is the last there can be", ref_arg, round);
+    for (size_t k = 0; k < K; k++) {
+        input_t *p = &in[k];
+        const mnn_base_t *b = &p->ck->mf.base;
+        for (size_t i = 0; bck && i < bck->mf.nmerged; i++)
+            if (!strcmp(bck->mf.merged_xxh3[i], p->ck->mf.xxh3))
+                die(EXIT_RUNTIME, "%s: already merged into %s (round %" PRIu32 ")", p->arg,
+                    mg.base_arg, round);
+        if (b->round > round)
+            die(EXIT_RUNTIME, "%s: started from round %" PRIu32 ", after %s (round %" PRIu32
+                ")", p->arg, b->round, mg.base_arg, round);
+        uint32_t behind = 0;
+        if (strcmp(b->xxh3, ref)) {
+            if ((stale >= 0 && b->round < round) || any_parent) {
+                behind = round - b->round;
+            } else {
+                char mine[64] = "none", theirs[64] = "none";
+                if (b->round)
+                    snprintf(mine, sizeof mine, "round %" PRIu32 ", %s", b->round, b->xxh3);
+                if (round)
+                    snprintf(theirs, sizeof theirs, "round %" PRIu32 ", %s", round, ref);
+                die(EXIT_RUNTIME, "%s: started from another base than %s (%s against %s); %s",
+                    p->arg, ref_arg, mine, theirs, b->round < round
+                    ? "--staleness merges older rounds, --any-parent any"
+                    : "--any-parent merges them anyway");
+            }
+        }
+        p->behind = behind;
+        if (stale > 0 && behind)
+            p->weight *= pow(1.0 + behind, -stale);
+    }
     if (mg.how.mode == MNN_MERGE_FEDAVG) {
         double sum = 0;
         for (size_t k = 0; k < K; k++)
@@ -411,8 +656,9 @@ int main(int argc, char **argv)
                                    .weight = mg.how.mode == MNN_MERGE_FEDAVG ? in[k].weight : 1};
         snprintf(merged[k].xxh3, sizeof merged[k].xxh3, "%s", in[k].ck->mf.xxh3);
         if (verbose)
-            warnx_("%s: %" PRIu64 " records since its base, weight %g", in[k].arg,
-                   in[k].learned, merged[k].weight);
+            warnx_("%s: %" PRIu64 " records since its base (%" PRIu32 " round%s behind), "
+                   "weight %g", in[k].arg, in[k].learned, in[k].behind,
+                   in[k].behind == 1 ? "" : "s", merged[k].weight);
     }
     mg.in = in;
     mg.k = K;
@@ -433,7 +679,20 @@ int main(int argc, char **argv)
     st.round = round + 1;
     st.merged = merged;
     st.nmerged = K;
-    mnn_ckpt_writer_t wr = {write_model, write_optim, &mg};
+    for (int f = 0; server && f < 2; f++) {
+        const mnn_manifest_file_t *bf = mnn_manifest_find(&bck->mf, files[f]);
+        char path[PATH_MAX];
+        if (!bf)
+            die(EXIT_RUNTIME, "%s: its manifest lists no %s", mg.base_arg, files[f]);
+        if (snprintf(path, sizeof path, "%s/%s", bck->dir, files[f]) >= (int)sizeof path)
+            die(EXIT_RUNTIME, "%s: path too long", mg.base_arg);
+        if (mnn_st_stream_open(&mg.base[f], path, bf->bytes, bf->xxh3, &d) < 0)
+            die(EXIT_RUNTIME, "%s: %s", mg.base_arg, d.msg);
+    }
+    if (server && mg.server_mom > 0)
+        load_moments(&mg, bck);
+    mnn_ckpt_writer_t wr = {write_model, write_optim, &mg,
+                            server && mg.server_mom > 0 ? write_server : NULL};
     if (mnn_ckpt_write_with(output, &in[0].ck->mf.spec, &wr, &st, NULL, cli_created(), &d) < 0)
         die(EXIT_RUNTIME, "%s", d.msg[0] ? d.msg : "not merged");
     if (!quiet)
@@ -445,6 +704,13 @@ int main(int argc, char **argv)
             mnn_st_stream_close(in[k].st[f]);
         cli_ckpt_close(in[k].ck);
     }
+    for (int f = 0; f < 2; f++)
+        mnn_st_stream_close(mg.base[f]);
+    if (bck)
+        cli_ckpt_close(bck);
+    for (size_t i = 0; i < mg.nmom; i++)
+        free(mg.mom[i].v);
+    free(mg.mom);
     free(in);
     free(mg.w);
     free(merged);

@@ -322,7 +322,7 @@ static const char *const ckpt_files[] = {"model.safetensors", "optimizer.safeten
 #define PENDING_FILE "pending.safetensors"
 
 /* One file of a checkpoint to write: what goes into it. */
-typedef enum { F_MODEL, F_OPTIM, F_STATE, F_PENDING, F_PART } fkind_t;
+typedef enum { F_MODEL, F_OPTIM, F_STATE, F_PENDING, F_PART, F_SERVER } fkind_t;
 typedef struct {
     char name[64];
     fkind_t kind;
@@ -335,12 +335,17 @@ typedef struct {
  * which a manifest must be able to list. */
 _Static_assert(3 + 1 + (MNN_CUT_MAX_STAGES - 1) <= MNN_MANIFEST_MAX_FILES,
                "a manifest cannot list the files of the largest cut");
-static size_t plan_files(const mnn_cut_ckpt_t *cut, outfile_t *out)
+static size_t plan_files(const mnn_cut_ckpt_t *cut, const mnn_ckpt_writer_t *wr,
+                         outfile_t *out)
 {
     size_t n = 0;
     for (int i = 0; i < 3; i++) {
         snprintf(out[n].name, sizeof out[n].name, "%s", ckpt_files[i]);
         out[n++].kind = (fkind_t)i;
+    }
+    if (wr && wr->server) {
+        snprintf(out[n].name, sizeof out[n].name, MNN_SERVER_FILE);
+        out[n++].kind = F_SERVER;
     }
     if (cut && cut->pending) {
         snprintf(out[n].name, sizeof out[n].name, PENDING_FILE);
@@ -376,6 +381,7 @@ static int write_file(FILE *f, const outfile_t *of, const mnn_model_t *m, const 
     case F_OPTIM: return wr ? wr->optim(f, wr->ctx) : write_optim(f, m, o);
     case F_STATE: return write_state(f, st);
     case F_PENDING: return write_pending(f, m, cut);
+    case F_SERVER: return wr->server(f, wr->ctx);
     case F_PART:
         if (of->part->bytes && fwrite(of->part->data, 1, of->part->bytes, f) != of->part->bytes)
             return MNN_EIO;
@@ -547,7 +553,7 @@ int mnn_ckpt_same_cut(const char *dir, const mnn_model_t *m, const mnn_optim_t *
         rc = mnn_fail(d, MNN_ENOMEM, "%s: out of memory", dir);
         goto out;
     }
-    size_t n = plan_files(cut, files);
+    size_t n = plan_files(cut, NULL, files);
     /* a cut: committed by the same stage, too (the manifest says which) */
     int same = theirs.nfiles == n && theirs.cut == (cut ? cut->id : 0) &&
                (!cut || (theirs.cut_stage == cut->self && cut->self_program &&
@@ -641,7 +647,7 @@ static int write_ckpt(const char *dir, const mnn_spec_t *spec, const mnn_model_t
         rc = mnn_fail(d, MNN_EIO, "%s: %s", tmp, strerror(errno));
         goto out;
     }
-    const size_t nfiles = plan_files(cut, files);
+    const size_t nfiles = plan_files(cut, wr, files);
     for (size_t i = 0; i < nfiles; i++) {
         char *fp = mnn_path_join(tmp, files[i].name);
         hsink_t sink;

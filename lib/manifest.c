@@ -130,6 +130,8 @@ static int manifest_lineage(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *root
     if (k < 1 || k > MNN_MERGE_MAX)
         return mnn_yaml_fail(y, m, d, MNN_EFORMAT, "merged: from 1 to %d checkpoints",
                              MNN_MERGE_MAX);
+    if (!(mf->merged_xxh3 = calloc(k, sizeof *mf->merged_xxh3)))
+        return MNN_ENOMEM;
     for (size_t i = 0; i < k; i++) {
         yaml_node_t *e = mnn_yaml_node(y, m->data.sequence.items.start[i]), *x;
         uint64_t records;
@@ -144,6 +146,9 @@ static int manifest_lineage(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *root
             !isfinite(w) || w < 0)
             return mnn_yaml_fail(y, e, d, MNN_EFORMAT, "merged: each needs source, "
                                  "manifest_xxh3 (16 hex digits), records and a weight >= 0");
+        x = mnn_yaml_get(y, e, "manifest_xxh3");
+        mnn_yaml_str(y, x, "manifest_xxh3", &str, NULL);
+        memcpy(mf->merged_xxh3[i], str, 17);
     }
     mf->nmerged = k;
     return 0;
@@ -289,12 +294,21 @@ static int check_files(const mnn_manifest_t *mf, const char *name, mnn_diag_t *d
         return mnn_fail(d, MNN_ECORRUPT, "%s: pending.safetensors: %" PRIu64 " bytes, but the "
                         "cut's %" PRIu64 " pending records take %" PRIu64 " to %" PRIu64, name,
                         pf->bytes, mf->pending, 8 + dp, 8 + dp + 1536);
+    /* a merge's: the server's momentum (ckpt-merge --server-momentum), one F32
+     * vector for each weight, bias and raw weight of an averaging optimizer */
+    const mnn_manifest_file_t *sf = mnn_manifest_find(mf, MNN_SERVER_FILE);
+    const uint64_t nmoved = 1 + (s->opt.average > 0), ds = 4 * (uint64_t)np * nmoved;
+    if (sf && (!mf->round || sf->bytes < 8 + ds || sf->bytes > 8 + ds + 1024 + 256 * 2 * L * nmoved))
+        return mnn_fail(d, MNN_ECORRUPT, "%s: %s: %s", name, MNN_SERVER_FILE, !mf->round
+                        ? "only a merge (a round) has one"
+                        : "not the size of a momentum for each of the model's weights");
     for (size_t i = 0; i < mf->nfiles; i++) {
         const char *fn = mf->files[i].name;
         size_t k = 0;
         while (k < sizeof want / sizeof want[0] && strcmp(fn, want[k].file))
             k++;
-        if (k < sizeof want / sizeof want[0] || (pf && !strcmp(fn, "pending.safetensors")))
+        if (k < sizeof want / sizeof want[0] || (pf && !strcmp(fn, "pending.safetensors")) ||
+            (sf && !strcmp(fn, MNN_SERVER_FILE)))
             continue;
         size_t j = 0;
         while (j < mf->nstages && strcmp(fn, mf->stages[j].file))
@@ -378,6 +392,7 @@ fail:
 
 void mnn_manifest_free(mnn_manifest_t *mf)
 {
+    free(mf->merged_xxh3);
     free(mf->files);
     free(mf->stages);
     free(mf->parent);

@@ -841,7 +841,12 @@ typedef struct {
     int (*model)(FILE *f, void *ctx);
     int (*optim)(FILE *f, void *ctx);
     void *ctx;
+    /* a merge's server momentum (MNN_SERVER_FILE), written after the two
+     * others; NULL: none */
+    int (*server)(FILE *f, void *ctx);
 } mnn_ckpt_writer_t;
+/* The file of a merge that keeps ckpt-merge's server momentum. */
+#define MNN_SERVER_FILE "server.safetensors"
 MNN_API int mnn_ckpt_write_with(const char *dir, const mnn_spec_t *spec,
                                 const mnn_ckpt_writer_t *wr, const mnn_train_state_t *st,
                                 const char *parent, int64_t created, mnn_diag_t *d);
@@ -906,6 +911,7 @@ typedef struct {
     char xxh3[17];          /* manifest_xxh3: the hash that names this manifest */
     uint32_t round;         /* a merge's round, 0 for a training's checkpoint */
     size_t nmerged;         /* with round: the checkpoints it merged */
+    char (*merged_xxh3)[17]; /* their manifest_xxh3, nmerged of them */
     mnn_base_t base;        /* base.round 0: none */
     mnn_spec_t spec;        /* the model spec (valid when has_spec) */
     int has_spec;

@@ -200,8 +200,17 @@ sys.exit(0 if a == b else "not node1'"'"'s values")' w "$F/node1/latest"
     # another base: a node of another round 1, or of none
     ckpt-merge -q -o r1b "$F/node2"
     sgd-train -q --resume r1b --ckpt-dir stray <"$F/shard3.csv" >/dev/null
+    # node1 is a round behind stray: named, with what merges it
     run -1 --separate-stderr ckpt-merge -o out "$F/node1" stray
-    assert_regex "$stderr" '^ckpt-merge: stray: started from another base than .*node1 .*--any-parent'
+    assert_regex "$stderr" '^ckpt-merge: .*node1: started from another base than stray \(round 1, [0-9a-f]{16} against round 2, [0-9a-f]{16}\); --staleness merges older rounds'
+    # a node of another federation's round 1: the same round, another base
+    sgd-train -q -m "$F/spec.yaml" --seed 9 -o init9 <"$F/warm.csv" >/dev/null
+    ckpt-merge -q -o r1x init9
+    sgd-train -q --resume r1x -o other9 <"$F/shard3.csv" >/dev/null
+    run -1 --separate-stderr ckpt-merge -o out "$F/node1" other9
+    assert_regex "$stderr" '^ckpt-merge: other9: started from another base than .*node1 \(round 1, .* against round 1, .*\); --any-parent merges them anyway'
+    run -1 --separate-stderr ckpt-merge --staleness 1 -o out "$F/node1" other9
+    assert_regex "$stderr" 'other9: started from another base'
     run -1 --separate-stderr ckpt-merge -o out "$F/node1" "$F/init"
     assert_regex "$stderr" 'init: started from another base'
     run -0 ckpt-merge -q --any-parent -o any "$F/node1" stray
@@ -240,6 +249,131 @@ sys.exit(0 if a == b else "not node1'"'"'s values")' w "$F/node1/latest"
     mkdir out
     run -1 --separate-stderr ckpt-merge -o out "$F/node1"
     assert_regex "$stderr" 'out: already exists'
+}
+
+# weighed WEIGHT...: the products of learned records and (1 + behind)^-A
+# for "RECORDS:BEHIND" pairs, comma separated (for --weights)
+weighed() {
+    python3 -c '
+import sys
+a = float(sys.argv[1])
+print(",".join("%.17g" % (int(r) * (1.0 + int(b)) ** -a) for r, b in (p.split(":") for p in sys.argv[2:])))
+' "$@"
+}
+
+# learned CKPT: the records CKPT learned since its base
+learned() {
+    python3 -c '
+import re, sys
+m = open(sys.argv[1] + "/manifest.yaml").read()
+seen = int(re.search(r"^records_seen: (\d+)$", m, re.M).group(1))
+b = re.search(r"^base: .*records_seen: (\d+)", m, re.M)
+print(seen - (int(b.group(1)) if b else 0))
+' "$1"
+}
+
+@test "--staleness: inputs from older rounds merged, weighed down by (1 + s)^-A; --base checks the lineage" {
+    # a round 2 from nodes 1 and 2, and a node that learned from it
+    ckpt-merge -q -o r2 $(nodes 1 2)
+    sgd-train -q --resume r2 --ckpt-dir fresh <"$F/shard3.csv" >/dev/null
+    # an asynchronous round 3: the fresh node, and nodes 3 and 4 still on round 1
+    run -0 --separate-stderr ckpt-merge -v --staleness 0.5 -o r3 fresh/latest $(nodes 3 4)
+    assert_regex "$stderr" 'node3/latest: [0-9]+ records since its base \(1 round behind\), weight '
+    assert_regex "$stderr" 'r3: round 3, fedavg of 3 checkpoints'
+    local w
+    w=$(weighed 0.5 "$(learned fresh/latest):0" "$(learned "$F/node3/latest"):1" "$(learned "$F/node4/latest"):1")
+    # the same as fedavg with those weights given
+    ckpt-merge -q --any-parent --weights "$w" -o given fresh/latest $(nodes 3 4)
+    cmp r3/model.safetensors given/model.safetensors
+    cmp r3/optimizer.safetensors given/optimizer.safetensors
+    # each weight in the lineage
+    run -0 grep -F "weight: $(cut -d, -f2 <<<"$w")}" r3/manifest.yaml
+    # --staleness 0: all weighed by their records alone
+    ckpt-merge -q --staleness 0 -o flat fresh/latest $(nodes 3 4)
+    ckpt-merge -q --any-parent -o anyp fresh/latest $(nodes 3 4)
+    cmp flat/model.safetensors anyp/model.safetensors
+    # --base: the round they follow, the same result
+    ckpt-merge -q --base r2 --staleness 0.5 -o r3b fresh/latest $(nodes 3 4)
+    cmp r3/model.safetensors r3b/model.safetensors
+    run -0 grep -E '^round: 3$' r3b/manifest.yaml
+    # an input the base merged already, one newer than the base, a base that
+    # is no round
+    run -1 --separate-stderr ckpt-merge --base r2 --staleness 0.5 -o out fresh/latest "$F/node1/latest"
+    assert_regex "$stderr" 'node1/latest: already merged into r2 \(round 2\)'
+    run -1 --separate-stderr ckpt-merge --base "$F/r1" -o out fresh/latest
+    assert_regex "$stderr" 'fresh/latest: started from round 2, after .*r1 \(round 1\)'
+    run -1 --separate-stderr ckpt-merge --base "$F/init" -o out "$F/node1"
+    assert_regex "$stderr" 'init: not a round'
+    [ ! -e out ]
+    run -2 ckpt-merge --staleness 0.5 --mode median -o out $(nodes 1 2 3)
+    [[ $output == *"--staleness is for --mode fedavg"* ]]
+    run -2 ckpt-merge --staleness -1 -o out $(nodes 1 2)
+    run -2 ckpt-merge --staleness inf -o out $(nodes 1 2)
+}
+
+# server_check BASE PLAIN OUT LR MOM [PREV]: OUT's weights are BASE +
+# LR * m with m = MOM * PREV's momentum (0 without PREV) + (PLAIN - BASE),
+# PLAIN the plain merge of the same inputs, and OUT's server.safetensors
+# keeps m (when MOM > 0); OUT's optimizer moments are PLAIN's
+server_check() {
+    python3 -c "$PYLOAD"'
+b, plain, out = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
+lr, mom = float(sys.argv[4]), float(sys.argv[5])
+prev = load(sys.argv[6], "server.safetensors") if len(sys.argv) > 6 else None
+kept = load(sys.argv[3], "server.safetensors") if mom > 0 else None
+n = 0
+for k, v in out.items():
+    for j, g in enumerate(v):
+        m = (mom * prev[k][j] if prev else 0) + (plain[k][j] - b[k][j])
+        want = f32(b[k][j] + lr * m)
+        if abs(g - want) > 1e-6 * max(1, abs(want)): sys.exit("%s[%d]: %r, want %r" % (k, j, g, want))
+        if kept and abs(kept[k][j] - m) > 1e-6 * max(1, abs(m)): sys.exit("momentum %s[%d]: %r, want %r" % (k, j, kept[k][j], m))
+        n += 1
+if kept is not None and set(kept) != set(out): sys.exit("server.safetensors: %s" % sorted(kept))
+print("checked %d weights" % n)
+' "$@"
+}
+
+@test "--server-lr and --server-momentum: FedOpt on the average update, its momentum kept in the round" {
+    ckpt-merge -q -o plain $(nodes 1 2 3 4)
+    run -0 ckpt-merge -q --base "$F/r1" --server-lr 2 -o lr2 $(nodes 1 2 3 4)
+    run -0 server_check "$F/r1" plain lr2 2 0
+    cmp plain/optimizer.safetensors lr2/optimizer.safetensors
+    [ ! -e lr2/server.safetensors ]
+    # --server-lr 1 is the plain merge, byte for byte
+    ckpt-merge -q --base "$F/r1" --server-lr 1 -o lr1 $(nodes 1 2 3 4)
+    cmp plain/model.safetensors lr1/model.safetensors
+    # momentum: round 2 starts it, round 3 goes on from what round 2 kept
+    ckpt-merge -q --base "$F/r1" --server-momentum 0.5 -o m2 $(nodes 1 2 3 4)
+    run -0 server_check "$F/r1" plain m2 1 0.5
+    run -0 grep -E '^  - \{name: server.safetensors, bytes: [0-9]+, xxh3: [0-9a-f]{16}\}$' m2/manifest.yaml
+    run -0 ckpt-pack --verify m2
+    local i
+    for i in 1 2 3; do
+        sgd-train -q --resume m2 -o n$i <"$F/shard$i.csv" >/dev/null
+    done
+    ckpt-merge -q -o plain3 n1 n2 n3
+    # the base as an archive, the way ckpt-ship carries it
+    ckpt-pack -q -o m2.tar.zst m2
+    ckpt-merge -q --base m2.tar.zst --server-lr 0.8 --server-momentum 0.5 -o m3 n1 n2 n3
+    run -0 server_check m2 plain3 m3 0.8 0.5 m2
+    # refused: a damaged momentum, a momentum outside a merge, the options
+    # without a base or out of range
+    cp -r m2 bad
+    printf '\377' | dd of=bad/server.safetensors bs=1 seek=200 conv=notrunc status=none
+    run -1 --separate-stderr ckpt-merge --base bad --server-momentum 0.5 -o out n1 n2 n3
+    assert_regex "$stderr" '^ckpt-merge: bad: .*server.safetensors'
+    cp -r n1 stray
+    sed -i "/^files:/a\\  - {name: server.safetensors, bytes: 1000, xxh3: 0123456789abcdef}" stray/manifest.yaml
+    reseal stray/manifest.yaml
+    run -1 --separate-stderr infer -m stray <"$F/shard1.csv"
+    assert_regex "$stderr" 'server.safetensors: only a merge \(a round\) has one'
+    [ ! -e out ]
+    run -2 ckpt-merge --server-lr 2 -o out n1 n2
+    [[ $output == *"need --base CKPT"* ]]
+    run -2 ckpt-merge --base m2 --server-momentum 1 -o out n1 n2
+    run -2 ckpt-merge --base m2 --server-lr 0 -o out n1 n2
+    run -2 ckpt-merge --base m2 --server-lr nan -o out n1 n2
 }
 
 # anchored CKPT ANCHOR: CKPT's prox anchors are ANCHOR's weights, bit for bit

@@ -243,11 +243,10 @@ xxh3() {
     local helper=$BATS_FILE_TMPDIR/xxh3
     if [[ ! -x $helper ]]; then
         if command -v xxhsum >/dev/null 2>&1; then
-            # GNU style output: 'XXH3_<hex>  FILE' (0.8.x) or '<hex>  FILE'
+            # its styles: 'XXH3_<hex>  stdin', '<hex>  stdin' or
+            # 'XXH3 (stdin) = <hex>' (Debian's 0.8.1): the hex digits
             local out
-            out=$(xxhsum -H3 "$1") || return 1
-            out=${out%% *}
-            out=${out#XXH3_}
+            out=$(xxhsum -H3 <"$1" 2>/dev/null | grep -o '[0-9a-f]\{16\}' | tail -n 1) || return 1
             [[ $out =~ ^[0-9a-f]{16}$ ]] || return 1
             echo "$out"
             return 0
