@@ -47,7 +47,8 @@ static noreturn void help(void)
         "  -h, --help             show this help and exit\n"
         "  -V, --version          show the version and exit\n"
         "\n"
-        "Every weight and optimizer moment is merged the same way.  The inputs must\n"
+        "Every weight and optimizer moment is merged the same way (--server-lr and\n"
+        "--server-momentum then move the weights from the base's).  The inputs must\n"
         "share the architecture, the shapes and dtypes; the output takes the other\n"
         "settings of the first input in a fixed order, so that the same inputs in\n"
         "any order give the same bytes.\n"
@@ -260,6 +261,31 @@ static size_t server_step(const merge_t *mg, float *r, const float *b, float *m,
     return n;
 }
 
+/* Reads the base's tensors *pos .. upto - 1 (through buf, part bytes at a
+ * time): what the hash covers but the server's step does not use. */
+static int pass_base(const merge_t *mg, mnn_st_stream_t *bs, size_t upto, size_t *pos,
+                     void *buf, size_t part)
+{
+    mnn_diag_t d = {""};
+    for (; *pos < upto; (*pos)++) {
+        mnn_st_info_t c;
+        mnn_st_stream_info(bs, *pos, &c);
+        uint64_t at = 0;
+        do { /* a tensor of no bytes too: the reader passes it */
+            const size_t want = c.bytes - at < part ? (size_t)(c.bytes - at) : part;
+            size_t got;
+            int rc = mnn_st_stream_read_part(bs, buf, want, &got, &d);
+            if (rc < 0 || got != want) {
+                warnx_("%s: %s", mg->base_arg,
+                       rc < 0 ? d.msg : "a tensor shorter than its header says");
+                return rc < 0 ? rc : MNN_ECORRUPT;
+            }
+            at += want;
+        } while (at < c.bytes);
+    }
+    return 0;
+}
+
 /* Writes the merge of file f (0 model, 1 optimizer) of every input into
  * out: the header of the first, then tensor by tensor.  0, or an error
  * (message printed). */
@@ -272,7 +298,8 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
     mnn_st_tensor_t *t = calloc(n ? n : 1, sizeof *t);
     float **x = calloc(K, sizeof *x), *r = NULL, *bx = NULL;
     mnn_st_stream_t *bs = mg->base[fi];
-    int rc = t && x ? 0 : MNN_ENOMEM;
+    size_t *bidx = calloc(n ? n : 1, sizeof *bidx), cur = 0, bpos = 0;
+    int rc = t && x && bidx ? 0 : MNN_ENOMEM;
     uint64_t most = 0;
     /* every input's tensors: the same names, dtypes and shapes, in the
      * order of their names (as mini-nn writes them) */
@@ -302,13 +329,20 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
                 break;
             }
         }
+        /* the base's tensor of each that the server's step moves, found by
+         * name (both in name order; its others, a prox anchor, are passed) */
         mnn_st_info_t c;
-        if (rc == 0 && bs &&
-            (mnn_st_stream_count(bs) != n || mnn_st_stream_info(bs, i, &c) < 0 ||
-             strcmp(a.name, c.name) || !c.f32 || c.ndim != a.ndim || c.bytes != a.bytes)) {
-            warnx_("%s: %s: its tensors are not those of %s (tensor '%s': another name, dtype "
-                   "or shape)", mg->base_arg, files[fi], mg->in[0].arg, a.name);
-            rc = MNN_ESHAPE;
+        if (rc == 0 && bs && server_moves(fi, a.name)) {
+            while (cur < mnn_st_stream_count(bs) && mnn_st_stream_info(bs, cur, &c) == 0 &&
+                   strcmp(c.name, a.name) < 0)
+                cur++;
+            if (cur == mnn_st_stream_count(bs) || strcmp(c.name, a.name) || !c.f32 ||
+                c.ndim != a.ndim || c.bytes != a.bytes) {
+                warnx_("%s: %s: no tensor '%s' of the shape of %s's", mg->base_arg, files[fi],
+                       a.name, mg->in[0].arg);
+                rc = MNN_ESHAPE;
+            }
+            bidx[i] = cur++;
         }
     }
     const size_t part = most < PART_BYTES ? (most ? (size_t)most : 4) : PART_BYTES;
@@ -337,6 +371,9 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
             rc = MNN_ESHAPE;
             break;
         }
+        /* the base's tensors before the one this moves: read (hashed), passed */
+        if (moves && (rc = pass_base(mg, bs, bidx[i], &bpos, bx, part)) < 0)
+            break;
         /* part by part (a tensor of no bytes too: the readers pass it) */
         uint64_t at = 0;
         do {
@@ -349,9 +386,9 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
                     rc = MNN_ESHAPE;
             }
             size_t got;
-            if (rc == 0 && bs && (rc = mnn_st_stream_read_part(bs, bx, want, &got, &d)) < 0)
+            if (rc == 0 && moves && (rc = mnn_st_stream_read_part(bs, bx, want, &got, &d)) < 0)
                 warnx_("%s", d.msg);
-            else if (rc == 0 && bs && got != want)
+            else if (rc == 0 && moves && got != want)
                 rc = MNN_ESHAPE;
             mnn_merge_bad_t bad = {0, 0};
             if (rc == 0 && (rc = mnn_merge_tensor(&mg->how, (const float *const *)x, mg->w, K,
@@ -374,7 +411,10 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
             }
             at += want;
         } while (rc == 0 && at < a.bytes);
+        bpos += moves;
     }
+    if (rc == 0 && bs)
+        rc = pass_base(mg, bs, mnn_st_stream_count(bs), &bpos, bx, part);
     /* trusted only now: every byte read matched its manifest's hash */
     for (size_t k = 0; rc == 0 && k < K; k++)
         if ((rc = mnn_st_stream_finish(mg->in[k].st[fi], &d)) < 0)
@@ -386,6 +426,7 @@ static int merge_file(FILE *out, merge_t *mg, int fi)
     free(x);
     free(r);
     free(bx);
+    free(bidx);
     free(t);
     return rc;
 }
@@ -590,7 +631,11 @@ int main(int argc, char **argv)
     const char *ref = NULL, *ref_arg = NULL;
     if (mg.base_arg) {
         bck = cli_ckpt_open(mg.base_arg, NULL, 0);
-        const char *why = other_architecture(&in[0].ck->mf.spec, &bck->mf.spec);
+        /* the same network; a prox anchor in the inputs' optimizers or not
+         * (a round's nodes may train with sgd-train --prox, the round not) */
+        mnn_spec_t bspec = bck->mf.spec;
+        bspec.opt.prox = in[0].ck->mf.spec.opt.prox;
+        const char *why = other_architecture(&in[0].ck->mf.spec, &bspec);
         if (why)
             die(EXIT_RUNTIME, "%s: another architecture than %s (%s)", mg.base_arg, in[0].arg,
                 why);

@@ -376,6 +376,38 @@ print("checked %d weights" % n)
     run -2 ckpt-merge --base m2 --server-lr nan -o out n1 n2
 }
 
+@test "the server's step moves an averaging optimizer's raw weights too; nodes with prox on a round without" {
+    mk_spec avg.yaml
+    sed -i 's/momentum: 0.9}/momentum: 0.9, average: 0.9}/' avg.yaml
+    sgd-train -q -m avg.yaml -o init <"$F/warm.csv" >/dev/null
+    ckpt-merge -q -o a1 init
+    local i
+    for i in 1 2 3; do
+        sgd-train -q --resume a1 --prox 0.1 -o p$i <"$F/shard$i.csv" >/dev/null
+    done
+    ckpt-merge -q -o plain p1 p2 p3
+    ckpt-merge -q --base a1 --server-lr 2 --server-momentum 0.5 -o s p1 p2 p3
+    run -0 python3 -c "$PYLOAD"'
+moved = 0
+for name in ("model.safetensors", "optimizer.safetensors"):
+    b, plain, out = load("a1", name), load("plain", name), load("s", name)
+    for k, v in out.items():
+        if name == "model.safetensors" or k.endswith(".param"):
+            for j, g in enumerate(v):
+                want = f32(b[k][j] + 2 * (plain[k][j] - b[k][j]))
+                if abs(g - want) > 1e-6 * max(1, abs(want)): sys.exit("%s %s[%d]: %r, want %r" % (name, k, j, g, want))
+            moved += 1
+        elif v != plain[k]:
+            sys.exit("%s %s: not the plain merge" % (name, k))
+kept = load("s", "server.safetensors")
+if len(kept) != moved or not any(k.endswith(".param") for k in kept): sys.exit("momentum of %s" % sorted(kept))
+print("moved %d tensors" % moved)
+'
+    assert_output 'moved 8 tensors'
+    # the next round resumes from it
+    sgd-train -q --resume s -o next <"$F/shard4.csv" >/dev/null
+}
+
 # anchored CKPT ANCHOR: CKPT's prox anchors are ANCHOR's weights, bit for bit
 anchored() {
     python3 -c "$PYLOAD"'
