@@ -181,6 +181,9 @@ static int bad_values(const mnn_model_t *m, const float *p, int nonneg, const ch
 
 int mnn_state_check(const mnn_model_t *m, const mnn_optim_t *o, mnn_diag_t *d)
 {
+    if (o && o->spec.prox > 0 && !o->anchor)
+        return mnn_fail(d, MNN_EINVAL, "prox %g without its anchor (mnn_optim_anchor)",
+                        (double)o->spec.prox);
     int rc = bad_values(m, m->params, 0, "", d);
     if (rc == 0 && o) {
         const int adam = o->spec.type == MNN_OPT_ADAM;
@@ -727,6 +730,9 @@ int mnn_ckpt_write_with(const char *dir, const mnn_spec_t *spec, const mnn_ckpt_
 {
     if (!wr || !wr->model || !wr->optim)
         return mnn_fail(d, MNN_EINVAL, "%s: no writer of its tensors", dir);
+    if (wr->server && !st->round)
+        return mnn_fail(d, MNN_EINVAL, "%s: %s is a merge's: a checkpoint with no round has "
+                        "none", dir, MNN_SERVER_FILE);
     return write_ckpt(dir, spec, NULL, NULL, wr, st, parent, created, 0, NULL, d);
 }
 

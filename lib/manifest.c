@@ -131,7 +131,7 @@ static int manifest_lineage(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *root
         return mnn_yaml_fail(y, m, d, MNN_EFORMAT, "merged: from 1 to %d checkpoints",
                              MNN_MERGE_MAX);
     if (!(mf->merged_xxh3 = calloc(k, sizeof *mf->merged_xxh3)))
-        return MNN_ENOMEM;
+        return mnn_yaml_fail(y, m, d, MNN_ENOMEM, "merged: out of memory");
     for (size_t i = 0; i < k; i++) {
         yaml_node_t *e = mnn_yaml_node(y, m->data.sequence.items.start[i]), *x;
         uint64_t records;

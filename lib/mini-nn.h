@@ -729,7 +729,9 @@ MNN_API const float *mnn_optim_weights(const mnn_optim_t *o, const float *params
 MNN_API float mnn_optim_lr(const mnn_optim_t *o);
 MNN_API void mnn_optim_step(mnn_optim_t *o, float *params, const float *grads);
 /* Makes params the anchor of prox (a new round starts from them), when
- * o->spec.prox > 0; without prox it frees the anchor.  0 or MNN_ENOMEM. */
+ * o->spec.prox > 0; without prox it frees the anchor.  0 or MNN_ENOMEM.
+ * mnn_optim_init leaves a prox's anchor at 0 (a pull towards 0): call this
+ * once the weights are those the round starts from. */
 MNN_API int mnn_optim_anchor(mnn_optim_t *o, const float *params);
 
 /* ---- records (record.c) -------------------------------------------------- */

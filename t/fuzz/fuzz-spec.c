@@ -37,7 +37,7 @@ static void check_same(const mnn_spec_t *a, const mnn_spec_t *b)
     const mnn_opt_spec_t *o = &a->opt, *p = &b->opt;
     FZ_CHECK(o->type == p->type && same_float(o->lr, p->lr));
     FZ_CHECK(same_float(o->weight_decay, p->weight_decay) && same_float(o->lr_decay, p->lr_decay));
-    FZ_CHECK(same_float(o->average, p->average));
+    FZ_CHECK(same_float(o->average, p->average) && same_float(o->prox, p->prox));
     if (o->type == MNN_OPT_SGD)
         FZ_CHECK(same_float(o->momentum, p->momentum));
     else
