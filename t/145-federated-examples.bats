@@ -34,17 +34,30 @@ png() {
     export LIMIT=3000 ROUNDS=2 SHIP=ssh PLOT=$PWD/fed.png
     run -0 --separate-stderr "$MNN_SRC/share/mini-nn/examples/federated-fmnist" "$MNN_BIN"
     assert_equal "$stderr" ""
-    assert_line --index 2 --regexp '^round +central +iid +dirichlet +dirichlet-prox +bad-fedavg +bad-median +bad-trimmed$'
-    assert_equal "$(grep -cE '^[12] +(0\.[0-9]{4} +){6}0\.[0-9]{4}$' <<<"$output")" 2
+    assert_line --index 2 --regexp '^round +central +iid +iid-fedavgm +dirichlet +dirichlet-prox +bad-fedavg +bad-median +bad-trimmed$'
+    assert_equal "$(grep -cE '^[12] +(0\.[0-9]{4} +){7}0\.[0-9]{4}$' <<<"$output")" 2
     local last
     last=$(grep -E '^2 ' <<<"$output")
-    # columns: round central iid dirichlet prox bad-fedavg bad-median bad-trimmed
-    awk '{ exit !($2 > 0.6 && $3 > 0.5 && $6 < 0.4 && $7 > $6 + 0.2 && $8 > $6 + 0.2 &&
-                  $7 > $3 - 0.05 && $8 > $3 - 0.05) }' <<<"$last" ||
+    # columns: round central iid iid-fedavgm dirichlet dirichlet-prox
+    # bad-fedavg bad-median bad-trimmed
+    awk '{ exit !($2 > 0.6 && $3 > 0.5 && $4 > 0.5 && $7 < 0.4 && $8 > $7 + 0.2 &&
+                  $9 > $7 + 0.2 && $8 > $3 - 0.05 && $9 > $3 - 0.05) }' <<<"$last" ||
         fail "unexpected accuracies: $last"
-    assert_regex "$output" 'final \(round 2\): central 0\.[0-9]+; iid 0\.[0-9]+ \([-+][0-9.]+ points\);'
-    assert_regex "$output" 'bad-median 0\.[0-9]+ \([-+][0-9.]+ points, [-+][0-9.]+ from iid\)'
+    assert_line --regexp '^after round 2: central 0\.[0-9]{4}$'
+    assert_line --regexp '^  iid +0\.[0-9]{4} \([-+][0-9.]+ points from central\)$'
+    assert_line --regexp '^  bad-median +0\.[0-9]{4} \([-+][0-9.]+ points from central, [-+][0-9.]+ from iid\)$'
     png fed.png
+}
+
+@test "federated-fmnist: the same seed, the same table (the shards, the shuffles, the bad node's garbage)" {
+    export LIMIT=1000 ROUNDS=1 NODES=3 PLOT=$PWD/a.png FEDERATIONS="bad iid 1 - --mode=fedavg
+d dirichlet 0 --prox=0.01 --server-lr=2,--server-momentum=0.5"
+    run -0 "$MNN_SRC/share/mini-nn/examples/federated-fmnist" "$MNN_BIN"
+    local first=$output
+    PLOT=$PWD/b.png run -0 "$MNN_SRC/share/mini-nn/examples/federated-fmnist" "$MNN_BIN"
+    assert_equal "${output//b.png/a.png}" "$first"
+    SEED=2 PLOT=$PWD/a.png run -0 "$MNN_SRC/share/mini-nn/examples/federated-fmnist" "$MNN_BIN"
+    [[ $output != "$first" ]]
 }
 
 @test "federated-fmnist: bad settings are refused before any work" {
