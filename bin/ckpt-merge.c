@@ -8,7 +8,9 @@
 
 #include "cli.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -16,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static noreturn void help(void)
 {
@@ -42,6 +46,9 @@ static noreturn void help(void)
         "      --staleness A      asynchronous rounds: inputs that started from older\n"
         "                         rounds are merged, weighed down by (1 + s)^-A, s the\n"
         "                         rounds they are behind (fedavg)\n"
+        "      --from DIR         merge every checkpoint that arrived in DIR too: its\n"
+        "                         .tar.zst archives and checkpoint directories (not\n"
+        "                         hidden names, partial files or links)\n"
         "  -q, --quiet            no notes on stderr\n"
         "  -v, --verbose          each input's records and weight\n"
         "  -h, --help             show this help and exit\n"
@@ -458,6 +465,61 @@ static int write_server(FILE *f, void *ctx)
     return rc;
 }
 
+static int by_name(const struct dirent **a, const struct dirent **b)
+{
+    return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+/* "a/b", malloc'd. */
+static char *join(const char *a, const char *b)
+{
+    size_t n = strlen(a) + strlen(b) + 2;
+    char *p = malloc(n);
+    if (!p)
+        die(EXIT_RUNTIME, "out of memory");
+    snprintf(p, n, "%s/%s", a, b);
+    return p;
+}
+
+/* What arrived in dir (--from): the paths of its checkpoint archives and
+ * checkpoint directories, in name order, after the n already in args (at
+ * most max in all); hidden names (a receiver's partial file, a writer's
+ * temporary directory) and links (`latest`, or one out of the directory)
+ * are passed over.  The new count. */
+static size_t arrivals(const char *dir, char **args, size_t n, size_t max, int quiet)
+{
+    struct dirent **e;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int k = fd < 0 ? -1 : scandir(dir, &e, NULL, by_name);
+    if (k < 0)
+        die(EXIT_RUNTIME, "--from %s: %s", dir, strerror(errno));
+    for (int i = 0; i < k; i++) {
+        const char *name = e[i]->d_name;
+        const size_t len = strlen(name);
+        struct stat sb, mb;
+        int take = 0;
+        if (name[0] != '.' && fstatat(fd, name, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+            if (S_ISREG(sb.st_mode))
+                take = len > 8 && !strcmp(name + len - 8, ".tar.zst");
+            else if (S_ISDIR(sb.st_mode)) {
+                char *man = join(name, "manifest.yaml");
+                take = fstatat(fd, man, &mb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(mb.st_mode);
+                free(man);
+            } else if (S_ISLNK(sb.st_mode) && strcmp(name, "latest") && !quiet)
+                warnx_("--from %s: %s is a link: not followed", dir, name);
+        }
+        if (take) {
+            if (n == max)
+                die(EXIT_RUNTIME, "--from %s: more than %zu checkpoints to merge", dir, max);
+            args[n++] = join(dir, name);
+        }
+        free(e[i]);
+    }
+    free(e);
+    close(fd);
+    return n;
+}
+
 /* Parses "W,W,..." into w (at most max): the count. */
 static size_t parse_weights(const char *s, double *w, size_t max)
 {
@@ -484,7 +546,7 @@ static size_t parse_weights(const char *s, double *w, size_t max)
 
 int main(int argc, char **argv)
 {
-    enum { O_MODE = 256, O_TRIM, O_WEIGHTS, O_ANY, O_BASE, O_SLR, O_SMOM, O_STALE };
+    enum { O_MODE = 256, O_TRIM, O_WEIGHTS, O_ANY, O_BASE, O_SLR, O_SMOM, O_STALE, O_FROM };
     static const struct option longopts[] = {
         {"output", required_argument, NULL, 'o'},
         {"mode", required_argument, NULL, O_MODE},
@@ -495,6 +557,7 @@ int main(int argc, char **argv)
         {"server-lr", required_argument, NULL, O_SLR},
         {"server-momentum", required_argument, NULL, O_SMOM},
         {"staleness", required_argument, NULL, O_STALE},
+        {"from", required_argument, NULL, O_FROM},
         CLI_COMMON_LONGOPTS};
     const char *output = NULL;
     static double given[MNN_MERGE_MAX];
@@ -502,6 +565,7 @@ int main(int argc, char **argv)
     int quiet = 0, verbose = 0, any_parent = 0, trim_given = 0, c;
     merge_t mg = {.how = {MNN_MERGE_FEDAVG, 0.2}, .server_lr = 1};
     double stale = -1; /* --staleness; < 0: not given */
+    const char *from = NULL;
 
     cli_init("ckpt-merge");
     out_setup();
@@ -530,6 +594,7 @@ int main(int argc, char **argv)
                                                             mg.server_mom < 1))
                 usage_error("--server-momentum: '%s' is not a number in [0, 1)", optarg);
             break;
+        case O_FROM: from = optarg; break;
         case O_STALE:
             if (opt_number(optarg, &stale) < 0 || !(stale >= 0) || !isfinite(stale))
                 usage_error("--staleness: '%s' is not a finite number >= 0", optarg);
@@ -537,15 +602,23 @@ int main(int argc, char **argv)
         default: cli_common(c, &quiet, &verbose, help);
         }
     }
-    const size_t K = (size_t)(argc - optind);
     if (!output)
         usage_error("-o DIR is required (the merged checkpoint)");
     if (!*output)
         usage_error("-o: empty directory name");
-    if (K < 1)
-        usage_error("at least one checkpoint to merge is required");
-    if (K > MNN_MERGE_MAX)
-        usage_error("%zu checkpoints: at most %d", K, MNN_MERGE_MAX);
+    if (argc - optind < 1 && !from)
+        usage_error("at least one checkpoint to merge is required (or --from DIR)");
+    if (argc - optind > MNN_MERGE_MAX)
+        usage_error("%d checkpoints: at most %d", argc - optind, MNN_MERGE_MAX);
+    if (from && ngiven)
+        usage_error("--weights and --from: the weights would not know their checkpoints");
+    /* the inputs: those named, then what arrived in --from */
+    static char *args[MNN_MERGE_MAX];
+    size_t K = 0;
+    for (int i = optind; i < argc; i++)
+        args[K++] = argv[i];
+    if (from && (K = arrivals(from, args, K, MNN_MERGE_MAX, quiet)) == 0)
+        die(EXIT_RUNTIME, "--from %s: no checkpoint arrived there: nothing to merge", from);
     if (trim_given && mg.how.mode != MNN_MERGE_TRIMMED)
         usage_error("--trim is for --mode trimmed-mean");
     if (ngiven && mg.how.mode != MNN_MERGE_FEDAVG)
@@ -563,8 +636,8 @@ int main(int argc, char **argv)
     mnn_diag_t d = {""};
     if (mnn_merge_check(&mg.how, ngiven ? given : NULL, K, &d) < 0)
         usage_error("%s", d.msg);
-    for (int i = optind; i < argc; i++)
-        if (!strcmp(argv[i], "-"))
+    for (size_t i = 0; i < K; i++)
+        if (!strcmp(args[i], "-"))
             usage_error("-: give each checkpoint as a file or a directory");
 
     input_t *in = calloc(K, sizeof *in);
@@ -576,7 +649,7 @@ int main(int argc, char **argv)
     uint64_t base_records = 0, base_step = 0, learned = 0, steps = 0;
     for (size_t k = 0; k < K; k++) {
         input_t *p = &in[k];
-        p->arg = argv[optind + (int)k];
+        p->arg = args[k];
         p->ck = cli_ckpt_open(p->arg, NULL, 0);
         const mnn_manifest_t *mf = &p->ck->mf;
         if (!realpath(p->arg, p->source))
@@ -756,6 +829,8 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < mg.nmom; i++)
         free(mg.mom[i].v);
     free(mg.mom);
+    for (size_t k = (size_t)(argc - optind); k < K; k++)
+        free(args[k]);
     free(in);
     free(mg.w);
     free(merged);

@@ -311,6 +311,37 @@ print(seen - (int(b.group(1)) if b else 0))
     run -2 ckpt-merge --staleness inf -o out $(nodes 1 2)
 }
 
+@test "--from DIR: every checkpoint that arrived (archives, directories), not hidden names, partial files or links" {
+    mkdir in
+    ckpt-pack -q -o in/a.tar.zst "$F/node1"
+    ckpt-pack -q -o in/b.tar.zst "$F/node2"
+    cp -r "$(readlink -f "$F/node3/latest")" in/c
+    # what must be passed over: a receiver's partial file, a writer's
+    # temporary directory, a link out of the directory, latest, other files
+    head -c 100 in/a.tar.zst >in/.d.tar.zst.partial
+    cp -r in/c in/.tmp-e
+    ln -s "$(readlink -f "$F/node4/latest")" in/f
+    ln -s a.tar.zst in/latest
+    echo note >in/README
+    run -0 --separate-stderr ckpt-merge -v --from in -o r2
+    assert_regex "$stderr" 'r2: round 2, fedavg of 3 checkpoints'
+    assert_regex "$stderr" '--from in: f is a link: not followed'
+    ckpt-merge -q -o want $(nodes 1 2 3)
+    cmp want/model.safetensors r2/model.safetensors
+    # with checkpoints named too
+    ckpt-merge -q --from in -o r2b "$F/node4/latest"
+    ckpt-merge -q -o want4 $(nodes 1 2 3 4)
+    cmp want4/model.safetensors r2b/model.safetensors
+    # nothing arrived; no such directory; --weights cannot go with it
+    mkdir empty
+    run -1 --separate-stderr ckpt-merge --from empty -o out
+    assert_regex "$stderr" '^ckpt-merge: --from empty: no checkpoint arrived there'
+    run -1 --separate-stderr ckpt-merge --from nowhere -o out
+    assert_regex "$stderr" '^ckpt-merge: --from nowhere: No such file or directory'
+    run -2 ckpt-merge --from in --weights 1,2,3 -o out
+    [ ! -e out ]
+}
+
 # server_check BASE PLAIN OUT LR MOM [PREV]: OUT's weights are BASE +
 # LR * m with m = MOM * PREV's momentum (0 without PREV) + (PLAIN - BASE),
 # PLAIN the plain merge of the same inputs, and OUT's server.safetensors
