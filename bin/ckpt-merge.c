@@ -741,7 +741,8 @@ int main(int argc, char **argv)
                 ")", p->arg, b->round, mg.base_arg, round);
         uint32_t behind = 0;
         if (strcmp(b->xxh3, ref)) {
-            if ((stale >= 0 && b->round < round) || any_parent) {
+            /* an older round of the federation, not a training from none */
+            if ((stale >= 0 && b->round && b->round < round) || any_parent) {
                 behind = round - b->round;
             } else {
                 char mine[64] = "none", theirs[64] = "none";
@@ -750,7 +751,7 @@ int main(int argc, char **argv)
                 if (round)
                     snprintf(theirs, sizeof theirs, "round %" PRIu32 ", %s", round, ref);
                 die(EXIT_RUNTIME, "%s: started from another base than %s (%s against %s); %s",
-                    p->arg, ref_arg, mine, theirs, b->round < round
+                    p->arg, ref_arg, mine, theirs, b->round && b->round < round
                     ? "--staleness merges older rounds, --any-parent any"
                     : "--any-parent merges them anyway");
             }

@@ -304,6 +304,9 @@ print(seen - (int(b.group(1)) if b else 0))
     assert_regex "$stderr" 'fresh/latest: started from round 2, after .*r1 \(round 1\)'
     run -1 --separate-stderr ckpt-merge --base "$F/init" -o out "$F/node1"
     assert_regex "$stderr" 'init: not a round'
+    # a training that descends from no round is not an older round
+    run -1 --separate-stderr ckpt-merge --staleness 0.5 -o out fresh/latest "$F/init"
+    assert_regex "$stderr" 'init: started from another base than fresh/latest \(none against round 2, [0-9a-f]{16}\); --any-parent merges them anyway'
     [ ! -e out ]
     run -2 ckpt-merge --staleness 0.5 --mode median -o out $(nodes 1 2 3)
     [[ $output == *"--staleness is for --mode fedavg"* ]]
