@@ -183,6 +183,31 @@ static void add_u64(uint64_t *sum, uint64_t v, const char *what, const char *arg
         die(EXIT_RUNTIME, "%s: its %s overflow the sum of the inputs'", arg, what);
 }
 
+/* The stream of the file name of checkpoint ck (given as arg), every byte
+ * to be checked against the size and hash its manifest lists (*listed, if
+ * not NULL, receives that entry); NULL when the manifest lists none and
+ * optional, an error when it is not. */
+static mnn_st_stream_t *open_listed(const mnn_ckpt_t *ck, const char *arg, const char *name,
+                                    int optional, const mnn_manifest_file_t **listed)
+{
+    const mnn_manifest_file_t *f = mnn_manifest_find(&ck->mf, name);
+    if (listed)
+        *listed = f;
+    if (!f) {
+        if (optional)
+            return NULL;
+        die(EXIT_RUNTIME, "%s: its manifest lists no %s", arg, name);
+    }
+    char path[PATH_MAX];
+    mnn_diag_t d = {""};
+    mnn_st_stream_t *st;
+    if (snprintf(path, sizeof path, "%s/%s", ck->dir, f->name) >= (int)sizeof path)
+        die(EXIT_RUNTIME, "%s: path too long", arg);
+    if (mnn_st_stream_open(&st, path, f->bytes, f->xxh3, &d) < 0)
+        die(EXIT_RUNTIME, "%s: %s", arg, d.msg);
+    return st;
+}
+
 /* The tensors the server's update moves: the weights (model.safetensors)
  * and the raw weights an averaging optimizer keeps (suffix .param); the
  * moments of the nodes' optimizer are merged as they are. */
@@ -222,25 +247,20 @@ static moment_t *moment(merge_t *mg, const char *name, size_t n)
  * against its manifest's hash. */
 static void load_moments(merge_t *mg, const mnn_ckpt_t *base)
 {
-    const mnn_manifest_file_t *f = mnn_manifest_find(&base->mf, "server.safetensors");
-    if (!f)
+    mnn_st_stream_t *st = open_listed(base, mg->base_arg, MNN_SERVER_FILE, 1, NULL);
+    if (!st)
         return; /* a base without momentum: it starts at 0 */
-    char path[PATH_MAX];
     mnn_diag_t d = {""};
-    mnn_st_stream_t *st;
-    if (snprintf(path, sizeof path, "%s/%s", base->dir, f->name) >= (int)sizeof path)
-        die(EXIT_RUNTIME, "%s: path too long", mg->base_arg);
-    if (mnn_st_stream_open(&st, path, f->bytes, f->xxh3, &d) < 0)
-        die(EXIT_RUNTIME, "%s: %s", mg->base_arg, d.msg);
     for (size_t i = 0; i < mnn_st_stream_count(st); i++) {
         mnn_st_info_t a;
         mnn_st_stream_info(st, i, &a);
         if (!a.f32 || a.bytes % 4)
-            die(EXIT_RUNTIME, "%s: server.safetensors: tensor '%s' is not F32", mg->base_arg,
+            die(EXIT_RUNTIME, "%s: %s: tensor '%s' is not F32", mg->base_arg, MNN_SERVER_FILE,
                 a.name);
         moment_t *m = moment(mg, a.name, (size_t)(a.bytes / 4));
         if (!m)
-            die(EXIT_RUNTIME, "%s: server.safetensors: tensor '%s' twice", mg->base_arg, a.name);
+            die(EXIT_RUNTIME, "%s: %s: tensor '%s' twice", mg->base_arg, MNN_SERVER_FILE,
+                a.name);
         m->used = 0; /* until the merge meets its tensor */
         if (mnn_st_stream_read(st, m->v, &d) < 0)
             die(EXIT_RUNTIME, "%s", d.msg);
@@ -671,15 +691,8 @@ int main(int argc, char **argv)
         if (mf->spec.normalize == MNN_NORM_RUNNING)
             die(EXIT_RUNTIME, "%s: normalize: running is not merged (its statistics are no "
                 "mean of the nodes')", p->arg);
-        for (int f = 0; f < 2; f++) {
-            if (!(p->file[f] = mnn_manifest_find(mf, files[f])))
-                die(EXIT_RUNTIME, "%s: its manifest lists no %s", p->arg, files[f]);
-            char path[PATH_MAX];
-            if (snprintf(path, sizeof path, "%s/%s", p->ck->dir, files[f]) >= (int)sizeof path)
-                die(EXIT_RUNTIME, "%s: path too long", p->arg);
-            if (mnn_st_stream_open(&p->st[f], path, p->file[f]->bytes, p->file[f]->xxh3, &d) < 0)
-                die(EXIT_RUNTIME, "%s: %s", p->arg, d.msg);
-        }
+        for (int f = 0; f < 2; f++)
+            p->st[f] = open_listed(p->ck, p->arg, files[f], 0, &p->file[f]);
         /* the optimizer's step (the learning rate's schedule) is the manifest's */
         const char *ostep = mnn_st_stream_meta(p->st[1], "step");
         char want[32];
@@ -798,16 +811,8 @@ int main(int argc, char **argv)
     st.round = round + 1;
     st.merged = merged;
     st.nmerged = K;
-    for (int f = 0; server && f < 2; f++) {
-        const mnn_manifest_file_t *bf = mnn_manifest_find(&bck->mf, files[f]);
-        char path[PATH_MAX];
-        if (!bf)
-            die(EXIT_RUNTIME, "%s: its manifest lists no %s", mg.base_arg, files[f]);
-        if (snprintf(path, sizeof path, "%s/%s", bck->dir, files[f]) >= (int)sizeof path)
-            die(EXIT_RUNTIME, "%s: path too long", mg.base_arg);
-        if (mnn_st_stream_open(&mg.base[f], path, bf->bytes, bf->xxh3, &d) < 0)
-            die(EXIT_RUNTIME, "%s: %s", mg.base_arg, d.msg);
-    }
+    for (int f = 0; server && f < 2; f++)
+        mg.base[f] = open_listed(bck, mg.base_arg, files[f], 0, NULL);
     if (server && mg.server_mom > 0)
         load_moments(&mg, bck);
     mnn_ckpt_writer_t wr = {write_model, write_optim, &mg,

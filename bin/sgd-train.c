@@ -406,9 +406,9 @@ static void prepare(args_t *a, run_t *r)
     /* prox's anchor: the weights a round starts from (a merge resumed from,
      * or the first weights), kept in the checkpoints of the round, so that
      * a round resumed part-way goes on towards the same one */
-    if (!(r->opt.spec.prox > 0) || !a->resume || r->resumed->mf.round || !r->opt.anchor) {
-        if (r->opt.spec.prox > 0 && a->resume && !r->resumed->mf.round &&
-            r->st.base.round && !a->quiet)
+    const int mid_round = a->resume && !r->resumed->mf.round; /* not from a merge */
+    if (!(r->opt.spec.prox > 0 && mid_round && r->opt.anchor)) {
+        if (r->opt.spec.prox > 0 && mid_round && r->st.base.round && !a->quiet)
             warnx_("--prox: %s keeps no anchor: the anchor is its weights, not those of round "
                    "%" PRIu32 " it descends from", a->resume, r->st.base.round);
         if ((rc = mnn_optim_anchor(&r->opt, r->model.params)) < 0)

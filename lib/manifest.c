@@ -146,8 +146,7 @@ static int manifest_lineage(mnn_manifest_t *mf, mnn_yaml_t *y, yaml_node_t *root
             !isfinite(w) || w < 0)
             return mnn_yaml_fail(y, e, d, MNN_EFORMAT, "merged: each needs source, "
                                  "manifest_xxh3 (16 hex digits), records and a weight >= 0");
-        x = mnn_yaml_get(y, e, "manifest_xxh3");
-        mnn_yaml_str(y, x, "manifest_xxh3", &str, NULL);
+        /* str: the last string read above, the manifest_xxh3 (16 hex digits) */
         memcpy(mf->merged_xxh3[i], str, 17);
     }
     mf->nmerged = k;
