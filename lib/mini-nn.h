@@ -583,6 +583,17 @@ typedef struct {
 struct mnn_optim;
 MNN_API int mnn_model_train_batch(mnn_model_t *m, struct mnn_optim *o, const float *x,
                                   const float *y, size_t B, mnn_batch_stats_t *st);
+/* The gradient of a part of a minibatch, for training on several
+ * processes: the loss summed over its B records (x, y as for
+ * mnn_model_train_batch) and divided by denom, the records of the whole
+ * minibatch, differentiated into grads (nparams floats, overwritten; zeros
+ * when B is 0); st receives the part's loss and hits.  The model is not
+ * changed: summing the parts' gradients and giving the sum to
+ * mnn_optim_step is one training step.  MNN_EINVAL when denom < B, or for a
+ * model with running normalization (its statistics would need every
+ * record of the minibatch). */
+MNN_API int mnn_model_gradient(mnn_model_t *m, const float *x, const float *y, size_t B,
+                               size_t denom, float *grads, mnn_batch_stats_t *st);
 /* Outputs for B records: class probabilities softmax(logits / temperature)
  * of the final head (xent) or values (mse), into out (B,outputs).  Does not
  * change the model. */

@@ -224,10 +224,11 @@ static size_t count_correct(const float *p, const int32_t *labels, size_t B,
 }
 
 /* Exit head j on the B rows of layer exits[j]'s output: the forward pass,
- * its weighted cross-entropy (labels in m->labels), the gradients of its
- * weight and bias, and dL/d(its input) added into d.  tmp (B, units) is
- * scratch. */
-static void exit_backward(mnn_model_t *m, size_t j, float *d, float *tmp, size_t B)
+ * its weighted cross-entropy (labels in m->labels; averaged over denom
+ * records), the gradients of its weight and bias into g, and dL/d(its
+ * input) added into d.  tmp (B, units) is scratch. */
+static void exit_backward(mnn_model_t *m, size_t j, float *g, float *d, float *tmp, size_t B,
+                          size_t denom)
 {
     const size_t K = m->spec.outputs, e = m->spec.exits[j];
     const size_t C = m->spec.layers[e].units;
@@ -236,33 +237,24 @@ static void exit_backward(mnn_model_t *m, size_t j, float *d, float *tmp, size_t
     /* the final head's probabilities are counted already: m->probs is free */
     float *logits = m->probs, *dz = m->edlogits;
     mnn_dense_forward(logits, in, w, m->params + m->eb_off[j], B, C, K);
-    mnn_softmax_xent(dz, NULL, logits, m->labels, B, K, wj / (float)B);
+    mnn_softmax_xent(dz, NULL, logits, m->labels, B, K, wj / (float)denom);
     /* dW = dz^T * in, db = sum dz, tmp = dz * W;  d += tmp */
-    mnn_dense_backward(tmp, m->grads + m->ew_off[j], m->grads + m->eb_off[j], dz, in, w, B,
-                       C, K);
+    mnn_dense_backward(tmp, g + m->ew_off[j], g + m->eb_off[j], dz, in, w, B, C, K);
     for (size_t i = 0; i < B * C; i++)
         d[i] += tmp[i];
 }
 
-int mnn_model_train_batch(mnn_model_t *m, mnn_optim_t *o, const float *x,
-                          const float *y, size_t B, mnn_batch_stats_t *st)
+/* Forward and backward over x0 (preprocessed): the gradient of the loss
+ * summed over the B records and divided by denom, into g. */
+static void backprop(mnn_model_t *m, const float *y, size_t B, size_t denom, float *g,
+                     mnn_batch_stats_t *st)
 {
-    if (B == 0)
-        return 0;
-    int rc = mnn_model_reserve(m, B);
-    if (rc < 0)
-        return rc;
-    if (!m->grads && !(m->grads = mnn_calloc_aligned(m->nparams, sizeof(float))))
-        return MNN_ENOMEM;
     const size_t L = m->spec.nlayers, K = m->spec.outputs;
-    preprocess(m, x, B);
-    if (m->norm_mean)
-        update_norm(m, x, B);
     forward(m, B);
 
     float *logits = m->acts[L - 1];
     float *d = m->dbuf[0];
-    const float scale = 1.0f / (float)B;
+    const float scale = 1.0f / (float)denom;
     if (m->spec.loss == MNN_LOSS_XENT) {
         for (size_t b = 0; b < B; b++)
             m->labels[b] = (int32_t)y[b];
@@ -282,15 +274,49 @@ int mnn_model_train_batch(mnn_model_t *m, mnn_optim_t *o, const float *x,
         size_t units = m->spec.layers[i].units;
         float *dcur = m->dbuf[cur];
         if (j > 0 && m->spec.exits[j - 1] == i)
-            exit_backward(m, --j, dcur, m->dbuf[!cur], B);
+            exit_backward(m, --j, g, dcur, m->dbuf[!cur], B, denom);
         mnn_act_backward(m->spec.layers[i].act, dcur, m->acts[i], dcur, B * units);
         const float *in = i > 0 ? m->acts[i - 1] : m->x0;
-        mnn_dense_backward(i > 0 ? m->dbuf[!cur] : NULL, m->grads + m->w_off[i],
-                           m->grads + m->b_off[i], dcur, in,
-                           m->params + m->w_off[i], B, m->fan_in[i], units);
+        mnn_dense_backward(i > 0 ? m->dbuf[!cur] : NULL, g + m->w_off[i], g + m->b_off[i],
+                           dcur, in, m->params + m->w_off[i], B, m->fan_in[i], units);
         cur = !cur;
     }
+}
+
+int mnn_model_train_batch(mnn_model_t *m, mnn_optim_t *o, const float *x,
+                          const float *y, size_t B, mnn_batch_stats_t *st)
+{
+    if (B == 0)
+        return 0;
+    int rc = mnn_model_reserve(m, B);
+    if (rc < 0)
+        return rc;
+    if (!m->grads && !(m->grads = mnn_calloc_aligned(m->nparams, sizeof(float))))
+        return MNN_ENOMEM;
+    preprocess(m, x, B);
+    if (m->norm_mean)
+        update_norm(m, x, B);
+    backprop(m, y, B, B, m->grads, st);
     mnn_optim_step(o, m->params, m->grads);
+    return 0;
+}
+
+int mnn_model_gradient(mnn_model_t *m, const float *x, const float *y, size_t B,
+                       size_t denom, float *grads, mnn_batch_stats_t *st)
+{
+    st->loss_sum = 0;
+    st->correct = 0;
+    if (B == 0) {
+        memset(grads, 0, m->nparams * sizeof(float));
+        return 0;
+    }
+    if (denom < B || m->norm_mean)
+        return MNN_EINVAL;
+    int rc = mnn_model_reserve(m, B);
+    if (rc < 0)
+        return rc;
+    preprocess(m, x, B);
+    backprop(m, y, B, denom, grads, st);
     return 0;
 }
 

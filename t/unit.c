@@ -1076,6 +1076,44 @@ static void test_fd_exits(void)
     check(moved, "exits: the SGD step moves the exit heads too");
     mnn_optim_free(&o);
 
+    /* the gradient of parts of the minibatch (data-parallel training): the
+     * whole as one part is train_batch's gradient bit for bit, two parts
+     * over the whole's count sum to it, an empty part is zeros */
+    {
+        float *saved = xalloc(P), *g = xalloc(P), *g2 = xalloc(P);
+        memcpy(saved, m.params, P * sizeof(float));
+        memcpy(m.params, p0, P * sizeof(float));
+        mnn_batch_stats_t a = {0, 0}, b2 = {0, 0};
+        rc = mnn_model_gradient(&m, x, y, B, B, g, &a);
+        check(rc == 0 && !memcmp(g, m.grads, P * sizeof(float)) && a.loss_sum == st.loss_sum,
+              "gradient: one part of %zu records is train_batch's gradient and loss, bit for "
+              "bit (rc %d)", (size_t)B, rc);
+        const size_t h = B / 3;
+        rc = mnn_model_gradient(&m, x, y, h, B, g, &a);
+        if (rc == 0)
+            rc = mnn_model_gradient(&m, x + h * IN, y + h, B - h, B, g2, &b2);
+        int sums = rc == 0 && close_to(a.loss_sum + b2.loss_sum, st.loss_sum, 1e-6, 1e-9);
+        for (size_t j = 0; j < P; j++)
+            sums &= close_to(g[j] + g2[j], m.grads[j], 1e-5, 1e-7);
+        check(sums, "gradient: parts of %zu and %zu records over %zu sum to the whole's "
+              "gradient and loss", h, (size_t)B - h, (size_t)B);
+        for (size_t j = 0; j < P; j++)
+            g[j] = 1;
+        rc = mnn_model_gradient(&m, x, y, 0, B, g, &a);
+        int zeros = rc == 0 && a.loss_sum == 0 && a.correct == 0;
+        for (size_t j = 0; j < P; j++)
+            zeros &= g[j] == 0;
+        check(zeros, "gradient: an empty part is zeros");
+        rc = mnn_model_gradient(&m, x, y, B, B - 1, g, &a);
+        check(rc == MNN_EINVAL, "gradient: a part larger than its minibatch is refused (rc %d)",
+              rc);
+        check(!memcmp(m.params, p0, P * sizeof(float)), "gradient: the weights are unchanged");
+        memcpy(m.params, saved, P * sizeof(float));
+        free(saved);
+        free(g);
+        free(g2);
+    }
+
     /* heads of weight 0 leave the layers' gradients as without exits */
     mnn_batch_stats_t s0st = {0, 0}, snst = {0, 0};
     memcpy(m0.params, p0, P * sizeof(float));
