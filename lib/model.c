@@ -306,12 +306,12 @@ int mnn_model_gradient(mnn_model_t *m, const float *x, const float *y, size_t B,
 {
     st->loss_sum = 0;
     st->correct = 0;
+    if (denom < B || m->norm_mean)
+        return MNN_EINVAL;
     if (B == 0) {
         memset(grads, 0, m->nparams * sizeof(float));
         return 0;
     }
-    if (denom < B || m->norm_mean)
-        return MNN_EINVAL;
     int rc = mnn_model_reserve(m, B);
     if (rc < 0)
         return rc;

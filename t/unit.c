@@ -788,6 +788,15 @@ static void model_grad_check(const char *name, size_t input, size_t outputs,
     }
     check(f.bad == 0, "%s: model gradient matches finite differences of the loss (%zu params)",
           name, P);
+    if (norm == MNN_NORM_RUNNING) {
+        /* a part's gradient would need the whole minibatch's statistics */
+        mnn_batch_stats_t ps;
+        float *pg = xalloc(P);
+        check(mnn_model_gradient(&m, x, y, 1, B, pg, &ps) == MNN_EINVAL &&
+                  mnn_model_gradient(&m, x, y, 0, B, pg, &ps) == MNN_EINVAL,
+              "%s: mnn_model_gradient refuses a model with running normalization", name);
+        free(pg);
+    }
     diag("%zu of %zu differ; largest |grad - fd| %.3g, largest |grad| %.3g", f.bad, P, maxdiff,
          maxg);
     check(close_to(st.loss_sum, L0 * (double)B, 1e-5, 1e-6),
