@@ -3,6 +3,7 @@
 #include <config.h>
 
 #include "cli.h"
+#include "dist.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -163,6 +164,34 @@ static void inspect(const char *path, const mnn_manifest_t *mf, const char *dir)
     out_close();
 }
 
+/* Which ranks the training goes on on (mpirun's, or one process) and with
+ * which shards, said by rank 0: the same shards are bit-exact. */
+static void note_ranks(const char *ckpt, const char *dir, const mnn_manifest_t *mf, int argc,
+                       char **argv, int quiet)
+{
+    size_t R = 1, rank = 0;
+    mpirun_rank(&R, &rank);
+    mnn_train_state_t st;
+    mnn_diag_t d;
+    if (mnn_ckpt_load_state(dir, mf, &st, &d) < 0)
+        die(EXIT_RUNTIME, "%s", d.msg);
+    const size_t had_R = st.ranks ? st.ranks : 1, had_S = st.shards ? st.shards : 1;
+    if (quiet || rank != 0 || (had_R == 1 && had_S == 1 && R == 1))
+        return;
+    for (int i = 0; i < argc; i++)
+        if (!strncmp(argv[i], "--shards", 8)) {
+            warnx_("%s was trained on %zu rank%s with %zu shard%s; going on on %zu with the "
+                   "shards given", ckpt, had_R, had_R == 1 ? "" : "s", had_S,
+                   had_S == 1 ? "" : "s", R);
+            return;
+        }
+    const size_t S = dist_layout_ok(had_S, R) && (had_S > 1 || R == 1) ? had_S : R;
+    warnx_("%s was trained on %zu rank%s with %zu shard%s; going on on %zu rank%s with %zu: %s",
+           ckpt, had_R, had_R == 1 ? "" : "s", had_S, had_S == 1 ? "" : "s", R,
+           R == 1 ? "" : "s", S,
+           S == had_S ? "bit-exact" : "not bit-exact, the sums round otherwise (--shards picks)");
+}
+
 /* The sgd-train to run: $MNN_SGD_TRAIN, the one beside this program, or
  * the first on PATH. */
 static const char *find_sgd_train(char *buf, size_t size)
@@ -256,6 +285,7 @@ int main(int argc, char **argv)
                    lr, (double)s->opt.lr);
     }
     snprintf(th, sizeof th, "%zu", threads);
+    note_ranks(ckpt, dir, mf, argc - optind, argv + optind, quiet);
 
     char self[PATH_MAX];
     const char *sgd = find_sgd_train(self, sizeof self);

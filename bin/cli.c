@@ -34,12 +34,30 @@ void cli_common(int c, int *quiet, int *verbose, void (*help)(void))
     }
 }
 
+int cli_hold;
+char cli_held[2048];
+
+/* "prog: message\n", written at once: the ranks of an MPI job share a
+ * stderr, and their lines must not mix */
 static void vmsg(const char *fmt, va_list ap)
 {
     fflush(stdout);
-    fprintf(stderr, "%s: ", prog);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    char line[8192];
+    int n = snprintf(line, sizeof line, "%s: ", prog);
+    if (n < 0 || (size_t)n >= sizeof line)
+        n = 0;
+    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    if (cli_hold) { /* kept, the first ones, until told whether to show them */
+        size_t o = strlen(cli_held), room = sizeof cli_held - o - 1;
+        if (room > 1) {
+            size_t len = strlen(line) < room - 1 ? strlen(line) : room - 1;
+            memcpy(cli_held + o, line, len);
+            cli_held[o + len] = '\n';
+            cli_held[o + len + 1] = 0;
+        }
+        return;
+    }
+    fprintf(stderr, "%s\n", line);
 }
 
 void warnx_(const char *fmt, ...)
@@ -50,9 +68,12 @@ void warnx_(const char *fmt, ...)
     va_end(ap);
 }
 
+int cli_status;
+
 noreturn void die(int status, const char *fmt, ...)
 {
     va_list ap;
+    cli_status = status;
     va_start(ap, fmt);
     vmsg(fmt, ap);
     va_end(ap);
@@ -62,10 +83,12 @@ noreturn void die(int status, const char *fmt, ...)
 noreturn void usage_error(const char *fmt, ...)
 {
     va_list ap;
+    cli_status = EXIT_USAGE;
     va_start(ap, fmt);
     vmsg(fmt, ap);
     va_end(ap);
-    fprintf(stderr, "Try '%s --help' for more information.\n", prog);
+    if (!cli_hold)
+        fprintf(stderr, "Try '%s --help' for more information.\n", prog);
     exit(EXIT_USAGE);
 }
 
@@ -217,6 +240,23 @@ FILE *membuf_open(membuf_t *m)
     if (!f)
         die(EXIT_RUNTIME, "out of memory");
     return f;
+}
+
+int mpirun_rank(size_t *ranks, size_t *rank)
+{
+    static const char *const sizes[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"};
+    static const char *const ranks_[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"};
+    const char *n = NULL, *r = NULL;
+    for (size_t i = 0; i < 3 && !n; i++)
+        n = getenv(sizes[i]);
+    for (size_t i = 0; i < 3 && !r; i++)
+        r = getenv(ranks_[i]);
+    if (!n && !r)
+        return 0;
+    long nv = n ? strtol(n, NULL, 10) : 1, rv = r ? strtol(r, NULL, 10) : 0;
+    *ranks = nv > 0 ? (size_t)nv : 1;
+    *rank = rv > 0 ? (size_t)rv : 0;
+    return 1;
 }
 
 double mono_now(void)

@@ -31,6 +31,13 @@ void cli_init(const char *name);
 void cli_common(int c, int *quiet, int *verbose, void (*help)(void));
 /* "prog: message" on stderr */
 void warnx_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* when set, messages are appended to cli_held instead of going to stderr
+ * (the ranks of an MPI job that fail alike: rank 0 alone says why) */
+extern int cli_hold;
+extern char cli_held[2048];
+/* the status die() or usage_error() exits with (0 before either): for an
+ * atexit handler */
+extern int cli_status;
 noreturn void die(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* a usage error: message, a hint to --help, exit 2 */
 noreturn void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -84,6 +91,9 @@ void pipe_widen(int fd);
 
 /* Seconds on the monotonic clock. */
 double mono_now(void);
+/* Under mpirun (its environment says so): 1, with the job's ranks and this
+ * process's rank; else 0. */
+int mpirun_rank(size_t *ranks, size_t *rank);
 
 /* "prog: peak resident memory N KiB" on stderr. */
 void report_peak_rss(void);

@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "ckptw.h"
+#include "dist.h"
 #include "feed.h"
 
 #include <errno.h>
@@ -66,6 +67,13 @@ static noreturn void help(void)
         "      --seed N           seed of the weight initialisation\n"
         "      --threads N        OpenBLAS threads (default: OPENBLAS_NUM_THREADS; with\n"
         "                         --resume, the checkpoint's, which keeps it bit-exact)\n"
+        "      --shards S         cut each minibatch into S shards whose gradients are\n"
+        "                         summed in a fixed tree: the same bytes on any number\n"
+        "                         of ranks R that divides S with S/R a power of two\n"
+        "                         (default: R; with --resume, the checkpoint's)\n"
+        "      --input FILE       under mpirun: every rank reads its own records from\n"
+        "                         FILE, %%r in it replaced by the rank (default: rank 0\n"
+        "                         reads stdin and hands the others their shards)\n"
         "      --on-error=MODE    fail (default) or skip bad records, counting them\n"
         "  -q, --quiet            no progress table\n"
         "  -v, --verbose          more detail on stderr\n"
@@ -77,11 +85,15 @@ static noreturn void help(void)
         "Exit status: 0 success, 1 data or runtime error, 2 usage error, 3 stopped\n"
         "by SIGINT or SIGTERM before the end of the input (0: all of it learned).\n"
         "A training that diverges exits 1 and writes no model.\n"
-        "SIGINT or SIGTERM stop at the next step boundary; the model so far is\n"
-        "written.  SIGUSR1 takes a checkpoint and goes on.\n"
+        "SIGINT, SIGTERM or SIGUSR2 stop at the next step boundary; the model so\n"
+        "far is written.  SIGUSR1 takes a checkpoint and goes on.\n"
+        "Data-parallel: mpirun -n R %s ...; each rank computes the gradient of its\n"
+        "shards of every minibatch, rank 0 writes the checkpoints and stdout.  To stop\n"
+        "such a job at a step boundary, send mpirun SIGUSR2 (SIGTERM makes mpirun end\n"
+        "rank 0's stdin, then kill the ranks).\n"
         "Each completed checkpoint's path is printed on stdout.\n"
         "See sgd-train(1) and mini-nn(7).\n",
-        prog);
+        prog, prog);
     out_close();
     exit(EXIT_OK);
 }
@@ -225,6 +237,8 @@ typedef struct {
     int skip_seen, force, quiet, verbose, skip;
     const char *o_lr, *o_mom, *o_wd, *o_opt, *o_batch, *o_seed, *o_decay, *o_avg, *o_prox;
     size_t threads;             /* --threads; 0: not given */
+    size_t shards;              /* --shards; 0: not given */
+    const char *input;          /* --input: each rank's file, %r its rank */
 } args_t;
 
 /* A training: its model, optimizer and counters, where it came from, and
@@ -253,7 +267,7 @@ static void parse_args(int argc, char **argv, args_t *a)
 {
     enum { O_LR = 256, O_MOMENTUM, O_WD, O_OPT, O_BATCH, O_SEED, O_THREADS, O_ONERR,
            O_DECAY, O_AVG, O_RESUME, O_SKIPSEEN, O_WORKDIR, O_CKDIR, O_CKEVERY, O_CKINT,
-           O_CKLOCAL, O_KEEP, O_PROX };
+           O_CKLOCAL, O_KEEP, O_PROX, O_SHARDS, O_INPUT };
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},
         {"out", required_argument, NULL, 'o'},
@@ -277,6 +291,8 @@ static void parse_args(int argc, char **argv, args_t *a)
         {"seed", required_argument, NULL, O_SEED},
         {"threads", required_argument, NULL, O_THREADS},
         {"on-error", required_argument, NULL, O_ONERR},
+        {"shards", required_argument, NULL, O_SHARDS},
+        {"input", required_argument, NULL, O_INPUT},
         CLI_COMMON_LONGOPTS};
     int c;
     while ((c = getopt_long(argc, argv, "m:o:fqvhV", longopts, NULL)) != -1) {
@@ -307,6 +323,12 @@ static void parse_args(int argc, char **argv, args_t *a)
         case O_SEED: a->o_seed = optarg; break;
         case O_THREADS: a->threads = opt_size("--threads", optarg, 1, 1024); break;
         case O_ONERR: a->skip = opt_on_error(optarg); break;
+        case O_SHARDS: a->shards = opt_size("--shards", optarg, 1, MNN_MAX_RANKS); break;
+        case O_INPUT:
+            if (!*optarg)
+                usage_error("--input: empty file name");
+            a->input = optarg;
+            break;
         default: cli_common(c, &a->quiet, &a->verbose, help);
         }
     }
@@ -319,6 +341,8 @@ static void parse_args(int argc, char **argv, args_t *a)
         usage_error("--optimizer, --average and --seed cannot change on --resume");
     if (a->skip_seen && !a->resume)
         usage_error("--skip-seen needs --resume");
+    if (a->skip_seen && a->input)
+        usage_error("--skip-seen reads stdin again; with --input every rank's file starts anew");
     if ((a->ckpt_every || a->ckpt_interval || a->co.local || a->co.keep) && !a->co.root)
         usage_error("--ckpt-every, --ckpt-interval, --ckpt-local and --keep need --ckpt-dir");
     if (!a->out && !a->co.root)
@@ -451,15 +475,24 @@ static void prepare(args_t *a, run_t *r)
 
 }
 
+/* The ranks of this training and its shards (one and none without mpirun). */
+static dist_t D;
+
 /* One minibatch (x, y: n records): test, then train; the progress and
- * the counters. */
+ * the counters.  With --input, x and y are this rank's part, and the
+ * minibatch the ranks' parts (total records). */
 static void learn(const args_t *a, run_t *r, progress_t *p, const float *x, const float *y,
-                  size_t n)
+                  size_t n, uint64_t total)
 {
     mnn_batch_stats_t bs;
     int rc;
-    if ((rc = mnn_model_train_batch(&r->model, &r->opt, x, y, n, &bs)) < 0)
+    if (a->input)
+        dist_learn_parts(&D, &r->model, &r->opt, x, y, n, total, &bs);
+    else if (dist_on(&D))
+        dist_learn(&D, &r->model, &r->opt, x, y, n, &bs);
+    else if ((rc = mnn_model_train_batch(&r->model, &r->opt, x, y, n, &bs)) < 0)
         die(EXIT_RUNTIME, "training failed: %s", mnn_strerror(rc));
+    n = (size_t)total;
     if (!isfinite(bs.loss_sum))
         diverged(r->writer, a->co.root, r->opt.step, r->st.records_seen + n,
                  "the loss is not finite");
@@ -487,7 +520,7 @@ static void take_records(const args_t *a, run_t *r, progress_t *p, const feed_ba
     if (!b->n)
         return;
     if (r->pn == 0 && (b->n == batch || !b->cut)) {
-        learn(a, r, p, b->x, b->y, b->n);
+        learn(a, r, p, b->x, b->y, b->n, b->n);
         return;
     }
     /* the feed brings at most the rest of the divided minibatch */
@@ -495,7 +528,7 @@ static void take_records(const args_t *a, run_t *r, progress_t *p, const feed_ba
     memcpy(r->py + r->pn, b->y, b->n * sizeof(float));
     r->pn += b->n;
     if (r->pn == batch || !b->cut) { /* whole, or cut short by a flush or the end */
-        learn(a, r, p, r->px, r->py, r->pn);
+        learn(a, r, p, r->px, r->py, r->pn, r->pn);
         r->pn = 0;
     }
 }
@@ -535,7 +568,7 @@ static void cut_commit(const args_t *a, run_t *r, progress_t *p, const feed_batc
 {
     if (b->cut_what == MNN_CUT_FINAL && r->pn) {
         /* the source ended: its last records are a short minibatch */
-        learn(a, r, p, r->px, r->py, r->pn);
+        learn(a, r, p, r->px, r->py, r->pn, r->pn);
         r->pn = 0;
     }
     r->last_cut = b->cut_id;
@@ -561,7 +594,7 @@ static void cut_commit(const args_t *a, run_t *r, progress_t *p, const feed_batc
 /* Learns from stdin's batches until its end or a signal, taking the
  * checkpoints asked for; reports the progress.  Returns 1 when a signal
  * stopped it before the end of the input. */
-static int train(const args_t *a, run_t *r)
+static void catch_signals(void)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -570,15 +603,48 @@ static int train(const args_t *a, run_t *r)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGUSR2, &sa, NULL); /* the stop mpirun forwards (it ends stdin on SIGTERM) */
+}
 
-    feed_opts_t fo = {.name = "stdin", .batch = r->spec.batch, .skip_errors = a->skip,
+/* --input's file for this rank: every %r replaced by the rank, %% by %. */
+static void input_path(const char *tmpl, size_t rank, char *out, size_t size)
+{
+    size_t o = 0;
+    for (const char *c = tmpl; *c && o + 1 < size; c++) {
+        if (c[0] == '%' && (c[1] == 'r' || c[1] == '%')) {
+            o += (size_t)snprintf(out + o, size - o, c[1] == 'r' ? "%zu" : "%%", rank);
+            c++;
+        } else
+            out[o++] = *c;
+    }
+    if (o + 1 >= size)
+        die(EXIT_USAGE, "--input: '%s' is too long a file name", tmpl);
+    out[o] = 0;
+}
+
+static int train(const args_t *a, run_t *r)
+{
+    catch_signals();
+    /* where the records come from: stdin (rank 0), or this rank's file,
+     * which brings this rank's part of every minibatch */
+    int fd = STDIN_FILENO;
+    char inpath[PATH_MAX];
+    size_t part = r->spec.batch;
+    if (a->input) {
+        input_path(a->input, D.r, inpath, sizeof inpath);
+        if ((fd = open(inpath, O_RDONLY | O_CLOEXEC)) < 0)
+            die(EXIT_RUNTIME, "--input %s: %s", inpath, strerror(errno));
+        part = dist_shard_start(r->spec.batch, D.S, (D.r + 1) * D.k) -
+               dist_shard_start(r->spec.batch, D.S, D.r * D.k);
+    }
+    feed_opts_t fo = {.name = a->input ? inpath : "stdin", .batch = part, .skip_errors = a->skip,
                       .verbose = a->verbose, .skip_records = a->skip_seen ? seen_since_base(&r->st) : 0,
-                      .cuts = 1, .first_fill = r->pn, .quiet = a->quiet,
-                      .parts_root = a->co.root, .ahead = FEED_CUT_AHEAD};
+                      .cuts = !a->input, .first_fill = r->pn, .quiet = a->quiet,
+                      .parts_root = a->co.root, .ahead = a->input ? 0 : FEED_CUT_AHEAD};
     fo.fmt.nfeat = r->spec.input;
     fo.fmt.has_label = 1;
     fo.fmt.classes = r->spec.loss == MNN_LOSS_XENT ? r->spec.outputs : 0;
-    feed_t *feed = feed_start(STDIN_FILENO, &fo);
+    feed_t *feed = feed_start(fd, &fo);
     if (!feed)
         die(EXIT_RUNTIME, "cannot start the reader: %s", strerror(errno ? errno : ENOMEM));
 
@@ -599,7 +665,7 @@ static int train(const args_t *a, run_t *r)
                    "a checkpoint)");
             noted_term = 1;
         }
-        if (must_stop)
+        if (must_stop && !a->input)
             break;
         if (r->cut_mode && ckpt_requested) {
             ckpt_requested = 0;
@@ -607,7 +673,33 @@ static int train(const args_t *a, run_t *r)
                 warnx_("SIGUSR1: the checkpoints of this pipeline are its cuts; send SIGUSR1 to "
                        "its head (stream-ingest)");
         }
-        feed_batch_t *b = feed_next(feed, &woken);
+        feed_batch_t *b = must_stop ? NULL : feed_next(feed, &woken);
+        if (a->input && (b || must_stop)) {
+            /* every rank's part of this step, or its stop */
+            if (b && b->error)
+                die(EXIT_RUNTIME, "%s", b->msg); /* the others learn it at the agreement */
+            dist_agreed_t ag;
+            dist_agree(&D, b ? b->n : 0, b ? b->end : 0, must_stop, &ag);
+            if (ag.fail >= 0) {
+                if (r->writer)
+                    ckptw_finish(r->writer, NULL);
+                dist_finish(&D);
+                exit(ag.fail); /* the rank that failed said why */
+            }
+            if (ag.stop) {
+                if (b)
+                    feed_release(feed, b);
+                stop_requested = stop_requested ? stop_requested : 1;
+                break;
+            }
+            if (ag.n)
+                learn(a, r, &p, b->x, b->y, b->n, ag.n);
+            feed_release(feed, b);
+            input_ended = ag.end;
+            if (ag.end)
+                break;
+            goto periodic;
+        }
         if (!b) { /* a signal while waiting for input */
             woken = 0;
             if (ckpt_requested && r->writer && !r->cut_mode) {
@@ -639,6 +731,7 @@ static int train(const args_t *a, run_t *r)
         input_ended = end;
         if (end)
             break;
+    periodic:
         if (r->writer && !r->cut_mode) {
             double t = elapsed(&p.t0);
             if (ckpt_requested || (a->ckpt_every && r->opt.step % a->ckpt_every == 0) ||
@@ -666,7 +759,7 @@ static int train(const args_t *a, run_t *r)
             "head went away; nothing since that cut is committed (resume the pipeline from it)",
             r->pn || p.records ? "after" : "at", (unsigned long long)r->last_cut);
     if (p.records == 0 && !stop_requested && !r->cut_mode)
-        die(EXIT_RUNTIME, "stdin: no records to learn from%s",
+        die(EXIT_RUNTIME, "%s: no records to learn from%s", a->input ? "--input" : "stdin",
             skipped ? " (all were skipped as bad)" : "");
     if (!a->quiet && p.records_since)
         report(&p, "");
@@ -684,11 +777,50 @@ static int train(const args_t *a, run_t *r)
         warnx_("trained for %.3f s: %.2f records/s", secs,
                secs > 0 ? (double)p.records / secs : 0.0);
     }
+    if (D.R > 1 && !a->quiet && D.steps)
+        warnx_("%zu ranks, %zu shards: exchanges took %.1f%% of the step time (%.3f of %.3f ms "
+               "per step)", D.R, D.S, D.step_s > 0 ? 100.0 * D.comm_s / D.step_s : 0.0,
+               1e3 * D.comm_s / (double)D.steps, 1e3 * D.step_s / (double)D.steps);
     if (skipped)
         warnx_("skipped %llu bad record%s (first: %s)", (unsigned long long)skipped,
                skipped == 1 ? "" : "s", first_bad);
 
     return stopped_early;
+}
+
+/* The shards of every minibatch: --shards, else those of the training
+ * resumed when these ranks can own them whole (bit-exact), else one per
+ * rank; recorded in the checkpoints. */
+static void choose_shards(const args_t *a, run_t *r)
+{
+    const size_t R = D.R;
+    const size_t had = r->resumed ? (r->st.shards ? r->st.shards : 1) : 0;
+    const size_t had_ranks = r->resumed ? (r->st.ranks ? r->st.ranks : 1) : 0;
+    size_t S;
+    if (a->shards) {
+        S = a->shards;
+        if (!dist_layout_ok(S, R))
+            usage_error("--shards %zu on %zu ranks: every rank owns S/R whole shards, so R must "
+                        "divide S, and S/R be a power of two (or R be 1)", S, R);
+    } else
+        S = had > 1 && dist_layout_ok(had, R) ? had : R;
+    if (had && had != S && !a->quiet)
+        warnx_("%s was trained with %zu shard%s, this training has %zu%s: its sums round "
+               "otherwise, the result is not bit-exact with a training that never stopped%s",
+               a->resume, had, had == 1 ? "" : "s", S, a->shards ? " (--shards)" : "",
+               a->shards ? "" : " (--shards picks them)");
+    if (S > r->spec.batch)
+        usage_error("%zu shards (--shards, or one per rank) but a batch of %zu records: every "
+                    "shard needs one", S, r->spec.batch);
+    if (S > 1 && r->spec.normalize == MNN_NORM_RUNNING)
+        usage_error("the spec's running normalization learns from every record of a minibatch "
+                    "at once: it cannot be split into shards or ranks (train it in one process, "
+                    "without --shards)");
+    if (a->verbose && r->resumed && had_ranks != R)
+        warnx_("%s was trained on %zu rank%s; going on on %zu with %zu shards", a->resume,
+               had_ranks, had_ranks == 1 ? "" : "s", R, S);
+    r->st.ranks = (uint32_t)R;
+    r->st.shards = (uint32_t)S;
 }
 
 int main(int argc, char **argv)
@@ -697,18 +829,41 @@ int main(int argc, char **argv)
     static run_t r;
     cli_init("sgd-train");
     out_setup();
+    dist_init(&D);
     parse_args(argc, argv, &a);
+    if (D.r > 0) {
+        /* rank 0 writes the checkpoints, the model and stdout, and reports */
+        a.out = NULL;
+        a.co.root = NULL;
+        a.force = 0;
+        a.quiet = 1;
+        a.verbose = 0;
+    }
+    D.input = a.input != NULL;
     prepare(&a, &r);
+    choose_shards(&a, &r);
+    dist_setup(&D, r.st.shards, &r.model, &r.opt, r.spec.batch,
+               a.resume ? a.resume : a.spec_path);
+    if (D.r > 0 && !a.input) {
+        /* the others follow rank 0's steps */
+        catch_signals(); /* mpirun's SIGTERM: rank 0 decides where to stop */
+        const int st = dist_follow(&D, &r.model, &r.opt);
+        dist_finish(&D);
+        return st;
+    }
     const int stopped_early = train(&a, &r);
     mnn_diag_t d;
     r.st.step = r.opt.step;
     /* the last update may have been the one that diverged */
     if (mnn_state_check(&r.model, &r.opt, &d) < 0)
         diverged(r.writer, a.co.root, r.opt.step, r.st.records_seen, d.msg);
+    dist_end(&D, stopped_early ? EXIT_STOPPED : EXIT_OK);
     /* a pipeline's last cut is being written: a signal (the whole job
-     * told to stop) must not end it halfway; otherwise these signals have
-     * their default action again while the last checkpoint is written */
-    if (!r.cut_mode) {
+     * told to stop) must not end it halfway, nor, under mpirun, the SIGTERM
+     * that follows the end of stdin when mpirun is told to stop (it kills
+     * after odls_base_sigkill_timeout); otherwise these signals have their
+     * default action again while the last checkpoint is written */
+    if (!r.cut_mode && !D.mpi) {
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
     }
@@ -734,6 +889,8 @@ int main(int argc, char **argv)
         cli_ckpt_close(r.resumed);
     if (a.verbose)
         report_peak_rss();
+    dist_finish(&D);
+    dist_free(&D);
     mnn_free(r.px);
     mnn_free(r.py);
     mnn_optim_free(&r.opt);

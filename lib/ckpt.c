@@ -317,6 +317,11 @@ static int write_state(FILE *f, const mnn_train_state_t *st)
             st->correct);
     /* the BLAS threads the arithmetic ran on: bit-exactness depends on it */
     fprintf(f, "threads: %u\n", st->threads);
+    /* data-parallel training: written only when there was some, so that a
+     * training on one process writes what it always wrote */
+    if (st->ranks > 1 || st->shards > 1)
+        fprintf(f, "ranks: %u\nshards: %u\n", st->ranks ? st->ranks : 1,
+                st->shards ? st->shards : 1);
     return ferror(f) ? MNN_EIO : 0;
 }
 
@@ -867,6 +872,20 @@ int mnn_state_parse(mnn_train_state_t *st, const char *text, size_t len, const c
         goto bad;
     }
     st->threads = (uint32_t)th;
+    /* optional: absent for a training on one process */
+    const char *const par[] = {"ranks", "shards"};
+    uint32_t *const pv[] = {&st->ranks, &st->shards};
+    for (int i = 0; i < 2; i++) {
+        uint64_t v = 1;
+        if ((n = mnn_yaml_get(&y, r, par[i])) && mnn_yaml_u64(&y, n, par[i], &v, d) < 0)
+            goto bad;
+        if (v < 1 || v > MNN_MAX_RANKS) {
+            rc = mnn_yaml_fail(&y, n, d, MNN_EFORMAT, "%s: %" PRIu64 " is not in 1..%u", par[i], v,
+                               (unsigned)MNN_MAX_RANKS);
+            goto bad;
+        }
+        *pv[i] = (uint32_t)v;
+    }
     if (st->correct > st->records_seen || st->loss_sum < 0) {
         rc = mnn_fail(d, MNN_EFORMAT, "%s: progressive counts out of range", path);
         goto bad;

@@ -820,6 +820,9 @@ typedef struct {
     double weight;
 } mnn_merged_t;
 
+/* The most processes (and logical shards) a data-parallel training has. */
+#define MNN_MAX_RANKS 65536
+
 /* Training counters kept in state.yaml (and lineage, in the manifest). */
 typedef struct {
     uint64_t step;         /* optimizer updates */
@@ -829,6 +832,11 @@ typedef struct {
     mnn_rng_t rng;
     uint32_t threads;      /* BLAS threads the training ran on (1..1024):
                             * a resumption is bit-exact on as many */
+    uint32_t ranks;        /* processes under mpirun (0 or 1: one) */
+    uint32_t shards;       /* logical shards of each minibatch whose gradients
+                            * are summed in a fixed tree (0 or 1: none); a
+                            * resumption on any ranks owning them whole is
+                            * bit-exact */
     /* the manifest's lineage (not in state.yaml) */
     mnn_base_t base;              /* the merge this training descends from */
     uint32_t round;               /* a merge's own round (ckpt-merge), else 0 */

@@ -1,0 +1,570 @@
+/* dist.c - sgd-train on several processes: the shards' summation tree,
+ * the steps and the exchanges between ranks (see dist.h). */
+#include <config.h>
+
+#include "dist.h"
+#include "cli.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef HAVE_MPI
+#include <mpi.h>
+#endif
+
+/* v[0] += v[split]'s subtree, recursively: T(c) = T(p) + T(c - p). */
+void dist_tree_sum(float *const *v, size_t c, size_t n)
+{
+    if (c < 2)
+        return;
+    const size_t p = dist_split(c);
+    dist_tree_sum(v, p, n);
+    dist_tree_sum(v + p, c - p, n);
+    float *restrict a = v[0];
+    const float *restrict b = v[p];
+    for (size_t i = 0; i < n; i++)
+        a[i] += b[i];
+}
+
+/* The partial sums the local tree over c shards keeps at once. */
+static size_t tree_depth(size_t c)
+{
+    if (c < 2)
+        return 1;
+    const size_t p = dist_split(c), a = tree_depth(p), b = 1 + tree_depth(c - p);
+    return a > b ? a : b;
+}
+
+/* What the next exchange is, for the atexit handler: a rank that exits
+ * takes its part in it with its status. */
+enum { PH_NONE, PH_START, PH_LOOP, PH_BUSY, PH_ENDED, PH_DONE };
+static int phase = PH_NONE;
+static dist_t *the; /* the one training of this process */
+
+/* The control messages.  st: an exit status, -1 for none. */
+typedef struct {
+    uint64_t hash, step;
+    int32_t st, pad;
+} start_msg_t;
+typedef struct {
+    uint64_t n;
+    int32_t op, st; /* op: OP_LEARN, OP_END */
+} ctl_msg_t;
+typedef struct {
+    uint64_t n;
+    int32_t end, stop, st, pad;
+} part_msg_t;
+enum { OP_LEARN = 1, OP_END };
+
+#ifdef HAVE_MPI
+static MPI_Comm comm = MPI_COMM_NULL;
+static MPI_Datatype rec_type = MPI_DATATYPE_NULL;
+
+static double wall(void) { return MPI_Wtime(); }
+
+
+/* The chunk of n parameters that rank r of R sums: [off, off + len). */
+static void chunk(size_t n, size_t R, size_t r, size_t *off, size_t *len)
+{
+    *off = (size_t)(((uint64_t)r * n) / R);
+    *len = (size_t)(((uint64_t)(r + 1) * n) / R) - *off;
+}
+
+#define PIECE ((size_t)1 << 20) /* floats per message: 4 MiB */
+
+/* g (n floats) is this rank's sum of its shards; on return every rank's g
+ * holds the sum over all ranks, combined in T's order.  A reduce-scatter in
+ * pieces (each rank sums its chunk as the others' pieces of it arrive),
+ * then an allgather: each rank sends and receives 2 (R-1)/R n floats.
+ * tmp holds (R-1) chunks.  0, or -1 when MPI failed. */
+static int allreduce(float *g, size_t n, float *tmp)
+{
+    int ir, iR;
+    MPI_Comm_rank(comm, &ir);
+    MPI_Comm_size(comm, &iR);
+    const size_t r = (size_t)ir, R = (size_t)iR;
+    if (R == 1)
+        return 0;
+    size_t off, len;
+    chunk(n, R, r, &off, &len);
+    const size_t pieces_mine = (len + PIECE - 1) / PIECE;
+    size_t nreq = 0, cap = 0;
+    for (size_t q = 0; q < R; q++) {
+        size_t qo, ql;
+        chunk(n, R, q, &qo, &ql);
+        cap += (ql + PIECE - 1) / PIECE;
+    }
+    cap = cap + (R - 1) * pieces_mine;
+    MPI_Request *req = malloc((cap ? cap : 1) * sizeof *req);
+    float **v = malloc(R * sizeof *v);
+    if (!req || !v) {
+        free(req);
+        free(v);
+        return -1;
+    }
+    /* the others' partial sums of my chunk: tmp, one chunk per other rank */
+    for (size_t q = 0, k = 0; q < R; q++)
+        v[q] = q == r ? g + off : tmp + (k++) * len;
+    for (size_t p = 0; p < pieces_mine; p++)
+        for (size_t q = 0; q < R; q++)
+            if (q != r) {
+                size_t po = p * PIECE, pl = len - po < PIECE ? len - po : PIECE;
+                MPI_Irecv(v[q] + po, (int)pl, MPI_FLOAT, (int)q, (int)p, comm, &req[nreq++]);
+            }
+    const size_t nrecv = nreq;
+    for (size_t q = 0; q < R; q++) {
+        if (q == r)
+            continue;
+        size_t qo, ql;
+        chunk(n, R, q, &qo, &ql);
+        for (size_t po = 0, p = 0; po < ql; po += PIECE, p++) {
+            size_t pl = ql - po < PIECE ? ql - po : PIECE;
+            MPI_Isend(g + qo + po, (int)pl, MPI_FLOAT, (int)q, (int)p, comm, &req[nreq++]);
+        }
+    }
+    int rc = 0;
+    /* piece by piece, as the others' pieces come: T's order over the ranks */
+    float **pv = malloc(R * sizeof *pv);
+    for (size_t p = 0; pv && p < pieces_mine; p++) {
+        const size_t per = R - 1, po = p * PIECE;
+        const size_t pl = len - po < PIECE ? len - po : PIECE;
+        if (MPI_Waitall((int)per, req + p * per, MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+            rc = -1;
+        for (size_t q = 0; q < R; q++)
+            pv[q] = v[q] + po;
+        dist_tree_sum(pv, R, pl);
+        if (pv[0] != g + off + po)
+            memcpy(g + off + po, pv[0], pl * sizeof(float));
+    }
+    if (!pv)
+        rc = -1;
+    if (MPI_Waitall((int)(nreq - nrecv), req + nrecv, MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+        rc = -1;
+    /* everyone's chunks to everyone */
+    int *counts = malloc(R * sizeof *counts), *displs = malloc(R * sizeof *displs);
+    if (rc == 0 && counts && displs) {
+        for (size_t q = 0; q < R; q++) {
+            size_t qo, ql;
+            chunk(n, R, q, &qo, &ql);
+            counts[q] = (int)ql;
+            displs[q] = (int)qo;
+        }
+        if (MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, g, counts, displs, MPI_FLOAT,
+                           comm) != MPI_SUCCESS)
+            rc = -1;
+    } else
+        rc = -1;
+    free(counts);
+    free(displs);
+    free(pv);
+    free(v);
+    free(req);
+    return rc;
+}
+
+static void check(int rc, const char *what)
+{
+    if (rc != MPI_SUCCESS) {
+        char s[MPI_MAX_ERROR_STRING];
+        int len = 0;
+        MPI_Error_string(rc, s, &len);
+        phase = PH_DONE;
+        die(EXIT_RUNTIME, "%s: %s", what, s);
+    }
+}
+
+/* The startup exchange: every rank's weights' hash, or its status. */
+static void start_exchange(dist_t *D, start_msg_t *mine, start_msg_t *all)
+{
+    phase = PH_BUSY;
+    check(MPI_Allgather(mine, (int)sizeof *mine, MPI_BYTE, all, (int)sizeof *mine, MPI_BYTE, comm),
+          "the ranks' first exchange");
+    (void)D;
+}
+
+static void ctl_bcast(ctl_msg_t *c)
+{
+    check(MPI_Bcast(c, (int)sizeof *c, MPI_BYTE, 0, comm), "rank 0's step message");
+}
+
+static void part_exchange(const part_msg_t *mine, part_msg_t *all)
+{
+    check(MPI_Allgather(mine, (int)sizeof *mine, MPI_BYTE, all, (int)sizeof *mine, MPI_BYTE, comm),
+          "the ranks' step messages");
+}
+
+/* A rank leaving early: its part in the exchange the others wait in. */
+static void on_exit_(void)
+{
+    dist_t *D = the;
+    const int st = cli_status;
+    if (!D || phase == PH_BUSY || phase == PH_DONE || phase == PH_NONE)
+        return;
+    if (phase == PH_ENDED) {
+        ; /* the others were told the end already */
+    } else if (phase == PH_START) {
+        start_msg_t mine = {.st = st}, *all = calloc(D->R, sizeof *all);
+        if (all)
+            MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, all, (int)sizeof mine, MPI_BYTE, comm);
+        /* what rank 0 said, when it failed too, is what every rank would say */
+        if (cli_hold && (!all || all[0].st < 0 || all[0].st != st))
+            fputs(cli_held, stderr);
+        cli_hold = 0;
+        free(all);
+    } else if (!D->input && D->r == 0) {
+        ctl_msg_t c = {.op = OP_END, .st = st ? st : EXIT_RUNTIME};
+        MPI_Bcast(&c, (int)sizeof c, MPI_BYTE, 0, comm);
+    } else if (D->input) {
+        part_msg_t mine = {.st = st ? st : EXIT_RUNTIME}, *all = calloc(D->R, sizeof *all);
+        if (all)
+            MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, all, (int)sizeof mine, MPI_BYTE, comm);
+        free(all);
+    } else
+        return; /* a follower between steps: rank 0 ends the job */
+    phase = PH_DONE;
+    MPI_Finalize();
+}
+
+void dist_init(dist_t *D)
+{
+    memset(D, 0, sizeof *D);
+    D->R = 1;
+    D->S = D->k = 1;
+    size_t env_ranks, env_rank;
+    if (!mpirun_rank(&env_ranks, &env_rank))
+        return; /* not under mpirun: a plain process */
+    int provided, size, rank;
+    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        die(EXIT_RUNTIME, "MPI_Init failed: is this run by mpirun?");
+    MPI_Comm_dup(MPI_COMM_WORLD, &comm);
+    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+    MPI_Comm_size(comm, &size);
+    MPI_Comm_rank(comm, &rank);
+    D->R = (size_t)size;
+    D->r = (size_t)rank;
+    D->mpi = 1;
+    the = D;
+    phase = PH_START;
+    atexit(on_exit_);
+    if (D->R > 1 && D->r > 0) {
+        static char name[64];
+        snprintf(name, sizeof name, "%s (rank %zu)", prog, D->r);
+        prog = name;
+        cli_hold = 1; /* until the first exchange: see on_exit_ */
+    }
+}
+#else
+static double wall(void) { return mono_now(); }
+
+void dist_init(dist_t *D)
+{
+    memset(D, 0, sizeof *D);
+    D->R = 1;
+    D->S = D->k = 1;
+    size_t ranks, rank;
+    if (mpirun_rank(&ranks, &rank) && ranks > 1)
+        die(EXIT_USAGE, "started by mpirun with %zu ranks, but this sgd-train was built without "
+            "MPI (configure --with-mpi, with Debian's openmpi-bin and libopenmpi-dev)", ranks);
+}
+#endif
+
+void dist_setup(dist_t *D, size_t S, const mnn_model_t *m, const mnn_optim_t *o, size_t batch,
+                const char *name)
+{
+    D->S = S;
+    D->k = S / D->R;
+    D->nparams = m->nparams;
+    D->nfeat = m->spec.input;
+    if (!dist_on(D)) {
+#ifdef HAVE_MPI
+        if (phase == PH_START) {
+            start_msg_t mine = {.st = -1}, all;
+            start_exchange(D, &mine, &all);
+            phase = PH_LOOP;
+        }
+#endif
+        return;
+    }
+    if (D->nparams > INT_MAX || batch > INT_MAX / 2)
+        die(EXIT_USAGE, "%zu parameters: more than one exchange between ranks takes", D->nparams);
+    D->nlev = tree_depth(D->k);
+    for (size_t i = 0; i < D->nlev; i++)
+        if (!(D->lev[i] = mnn_calloc_aligned(D->nparams, sizeof(float))))
+            die(EXIT_RUNTIME, "out of memory for the gradients' partial sums");
+    D->loss = calloc(S, sizeof *D->loss);
+    D->hits = calloc(S, sizeof *D->hits);
+    if (!D->loss || !D->hits)
+        die(EXIT_RUNTIME, "out of memory");
+#ifdef HAVE_MPI
+    if (D->R > 1) {
+        if (!(D->tmp = mnn_calloc_aligned((D->nparams / D->R + 1) * (D->R - 1), sizeof(float))))
+            die(EXIT_RUNTIME, "out of memory for the exchange of gradients");
+        D->cap = batch;
+        D->px = mnn_calloc_aligned(batch ? batch : 1, D->nfeat * sizeof(float));
+        D->py = mnn_calloc_aligned(batch ? batch : 1, sizeof(float));
+        if (!D->px || !D->py)
+            die(EXIT_RUNTIME, "out of memory");
+        MPI_Type_contiguous((int)D->nfeat, MPI_FLOAT, &rec_type);
+        MPI_Type_commit(&rec_type);
+    }
+    if (phase == PH_START) {
+        /* every rank starts from the same weights */
+        start_msg_t mine = {.st = -1, .step = o->step}, *all = calloc(D->R, sizeof *all);
+        if (!all)
+            die(EXIT_RUNTIME, "out of memory");
+        mine.hash = mnn_hash64(m->params, m->nparams * sizeof(float));
+        if (o->m1)
+            mine.hash ^= mnn_hash64(o->m1, m->nparams * sizeof(float)) * 3;
+        start_exchange(D, &mine, all);
+        phase = PH_LOOP;
+        if (cli_hold && cli_held[0])
+            fputs(cli_held, stderr); /* warnings */
+        cli_hold = 0;
+        int st = -1;
+        for (size_t q = 0; q < D->R && st < 0; q++)
+            if (all[q].st >= 0)
+                st = all[q].st; /* that rank said why */
+        for (size_t q = 1; q < D->R && st < 0; q++)
+            if (all[q].hash != all[0].hash || all[q].step != all[0].step) {
+                if (D->r == 0)
+                    warnx_("rank %zu starts from other weights than rank 0: %s is not the same "
+                           "on every host", q, name);
+                st = EXIT_RUNTIME;
+            }
+        free(all);
+        if (st >= 0) {
+            phase = PH_DONE;
+            MPI_Finalize();
+            exit(st);
+        }
+    }
+#else
+    (void)o;
+    (void)batch;
+    (void)name;
+#endif
+}
+
+/* The gradient of shards [lo, lo + c) of this rank's records (x, y, shard j
+ * holding records [b[j], b[j+1])), summed in T's order into lev[depth];
+ * each shard's loss and hits into loss, hits (at S's index). */
+static void tree(dist_t *D, mnn_model_t *m, const float *x, const float *y, const size_t *b,
+                 size_t lo, size_t c, size_t depth, size_t denom)
+{
+    if (c == 1) {
+        mnn_batch_stats_t bs;
+        int rc = mnn_model_gradient(m, x + b[lo] * D->nfeat, y + b[lo], b[lo + 1] - b[lo], denom,
+                                    D->lev[depth], &bs);
+        if (rc < 0)
+            die(EXIT_RUNTIME, "training failed: %s", mnn_strerror(rc));
+        D->loss[D->r * D->k + lo] = bs.loss_sum;
+        D->hits[D->r * D->k + lo] = bs.correct;
+        return;
+    }
+    const size_t p = dist_split(c);
+    tree(D, m, x, y, b, lo, p, depth, denom);
+    tree(D, m, x, y, b, lo + p, c - p, depth + 1, denom);
+    float *restrict a = D->lev[depth];
+    const float *restrict g = D->lev[depth + 1];
+    for (size_t i = 0; i < D->nparams; i++)
+        a[i] += g[i];
+}
+
+/* The step on this rank's shards (b: k + 1 bounds into x, y) of a
+ * minibatch of denom records: the sum over every rank, the update, and
+ * the minibatch's loss and hits summed in shard order. */
+static void step(dist_t *D, mnn_model_t *m, mnn_optim_t *o, const float *x, const float *y,
+                 const size_t *b, size_t denom, mnn_batch_stats_t *bs)
+{
+    const double t0 = wall();
+    double tc = 0;
+    tree(D, m, x, y, b, 0, D->k, 0, denom);
+#ifdef HAVE_MPI
+    if (D->R > 1) {
+        phase = PH_BUSY;
+        const double t1 = wall();
+        if (allreduce(D->lev[0], D->nparams, D->tmp) < 0)
+            die(EXIT_RUNTIME, "the exchange of gradients between ranks failed");
+        const int k = (int)D->k;
+        check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, D->loss, k, MPI_DOUBLE, comm),
+              "the exchange of losses");
+        check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, D->hits, k, MPI_UINT64_T, comm),
+              "the exchange of hits");
+        tc = wall() - t1;
+        phase = PH_LOOP;
+    }
+#endif
+    bs->loss_sum = 0;
+    bs->correct = 0;
+    for (size_t s = 0; s < D->S; s++) {
+        bs->loss_sum += D->loss[s];
+        bs->correct += D->hits[s];
+    }
+    mnn_optim_step(o, m->params, D->lev[0]);
+    D->comm_s += tc;
+    D->step_s += wall() - t0;
+    D->steps++;
+}
+
+void dist_learn(dist_t *D, mnn_model_t *m, mnn_optim_t *o, const float *x, const float *y,
+                size_t n, mnn_batch_stats_t *bs)
+{
+    size_t *all = malloc((D->S + 1) * sizeof *all);
+    if (!all)
+        die(EXIT_RUNTIME, "out of memory");
+    for (size_t s = 0; s <= D->S; s++)
+        all[s] = dist_shard_start(n, D->S, s);
+#ifdef HAVE_MPI
+    if (D->R > 1) {
+        phase = PH_BUSY;
+        const double t1 = wall();
+        ctl_msg_t c = {.n = n, .op = OP_LEARN, .st = -1};
+        ctl_bcast(&c);
+        int *cnt = malloc(D->R * sizeof *cnt), *dsp = malloc(D->R * sizeof *dsp);
+        if (!cnt || !dsp)
+            die(EXIT_RUNTIME, "out of memory");
+        for (size_t q = 0; q < D->R; q++) {
+            dsp[q] = (int)all[q * D->k];
+            cnt[q] = (int)(all[(q + 1) * D->k] - all[q * D->k]);
+        }
+        check(MPI_Scatterv(x, cnt, dsp, rec_type, MPI_IN_PLACE, 0, rec_type, 0, comm),
+              "handing out the records");
+        check(MPI_Scatterv(y, cnt, dsp, MPI_FLOAT, MPI_IN_PLACE, 0, MPI_FLOAT, 0, comm),
+              "handing out the labels");
+        free(cnt);
+        free(dsp);
+        D->comm_s += wall() - t1;
+        phase = PH_LOOP;
+    }
+#endif
+    /* rank 0's shards are the first: their bounds are the minibatch's */
+    step(D, m, o, x, y, all, n, bs);
+    free(all);
+}
+
+#ifdef HAVE_MPI
+int dist_follow(dist_t *D, mnn_model_t *m, mnn_optim_t *o)
+{
+    size_t *b = malloc((D->k + 1) * sizeof *b), *all = malloc((D->S + 1) * sizeof *all);
+    if (!b || !all)
+        die(EXIT_RUNTIME, "out of memory");
+    for (;;) {
+        ctl_msg_t c;
+        phase = PH_BUSY;
+        const double t1 = wall();
+        ctl_bcast(&c);
+        if (c.op != OP_LEARN) {
+            free(b);
+            free(all);
+            phase = PH_LOOP;
+            return c.st;
+        }
+        const size_t n = (size_t)c.n;
+        if (n > D->cap)
+            die(EXIT_RUNTIME, "rank 0 sent a minibatch of %zu records, more than the batch %zu",
+                n, D->cap);
+        for (size_t s = 0; s <= D->S; s++)
+            all[s] = dist_shard_start(n, D->S, s);
+        const size_t first = all[D->r * D->k];
+        const int mine = (int)(all[(D->r + 1) * D->k] - first);
+        for (size_t j = 0; j <= D->k; j++)
+            b[j] = all[D->r * D->k + j] - first;
+        check(MPI_Scatterv(NULL, NULL, NULL, rec_type, D->px, mine, rec_type, 0, comm),
+              "receiving the records");
+        check(MPI_Scatterv(NULL, NULL, NULL, MPI_FLOAT, D->py, mine, MPI_FLOAT, 0, comm),
+              "receiving the labels");
+        D->comm_s += wall() - t1;
+        phase = PH_LOOP;
+        mnn_batch_stats_t bs;
+        step(D, m, o, D->px, D->py, b, n, &bs);
+    }
+}
+
+void dist_end(dist_t *D, int status)
+{
+    if (D->R < 2 || D->input)
+        return;
+    phase = PH_BUSY;
+    ctl_msg_t c = {.op = OP_END, .st = status};
+    ctl_bcast(&c);
+    phase = PH_ENDED;
+}
+
+void dist_agree(dist_t *D, size_t n, int end, int stop, dist_agreed_t *a)
+{
+    a->n = n;
+    a->end = end;
+    a->stop = stop;
+    a->fail = -1;
+    if (D->R < 2)
+        return;
+    part_msg_t mine = {.n = n, .end = end, .stop = stop, .st = -1};
+    part_msg_t *all = malloc(D->R * sizeof *all);
+    if (!all)
+        die(EXIT_RUNTIME, "out of memory");
+    phase = PH_BUSY;
+    const double t1 = wall();
+    part_exchange(&mine, all);
+    D->comm_s += wall() - t1;
+    phase = PH_LOOP;
+    a->n = 0;
+    for (size_t q = 0; q < D->R; q++) {
+        a->n += all[q].n;
+        a->end |= all[q].end;
+        a->stop |= all[q].stop;
+        if (all[q].st >= 0 && a->fail < 0)
+            a->fail = all[q].st;
+    }
+    free(all);
+}
+#else
+int dist_follow(dist_t *D, mnn_model_t *m, mnn_optim_t *o)
+{
+    (void)D, (void)m, (void)o;
+    return 0;
+}
+void dist_end(dist_t *D, int status) { (void)D, (void)status; }
+void dist_agree(dist_t *D, size_t n, int end, int stop, dist_agreed_t *a)
+{
+    (void)D;
+    a->n = n;
+    a->end = end;
+    a->stop = stop;
+    a->fail = -1;
+}
+#endif
+
+void dist_learn_parts(dist_t *D, mnn_model_t *m, mnn_optim_t *o, const float *x, const float *y,
+                      size_t n, uint64_t total, mnn_batch_stats_t *bs)
+{
+    size_t *b = malloc((D->k + 1) * sizeof *b);
+    if (!b)
+        die(EXIT_RUNTIME, "out of memory");
+    for (size_t j = 0; j <= D->k; j++)
+        b[j] = dist_shard_start(n, D->k, j);
+    step(D, m, o, x, y, b, (size_t)total, bs);
+    free(b);
+}
+
+void dist_finish(dist_t *D)
+{
+    (void)D;
+#ifdef HAVE_MPI
+    if (phase != PH_NONE && phase != PH_DONE) {
+        phase = PH_DONE;
+        MPI_Finalize();
+    }
+#endif
+}
+
+void dist_free(dist_t *D)
+{
+    for (size_t i = 0; i < D->nlev; i++)
+        mnn_free(D->lev[i]);
+    mnn_free(D->tmp);
+    mnn_free(D->px);
+    mnn_free(D->py);
+    free(D->loss);
+    free(D->hits);
+    memset(D, 0, sizeof *D);
+}
