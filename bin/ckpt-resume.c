@@ -29,7 +29,8 @@ static noreturn void help(void)
         "\n"
         "      --inspect          print what the checkpoint holds, as YAML, and exit\n"
         "  -w, --workdir DIR      where an archive is unpacked (default: .); the\n"
-        "                         checkpoint lands in DIR/NAME\n"
+        "                         checkpoint lands in DIR/NAME (under mpirun, rank N's\n"
+        "                         in DIR/rank-N/NAME)\n"
         "      --batch N          train with batches of N records; the learning rate\n"
         "                         is scaled by N / the stored batch (linear scaling)\n"
         "      --threads N        OpenBLAS threads (default: as many as the checkpoint\n"
@@ -179,7 +180,7 @@ static void note_ranks(const char *ckpt, const char *dir, const mnn_manifest_t *
     if (quiet || rank != 0 || (had_R == 1 && had_S == 1 && R == 1))
         return;
     for (int i = 0; i < argc; i++)
-        if (!strncmp(argv[i], "--shards", 8)) {
+        if (!strcmp(argv[i], "--shards") || !strncmp(argv[i], "--shards=", 9)) {
             warnx_("%s was trained on %zu rank%s with %zu shard%s; going on on %zu with the "
                    "shards given", ckpt, had_R, had_R == 1 ? "" : "s", had_S,
                    had_S == 1 ? "" : "s", R);
@@ -252,6 +253,16 @@ int main(int argc, char **argv)
      * resumes from it); a directory's files are hashed once the spec is
      * known to fit, or at once for --inspect */
     const unsigned how = do_inspect ? MNN_OPEN_VERIFY | MNN_OPEN_NO_EXTRACT : MNN_OPEN_KEEP;
+    /* under mpirun every rank unpacks an archive: each into its own place */
+    char rankdir[PATH_MAX];
+    size_t ranks, rank;
+    if (!do_inspect && mpirun_rank(&ranks, &rank) && ranks > 1) {
+        if (snprintf(rankdir, sizeof rankdir, "%s/rank-%zu", workdir, rank) >= (int)sizeof rankdir)
+            die(EXIT_USAGE, "--workdir %s: too long a name", workdir);
+        if (mkdir(rankdir, 0777) != 0 && errno != EEXIST)
+            die(EXIT_RUNTIME, "%s: %s", rankdir, strerror(errno));
+        workdir = rankdir;
+    }
     mnn_ckpt_t *ck = cli_ckpt_open(ckpt, workdir, how);
     mnn_diag_t d;
     const mnn_manifest_t *mf = &ck->mf;

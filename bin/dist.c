@@ -36,10 +36,19 @@ static size_t tree_depth(size_t c)
 }
 
 /* What the next exchange is, for the atexit handler: a rank that exits
- * takes its part in it with its status. */
-enum { PH_NONE, PH_START, PH_LOOP, PH_BUSY, PH_ENDED, PH_DONE };
+ * takes its part in it with its status.  PH_START: the first exchange;
+ * PH_LOOP: between steps; PH_FINAL: --input's steps are over, rank 0 tells
+ * the end as from stdin; PH_BUSY: in a step or an exchange (an exit there
+ * leaves the others to mpirun, which ends the job); PH_ENDED: the end was
+ * told. */
+enum { PH_NONE, PH_START, PH_LOOP, PH_FINAL, PH_BUSY, PH_ENDED, PH_DONE };
+#ifdef HAVE_MPI
 static int phase = PH_NONE;
 static dist_t *the; /* the one training of this process */
+#define SET_PHASE(p) (phase = phase == PH_NONE ? PH_NONE : (p)) /* not under mpirun: none */
+#else
+#define SET_PHASE(p) ((void)0)
+#endif
 
 /* The control messages.  st: an exit status, -1 for none. */
 typedef struct {
@@ -211,10 +220,10 @@ static void on_exit_(void)
             fputs(cli_held, stderr);
         cli_hold = 0;
         free(all);
-    } else if (!D->input && D->r == 0) {
+    } else if (D->r == 0 && (phase == PH_FINAL || !D->input)) {
         ctl_msg_t c = {.op = OP_END, .st = st ? st : EXIT_RUNTIME};
         MPI_Bcast(&c, (int)sizeof c, MPI_BYTE, 0, comm);
-    } else if (D->input) {
+    } else if (D->input && phase == PH_LOOP) {
         part_msg_t mine = {.st = st ? st : EXIT_RUNTIME}, *all = calloc(D->R, sizeof *all);
         if (all)
             MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, all, (int)sizeof mine, MPI_BYTE, comm);
@@ -273,6 +282,7 @@ void dist_setup(dist_t *D, size_t S, const mnn_model_t *m, const mnn_optim_t *o,
 {
     D->S = S;
     D->k = S / D->R;
+    D->batch = batch;
     D->nparams = m->nparams;
     D->nfeat = m->spec.input;
     if (!dist_on(D)) {
@@ -315,6 +325,13 @@ void dist_setup(dist_t *D, size_t S, const mnn_model_t *m, const mnn_optim_t *o,
         mine.hash = mnn_hash64(m->params, m->nparams * sizeof(float));
         if (o->m1)
             mine.hash ^= mnn_hash64(o->m1, m->nparams * sizeof(float)) * 3;
+        /* and the same steps: hyperparameters, batch, shards, input */
+        const mnn_opt_spec_t *os = &o->spec;
+        const double how[] = {os->type, os->lr, os->momentum, os->weight_decay, os->beta1,
+                              os->beta2, os->eps, os->lr_decay, os->average, os->prox,
+                              (double)batch, (double)S, D->input, (double)m->nparams,
+                              (double)D->nfeat, m->spec.temperature};
+        mine.hash ^= mnn_hash64(how, sizeof how) * 5;
         start_exchange(D, &mine, all);
         phase = PH_LOOP;
         if (cli_hold && cli_held[0])
@@ -327,8 +344,8 @@ void dist_setup(dist_t *D, size_t S, const mnn_model_t *m, const mnn_optim_t *o,
         for (size_t q = 1; q < D->R && st < 0; q++)
             if (all[q].hash != all[0].hash || all[q].step != all[0].step) {
                 if (D->r == 0)
-                    warnx_("rank %zu starts from other weights than rank 0: %s is not the same "
-                           "on every host", q, name);
+                    warnx_("rank %zu starts from other weights or settings than rank 0: %s "
+                           "and the options must be the same on every host", q, name);
                 st = EXIT_RUNTIME;
             }
         free(all);
@@ -378,10 +395,10 @@ static void step(dist_t *D, mnn_model_t *m, mnn_optim_t *o, const float *x, cons
 {
     const double t0 = wall();
     double tc = 0;
+    SET_PHASE(PH_BUSY);
     tree(D, m, x, y, b, 0, D->k, 0, denom);
 #ifdef HAVE_MPI
     if (D->R > 1) {
-        phase = PH_BUSY;
         const double t1 = wall();
         if (allreduce(D->lev[0], D->nparams, D->tmp) < 0)
             die(EXIT_RUNTIME, "the exchange of gradients between ranks failed");
@@ -391,7 +408,6 @@ static void step(dist_t *D, mnn_model_t *m, mnn_optim_t *o, const float *x, cons
         check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, D->hits, k, MPI_UINT64_T, comm),
               "the exchange of hits");
         tc = wall() - t1;
-        phase = PH_LOOP;
     }
 #endif
     bs->loss_sum = 0;
@@ -401,6 +417,7 @@ static void step(dist_t *D, mnn_model_t *m, mnn_optim_t *o, const float *x, cons
         bs->correct += D->hits[s];
     }
     mnn_optim_step(o, m->params, D->lev[0]);
+    SET_PHASE(PH_LOOP);
     D->comm_s += tc;
     D->step_s += wall() - t0;
     D->steps++;
@@ -480,9 +497,15 @@ int dist_follow(dist_t *D, mnn_model_t *m, mnn_optim_t *o)
     }
 }
 
+void dist_final(dist_t *D)
+{
+    if (D->input && phase == PH_LOOP)
+        phase = PH_FINAL;
+}
+
 void dist_end(dist_t *D, int status)
 {
-    if (D->R < 2 || D->input)
+    if (D->R < 2)
         return;
     phase = PH_BUSY;
     ctl_msg_t c = {.op = OP_END, .st = status};
@@ -510,7 +533,7 @@ void dist_agree(dist_t *D, size_t n, int end, int stop, dist_agreed_t *a)
     a->n = 0;
     for (size_t q = 0; q < D->R; q++) {
         a->n += all[q].n;
-        a->end |= all[q].end;
+        a->end &= all[q].end;
         a->stop |= all[q].stop;
         if (all[q].st >= 0 && a->fail < 0)
             a->fail = all[q].st;
@@ -523,6 +546,7 @@ int dist_follow(dist_t *D, mnn_model_t *m, mnn_optim_t *o)
     (void)D, (void)m, (void)o;
     return 0;
 }
+void dist_final(dist_t *D) { (void)D; }
 void dist_end(dist_t *D, int status) { (void)D, (void)status; }
 void dist_agree(dist_t *D, size_t n, int end, int stop, dist_agreed_t *a)
 {
@@ -540,8 +564,14 @@ void dist_learn_parts(dist_t *D, mnn_model_t *m, mnn_optim_t *o, const float *x,
     size_t *b = malloc((D->k + 1) * sizeof *b);
     if (!b)
         die(EXIT_RUNTIME, "out of memory");
-    for (size_t j = 0; j <= D->k; j++)
-        b[j] = dist_shard_start(n, D->k, j);
+    /* a whole part: its shards as the minibatch from stdin would have them;
+     * a short one fills them in order */
+    const size_t first = dist_shard_start(D->batch, D->S, D->r * D->k);
+    for (size_t j = 0; j <= D->k; j++) {
+        const size_t e = dist_shard_start(D->batch, D->S, D->r * D->k + j) - first;
+        b[j] = e < n ? e : n;
+    }
+    b[D->k] = n;
     step(D, m, o, x, y, b, (size_t)total, bs);
     free(b);
 }
@@ -551,6 +581,8 @@ void dist_finish(dist_t *D)
     (void)D;
 #ifdef HAVE_MPI
     if (phase != PH_NONE && phase != PH_DONE) {
+        if (rec_type != MPI_DATATYPE_NULL)
+            MPI_Type_free(&rec_type);
         phase = PH_DONE;
         MPI_Finalize();
     }

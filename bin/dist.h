@@ -63,7 +63,7 @@ typedef struct {
     int mpi;            /* started by mpirun */
     size_t S, k;        /* shards of a minibatch, this rank's (S = R k) */
     int input;          /* --input: every rank reads its own records */
-    size_t nparams, nfeat;
+    size_t nparams, nfeat, batch;
     float *lev[64];     /* the local tree's partial sums, by depth */
     size_t nlev;
     float *tmp;         /* the allreduce's scratch */
@@ -94,12 +94,16 @@ void dist_learn(dist_t *D, mnn_model_t *m, mnn_optim_t *o, const float *x, const
 /* The other ranks: the steps rank 0 asks for, until it ends the training.
  * Returns the exit status rank 0 ends with. */
 int dist_follow(dist_t *D, mnn_model_t *m, mnn_optim_t *o);
-/* Rank 0 (stdin): the training is over; the others return status. */
+/* --input: the steps are over (every rank agreed); the others wait in
+ * dist_follow for rank 0's end. */
+void dist_final(dist_t *D);
+/* Rank 0, once its checkpoints and model are written: the training is
+ * over, the others return status from dist_follow. */
 void dist_end(dist_t *D, int status);
 
 /* --input: this rank's part of the step (n records, end: its input ended,
- * stop: it was asked to stop); every rank learns the total, and whether
- * any rank's input ended or any was asked to stop. */
+ * stop: it was asked to stop); every rank learns the total, whether every
+ * rank's input ended and whether any was asked to stop. */
 typedef struct {
     uint64_t n;
     int end, stop;

@@ -24,6 +24,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* The ranks of this training and its shards (one and none without mpirun). */
+static dist_t D;
+
 static noreturn void help(void)
 {
     printf(
@@ -171,6 +174,8 @@ static noreturn void diverged(ckptw_t *w, const char *root, uint64_t step, uint6
     uint64_t good = UINT64_MAX;
     if (w)
         ckptw_finish(w, &good);
+    if (D.r > 0)
+        cli_hold = 1; /* every rank diverged alike: rank 0 says so */
     char last[PATH_MAX + 64] = "";
     if (good != UINT64_MAX) {
         char name[32];
@@ -363,6 +368,9 @@ static void prepare(args_t *a, run_t *r)
             usage_error("--resume -: stdin carries the records to train on; give the "
                         "checkpoint as a file or a directory");
         r->resumed = cli_ckpt_open(a->resume, a->workdir, 0);
+        if (a->input && r->resumed->mf.cut)
+            usage_error("--resume %s is a pipeline's cut, which goes on from stdin: --input "
+                        "reads no cut lines", a->resume);
         /* a pipeline's cut is refused whole when any stage's part is damaged */
         if (r->resumed->mf.cut && mnn_ckpt_verify(r->resumed, &d) < 0)
             die(EXIT_RUNTIME, "%s", d.msg);
@@ -475,9 +483,6 @@ static void prepare(args_t *a, run_t *r)
 
 }
 
-/* The ranks of this training and its shards (one and none without mpirun). */
-static dist_t D;
-
 /* One minibatch (x, y: n records): test, then train; the progress and
  * the counters.  With --input, x and y are this rank's part, and the
  * minibatch the ranks' parts (total records). */
@@ -486,7 +491,7 @@ static void learn(const args_t *a, run_t *r, progress_t *p, const float *x, cons
 {
     mnn_batch_stats_t bs;
     int rc;
-    if (a->input)
+    if (a->input && dist_on(&D))
         dist_learn_parts(&D, &r->model, &r->opt, x, y, n, total, &bs);
     else if (dist_on(&D))
         dist_learn(&D, &r->model, &r->opt, x, y, n, &bs);
@@ -650,6 +655,7 @@ static int train(const args_t *a, run_t *r)
 
     progress_t p = {.next_report = r->spec.batch, .classify = r->spec.loss == MNN_LOSS_XENT};
     int input_ended = 0, first = 1, noted_term = 0, noted_usr1 = 0;
+    int mine_ended = 0; /* --input: this rank's file ended (the others' go on) */
     p.t0 = mono_now();
     double last_ckpt = 0;
     if (!a->quiet)
@@ -673,13 +679,16 @@ static int train(const args_t *a, run_t *r)
                 warnx_("SIGUSR1: the checkpoints of this pipeline are its cuts; send SIGUSR1 to "
                        "its head (stream-ingest)");
         }
-        feed_batch_t *b = must_stop ? NULL : feed_next(feed, &woken);
-        if (a->input && (b || must_stop)) {
-            /* every rank's part of this step, or its stop */
+        feed_batch_t *b = must_stop || mine_ended ? NULL : feed_next(feed, &woken);
+        if (a->input && (b || must_stop || mine_ended)) {
+            /* every rank's part of this step, or its stop; a rank whose file
+             * ended brings nothing until every file has */
             if (b && b->error)
                 die(EXIT_RUNTIME, "%s", b->msg); /* the others learn it at the agreement */
+            if (b && b->end)
+                mine_ended = 1;
             dist_agreed_t ag;
-            dist_agree(&D, b ? b->n : 0, b ? b->end : 0, must_stop, &ag);
+            dist_agree(&D, b ? b->n : 0, mine_ended, must_stop, &ag);
             if (ag.fail >= 0) {
                 if (r->writer)
                     ckptw_finish(r->writer, NULL);
@@ -693,8 +702,9 @@ static int train(const args_t *a, run_t *r)
                 break;
             }
             if (ag.n)
-                learn(a, r, &p, b->x, b->y, b->n, ag.n);
-            feed_release(feed, b);
+                learn(a, r, &p, b ? b->x : r->px, b ? b->y : r->py, b ? b->n : 0, ag.n);
+            if (b)
+                feed_release(feed, b);
             input_ended = ag.end;
             if (ag.end)
                 break;
@@ -788,6 +798,23 @@ static int train(const args_t *a, run_t *r)
     return stopped_early;
 }
 
+/* A rank other than 0: its steps (from stdin, those rank 0 hands out) until
+ * rank 0 ends the training; its exit status is rank 0's. */
+static int follower_end(run_t *r)
+{
+    const int st = dist_follow(&D, &r->model, &r->opt);
+    dist_finish(&D);
+    dist_free(&D);
+    if (r->resumed)
+        cli_ckpt_close(r->resumed);
+    mnn_free(r->px);
+    mnn_free(r->py);
+    mnn_optim_free(&r->opt);
+    mnn_model_free(&r->model);
+    mnn_spec_free(&r->spec);
+    return st;
+}
+
 /* The shards of every minibatch: --shards, else those of the training
  * resumed when these ranks can own them whole (bit-exact), else one per
  * rank; recorded in the checkpoints. */
@@ -830,9 +857,14 @@ int main(int argc, char **argv)
     cli_init("sgd-train");
     out_setup();
     dist_init(&D);
+    if (D.r > 0)
+        opterr = 0; /* rank 0 says what is wrong with the options */
     parse_args(argc, argv, &a);
     if (D.r > 0) {
         /* rank 0 writes the checkpoints, the model and stdout, and reports */
+        int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (null >= 0 && dup2(null, STDOUT_FILENO) >= 0 && null != STDOUT_FILENO)
+            close(null);
         a.out = NULL;
         a.co.root = NULL;
         a.force = 0;
@@ -847,17 +879,17 @@ int main(int argc, char **argv)
     if (D.r > 0 && !a.input) {
         /* the others follow rank 0's steps */
         catch_signals(); /* mpirun's SIGTERM: rank 0 decides where to stop */
-        const int st = dist_follow(&D, &r.model, &r.opt);
-        dist_finish(&D);
-        return st;
+        return follower_end(&r);
     }
     const int stopped_early = train(&a, &r);
+    dist_final(&D);
+    if (D.r > 0) /* --input: rank 0 writes what all computed */
+        return follower_end(&r);
     mnn_diag_t d;
     r.st.step = r.opt.step;
     /* the last update may have been the one that diverged */
     if (mnn_state_check(&r.model, &r.opt, &d) < 0)
         diverged(r.writer, a.co.root, r.opt.step, r.st.records_seen, d.msg);
-    dist_end(&D, stopped_early ? EXIT_STOPPED : EXIT_OK);
     /* a pipeline's last cut is being written: a signal (the whole job
      * told to stop) must not end it halfway, nor, under mpirun, the SIGTERM
      * that follows the end of stdin when mpirun is told to stop (it kills
@@ -885,6 +917,8 @@ int main(int argc, char **argv)
         printf("%s\n", a.out);
     }
     out_close();
+    /* the others end with rank 0's status, once all is written */
+    dist_end(&D, stopped_early ? EXIT_STOPPED : EXIT_OK);
     if (r.resumed)
         cli_ckpt_close(r.resumed);
     if (a.verbose)
