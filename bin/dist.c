@@ -86,7 +86,7 @@ static void chunk(size_t n, size_t R, size_t r, size_t *off, size_t *len)
  * pieces (each rank sums its chunk as the others' pieces of it arrive),
  * then an allgather: each rank sends and receives 2 (R-1)/R n floats.
  * tmp holds (R-1) chunks.  0, or -1 when MPI failed. */
-static int allreduce(float *g, size_t n, float *tmp)
+int dist_allreduce(float *g, size_t n, float *tmp)
 {
     int ir, iR;
     MPI_Comm_rank(comm, &ir);
@@ -234,6 +234,44 @@ static void on_exit_(void)
     MPI_Finalize();
 }
 
+/* The first exchange: every rank says it came this far, with the hash of
+ * what it will compute from (the same on every rank), or why it did not
+ * (its exit status: every rank then exits with it). */
+static void first_exchange(dist_t *D, uint64_t hash, uint64_t step, const char *name)
+{
+    start_msg_t mine = {.st = -1, .hash = hash, .step = step}, *all = calloc(D->R, sizeof *all);
+    if (!all)
+        die(EXIT_RUNTIME, "out of memory");
+    start_exchange(D, &mine, all);
+    phase = PH_LOOP;
+    if (cli_hold && cli_held[0])
+        fputs(cli_held, stderr); /* warnings */
+    cli_hold = 0;
+    int st = -1;
+    for (size_t q = 0; q < D->R && st < 0; q++)
+        if (all[q].st >= 0)
+            st = all[q].st; /* that rank said why */
+    for (size_t q = 1; q < D->R && st < 0; q++)
+        if (all[q].hash != all[0].hash || all[q].step != all[0].step) {
+            if (D->r == 0)
+                warnx_("rank %zu starts from other weights or settings than rank 0: %s and the "
+                       "options must be the same on every host", q, name);
+            st = EXIT_RUNTIME;
+        }
+    free(all);
+    if (st >= 0) {
+        phase = PH_DONE;
+        MPI_Finalize();
+        exit(st);
+    }
+}
+
+void dist_ready(dist_t *D)
+{
+    if (phase == PH_START)
+        first_exchange(D, 0, 0, "");
+}
+
 void dist_init(dist_t *D)
 {
     memset(D, 0, sizeof *D);
@@ -287,11 +325,8 @@ void dist_setup(dist_t *D, size_t S, const mnn_model_t *m, const mnn_optim_t *o,
     D->nfeat = m->spec.input;
     if (!dist_on(D)) {
 #ifdef HAVE_MPI
-        if (phase == PH_START) {
-            start_msg_t mine = {.st = -1}, all;
-            start_exchange(D, &mine, &all);
-            phase = PH_LOOP;
-        }
+        if (phase == PH_START)
+            first_exchange(D, 0, 0, name);
 #endif
         return;
     }
@@ -318,42 +353,18 @@ void dist_setup(dist_t *D, size_t S, const mnn_model_t *m, const mnn_optim_t *o,
         MPI_Type_commit(&rec_type);
     }
     if (phase == PH_START) {
-        /* every rank starts from the same weights */
-        start_msg_t mine = {.st = -1, .step = o->step}, *all = calloc(D->R, sizeof *all);
-        if (!all)
-            die(EXIT_RUNTIME, "out of memory");
-        mine.hash = mnn_hash64(m->params, m->nparams * sizeof(float));
+        /* every rank starts from the same weights, to take the same steps:
+         * hyperparameters, batch, shards, input */
+        uint64_t h = mnn_hash64(m->params, m->nparams * sizeof(float));
         if (o->m1)
-            mine.hash ^= mnn_hash64(o->m1, m->nparams * sizeof(float)) * 3;
-        /* and the same steps: hyperparameters, batch, shards, input */
+            h ^= mnn_hash64(o->m1, m->nparams * sizeof(float)) * 3;
         const mnn_opt_spec_t *os = &o->spec;
         const double how[] = {os->type, os->lr, os->momentum, os->weight_decay, os->beta1,
                               os->beta2, os->eps, os->lr_decay, os->average, os->prox,
                               (double)batch, (double)S, D->input, (double)m->nparams,
                               (double)D->nfeat, m->spec.temperature};
-        mine.hash ^= mnn_hash64(how, sizeof how) * 5;
-        start_exchange(D, &mine, all);
-        phase = PH_LOOP;
-        if (cli_hold && cli_held[0])
-            fputs(cli_held, stderr); /* warnings */
-        cli_hold = 0;
-        int st = -1;
-        for (size_t q = 0; q < D->R && st < 0; q++)
-            if (all[q].st >= 0)
-                st = all[q].st; /* that rank said why */
-        for (size_t q = 1; q < D->R && st < 0; q++)
-            if (all[q].hash != all[0].hash || all[q].step != all[0].step) {
-                if (D->r == 0)
-                    warnx_("rank %zu starts from other weights or settings than rank 0: %s "
-                           "and the options must be the same on every host", q, name);
-                st = EXIT_RUNTIME;
-            }
-        free(all);
-        if (st >= 0) {
-            phase = PH_DONE;
-            MPI_Finalize();
-            exit(st);
-        }
+        h ^= mnn_hash64(how, sizeof how) * 5;
+        first_exchange(D, h, o->step, name);
     }
 #else
     (void)o;
@@ -400,7 +411,7 @@ static void step(dist_t *D, mnn_model_t *m, mnn_optim_t *o, const float *x, cons
 #ifdef HAVE_MPI
     if (D->R > 1) {
         const double t1 = wall();
-        if (allreduce(D->lev[0], D->nparams, D->tmp) < 0)
+        if (dist_allreduce(D->lev[0], D->nparams, D->tmp) < 0)
             die(EXIT_RUNTIME, "the exchange of gradients between ranks failed");
         const int k = (int)D->k;
         check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, D->loss, k, MPI_DOUBLE, comm),

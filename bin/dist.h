@@ -115,6 +115,15 @@ void dist_agree(dist_t *D, size_t n, int end, int stop, dist_agreed_t *all);
 void dist_learn_parts(dist_t *D, mnn_model_t *m, mnn_optim_t *o, const float *x, const float *y,
                       size_t n, uint64_t total, mnn_batch_stats_t *bs);
 
+/* Under mpirun (after dist_init): g (n floats, n <= INT_MAX) is this
+ * rank's sum; on return every rank's g holds the sum over the ranks in T's
+ * order, by a reduce-scatter in 4 MiB pieces and an allgather.  tmp holds
+ * (n/R + 1)(R - 1) floats.  0, or -1 when MPI failed.  (The benchmark
+ * share/mini-nn/bench/allreduce-peak calls it alone.) */
+int dist_allreduce(float *g, size_t n, float *tmp);
+/* The first exchange without a training (what dist_setup does first). */
+void dist_ready(dist_t *D);
+
 /* A clean end: MPI_Finalize.  Every rank calls it once. */
 void dist_finish(dist_t *D);
 void dist_free(dist_t *D);

@@ -29,7 +29,10 @@ setup() {
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
     export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_odls_base_sigkill_timeout=10
     # Open MPI's own allocations live until exit: not sgd-train's leaks
-    export LSAN_OPTIONS="suppressions=$MNN_SRC/t/lsan-mpi.supp:print_suppressions=0"
+    # (its plugins stay loaded and the stacks are unwound whole, so that the
+    # suppressions find Open MPI's frames)
+    export OMPI_MCA_mca_base_component_disable_dlclose=1
+    export LSAN_OPTIONS="suppressions=$MNN_SRC/t/lsan-mpi.supp:print_suppressions=0:fast_unwind_on_malloc=0"
     BG_PID=
 }
 
