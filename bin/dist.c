@@ -12,18 +12,22 @@
 #include <mpi.h>
 #endif
 
-/* v[0] += v[split]'s subtree, recursively: T(c) = T(p) + T(c - p). */
-void dist_tree_sum(float *const *v, size_t c, size_t n)
+/* T(c) = T(p) + T(c - p), the subtrees summed in place into v[0] and v[p],
+ * their sum written to dst (IEEE addition commutes: where it goes does not
+ * change the bits). */
+void dist_tree_sum(float *dst, float *const *v, size_t c, size_t n)
 {
-    if (c < 2)
+    if (c < 2) {
+        if (dst != v[0])
+            memcpy(dst, v[0], n * sizeof(float));
         return;
+    }
     const size_t p = dist_split(c);
-    dist_tree_sum(v, p, n);
-    dist_tree_sum(v + p, c - p, n);
-    float *restrict a = v[0];
-    const float *restrict b = v[p];
+    dist_tree_sum(v[0], v, p, n);
+    dist_tree_sum(v[p], v + p, c - p, n);
+    const float *a = v[0], *b = v[p];
     for (size_t i = 0; i < n; i++)
-        a[i] += b[i];
+        dst[i] = a[i] + b[i];
 }
 
 /* The partial sums the local tree over c shards keeps at once. */
@@ -141,9 +145,7 @@ int dist_allreduce(float *g, size_t n, float *tmp)
             rc = -1;
         for (size_t q = 0; q < R; q++)
             pv[q] = v[q] + po;
-        dist_tree_sum(pv, R, pl);
-        if (pv[0] != g + off + po)
-            memcpy(g + off + po, pv[0], pl * sizeof(float));
+        dist_tree_sum(g + off + po, pv, R, pl);
     }
     if (!pv)
         rc = -1;
@@ -169,6 +171,80 @@ int dist_allreduce(float *g, size_t n, float *tmp)
     free(v);
     free(req);
     return rc;
+}
+
+/* When every rank is on this host, their sums (lev[0]) live in one shared
+ * window and each rank reads the others' directly: no copy into messages,
+ * and the reduce reads the others' memory as it sums.  MNN_MPI_SHARED=0
+ * keeps to messages. */
+static MPI_Win win = MPI_WIN_NULL;
+static float **peer; /* every rank's sum, in the window */
+
+static float *shared_sums(size_t n, size_t R)
+{
+    const char *env = getenv("MNN_MPI_SHARED");
+    int ok = !(env && !strcmp(env, "0")), all;
+    MPI_Comm node;
+    int size = 0;
+    if (ok && MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) ==
+                  MPI_SUCCESS) {
+        MPI_Comm_size(node, &size);
+        MPI_Comm_free(&node);
+    }
+    ok = ok && (size_t)size == R;
+    /* the same choice on every rank: the allocation is collective */
+    if (MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS || !all)
+        return NULL;
+    MPI_Info info;
+    MPI_Info_create(&info);
+    MPI_Info_set(info, "alloc_shared_noncontig", "true");
+    float *base = NULL;
+    int rc = MPI_Win_allocate_shared((MPI_Aint)(n * sizeof(float)), (int)sizeof(float), info,
+                                     comm, &base, &win);
+    MPI_Info_free(&info);
+    if (rc != MPI_SUCCESS)
+        die(EXIT_RUNTIME, "cannot allocate the gradients' shared window");
+    if (!(peer = calloc(R, sizeof *peer)))
+        die(EXIT_RUNTIME, "out of memory");
+    for (size_t q = 0; q < R; q++) {
+        MPI_Aint sz;
+        int unit;
+        MPI_Win_shared_query(win, (int)q, &sz, &unit, &peer[q]);
+    }
+    MPI_Win_lock_all(MPI_MODE_NOCHECK, win);
+    return base;
+}
+
+/* Every rank's stores to the window are seen by every other. */
+static int shm_barrier(void)
+{
+    MPI_Win_sync(win);
+    int rc = MPI_Barrier(comm);
+    MPI_Win_sync(win);
+    return rc == MPI_SUCCESS ? 0 : -1;
+}
+
+/* dist_allreduce through the window: each rank sums its chunk of every
+ * rank's sum in T's order (the same additions as by messages), then copies
+ * the others' chunks. */
+static int allreduce_shared(float *g, size_t n, size_t R, size_t r, float **pv)
+{
+    size_t off, len;
+    chunk(n, R, r, &off, &len);
+    if (shm_barrier() < 0) /* every rank's sum is there */
+        return -1;
+    for (size_t q = 0; q < R; q++)
+        pv[q] = peer[q] + off;
+    dist_tree_sum(g + off, pv, R, len); /* scratch: the others' copies of my chunk */
+    if (shm_barrier() < 0) /* every chunk summed */
+        return -1;
+    for (size_t q = 0; q < R; q++) {
+        size_t qo, ql;
+        chunk(n, R, q, &qo, &ql);
+        if (q != r)
+            memcpy(g + qo, peer[q] + qo, ql * sizeof(float));
+    }
+    return shm_barrier(); /* all copied: the sums may be overwritten */
 }
 
 static void check(int rc, const char *what)
@@ -202,6 +278,20 @@ static void part_exchange(const part_msg_t *mine, part_msg_t *all)
           "the ranks' step messages");
 }
 
+/* The end of MPI, the same on every rank (freeing the window is
+ * collective): every way out goes through here. */
+static void finalize(void)
+{
+    if (rec_type != MPI_DATATYPE_NULL)
+        MPI_Type_free(&rec_type);
+    if (win != MPI_WIN_NULL) {
+        MPI_Win_unlock_all(win);
+        MPI_Win_free(&win);
+    }
+    phase = PH_DONE;
+    MPI_Finalize();
+}
+
 /* A rank leaving early: its part in the exchange the others wait in. */
 static void on_exit_(void)
 {
@@ -230,8 +320,7 @@ static void on_exit_(void)
         free(all);
     } else
         return; /* a follower between steps: rank 0 ends the job */
-    phase = PH_DONE;
-    MPI_Finalize();
+    finalize();
 }
 
 /* The first exchange: every rank says it came this far, with the hash of
@@ -260,10 +349,33 @@ static void first_exchange(dist_t *D, uint64_t hash, uint64_t step, const char *
         }
     free(all);
     if (st >= 0) {
-        phase = PH_DONE;
-        MPI_Finalize();
+        finalize();
         exit(st);
     }
+}
+
+float *dist_buffers(dist_t *D, size_t n)
+{
+    D->nparams = n;
+    if (D->R > 1 && (D->lev[0] = shared_sums(n, D->R))) {
+        D->shared = 1;
+        memset(D->lev[0], 0, n * sizeof(float));
+    } else if (!(D->lev[0] = mnn_calloc_aligned(n, sizeof(float))))
+        die(EXIT_RUNTIME, "out of memory for the gradients' sums");
+    if (D->R > 1 && !D->shared &&
+        !(D->tmp = mnn_calloc_aligned((n / D->R + 1) * (D->R - 1), sizeof(float))))
+        die(EXIT_RUNTIME, "out of memory for the exchange of gradients");
+    if (D->R > 1 && !(D->pv = calloc(D->R, sizeof *D->pv)))
+        die(EXIT_RUNTIME, "out of memory");
+    return D->lev[0];
+}
+
+int dist_sum(dist_t *D)
+{
+    if (D->R < 2)
+        return 0;
+    return D->shared ? allreduce_shared(D->lev[0], D->nparams, D->R, D->r, D->pv)
+                     : dist_allreduce(D->lev[0], D->nparams, D->tmp);
 }
 
 void dist_ready(dist_t *D)
@@ -303,6 +415,20 @@ void dist_init(dist_t *D)
 #else
 static double wall(void) { return mono_now(); }
 
+float *dist_buffers(dist_t *D, size_t n)
+{
+    D->nparams = n;
+    if (!(D->lev[0] = mnn_calloc_aligned(n, sizeof(float))))
+        die(EXIT_RUNTIME, "out of memory for the gradients' sums");
+    return D->lev[0];
+}
+
+int dist_sum(dist_t *D)
+{
+    (void)D;
+    return 0;
+}
+
 void dist_init(dist_t *D)
 {
     memset(D, 0, sizeof *D);
@@ -333,7 +459,8 @@ void dist_setup(dist_t *D, size_t S, const mnn_model_t *m, const mnn_optim_t *o,
     if (D->nparams > INT_MAX || batch > INT_MAX / 2)
         die(EXIT_USAGE, "%zu parameters: more than one exchange between ranks takes", D->nparams);
     D->nlev = tree_depth(D->k);
-    for (size_t i = 0; i < D->nlev; i++)
+    dist_buffers(D, D->nparams);
+    for (size_t i = 1; i < D->nlev; i++)
         if (!(D->lev[i] = mnn_calloc_aligned(D->nparams, sizeof(float))))
             die(EXIT_RUNTIME, "out of memory for the gradients' partial sums");
     D->loss = calloc(S, sizeof *D->loss);
@@ -342,8 +469,6 @@ void dist_setup(dist_t *D, size_t S, const mnn_model_t *m, const mnn_optim_t *o,
         die(EXIT_RUNTIME, "out of memory");
 #ifdef HAVE_MPI
     if (D->R > 1) {
-        if (!(D->tmp = mnn_calloc_aligned((D->nparams / D->R + 1) * (D->R - 1), sizeof(float))))
-            die(EXIT_RUNTIME, "out of memory for the exchange of gradients");
         D->cap = batch;
         D->px = mnn_calloc_aligned(batch ? batch : 1, D->nfeat * sizeof(float));
         D->py = mnn_calloc_aligned(batch ? batch : 1, sizeof(float));
@@ -411,7 +536,7 @@ static void step(dist_t *D, mnn_model_t *m, mnn_optim_t *o, const float *x, cons
 #ifdef HAVE_MPI
     if (D->R > 1) {
         const double t1 = wall();
-        if (dist_allreduce(D->lev[0], D->nparams, D->tmp) < 0)
+        if (dist_sum(D) < 0)
             die(EXIT_RUNTIME, "the exchange of gradients between ranks failed");
         const int k = (int)D->k;
         check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, D->loss, k, MPI_DOUBLE, comm),
@@ -592,18 +717,22 @@ void dist_finish(dist_t *D)
     (void)D;
 #ifdef HAVE_MPI
     if (phase != PH_NONE && phase != PH_DONE) {
-        if (rec_type != MPI_DATATYPE_NULL)
-            MPI_Type_free(&rec_type);
-        phase = PH_DONE;
-        MPI_Finalize();
+        finalize();
+        if (D->shared)
+            D->lev[0] = NULL; /* it went with the window */
     }
 #endif
 }
 
 void dist_free(dist_t *D)
 {
-    for (size_t i = 0; i < D->nlev; i++)
+    for (size_t i = D->shared ? 1 : 0; i < D->nlev; i++)
         mnn_free(D->lev[i]);
+    free(D->pv);
+#ifdef HAVE_MPI
+    free(peer);
+    peer = NULL;
+#endif
     mnn_free(D->tmp);
     mnn_free(D->px);
     mnn_free(D->py);

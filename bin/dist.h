@@ -54,9 +54,9 @@ static inline int dist_layout_ok(size_t S, size_t R)
     return R == 1 || (k & (k - 1)) == 0;
 }
 
-/* Sums the vectors v[0..c-1] (each n floats) in T's order into v[0]; the
- * others are scratch. */
-void dist_tree_sum(float *const *v, size_t c, size_t n);
+/* Sums the vectors v[0..c-1] (each n floats) in T's order into dst, which
+ * may be one of them; they are scratch. */
+void dist_tree_sum(float *dst, float *const *v, size_t c, size_t n);
 
 typedef struct {
     size_t R, r;        /* ranks, this one (1, 0 without mpirun) */
@@ -66,7 +66,9 @@ typedef struct {
     size_t nparams, nfeat, batch;
     float *lev[64];     /* the local tree's partial sums, by depth */
     size_t nlev;
-    float *tmp;         /* the allreduce's scratch */
+    float *tmp;         /* the allreduce's scratch (by messages) */
+    int shared;         /* lev[0] is in a window every rank reads */
+    float **pv;         /* R pointers, the sum's scratch */
     float *px, *py;     /* this rank's records of a minibatch (from rank 0) */
     size_t cap;
     double *loss;       /* per shard */
@@ -121,6 +123,12 @@ void dist_learn_parts(dist_t *D, mnn_model_t *m, mnn_optim_t *o, const float *x,
  * (n/R + 1)(R - 1) floats.  0, or -1 when MPI failed.  (The benchmark
  * share/mini-nn/bench/allreduce-peak calls it alone.) */
 int dist_allreduce(float *g, size_t n, float *tmp);
+/* The sum of this rank's gradients, n floats (lev[0]), where dist_sum sums
+ * over the ranks: in a window shared by every rank when all are on this
+ * host (and MNN_MPI_SHARED is not 0), else for dist_allreduce's messages. */
+float *dist_buffers(dist_t *D, size_t n);
+/* lev[0] summed over the ranks, the same bytes either way; 0 or -1. */
+int dist_sum(dist_t *D);
 /* The first exchange without a training (what dist_setup does first). */
 void dist_ready(dist_t *D);
 

@@ -81,6 +81,12 @@ weights() {
         diff <(grep -v '^ranks:' s0/state.yaml) <(grep -v '^ranks:' $d/state.yaml)
     done
     assert_equal "$(field s4/state.yaml ranks)" 4
+    # the sum through messages (as between hosts) is the same as through
+    # the window the ranks of one host share
+    MNN_MPI_SHARED=0 mpi 4 -q -m "$F/spec.yaml" --shards 4 -o m4 <"$F/train.csv" >/dev/null
+    MNN_MPI_SHARED=0 mpi 2 -q -m "$F/spec.yaml" --shards 4 -o m2 <"$F/train.csv" >/dev/null
+    assert_equal "$(weights m4)" "$(weights s0)"
+    assert_equal "$(weights m2)" "$(weights s0)"
     # the shards change the rounding: 1 shard is another result
     sgd-train -q -m "$F/spec.yaml" -o plain <"$F/train.csv" >/dev/null
     [[ $(weights plain) != "$(weights s0)" ]]
