@@ -186,8 +186,8 @@ static float *shared_sums(size_t n, size_t R)
     int ok = !(env && !strcmp(env, "0")), all;
     MPI_Comm node;
     int size = 0;
-    if (ok && MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) ==
-                  MPI_SUCCESS) {
+    /* collective: every rank splits, whatever its environment says */
+    if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
         MPI_Comm_size(node, &size);
         MPI_Comm_free(&node);
     }
@@ -458,8 +458,10 @@ void dist_setup(dist_t *D, size_t S, const mnn_model_t *m, const mnn_optim_t *o,
     }
     if (D->nparams > INT_MAX || batch > INT_MAX / 2)
         die(EXIT_USAGE, "%zu parameters: more than one exchange between ranks takes", D->nparams);
+    /* what this rank allocates alone comes before the first exchange, so
+     * that a rank without the memory says so there; the sums, which may
+     * be a window allocated together, after it */
     D->nlev = tree_depth(D->k);
-    dist_buffers(D, D->nparams);
     for (size_t i = 1; i < D->nlev; i++)
         if (!(D->lev[i] = mnn_calloc_aligned(D->nparams, sizeof(float))))
             die(EXIT_RUNTIME, "out of memory for the gradients' partial sums");
@@ -491,10 +493,14 @@ void dist_setup(dist_t *D, size_t S, const mnn_model_t *m, const mnn_optim_t *o,
         h ^= mnn_hash64(how, sizeof how) * 5;
         first_exchange(D, h, o->step, name);
     }
+    SET_PHASE(PH_BUSY); /* a failure in a collective allocation: mpirun ends the job */
+    dist_buffers(D, D->nparams);
+    SET_PHASE(PH_LOOP);
 #else
     (void)o;
     (void)batch;
     (void)name;
+    dist_buffers(D, D->nparams);
 #endif
 }
 

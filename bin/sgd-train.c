@@ -656,6 +656,7 @@ static int train(const args_t *a, run_t *r)
     progress_t p = {.next_report = r->spec.batch, .classify = r->spec.loss == MNN_LOSS_XENT};
     int input_ended = 0, first = 1, noted_term = 0, noted_usr1 = 0;
     int mine_ended = 0; /* --input: this rank's file ended (the others' go on) */
+    int agreed_stop = 0; /* --input: the ranks agreed to stop (a signal may come later) */
     p.t0 = mono_now();
     double last_ckpt = 0;
     if (!a->quiet)
@@ -698,7 +699,7 @@ static int train(const args_t *a, run_t *r)
             if (ag.stop) {
                 if (b)
                     feed_release(feed, b);
-                stop_requested = stop_requested ? stop_requested : 1;
+                agreed_stop = 1;
                 break;
             }
             if (ag.n)
@@ -753,7 +754,9 @@ static int train(const args_t *a, run_t *r)
             }
         }
     }
-    const int stopped_early = stop_requested && !input_ended;
+    /* with --input, what every rank agreed on: the same on all */
+    const int stopped = a->input ? agreed_stop : stop_requested != 0;
+    const int stopped_early = stopped && !input_ended;
     if (stopped_early && !a->quiet)
         warnx_("stopping on a signal after %llu records, before the end of the input (exit "
                "status %d)%s", (unsigned long long)p.records, EXIT_STOPPED,
@@ -768,7 +771,7 @@ static int train(const args_t *a, run_t *r)
         die(EXIT_RUNTIME, "stdin ended %s cut %llu without the pipeline's stop or final cut: the "
             "head went away; nothing since that cut is committed (resume the pipeline from it)",
             r->pn || p.records ? "after" : "at", (unsigned long long)r->last_cut);
-    if (p.records == 0 && !stop_requested && !r->cut_mode)
+    if (p.records == 0 && !stopped && !r->cut_mode)
         die(EXIT_RUNTIME, "%s: no records to learn from%s", a->input ? "--input" : "stdin",
             skipped ? " (all were skipped as bad)" : "");
     if (!a->quiet && p.records_since)
@@ -857,14 +860,19 @@ int main(int argc, char **argv)
     cli_init("sgd-train");
     out_setup();
     dist_init(&D);
-    if (D.r > 0)
-        opterr = 0; /* rank 0 says what is wrong with the options */
-    parse_args(argc, argv, &a);
+    if (D.mpi)
+        catch_signals(); /* mpirun forwards SIGUSR1, SIGUSR2 at any time */
     if (D.r > 0) {
-        /* rank 0 writes the checkpoints, the model and stdout, and reports */
+        /* rank 0 writes stdout (--help too) and says what is wrong with
+         * the options */
         int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
         if (null >= 0 && dup2(null, STDOUT_FILENO) >= 0 && null != STDOUT_FILENO)
             close(null);
+        opterr = 0;
+    }
+    parse_args(argc, argv, &a);
+    if (D.r > 0) {
+        /* rank 0 writes the checkpoints and the model, and reports */
         a.out = NULL;
         a.co.root = NULL;
         a.force = 0;

@@ -246,7 +246,18 @@ start_stalled() {
     run -2 --separate-stderr sgd-train -q -m norm.yaml --shards 2 -o x <"$F/train.csv"
     [[ $stderr == *"running normalization"* ]]
     run -0 sgd-train -q -m norm.yaml -o x <"$F/train.csv"
-    [[ ! -e x/../y ]]
+}
+
+@test "a refusal of rank 0 alone (its output exists, its checkpoint root is taken) ends every rank" {
+    touch taken
+    run -1 --separate-stderr mpi 2 -q -m "$F/spec.yaml" -o taken <"$F/train.csv"
+    [[ $stderr == *"taken: already exists"* ]]
+    sgd-train -q -m "$F/spec.yaml" --ckpt-dir root <"$F/first.csv" >/dev/null
+    run -1 --separate-stderr mpi 2 -q -m "$F/spec.yaml" --ckpt-dir root <"$F/train.csv"
+    [[ $stderr == *root* ]]
+    # the help once, from rank 0
+    run -0 mpi 2 --help
+    assert_equal "$(grep -c '^Usage:' <<<"$output")" 1
 }
 
 @test "a bad record on rank 0's stdin: every rank ends with exit 1, the line named; checkpoints so far stay" {
