@@ -186,7 +186,7 @@ static void note_ranks(const char *ckpt, const char *dir, const mnn_manifest_t *
                    had_S == 1 ? "" : "s", R);
             return;
         }
-    const size_t S = dist_layout_ok(had_S, R) && (had_S > 1 || R == 1) ? had_S : R;
+    const size_t S = dist_resume_shards(had_S, R);
     warnx_("%s was trained on %zu rank%s with %zu shard%s; going on on %zu rank%s with %zu: %s",
            ckpt, had_R, had_R == 1 ? "" : "s", had_S, had_S == 1 ? "" : "s", R,
            R == 1 ? "" : "s", S,

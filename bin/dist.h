@@ -54,6 +54,14 @@ static inline int dist_layout_ok(size_t S, size_t R)
     return R == 1 || (k & (k - 1)) == 0;
 }
 
+/* The shards a training of had shards (0: none resumed) goes on with on R
+ * ranks without --shards: its own when these ranks can own them whole
+ * (bit-exact), else one per rank. */
+static inline size_t dist_resume_shards(size_t had, size_t R)
+{
+    return had > 1 && dist_layout_ok(had, R) ? had : R;
+}
+
 /* Sums the vectors v[0..c-1] (each n floats) in T's order into dst, which
  * may be one of them; they are scratch. */
 void dist_tree_sum(float *dst, float *const *v, size_t c, size_t n);

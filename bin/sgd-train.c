@@ -86,7 +86,8 @@ static noreturn void help(void)
         "Records: 'label,x1,...,xn' (comma or tab) or libsvm 'label idx:val ...';\n"
         "'#' lines and empty lines are ignored.\n"
         "Exit status: 0 success, 1 data or runtime error, 2 usage error, 3 stopped\n"
-        "by SIGINT or SIGTERM before the end of the input (0: all of it learned).\n"
+        "by SIGINT, SIGTERM or SIGUSR2 before the end of the input (0: all of it\n"
+        "learned).\n"
         "A training that diverges exits 1 and writes no model.\n"
         "SIGINT, SIGTERM or SIGUSR2 stop at the next step boundary; the model so\n"
         "far is written.  SIGUSR1 takes a checkpoint and goes on.\n"
@@ -596,9 +597,8 @@ static void cut_commit(const args_t *a, run_t *r, progress_t *p, const feed_batc
     take_checkpoint(r->writer, &r->model, &r->opt, &r->st, r->parent, sizeof r->parent, &cut, 1);
 }
 
-/* Learns from stdin's batches until its end or a signal, taking the
- * checkpoints asked for; reports the progress.  Returns 1 when a signal
- * stopped it before the end of the input. */
+/* SIGINT, SIGTERM, SIGUSR2: stop at the next step boundary; SIGUSR1: a
+ * checkpoint (see on_signal). */
 static void catch_signals(void)
 {
     struct sigaction sa;
@@ -627,6 +627,9 @@ static void input_path(const char *tmpl, size_t rank, char *out, size_t size)
     out[o] = 0;
 }
 
+/* Learns from stdin's batches (or --input's file) until their end or a
+ * signal, taking the checkpoints asked for; reports the progress.  Returns
+ * 1 when a signal stopped it before the end of the input. */
 static int train(const args_t *a, run_t *r)
 {
     catch_signals();
@@ -801,12 +804,9 @@ static int train(const args_t *a, run_t *r)
     return stopped_early;
 }
 
-/* A rank other than 0: its steps (from stdin, those rank 0 hands out) until
- * rank 0 ends the training; its exit status is rank 0's. */
-static int follower_end(run_t *r)
+/* What a training holds, and the ranks' buffers, freed (after dist_finish). */
+static void run_free(run_t *r)
 {
-    const int st = dist_follow(&D, &r->model, &r->opt);
-    dist_finish(&D);
     dist_free(&D);
     if (r->resumed)
         cli_ckpt_close(r->resumed);
@@ -815,6 +815,15 @@ static int follower_end(run_t *r)
     mnn_optim_free(&r->opt);
     mnn_model_free(&r->model);
     mnn_spec_free(&r->spec);
+}
+
+/* A rank other than 0: its steps (from stdin, those rank 0 hands out) until
+ * rank 0 ends the training; its exit status is rank 0's. */
+static int follower_end(run_t *r)
+{
+    const int st = dist_follow(&D, &r->model, &r->opt);
+    dist_finish(&D);
+    run_free(r);
     return st;
 }
 
@@ -833,7 +842,7 @@ static void choose_shards(const args_t *a, run_t *r)
             usage_error("--shards %zu on %zu ranks: every rank owns S/R whole shards, so R must "
                         "divide S, and S/R be a power of two (or R be 1)", S, R);
     } else
-        S = had > 1 && dist_layout_ok(had, R) ? had : R;
+        S = dist_resume_shards(had, R);
     if (had && had != S && !a->quiet)
         warnx_("%s was trained with %zu shard%s, this training has %zu%s: its sums round "
                "otherwise, the result is not bit-exact with a training that never stopped%s",
@@ -927,17 +936,10 @@ int main(int argc, char **argv)
     out_close();
     /* the others end with rank 0's status, once all is written */
     dist_end(&D, stopped_early ? EXIT_STOPPED : EXIT_OK);
-    if (r.resumed)
-        cli_ckpt_close(r.resumed);
     if (a.verbose)
         report_peak_rss();
     dist_finish(&D);
-    dist_free(&D);
-    mnn_free(r.px);
-    mnn_free(r.py);
-    mnn_optim_free(&r.opt);
-    mnn_model_free(&r.model);
-    mnn_spec_free(&r.spec);
+    run_free(&r);
     /* a cron job tells a training stopped part-way from one that learned
      * all its input */
     return stopped_early ? EXIT_STOPPED : EXIT_OK;
